@@ -1,0 +1,33 @@
+# `make train` and `make test` set up .venv on first use (Python >= 3.10 needed).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup train test test-slow lint bench-batching clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)  ## the default recipe; pass overrides as ARGS="trainer.max_epochs=3"
+	$(PY) -m framework.train $(ARGS)
+
+test: $(STAMP)  ## the test suite (slow cases excluded)
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check framework recipes tests
+
+bench-batching: $(STAMP)
+	$(PY) -m framework.bench batching
+
+clean:
+	rm -rf runs multirun outputs .pytest_cache

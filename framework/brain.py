@@ -1,0 +1,406 @@
+"""The Brain: the training loop and the hooks a recipe overrides.
+
+A recipe subclasses :class:`Brain` and implements ``compute_forward`` and
+``compute_objectives`` (and, for its metrics, ``on_stage_start`` / ``on_stage_end``).
+Everything else (precision, accumulation, clipping, checkpoints, resume, DDP, logging)
+lives in :mod:`framework.trainer` and is driven from here by ``cfg.trainer``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+
+from framework.data.batching import LengthBatchSampler
+from framework.data.collate import Batch, collate
+from framework.trainer import distributed
+from framework.trainer.accumulation import loss_weights, windows
+from framework.trainer.checkpoint import CheckpointError, Checkpointer, load_checkpoint, rng_state, set_rng_state
+from framework.trainer.logs import TensorBoardLogger, progress, setup_file_logging
+from framework.trainer.precision import Precision
+
+log = logging.getLogger(__name__)
+
+
+class Stage(Enum):
+    TRAIN = "train"
+    VALID = "valid"
+    TEST = "test"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Brain:
+    """Owns the model, optimizer and loop for one run directory.
+
+    ``cfg`` is the composed run config (``cfg.trainer``, ``cfg.model``, ``cfg.optimizer``,
+    ``cfg.scheduler``, ``cfg.batching``, ``cfg.features``, ``cfg.logger``).
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.trainer_cfg = cfg.trainer
+        self.dist = distributed.init_distributed(cfg.trainer.device)
+        self.device = self.dist.device
+        self.run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
+        setup_file_logging(self.run_dir, self.dist.rank, self.dist.world_size)
+        self.precision = Precision(cfg.trainer.precision, self.device, cfg.trainer.get("eval_precision"))
+        self.features: nn.Module | None = instantiate(cfg.features).to(self.device) if cfg.get("features") else None
+        ck = cfg.trainer.checkpoint
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", ck.keep_last, ck.keep_best, ck.monitor, ck.mode)
+        self.logger = TensorBoardLogger(
+            self.run_dir, enabled=self.dist.is_main and cfg.logger.tensorboard, log_every_n_steps=cfg.logger.log_every_n_steps
+        )
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+        self.batch_in_epoch = 0  # micro-batches of the current epoch consumed
+        self.nonfinite_steps = 0
+        self.skipped_examples: list[tuple[str, str]] = []
+        self._train_sampler: LengthBatchSampler | None = None
+
+    # ----------------------------------------------------------------- hooks to override
+    def build_model(self, train_set) -> nn.Module:
+        """The model; the default instantiates ``cfg.model``."""
+        return instantiate(self.cfg.model)
+
+    def compute_forward(self, batch: Batch, stage: Stage) -> Any:
+        raise NotImplementedError("a recipe's Brain implements compute_forward(batch, stage)")
+
+    def compute_objectives(self, outputs: Any, batch: Batch, stage: Stage) -> torch.Tensor:
+        """The loss, a mean over the batch's examples."""
+        raise NotImplementedError("a recipe's Brain implements compute_objectives(outputs, batch, stage)")
+
+    def on_fit_start(self) -> None:
+        pass
+
+    def on_stage_start(self, stage: Stage, epoch: int) -> None:
+        pass
+
+    def on_stage_end(self, stage: Stage, loss: float, epoch: int) -> dict[str, float]:
+        """Metrics of the stage (``loss`` is already averaged over all ranks)."""
+        return {"loss": loss}
+
+    def fit_batch(self, batch: Batch, weight: float = 1.0) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns the detached loss."""
+        with self.precision.autocast(training=True):
+            outputs = self.compute_forward(batch, Stage.TRAIN)
+            loss = self.compute_objectives(outputs, batch, Stage.TRAIN)
+        self.precision.backward(loss * weight)
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch: Batch, stage: Stage) -> torch.Tensor:
+        with self.precision.autocast(training=False):
+            outputs = self.compute_forward(batch, stage)
+            loss = self.compute_objectives(outputs, batch, stage)
+        return loss.detach()
+
+    # ------------------------------------------------------------------------- set-up
+    def make_dataloader(self, dataset, stage: Stage) -> DataLoader:
+        """A DataLoader whose batches come from ``cfg.batching`` over ``dataset.lengths``.
+        Evaluation stages keep the data order and shard without duplicates."""
+        train = stage == Stage.TRAIN
+        overrides: dict[str, Any] = {"lengths": dataset.lengths, "seed": self.cfg.seed}
+        if not train:
+            overrides["shuffle"] = False
+            overrides["drop_last"] = False
+        sampler: LengthBatchSampler = instantiate(self.cfg.batching, **overrides)
+        sampler.even = train
+        workers = self.trainer_cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            # a private generator keeps the global RNG untouched, which exact resume needs
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+        )
+
+    def setup(self, train_set) -> None:
+        """Builds model, optimizer and scheduler once; resumes when configured."""
+        if self.model is not None:
+            return
+        model = self.build_model(train_set).to(self.device)
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("model %s: %.2f M trainable parameters", type(model).__name__, n_params / 1e6)
+        self.model = model
+        self.module = model  # unwrapped, for state dicts
+        if self.dist.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = instantiate(self.cfg.optimizer, params=params)
+
+    def _make_scheduler(self, steps_per_epoch: int) -> None:
+        if self.cfg.get("scheduler") is None or self.scheduler is not None:
+            return
+        total = max(1, steps_per_epoch * self.trainer_cfg.max_epochs)
+        self.scheduler = instantiate(self.cfg.scheduler, optimizer=self.optimizer, total_steps=total)
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        sampler_state = self._train_sampler.state_dict(consumed=self.batch_in_epoch) if self._train_sampler else None
+        return {
+            "model": self.module.state_dict(),
+            "features": self.features.state_dict() if self.features is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "scaler": self.precision.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "sampler": sampler_state,
+            "rng": rng_state(),
+            "model_config": OmegaConf.to_container(self.cfg.model, resolve=True),
+        }
+
+    def save_checkpoint(self, metrics: dict[str, float] | None = None) -> None:
+        if self.dist.is_main:
+            path = self.checkpointer.save(self.state_dict(), self.step, metrics)
+            log.info("checkpoint %s (epoch %d, step %d)", path.name, self.epoch, self.step)
+        distributed.barrier()
+
+    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        saved = state.get("model_config")
+        current = OmegaConf.to_container(self.cfg.model, resolve=True)
+        if saved is not None and saved != current:
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise CheckpointError(
+                f"checkpoint {path} was written for another model config (differs in: {', '.join(diff)}); "
+                "resume with the same model settings or start a new run"
+            )
+        self.module.load_state_dict(state["model"])
+        if self.features is not None and state.get("features"):
+            self.features.load_state_dict(state["features"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            saved_sched = dict(state["scheduler"])
+            planned = self.scheduler.state_dict().get("total_steps")
+            if planned is not None and saved_sched.get("total_steps") != planned:
+                # trainer.max_epochs changed on resume: keep the position, plan to the new end
+                log.info("scheduler: total steps %s -> %s", saved_sched.get("total_steps"), planned)
+                saved_sched["total_steps"] = planned
+            self.scheduler.load_state_dict(saved_sched)
+        self.precision.load_state_dict(state.get("scaler", {}))
+        self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
+        if state.get("sampler") and self._train_sampler is not None and self.batch_in_epoch:
+            self._train_sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", path, self.epoch, self.step, self.batch_in_epoch)
+
+    def resume(self) -> None:
+        """``trainer.resume``: null (start fresh), ``auto`` (latest in this run dir, if any)
+        or a checkpoint path (must exist)."""
+        target = self.trainer_cfg.resume
+        if not target:
+            return
+        if target == "auto":
+            found = self.checkpointer.load_latest(self.device)
+            if found is None:
+                return
+            path, state = found
+        else:
+            path = Path(target)
+            state = load_checkpoint(path, self.device)
+        self.load_state_dict(state, path)
+
+    # -------------------------------------------------------------------------- loops
+    def fit(self, train_set, valid_set=None) -> dict[str, float]:
+        """Trains for ``trainer.max_epochs`` epochs; returns the last validation metrics."""
+        self.setup(train_set)
+        train_loader = train_set if isinstance(train_set, DataLoader) else self.make_dataloader(train_set, Stage.TRAIN)
+        self._train_sampler = train_loader.batch_sampler
+        valid_loader = None
+        if valid_set is not None:
+            valid_loader = valid_set if isinstance(valid_set, DataLoader) else self.make_dataloader(valid_set, Stage.VALID)
+        accum = self.trainer_cfg.grad_accumulation
+        self._make_scheduler(math.ceil(len(self._train_sampler) / accum))
+        self.resume()
+        self.on_fit_start()
+        metrics: dict[str, float] = {}
+        for epoch in range(self.epoch, self.trainer_cfg.max_epochs):
+            self._train_sampler.set_epoch(epoch)
+            train_loss = self.train_epoch(train_loader, epoch)
+            self.epoch = epoch + 1
+            self.batch_in_epoch = 0
+            metrics = {"train_loss": train_loss}
+            if valid_loader is not None:
+                metrics.update(self.run_eval(valid_loader, Stage.VALID, epoch))
+            self.logger.scalars({f"epoch/{k}": v for k, v in metrics.items()}, self.step)
+            log.info("epoch %d/%d: %s", self.epoch, self.trainer_cfg.max_epochs, _fmt(metrics))
+            if self.trainer_cfg.checkpoint.every_epoch:
+                self.save_checkpoint({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
+        self.logger.flush()
+        return metrics
+
+    def train_epoch(self, loader: DataLoader, epoch: int) -> float:
+        assert self.model is not None and self.optimizer is not None
+        self.model.train()
+        if self.features is not None:
+            self.features.train()
+        self.on_stage_start(Stage.TRAIN, epoch)
+        tcfg = self.trainer_cfg
+        total_loss = torch.zeros((), device=self.device)
+        window_loss = torch.zeros((), device=self.device)
+        n_batches = 0
+        examples = padded = real = 0
+        log_every = self.logger.log_every_n_steps
+        t_log, ex_log = time.perf_counter(), 0
+        bar = progress(len(loader.batch_sampler) - self.batch_in_epoch, f"epoch {epoch + 1}", self.dist.is_main)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        for window in windows(loader, tcfg.grad_accumulation):
+            window = [b for b in window if self._usable(b)]
+            sizes = [len(b) for b in window]
+            global_total = None
+            if self.dist.enabled:
+                global_total = int(distributed.all_reduce_sum(torch.tensor(sum(sizes), device=self.device)).item())
+            if not window or global_total == 0:
+                continue
+            weights = loss_weights(sizes, global_total, self.dist.world_size)
+            step_loss = torch.zeros((), device=self.device)
+            for i, (batch, weight) in enumerate(zip(window, weights)):
+                stats = _padding(batch)
+                padded += stats[0]
+                real += stats[1]
+                batch = batch.to(self.device, non_blocking=True)
+                last = i == len(window) - 1
+                sync = contextlib.nullcontext() if last or not self.dist.enabled else self.model.no_sync()
+                with sync:
+                    loss = self.fit_batch(batch, weight)
+                step_loss += loss * (sizes[i] / sum(sizes))
+            norm = self.precision.step(self.optimizer, params, tcfg.max_grad_norm)
+            finite = bool(torch.isfinite(norm) & torch.isfinite(step_loss))  # one host sync per step
+            if finite:
+                self.precision.apply(self.optimizer)
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.step += 1
+                total_loss += step_loss
+                window_loss += step_loss
+                n_batches += 1
+            else:
+                self._nonfinite_step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.batch_in_epoch += len(window)
+            examples += sum(sizes)
+            ex_log += sum(sizes)
+            bar.update(len(window))
+            if finite and self.step % log_every == 0:
+                now = time.perf_counter()
+                value = (window_loss / log_every).item()
+                rate = ex_log / max(now - t_log, 1e-9)
+                self.logger.scalars(
+                    {"train/loss": value, "train/lr": self.optimizer.param_groups[0]["lr"],
+                     "train/grad_norm": float(norm), "train/examples_per_s": rate},
+                    self.step,
+                )
+                bar.set_postfix(loss=f"{value:.3f}", ex_s=f"{rate:.0f}")
+                window_loss.zero_()
+                t_log, ex_log = now, 0
+            every = tcfg.checkpoint.every_n_steps
+            if every and finite and self.step % every == 0:
+                self.save_checkpoint()
+        bar.close()
+        if self.skipped_examples:
+            log.warning(
+                "%d example(s) skipped as unreadable so far (skip_bad); first: %s",
+                len(self.skipped_examples), "; ".join(f"{i}: {why}" for i, why in self.skipped_examples[:3]),
+            )
+        if padded:
+            self.logger.scalars(
+                {"epoch/padding_fraction": 1 - real / padded, "epoch/mean_batch_size": examples / max(n_batches, 1)},
+                self.step,
+            )
+            log.info("epoch %d: padding %.1f%%, mean batch size %.1f", epoch + 1, 100 * (1 - real / padded),
+                     examples / max(len(loader.batch_sampler), 1))
+        mean = distributed.all_reduce_sum(torch.stack([total_loss, torch.tensor(float(n_batches), device=self.device)]))
+        train_loss = (mean[0] / mean[1].clamp(min=1)).item()
+        self.on_stage_end(Stage.TRAIN, train_loss, epoch)
+        return train_loss
+
+    def _usable(self, batch: Batch) -> bool:
+        if batch.get("skipped"):
+            self.skipped_examples.extend(batch["skipped"])
+        return len(batch) > 0
+
+    def _nonfinite_step(self) -> None:
+        self.nonfinite_steps += 1
+        patience = self.trainer_cfg.nonfinite_patience
+        log.warning("non-finite loss or gradient at step %d: step skipped (%d so far)", self.step, self.nonfinite_steps)
+        if self.nonfinite_steps > patience:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_steps} steps had a non-finite loss or gradient (trainer.nonfinite_patience="
+                f"{patience}); stopping. The last good checkpoint in {self.checkpointer.directory} is intact: "
+                "lower the learning rate, set trainer.max_grad_norm, or use bf16 instead of fp16"
+            )
+
+    @torch.no_grad()
+    def run_eval(self, loader: DataLoader, stage: Stage, epoch: int) -> dict[str, float]:
+        self.model.eval()
+        if self.features is not None:
+            self.features.eval()
+        self.on_stage_start(stage, epoch)
+        total = torch.zeros(2, device=self.device)  # sum of losses weighted by examples, examples
+        bar = progress(len(loader), stage.value, self.dist.is_main)
+        for batch in loader:
+            bar.update(1)
+            if not self._usable(batch):
+                continue
+            n = len(batch)
+            loss = self.evaluate_batch(batch.to(self.device, non_blocking=True), stage)
+            total[0] += loss.float() * n
+            total[1] += n
+        bar.close()
+        distributed.all_reduce_sum(total)
+        loss = (total[0] / total[1].clamp(min=1)).item()
+        metrics = self.on_stage_end(stage, loss, epoch)
+        return {f"{stage.value}_{k}": float(v) for k, v in metrics.items()}
+
+    def evaluate(self, test_set, load: str | None = "best") -> dict[str, float]:
+        """Metrics on ``test_set`` with the ``best`` (by ``trainer.checkpoint.monitor``) or
+        ``latest`` checkpoint loaded, or the current weights when ``load`` is None."""
+        self.setup(test_set)
+        path = {"best": self.checkpointer.best, "latest": self.checkpointer.latest}.get(load, lambda: None)() if load else None
+        if path is not None:
+            state = load_checkpoint(path, self.device)
+            self.module.load_state_dict(state["model"])
+            if self.features is not None and state.get("features"):
+                self.features.load_state_dict(state["features"])
+            log.info("evaluating with %s", path.name)
+        loader = test_set if isinstance(test_set, DataLoader) else self.make_dataloader(test_set, Stage.TEST)
+        metrics = self.run_eval(loader, Stage.TEST, self.epoch)
+        self.logger.scalars(metrics, self.step)
+        self.logger.flush()
+        log.info("test: %s", _fmt(metrics))
+        return metrics
+
+
+def _padding(batch: Batch) -> tuple[int, int]:
+    """(elements held, real elements) of the batch's inputs."""
+    lens = batch.get("inputs_lens")
+    if lens is None:
+        return 0, 0
+    return int(lens.max()) * len(lens), int(lens.sum())
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())

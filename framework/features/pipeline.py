@@ -1,0 +1,210 @@
+"""Feature pipeline: extractor -> log -> normalisation, plus SpecAugment in training.
+
+Every piece works on padded batches ``[B, samples]`` with lengths, so the same pipeline
+runs per example in DataLoader workers (``where=worker``) or batch-wise on the training
+device (``where=device``). Features are ``[B, frames, bins]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torchaudio
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class Extractor(nn.Module):
+    """Wraps a torchaudio transform ``[B, S] -> [B, F, T]`` with frame-length bookkeeping."""
+
+    def __init__(self, transform: nn.Module | None, hop_length: int, n_fft: int, num_bins: int, log_compress: bool) -> None:
+        super().__init__()
+        self.transform = transform
+        self.hop_length = hop_length
+        self.n_fft = n_fft
+        self.num_bins = num_bins
+        self.log_compress = log_compress
+
+    def frames(self, samples: torch.Tensor) -> torch.Tensor:
+        # torchaudio transforms pad by n_fft // 2 on both sides (center=True)
+        return samples // self.hop_length + 1
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.transform is None:
+            return wav, lengths
+        with torch.autocast(wav.device.type, enabled=False):  # FFTs want fp32
+            feats = self.transform(wav.float())
+            if self.log_compress:
+                feats = torch.log(feats + 1e-6)
+        return feats.transpose(1, 2), self.frames(lengths)
+
+
+def spectrogram(sample_rate: int = 16000, window_ms: float = 20.0, hop_ms: float = 10.0, log: bool = True) -> Extractor:
+    """Linear power spectrogram; 161 bins at 16 kHz with a 20 ms window (DeepSpeech2)."""
+    n_fft = int(sample_rate * window_ms / 1000)
+    hop = int(sample_rate * hop_ms / 1000)
+    t = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=hop, power=2.0)
+    return Extractor(t, hop, n_fft, n_fft // 2 + 1, log)
+
+
+def mel(sample_rate: int = 16000, n_mels: int = 80, window_ms: float = 25.0, hop_ms: float = 10.0, log: bool = True) -> Extractor:
+    """Log mel filterbank energies (``fbank``) from ``torchaudio.transforms.MelSpectrogram``."""
+    n_fft = int(sample_rate * window_ms / 1000)
+    hop = int(sample_rate * hop_ms / 1000)
+    t = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels)
+    return Extractor(t, hop, n_fft, n_mels, log)
+
+
+fbank = mel
+
+
+def mfcc(sample_rate: int = 16000, n_mfcc: int = 40, n_mels: int = 80, window_ms: float = 25.0, hop_ms: float = 10.0) -> Extractor:
+    n_fft = int(sample_rate * window_ms / 1000)
+    hop = int(sample_rate * hop_ms / 1000)
+    t = torchaudio.transforms.MFCC(
+        sample_rate=sample_rate, n_mfcc=n_mfcc, melkwargs={"n_fft": n_fft, "hop_length": hop, "n_mels": n_mels}
+    )
+    return Extractor(t, hop, n_fft, n_mfcc, log_compress=False)
+
+
+def raw() -> Extractor:
+    """No features: the model receives the waveform."""
+    return Extractor(None, 1, 1, 1, log_compress=False)
+
+
+def valid_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class UtteranceNorm(nn.Module):
+    """Zero mean, unit variance per utterance and bin, over valid frames only."""
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = valid_mask(lengths, feats.shape[1])[..., None].to(feats.dtype)
+        n = mask.sum(1, keepdim=True).clamp(min=1)
+        mean = (feats * mask).sum(1, keepdim=True) / n
+        var = ((feats - mean) ** 2 * mask).sum(1, keepdim=True) / n
+        return (feats - mean) / (var + 1e-5).sqrt() * mask
+
+
+class GlobalNorm(nn.Module):
+    """Mean/variance per bin over the training set, computed once and saved as a file."""
+
+    def __init__(self, num_bins: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_bins))
+        self.register_buffer("std", torch.ones(num_bins))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if not self.fitted:
+            raise RuntimeError("global normalisation statistics were not computed; call FeaturePipeline.fit_stats first")
+        mask = valid_mask(lengths, feats.shape[1])[..., None].to(feats.dtype)
+        return (feats - self.mean) / self.std * mask
+
+
+class SpecAugment(nn.Module):
+    """Frequency and time masking (torchaudio), a different mask per example."""
+
+    def __init__(self, freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2, time_width: int = 20) -> None:
+        super().__init__()
+        self.freq = nn.ModuleList(
+            torchaudio.transforms.FrequencyMasking(freq_width, iid_masks=True) for _ in range(freq_masks)
+        )
+        self.time = nn.ModuleList(torchaudio.transforms.TimeMasking(time_width, iid_masks=True) for _ in range(time_masks))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = feats.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T] as torchaudio expects
+        for mask in (*self.freq, *self.time):
+            x = mask(x)
+        return x.squeeze(1).transpose(1, 2)
+
+
+class FeaturePipeline(nn.Module):
+    """extractor -> normalisation; ``augment`` applies SpecAugment (training only).
+
+    ``where="worker"``: :meth:`per_example` runs in DataLoader workers and batches arrive
+    as features. ``where="device"``: :meth:`forward` runs on the training device.
+    """
+
+    def __init__(
+        self,
+        extractor: Extractor,
+        normalize: str = "utterance",
+        specaugment: SpecAugment | None = None,
+        where: str = "device",
+    ) -> None:
+        super().__init__()
+        if normalize not in ("none", "utterance", "global"):
+            raise ValueError(f"features.normalize must be none, utterance or global, got {normalize!r}")
+        if where not in ("worker", "device"):
+            raise ValueError(f"features.where must be worker or device, got {where!r}")
+        self.extractor = extractor
+        self.normalize = normalize
+        self.norm = {"none": None, "utterance": UtteranceNorm(), "global": GlobalNorm(extractor.num_bins)}[normalize]
+        self.specaugment = specaugment
+        self.where = where
+
+    @property
+    def num_bins(self) -> int:
+        return self.extractor.num_bins
+
+    def extract(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, lengths = self.extractor(wav, lengths)
+        if self.norm is not None:
+            feats = self.norm(feats, lengths)
+        return feats, lengths
+
+    def per_example(self, wav: torch.Tensor) -> torch.Tensor:
+        """One waveform ``[S]`` to features ``[T, F]`` (used in DataLoader workers)."""
+        feats, _ = self.extract(wav[None], torch.tensor([wav.shape[-1]]))
+        return feats[0]
+
+    def forward(
+        self, inputs: torch.Tensor, lengths: torch.Tensor, augment: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features for a padded batch; inputs already featurised in workers pass through."""
+        if self.where == "device":
+            inputs, lengths = self.extract(inputs, lengths)
+        if augment and self.specaugment is not None:
+            inputs = self.specaugment(inputs)
+        return inputs, lengths
+
+    @torch.no_grad()
+    def fit_stats(self, dataset, path: str | Path, max_examples: int = 1000) -> None:
+        """Computes (or loads from ``path``) global mean/std over up to ``max_examples``
+        training examples. Needs the dataset's raw waveforms (no worker transform)."""
+        if not isinstance(self.norm, GlobalNorm):
+            return
+        path = Path(path)
+        if path.is_file():
+            state = torch.load(path, weights_only=True)
+            self.norm.mean.copy_(state["mean"])
+            self.norm.std.copy_(state["std"])
+            self.norm.fitted.fill_(True)
+            return
+        total = torch.zeros(self.num_bins, dtype=torch.float64)
+        total_sq = torch.zeros_like(total)
+        frames = 0
+        for i in range(min(len(dataset), max_examples)):
+            example = dataset[i]
+            if "bad" in example:
+                continue
+            wav = example["inputs"]
+            feats, _ = self.extractor(wav[None], torch.tensor([wav.shape[-1]]))
+            f = feats[0].double()
+            total += f.sum(0)
+            total_sq += (f**2).sum(0)
+            frames += f.shape[0]
+        mean = total / max(frames, 1)
+        std = (total_sq / max(frames, 1) - mean**2).clamp(min=1e-10).sqrt()
+        self.norm.mean.copy_(mean.float())
+        self.norm.std.copy_(std.float())
+        self.norm.fitted.fill_(True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"mean": self.norm.mean, "std": self.norm.std, "frames": frames}, tmp)
+        tmp.replace(path)
+        log.info("global feature statistics over %d frames saved to %s", frames, path)

@@ -1,0 +1,214 @@
+"""DeepSpeech2 as the DeepMark benchmark specifies it.
+
+2 convolutions with batch norm -> N bidirectional recurrent layers with batch norm ->
+a fully connected layer with batch norm -> a linear layer over the alphabet (blank at 0),
+clipped ReLU (min(max(x, 0), 20)) everywhere.
+
+Padded frames never reach the recurrence (sequences are packed) nor the batch-norm
+statistics (normalisation runs over valid frames only), and the convolutions' outputs
+are re-masked, so an utterance gives the same output alone or batched with longer ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+RNN_TYPES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+def clipped_relu(x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(x, 0.0, 20.0)
+
+
+def time_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class MaskedBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over the valid frames of ``[B, T, C]``; padded frames stay zero."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = torch.zeros_like(x)
+        out[mask] = super().forward(x[mask])
+        return out
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, tuple(kernel), tuple(stride), tuple(padding), bias=False)
+        self.bn = nn.BatchNorm2d(out_ch)
+
+    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        k, s, p = self.conv.kernel_size[1], self.conv.stride[1], self.conv.padding[1]
+        return torch.div(lengths + 2 * p - k, s, rounding_mode="floor").add(1).clamp(min=0)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: [B, C, F, T]. Batch-norm statistics include padded frames of the batch here;
+        # their values are zero before the convolution, which keeps the effect small.
+        x = clipped_relu(self.bn(self.conv(x)))
+        lengths = self.out_lengths(lengths)
+        return x * time_mask(lengths, x.shape[-1])[:, None, None, :], lengths
+
+
+class RecurrentLayer(nn.Module):
+    """One (bi)directional recurrent layer with batch norm on its input projection.
+
+    ``shared_projection``: one input projection (no bias) + batch norm shared by both
+    directions, as the reference implementation does; the recurrences then take that
+    projection as their input through a frozen identity input weight, which keeps
+    cuDNN's fused kernels. Otherwise each direction has its own input weights and the
+    batch norm acts on the layer's input.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        rnn_type: str = "rnn",
+        bidirectional: bool = True,
+        shared_projection: bool = True,
+        merge: str = "sum",
+    ) -> None:
+        super().__init__()
+        if rnn_type not in RNN_TYPES:
+            raise ValueError(f"rnn_type must be one of {sorted(RNN_TYPES)}, got {rnn_type!r}")
+        if merge not in ("sum", "concat"):
+            raise ValueError(f"merge must be sum or concat, got {merge!r}")
+        self.merge = merge
+        self.bidirectional = bidirectional
+        self.hidden_size = hidden_size
+        kwargs = {"batch_first": True, "bidirectional": bidirectional}
+        if rnn_type == "rnn":
+            kwargs["nonlinearity"] = "relu"
+        if shared_projection:
+            self.projection = nn.Linear(input_size, hidden_size, bias=False)
+            self.bn = MaskedBatchNorm(hidden_size)
+            self.rnn = RNN_TYPES[rnn_type](hidden_size, hidden_size, **kwargs)
+            gates = self.rnn.weight_ih_l0.shape[0] // hidden_size
+            for name, _ in list(self.rnn.named_parameters()):
+                if name.startswith("weight_ih"):
+                    weight = getattr(self.rnn, name)
+                    with torch.no_grad():
+                        weight.copy_(torch.eye(hidden_size).repeat(gates, 1))
+                    weight.requires_grad_(False)
+        else:
+            self.projection = None
+            self.bn = MaskedBatchNorm(input_size)
+            self.rnn = RNN_TYPES[rnn_type](input_size, hidden_size, **kwargs)
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size * (2 if self.bidirectional and self.merge == "concat" else 1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.projection is not None:
+            x = self.projection(x)
+        x = self.bn(x, mask)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        if self.bidirectional and self.merge == "sum":
+            out = out[..., : self.hidden_size] + out[..., self.hidden_size :]
+        if isinstance(self.rnn, nn.RNN):
+            out = clipped_relu(out)  # the recurrence used ReLU; clip it as the spec does
+        return out
+
+
+class Lookahead(nn.Module):
+    """Row convolution over ``context`` future frames, for unidirectional models."""
+
+    def __init__(self, channels: int, context: int) -> None:
+        super().__init__()
+        self.context = context
+        self.conv = nn.Conv1d(channels, channels, context + 1, groups=channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.pad(x.transpose(1, 2), (0, self.context))
+        return clipped_relu(self.conv(y)).transpose(1, 2)
+
+
+class DeepSpeech2(nn.Module):
+    """``forward(features [B, T, F], lengths [B]) -> (logits [B, T', C], lengths' [B])``.
+
+    Defaults are the DeepMark spec: 161 input bins, convs (32, 5x20, stride 2x2) and
+    (32, 5x10, stride 1x2) without padding, 7 bidirectional vanilla RNN layers of 1760 with
+    a shared input projection and summed directions, FC 1760, 29 output symbols.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 29,
+        num_bins: int = 161,
+        conv_channels: Sequence[int] = (32, 32),
+        conv_kernels: Sequence[Sequence[int]] = ((5, 20), (5, 10)),
+        conv_strides: Sequence[Sequence[int]] = ((2, 2), (1, 2)),
+        conv_padding: Sequence[Sequence[int]] = ((0, 0), (0, 0)),
+        rnn_type: str = "rnn",
+        hidden_size: int = 1760,
+        num_layers: int = 7,
+        bidirectional: bool = True,
+        shared_projection: bool = True,
+        merge: str = "sum",
+        lookahead: int = 0,
+        fc_size: int | None = 1760,
+    ) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList()
+        channels, freq = 1, num_bins
+        for out_ch, kernel, stride, pad in zip(conv_channels, conv_kernels, conv_strides, conv_padding):
+            self.convs.append(ConvBlock(channels, out_ch, kernel, stride, pad))
+            channels = out_ch
+            freq = (freq + 2 * pad[0] - kernel[0]) // stride[0] + 1
+            if freq < 1:
+                raise ValueError(f"num_bins={num_bins} is too few for the convolution kernels {conv_kernels}")
+        size = channels * freq
+        self.rnn_input_size = size
+        self.rnns = nn.ModuleList()
+        for _ in range(num_layers):
+            layer = RecurrentLayer(size, hidden_size, rnn_type, bidirectional, shared_projection, merge)
+            self.rnns.append(layer)
+            size = layer.output_size
+        self.lookahead = Lookahead(size, lookahead) if lookahead and not bidirectional else None
+        if fc_size:
+            self.fc = nn.Linear(size, fc_size, bias=False)
+            self.fc_bn = MaskedBatchNorm(fc_size)
+            size = fc_size
+        else:
+            self.fc = None
+        self.output = nn.Linear(size, num_classes)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            lengths = conv.out_lengths(lengths)
+        return lengths
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = features.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
+        for conv in self.convs:
+            x, lengths = conv(x, lengths)
+        if int(lengths.min()) < 1:
+            raise ValueError(
+                f"an input of {int(features.shape[1])} frames or fewer is too short for the convolutions; "
+                "filter short utterances (min_duration) or add conv_padding"
+            )
+        b, c, f, t = x.shape
+        x = x.reshape(b, c * f, t).transpose(1, 2)  # [B, T, C*F]
+        mask = time_mask(lengths, t)
+        for rnn in self.rnns:
+            x = rnn(x, lengths, mask)
+        if self.lookahead is not None:
+            x = self.lookahead(x) * mask[..., None]
+        if self.fc is not None:
+            x = clipped_relu(self.fc_bn(self.fc(x), mask))
+        return self.output(x), lengths
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

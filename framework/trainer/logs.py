@@ -1,0 +1,65 @@
+"""Where a run reports: the log file, TensorBoard and the progress bar."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def setup_file_logging(run_dir: Path, rank: int, world_size: int) -> Path:
+    """``train.log`` for rank 0, ``train-rank<r>.log`` for the others (debugging DDP)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ("train.log" if rank == 0 else f"train-rank{rank}.log")
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
+        handler = logging.FileHandler(path)
+        prefix = f"[rank {rank}] " if world_size > 1 else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"))
+        root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    if not any(type(h) is logging.StreamHandler for h in root.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+        root.addHandler(console)
+    return path
+
+
+class TensorBoardLogger:
+    """Scalars and text to TensorBoard under ``run_dir/tensorboard``; a no-op off rank 0.
+    A resumed run appends to the same folder, so curves continue at the resumed step."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, log_every_n_steps: int = 10) -> None:
+        self.log_every_n_steps = log_every_n_steps
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.writer:
+            self.writer.add_text(tag, text, step)
+
+    def flush(self) -> None:
+        if self.writer:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+            self.writer = None
+
+
+def progress(total: int, desc: str, enabled: bool) -> tqdm:
+    """A tqdm bar on a terminal; silent under pipes, CI and on ranks other than 0."""
+    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, leave=False)

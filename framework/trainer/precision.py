@@ -1,0 +1,66 @@
+"""Mixed precision: autocast contexts, loss scaling for fp16, the optimizer step."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import torch
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision:
+    """``precision`` for training, ``eval_precision`` (default: the same) for evaluation.
+
+    fp16 uses a GradScaler and needs CUDA; bf16 runs on CUDA and CPU.
+    """
+
+    def __init__(self, precision: str, device: torch.device, eval_precision: str | None = None) -> None:
+        for name, value in (("precision", precision), ("eval_precision", eval_precision)):
+            if value is not None and value not in DTYPES:
+                raise ValueError(f"trainer.{name} must be one of {sorted(DTYPES)}, got {value!r}")
+        if "fp16" in (precision, eval_precision) and device.type != "cuda":
+            raise ValueError(
+                f"trainer.precision=fp16 needs a CUDA device (this run uses {device.type}); "
+                "use trainer.precision=bf16 or fp32 on CPU"
+            )
+        self.device = device
+        self.train_dtype = DTYPES[precision]
+        self.eval_dtype = DTYPES[eval_precision or precision]
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    def autocast(self, training: bool = True) -> contextlib.AbstractContextManager:
+        dtype = self.train_dtype if training else self.eval_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(
+        self, optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], max_grad_norm: float | None
+    ) -> torch.Tensor:
+        """Unscales (fp16), clips to ``max_grad_norm`` over all parameters, steps.
+        Returns the global gradient norm before clipping (a device tensor, no host sync);
+        a non-finite norm means the caller must skip the step."""
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+        params = [p for p in params if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+        return norm
+
+    def apply(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict() if self.scaler else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler and state:
+            self.scaler.load_state_dict(state)

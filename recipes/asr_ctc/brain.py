@@ -1,0 +1,69 @@
+"""Speech recognition with CTC, the whole story in one file.
+
+features (conf/features) -> acoustic model (conf/model, DeepSpeech2 by default) ->
+log-probabilities over characters -> CTC loss in training; greedy decoding and
+character / word error rates in validation and test.
+
+Run: python -m framework.train recipe=asr_ctc [overrides]
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from framework.brain import Brain, Stage
+from framework.text import CharTokenizer, ErrorRate, greedy_decode
+from framework.trainer.distributed import all_reduce_sum
+
+log = logging.getLogger(__name__)
+
+
+class ASRBrain(Brain):
+    def build_model(self, train_set) -> nn.Module:
+        # The alphabet comes from the training transcripts and is kept in the run dir,
+        # so evaluation and transcription decode with the same symbols.
+        path = self.run_dir / "tokenizer.json"
+        if path.is_file():
+            self.tokenizer = CharTokenizer.load(path)
+        else:
+            self.tokenizer = CharTokenizer.from_texts(train_set.texts)
+            if self.dist.is_main:
+                self.tokenizer.save(path)
+        self.ctc_loss = nn.CTCLoss(blank=0, zero_infinity=True)
+        return instantiate(self.cfg.model, num_bins=self.features.num_bins, num_classes=len(self.tokenizer))
+
+    def compute_forward(self, batch, stage: Stage):
+        feats, feat_lens = self.features(batch.inputs, batch.inputs_lens, augment=stage == Stage.TRAIN)
+        logits, out_lens = self.model(feats, feat_lens)
+        return logits.float().log_softmax(-1), out_lens
+
+    def compute_objectives(self, outputs, batch, stage: Stage) -> torch.Tensor:
+        log_probs, out_lens = outputs
+        targets, target_lens = self.tokenizer.encode_batch(batch.text, drop_unknown=stage != Stage.TRAIN)
+        loss = self.ctc_loss(log_probs.transpose(0, 1), targets.to(self.device), out_lens, target_lens.to(self.device))
+        if stage != Stage.TRAIN:
+            hyps = [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs, out_lens)]
+            refs = [t.lower() for t in batch.text]
+            self.cer.update(refs, hyps)
+            self.wer.update(refs, hyps)
+            self.examples.extend(zip(batch.id, refs, hyps))
+        return loss
+
+    def on_stage_start(self, stage: Stage, epoch: int) -> None:
+        self.cer, self.wer = ErrorRate("char"), ErrorRate("word")
+        self.examples: list[tuple[str, str, str]] = []
+
+    def on_stage_end(self, stage: Stage, loss: float, epoch: int) -> dict[str, float]:
+        if stage == Stage.TRAIN:
+            return {"loss": loss}
+        counts = torch.tensor([self.cer.edits, self.cer.total, self.wer.edits, self.wer.total], dtype=torch.float64)
+        c_edits, c_total, w_edits, w_total = all_reduce_sum(counts.to(self.device)).tolist()
+        shown = "\n".join(f"{uid}: ref={ref!r} hyp={hyp!r}" for uid, ref, hyp in self.examples[: self.cfg.decode_examples])
+        if shown:
+            log.info("%s examples:\n%s", stage.value, shown)
+            self.logger.text(f"{stage.value}/examples", shown.replace("\n", "  \n"), self.step)
+        return {"loss": loss, "cer": c_edits / max(c_total, 1), "wer": w_edits / max(w_total, 1)}

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny, fast configuration of the default recipe for end-to-end runs.
+TINY = [
+    "dataset.prepare.splits={train:48,valid:16,test:16}",
+    "model.hidden_size=32",
+    "model.num_layers=1",
+    "model.fc_size=32",
+    "model.conv_channels=[4,4]",
+    "trainer.max_epochs=2",
+    "batching.max_batch_length=20",
+    "logger.log_every_n_steps=1",
+]
+
+
+def run_cli(module: str, args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs ``python -m <module> <args>`` like a user would, in ``cwd``."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """Shared folder for synthesised corpora (each is generated once per session)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture()
+def train_cli(tmp_path, data_dir):
+    """Runs ``python -m framework.train`` with the tiny config; returns (proc, run_dir)."""
+
+    def run(*overrides: str, run_dir: Path | None = None, check: bool = True, module: str = "framework.train"):
+        run_dir = run_dir or tmp_path / "run"
+        args = [*TINY, f"dataset.root={data_dir}/tones-tiny", f"hydra.run.dir={run_dir}", *overrides]
+        return run_cli(module, args, cwd=tmp_path, check=check), run_dir
+
+    return run
