@@ -9,6 +9,7 @@ lives in :mod:`framework.trainer` and is driven from here by ``cfg.trainer``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -50,13 +51,13 @@ class Brain:
     ``cfg.scheduler``, ``cfg.batching``, ``cfg.features``, ``cfg.logger``).
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None, log_name: str = "train") -> None:
         self.cfg = cfg
         self.trainer_cfg = cfg.trainer
         self.dist = distributed.init_distributed(cfg.trainer.device)
         self.device = self.dist.device
         self.run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
-        setup_file_logging(self.run_dir, self.dist.rank, self.dist.world_size)
+        setup_file_logging(self.run_dir, self.dist.rank, self.dist.world_size, log_name)
         self.precision = Precision(cfg.trainer.precision, self.device, cfg.trainer.get("eval_precision"))
         self.features: nn.Module | None = instantiate(cfg.features).to(self.device) if cfg.get("features") else None
         ck = cfg.trainer.checkpoint
@@ -120,6 +121,9 @@ class Brain:
         if not train:
             overrides["shuffle"] = False
             overrides["drop_last"] = False
+        if self.features is not None and self.features.where == "worker" and getattr(dataset, "transform", 1) is None:
+            # a CPU copy of the pipeline runs in the workers; the batch arrives as features
+            dataset.transform = copy.deepcopy(self.features).cpu().per_example
         sampler: LengthBatchSampler = instantiate(self.cfg.batching, **overrides)
         sampler.even = train
         workers = self.trainer_cfg.num_workers
@@ -138,6 +142,8 @@ class Brain:
         """Builds model, optimizer and scheduler once; resumes when configured."""
         if self.model is not None:
             return
+        if self.features is not None and train_set is not None:
+            self.fit_feature_stats(train_set)
         model = self.build_model(train_set).to(self.device)
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("model %s: %.2f M trainable parameters", type(model).__name__, n_params / 1e6)
@@ -149,6 +155,15 @@ class Brain:
             )
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = instantiate(self.cfg.optimizer, params=params)
+
+    def fit_feature_stats(self, train_set) -> None:
+        """Global normalisation statistics: computed once by rank 0, saved in the run
+        directory, read by every rank (and by resumed runs)."""
+        path = self.run_dir / "feature_stats.pt"
+        if self.dist.is_main:
+            self.features.fit_stats(train_set, path)
+        distributed.barrier()
+        self.features.fit_stats(train_set, path)
 
     def _make_scheduler(self, steps_per_epoch: int) -> None:
         if self.cfg.get("scheduler") is None or self.scheduler is not None:
@@ -223,6 +238,22 @@ class Brain:
             state = load_checkpoint(path, self.device)
         self.load_state_dict(state, path)
 
+    def load_weights(self, which: str | None) -> Path | None:
+        """Model (and feature statistics) from the ``best`` or ``latest`` checkpoint or a
+        path; None keeps the current weights."""
+        if not which:
+            return None
+        path = {"best": self.checkpointer.best, "latest": self.checkpointer.latest}.get(which, lambda: Path(which))()
+        if path is None:
+            log.warning("no checkpoint in %s: using the current weights", self.checkpointer.directory)
+            return None
+        state = load_checkpoint(path, self.device)
+        self.module.load_state_dict(state["model"])
+        if self.features is not None and state.get("features"):
+            self.features.load_state_dict(state["features"])
+        log.info("weights from %s", path)
+        return path
+
     # -------------------------------------------------------------------------- loops
     def fit(self, train_set, valid_set=None) -> dict[str, float]:
         """Trains for ``trainer.max_epochs`` epochs; returns the last validation metrics."""
@@ -261,7 +292,7 @@ class Brain:
         tcfg = self.trainer_cfg
         total_loss = torch.zeros((), device=self.device)
         window_loss = torch.zeros((), device=self.device)
-        n_batches = 0
+        n_batches = n_steps = n_micro = 0  # finite steps, all steps, micro-batches
         examples = padded = real = 0
         log_every = self.logger.log_every_n_steps
         t_log, ex_log = time.perf_counter(), 0
@@ -301,6 +332,8 @@ class Brain:
                 self._nonfinite_step()
             self.optimizer.zero_grad(set_to_none=True)
             self.batch_in_epoch += len(window)
+            n_steps += 1
+            n_micro += len(window)
             examples += sum(sizes)
             ex_log += sum(sizes)
             bar.update(len(window))
@@ -325,13 +358,10 @@ class Brain:
                 "%d example(s) skipped as unreadable so far (skip_bad); first: %s",
                 len(self.skipped_examples), "; ".join(f"{i}: {why}" for i, why in self.skipped_examples[:3]),
             )
-        if padded:
-            self.logger.scalars(
-                {"epoch/padding_fraction": 1 - real / padded, "epoch/mean_batch_size": examples / max(n_batches, 1)},
-                self.step,
-            )
-            log.info("epoch %d: padding %.1f%%, mean batch size %.1f", epoch + 1, 100 * (1 - real / padded),
-                     examples / max(len(loader.batch_sampler), 1))
+        padding = 1 - real / padded if padded else 0.0
+        self.logger.scalars({"epoch/padding_fraction": padding, "epoch/mean_batch_size": examples / max(n_micro, 1)}, self.step)
+        log.info("epoch %d: %d steps, padding %.1f%%, mean batch size %.1f", epoch + 1, n_steps, 100 * padding,
+                 examples / max(n_micro, 1))
         mean = distributed.all_reduce_sum(torch.stack([total_loss, torch.tensor(float(n_batches), device=self.device)]))
         train_loss = (mean[0] / mean[1].clamp(min=1)).item()
         self.on_stage_end(Stage.TRAIN, train_loss, epoch)
@@ -379,13 +409,7 @@ class Brain:
         """Metrics on ``test_set`` with the ``best`` (by ``trainer.checkpoint.monitor``) or
         ``latest`` checkpoint loaded, or the current weights when ``load`` is None."""
         self.setup(test_set)
-        path = {"best": self.checkpointer.best, "latest": self.checkpointer.latest}.get(load, lambda: None)() if load else None
-        if path is not None:
-            state = load_checkpoint(path, self.device)
-            self.module.load_state_dict(state["model"])
-            if self.features is not None and state.get("features"):
-                self.features.load_state_dict(state["features"])
-            log.info("evaluating with %s", path.name)
+        self.load_weights(load)
         loader = test_set if isinstance(test_set, DataLoader) else self.make_dataloader(test_set, Stage.TEST)
         metrics = self.run_eval(loader, Stage.TEST, self.epoch)
         self.logger.scalars(metrics, self.step)

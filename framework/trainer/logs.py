@@ -9,10 +9,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 
-def setup_file_logging(run_dir: Path, rank: int, world_size: int) -> Path:
-    """``train.log`` for rank 0, ``train-rank<r>.log`` for the others (debugging DDP)."""
+def setup_file_logging(run_dir: Path, rank: int, world_size: int, name: str = "train") -> Path:
+    """``<name>.log`` for rank 0, ``<name>-rank<r>.log`` for the others (debugging DDP)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ("train.log" if rank == 0 else f"train-rank{rank}.log")
+    path = run_dir / (f"{name}.log" if rank == 0 else f"{name}-rank{rank}.log")
     root = logging.getLogger()
     if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
         handler = logging.FileHandler(path)

@@ -67,3 +67,19 @@ class ASRBrain(Brain):
             log.info("%s examples:\n%s", stage.value, shown)
             self.logger.text(f"{stage.value}/examples", shown.replace("\n", "  \n"), self.step)
         return {"loss": loss, "cer": c_edits / max(c_total, 1), "wer": w_edits / max(w_total, 1)}
+
+    @torch.no_grad()
+    def transcribe(self, paths: list[str], checkpoint: str = "best") -> list[str]:
+        """Transcripts of audio files, decoded with the run's checkpoint."""
+        from framework.data.audio import read_audio
+        from framework.data.collate import pad_sequences
+
+        self.setup(None)
+        self.load_weights(checkpoint)
+        self.model.eval()
+        self.features.eval()
+        wavs = [read_audio(p, self.cfg.sample_rate) for p in paths]
+        inputs, lengths = pad_sequences(wavs)
+        feats, feat_lens = self.features.extract(inputs.to(self.device), lengths.to(self.device))
+        logits, out_lens = self.model(feats, feat_lens)
+        return [self.tokenizer.decode(ids) for ids in greedy_decode(logits, out_lens)]

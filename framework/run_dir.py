@@ -1,0 +1,26 @@
+"""Re-opening a finished run: its config, datasets and Brain, for evaluation and inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from framework.brain import Brain
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory of framework.train")
+    cfg = OmegaConf.load(path)
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
+    cfg.run_dir = str(run_dir)
+    cfg.trainer.resume = None
+    return cfg
+
+
+def open_brain(cfg: DictConfig, log_name: str) -> Brain:
+    return get_class(cfg.brain._target_)(cfg, run_dir=cfg.run_dir, log_name=log_name)

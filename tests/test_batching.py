@@ -1,0 +1,211 @@
+"""Invariants of the fixed, sorted and dynamic batch samplers."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from framework.data.batching import (
+    DynamicBatchSampler,
+    FixedBatchSampler,
+    SortedBatchSampler,
+    batch_stats,
+    fit_bucket_boundaries,
+)
+
+
+def skewed_lengths(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.uniform(10, 16, n * 3 // 4), rng.lognormal(1.2, 0.6, n - n * 3 // 4)]).clip(0.3, 30)
+
+
+def all_indices(batches):
+    return sorted(i for b in batches for i in b)
+
+
+def make(kind, lengths, **kw):
+    if kind == "fixed":
+        return FixedBatchSampler(lengths, batch_size=kw.pop("batch_size", 16), **kw)
+    if kind == "sorted":
+        return SortedBatchSampler(lengths, batch_size=kw.pop("batch_size", 16), **kw)
+    return DynamicBatchSampler(lengths, max_batch_length=kw.pop("max_batch_length", 100.0), num_buckets=kw.pop("num_buckets", 10), **kw)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "sorted", "dynamic"])
+def test_every_example_exactly_once_per_epoch(kind):
+    lengths = skewed_lengths()
+    sampler = make(kind, lengths)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert all_indices(batches) == list(range(len(lengths)))
+        assert len(batches) == len(sampler)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "sorted", "dynamic"])
+def test_same_seed_and_epoch_same_batches_and_shuffle_changes_them(kind):
+    lengths = skewed_lengths()
+    a, b = make(kind, lengths, seed=3, shuffle=True), make(kind, lengths, seed=3, shuffle=True)
+    a.set_epoch(5)
+    b.set_epoch(5)
+    assert list(a) == list(b)
+    b.set_epoch(6)
+    assert list(a) != list(b)
+    assert list(a) != list(make(kind, lengths, seed=4, shuffle=True, epoch=5))
+
+
+def test_dynamic_batch_composition_changes_across_epochs():
+    sampler = make("dynamic", skewed_lengths(), shuffle=True)
+    first = {tuple(sorted(b)) for b in sampler}
+    sampler.set_epoch(1)
+    second = {tuple(sorted(b)) for b in sampler}
+    assert len(first & second) < 0.1 * len(first)  # different groupings, not just a new order
+
+
+@pytest.mark.parametrize("quadratic", [None, 20.0])
+def test_dynamic_budget_counts_padded_cost_and_is_never_exceeded(quadratic):
+    lengths = skewed_lengths()
+    sampler = DynamicBatchSampler(lengths, max_batch_length=120.0, num_buckets=8, max_batch_ex=40, quadratic=quadratic)
+    cost = sampler.cost
+    for batch in sampler:
+        longest = lengths[batch].max()
+        assert len(batch) * cost(longest) <= 120.0 + 1e-9
+        assert len(batch) <= 40
+    stats = batch_stats(list(sampler), lengths)
+    assert 0 <= stats["padding_fraction"] < 0.15
+
+
+def test_dynamic_batches_are_greedy_full():
+    # with one bucket of equal lengths every batch but the last holds exactly budget // length
+    sampler = DynamicBatchSampler([2.0] * 100, max_batch_length=21.0, num_buckets=1)
+    sizes = sorted(len(b) for b in sampler)
+    assert sizes == [10] * 10
+
+
+@pytest.mark.parametrize("ordering", ["ascending", "descending"])
+def test_batch_ordering_is_honoured(ordering):
+    lengths = skewed_lengths()
+    sampler = DynamicBatchSampler(lengths, max_batch_length=100.0, num_buckets=10, batch_ordering=ordering)
+    longest = [lengths[b].max() for b in sampler]
+    assert longest == sorted(longest, reverse=ordering == "descending")
+
+
+def test_sorted_sampler_sorts_and_shuffles_only_the_order():
+    lengths = skewed_lengths()
+    plain = list(SortedBatchSampler(lengths, batch_size=8, shuffle=False))
+    flat = [i for b in plain for i in b]
+    assert list(lengths[flat]) == sorted(lengths)
+    shuffled = list(SortedBatchSampler(lengths, batch_size=8, shuffle=True))
+    assert sorted(map(tuple, shuffled)) == sorted(map(tuple, plain)) and shuffled != plain
+    desc = list(SortedBatchSampler(lengths, batch_size=8, descending=True, shuffle=False))
+    assert lengths[desc[0]].min() >= lengths[desc[-1]].max()
+
+
+def test_fixed_drop_last():
+    assert [len(b) for b in FixedBatchSampler(range(10), batch_size=4, drop_last=True)] == [4, 4]
+    assert sorted(len(b) for b in FixedBatchSampler(range(10), batch_size=4)) == [2, 4, 4]
+
+
+def test_too_long_examples_dropped_with_a_counted_warning_or_raise(caplog):
+    lengths = [1.0, 2.0, 50.0, 3.0, 60.0]
+    with caplog.at_level(logging.WARNING):
+        sampler = DynamicBatchSampler(lengths, max_batch_length=10.0, num_buckets=2)
+    assert "2 example(s) cost more than max_batch_length=10.0" in caplog.text
+    assert all_indices(list(sampler)) == [0, 1, 3]
+    with pytest.raises(ValueError, match="2 example.*raise max_batch_length"):
+        DynamicBatchSampler(lengths, max_batch_length=10.0, num_buckets=2, too_long="error")
+
+
+def test_explicit_bucket_boundaries_are_used():
+    lengths = np.linspace(0.5, 10, 200)
+    sampler = DynamicBatchSampler(lengths, max_batch_length=30.0, bucket_boundaries=[2.0, 5.0])
+    for batch in sampler:
+        buckets = {int(np.searchsorted([2.0, 5.0], lengths[i])) for i in batch}
+        assert len(buckets) == 1
+
+
+def test_fitted_boundaries_beat_quantiles_on_padding():
+    lengths = skewed_lengths(20000)
+    def edge_padding(edges):
+        return (edges[np.searchsorted(edges, lengths)] - lengths).sum()
+    padding = fit_bucket_boundaries(lengths, 12, "padding")
+    quantile = fit_bucket_boundaries(lengths, 12, "quantile")
+    assert len(padding) == 12 and padding[-1] == lengths.max()
+    assert edge_padding(padding) < edge_padding(quantile)
+
+
+def test_padding_fit_is_optimal_on_a_small_case():
+    # brute force over every choice of 2 upper edges among 6 distinct lengths
+    lengths = np.array([1, 1, 1, 2, 5, 5, 6, 9, 9, 9, 9, 10], dtype=float)
+    uniq = np.unique(lengths)
+    def cost(edges):
+        return (edges[np.searchsorted(edges, lengths)] - lengths).sum()
+    best = min(cost(np.array([e, uniq[-1]])) for e in uniq[:-1])
+    assert cost(fit_bucket_boundaries(lengths, 2)) == best
+
+
+@pytest.mark.parametrize("kind", ["fixed", "sorted", "dynamic"])
+def test_state_dict_resumes_with_exactly_the_remaining_batches(kind):
+    lengths = skewed_lengths()
+    sampler = make(kind, lengths, shuffle=True, seed=1)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    it = iter(sampler)
+    consumed = [next(it) for _ in range(7)]
+    state = sampler.state_dict()
+    assert state["position"] == 7 and state["epoch"] == 2
+
+    fresh = make(kind, lengths, shuffle=True, seed=1)
+    fresh.load_state_dict(state)
+    rest = list(fresh)
+    assert consumed + rest == full
+    assert list(fresh) == full  # the next pass is a whole epoch again
+
+
+def test_state_from_another_configuration_is_refused():
+    lengths = skewed_lengths()
+    state = make("dynamic", lengths).state_dict()
+    with pytest.raises(ValueError, match="batching config or number of ranks changed"):
+        make("dynamic", lengths, max_batch_length=50.0).load_state_dict(state)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "sorted", "dynamic"])
+@pytest.mark.parametrize("world", [2, 3])
+def test_ddp_ranks_get_equal_counts_and_no_duplicates_but_the_last_step(kind, world):
+    lengths = skewed_lengths(1001)
+    per_rank = [list(make(kind, lengths, num_replicas=world, rank=r, seed=0)) for r in range(world)]
+    counts = {len(b) for b in per_rank}
+    assert len(counts) == 1
+    steps = counts.pop()
+    seen = [i for r in range(world) for b in per_rank[r][: steps - 1] for i in b]
+    assert len(seen) == len(set(seen))  # duplicates only in the very last step
+    everything = {i for r in range(world) for b in per_rank[r] for i in b}
+    assert everything == set(range(len(lengths)))
+
+
+def test_ddp_ranks_batches_in_one_step_have_similar_cost():
+    lengths = skewed_lengths(5000)
+    world = 4
+    per_rank = [list(make("dynamic", lengths, num_replicas=world, rank=r)) for r in range(world)]
+    spread = []
+    for step in zip(*per_rank):
+        longest = [lengths[b].max() for b in step]
+        spread.append(max(longest) / min(longest))
+    assert np.median(spread) < 1.2
+
+
+def test_eval_sharding_has_no_duplicates():
+    lengths = skewed_lengths(1001)
+    shards = []
+    for r in range(3):
+        s = make("dynamic", lengths, num_replicas=3, rank=r, shuffle=False)
+        s.even = False
+        shards.extend(i for b in s for i in b)
+    assert sorted(shards) == list(range(len(lengths)))
+
+
+def test_bad_lengths_are_refused():
+    with pytest.raises(ValueError, match="length of example 1 is nan"):
+        FixedBatchSampler([1.0, float("nan")], batch_size=2)

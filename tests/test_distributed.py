@@ -1,0 +1,41 @@
+"""DDP through a real torchrun (gloo on CPU): lockstep training, sharded evaluation."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.conftest import TINY, run_cli
+
+
+def torchrun(args, cwd):
+    return run_cli("torch.distributed.run", ["--standalone", "--nproc_per_node=2", *args], cwd=cwd, timeout=900)
+
+
+def steps_per_epoch(log_text):
+    return [int(n) for n in re.findall(r"epoch \d+: (\d+) steps", log_text)]
+
+
+def test_torchrun_training_uneven_data_keeps_ranks_in_step_and_evaluation_matches(tmp_path, data_dir):
+    root = f"dataset.root={data_dir}/tones-ddp"
+    # 47 training utterances: the batches do not split evenly over 2 ranks
+    common = [*TINY, root, "dataset.prepare.splits={train:47,valid:13,test:17}", "trainer.device=cpu",
+              "trainer.grad_accumulation=2", "batching.max_batch_length=12"]
+    run_dir = tmp_path / "ddp"
+    torchrun(["-m", "framework.train", *common, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+
+    rank0 = steps_per_epoch((run_dir / "train.log").read_text())
+    rank1 = steps_per_epoch((run_dir / "train-rank1.log").read_text())
+    assert rank0 == rank1 and len(rank0) == 2 and rank0[0] > 0
+    assert not list(tmp_path.glob("runs")) and not (tmp_path / ".hydra").exists()  # one run dir only
+    index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
+    assert index[-1]["epoch"] == 2 and index[-1]["step"] == sum(rank0)
+
+    # the same checkpoint evaluated by one process and by two (sharded) gives the same metrics
+    single = json.loads(run_cli("framework.evaluate", [str(run_dir)], cwd=tmp_path).stdout.strip().splitlines()[-1])
+    sharded = torchrun(["-m", "framework.evaluate", str(run_dir)], cwd=tmp_path)
+    sharded = json.loads(sharded.stdout.strip().splitlines()[-1])
+    assert (run_dir / "evaluate-rank1.log").is_file()  # rank 1 took part
+    assert single.keys() == sharded.keys()
+    for key in single:
+        assert abs(single[key] - sharded[key]) < 1e-5, (key, single[key], sharded[key])
