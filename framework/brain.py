@@ -27,7 +27,8 @@ from framework.data.batching import LengthBatchSampler
 from framework.data.collate import Batch, collate
 from framework.trainer import distributed
 from framework.trainer.accumulation import loss_weights, windows
-from framework.trainer.checkpoint import CheckpointError, Checkpointer, load_checkpoint, rng_state, set_rng_state
+from framework.trainer.activation_checkpointing import apply_activation_checkpointing
+from framework.trainer.checkpoint import Checkpointer, CheckpointError, load_checkpoint, rng_state, set_rng_state
 from framework.trainer.logs import TensorBoardLogger, progress, setup_file_logging
 from framework.trainer.precision import Precision
 
@@ -72,6 +73,7 @@ class Brain:
         self.step = 0  # optimizer steps taken
         self.batch_in_epoch = 0  # micro-batches of the current epoch consumed
         self.nonfinite_steps = 0
+        self.oom_skipped = 0
         self.skipped_examples: list[tuple[str, str]] = []
         self._train_sampler: LengthBatchSampler | None = None
 
@@ -144,16 +146,23 @@ class Brain:
             return
         if self.features is not None and train_set is not None:
             self.fit_feature_stats(train_set)
+        tcfg = self.trainer_cfg
+        if tcfg.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         model = self.build_model(train_set).to(self.device)
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("model %s: %.2f M trainable parameters", type(model).__name__, n_params / 1e6)
-        self.model = model
+        if tcfg.activation_checkpointing:
+            wrapped = apply_activation_checkpointing(model, list(tcfg.activation_checkpointing))
+            log.info("activation checkpointing: %s", ", ".join(wrapped))
         self.module = model  # unwrapped, for state dicts
         if self.dist.enabled:
-            self.model = nn.parallel.DistributedDataParallel(
+            model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        params = [p for p in model.parameters() if p.requires_grad]
+        self.model = torch.compile(model) if tcfg.compile else model
+        params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = instantiate(self.cfg.optimizer, params=params)
 
     def fit_feature_stats(self, train_set) -> None:
@@ -166,7 +175,7 @@ class Brain:
         self.features.fit_stats(train_set, path)
 
     def _make_scheduler(self, steps_per_epoch: int) -> None:
-        if self.cfg.get("scheduler") is None or self.scheduler is not None:
+        if not self.cfg.get("scheduler") or self.scheduler is not None:
             return
         total = max(1, steps_per_epoch * self.trainer_cfg.max_epochs)
         self.scheduler = instantiate(self.cfg.scheduler, optimizer=self.optimizer, total_steps=total)
@@ -298,26 +307,27 @@ class Brain:
         t_log, ex_log = time.perf_counter(), 0
         bar = progress(len(loader.batch_sampler) - self.batch_in_epoch, f"epoch {epoch + 1}", self.dist.is_main)
         params = [p for p in self.module.parameters() if p.requires_grad]
-        for window in windows(loader, tcfg.grad_accumulation):
-            window = [b for b in window if self._usable(b)]
+        for raw_window in windows(loader, tcfg.grad_accumulation):
+            self.batch_in_epoch += len(raw_window)
+            bar.update(len(raw_window))
+            window = [b for b in raw_window if self._usable(b)]
             sizes = [len(b) for b in window]
             global_total = None
             if self.dist.enabled:
                 global_total = int(distributed.all_reduce_sum(torch.tensor(sum(sizes), device=self.device)).item())
             if not window or global_total == 0:
                 continue
-            weights = loss_weights(sizes, global_total, self.dist.world_size)
-            step_loss = torch.zeros((), device=self.device)
-            for i, (batch, weight) in enumerate(zip(window, weights)):
-                stats = _padding(batch)
-                padded += stats[0]
-                real += stats[1]
-                batch = batch.to(self.device, non_blocking=True)
-                last = i == len(window) - 1
-                sync = contextlib.nullcontext() if last or not self.dist.enabled else self.model.no_sync()
-                with sync:
-                    loss = self.fit_batch(batch, weight)
-                step_loss += loss * (sizes[i] / sum(sizes))
+            for batch in window:
+                held, used = _padding(batch)
+                padded += held
+                real += used
+            try:
+                step_loss = self.accumulate(window, loss_weights(sizes, global_total, self.dist.world_size))
+            except torch.OutOfMemoryError:
+                if not tcfg.skip_oom or self.dist.enabled:
+                    raise
+                self._skip_oom(window)
+                continue
             norm = self.precision.step(self.optimizer, params, tcfg.max_grad_norm)
             finite = bool(torch.isfinite(norm) & torch.isfinite(step_loss))  # one host sync per step
             if finite:
@@ -331,12 +341,10 @@ class Brain:
             else:
                 self._nonfinite_step()
             self.optimizer.zero_grad(set_to_none=True)
-            self.batch_in_epoch += len(window)
             n_steps += 1
             n_micro += len(window)
             examples += sum(sizes)
             ex_log += sum(sizes)
-            bar.update(len(window))
             if finite and self.step % log_every == 0:
                 now = time.perf_counter()
                 value = (window_loss / log_every).item()
@@ -353,6 +361,8 @@ class Brain:
             if every and finite and self.step % every == 0:
                 self.save_checkpoint()
         bar.close()
+        if self.oom_skipped:
+            log.warning("%d step(s) skipped for running out of memory so far", self.oom_skipped)
         if self.skipped_examples:
             log.warning(
                 "%d example(s) skipped as unreadable so far (skip_bad); first: %s",
@@ -366,6 +376,29 @@ class Brain:
         train_loss = (mean[0] / mean[1].clamp(min=1)).item()
         self.on_stage_end(Stage.TRAIN, train_loss, epoch)
         return train_loss
+
+    def accumulate(self, window: list[Batch], weights: list[float]) -> torch.Tensor:
+        """Forward and backward over the micro-batches of one optimizer step. Under DDP the
+        gradients are synchronised on the last micro-batch only (``no_sync`` before it).
+        Returns the step's loss, averaged over its examples."""
+        total = sum(len(b) for b in window)
+        step_loss = torch.zeros((), device=self.device)
+        for i, (batch, weight) in enumerate(zip(window, weights)):
+            last = i == len(window) - 1
+            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.model.no_sync()
+            with sync:
+                loss = self.fit_batch(batch.to(self.device, non_blocking=True), weight)
+            step_loss += loss * (len(batch) / total)
+        return step_loss
+
+    def _skip_oom(self, window: list[Batch]) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.oom_skipped += 1
+        shapes = [tuple(b["inputs"].shape) for b in window if "inputs" in b]
+        log.warning("out of memory on a batch of inputs %s: skipped (%d so far, trainer.skip_oom=true)",
+                    shapes, self.oom_skipped)
 
     def _usable(self, batch: Batch) -> bool:
         if batch.get("skipped"):

@@ -18,7 +18,7 @@ class CharTokenizer:
         self.index = {s: i for i, s in enumerate(self.symbols)}
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], lowercase: bool = True) -> "CharTokenizer":
+    def from_texts(cls, texts: Iterable[str], lowercase: bool = True) -> CharTokenizer:
         chars = set()
         for text in texts:
             chars.update(text.lower() if lowercase else text)
@@ -52,5 +52,5 @@ class CharTokenizer:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "CharTokenizer":
+    def load(cls, path: str | Path) -> CharTokenizer:
         return cls(json.loads(Path(path).read_text())["symbols"])

@@ -1,0 +1,234 @@
+"""Trainer options: precision, accumulation, clipping, activation checkpointing, faults,
+checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from framework.brain import NonFiniteLossError
+from framework.data.collate import collate
+from framework.models import DeepSpeech2
+from framework.trainer.accumulation import loss_weights, windows
+from framework.trainer.activation_checkpointing import apply_activation_checkpointing
+from framework.trainer.checkpoint import Checkpointer, CheckpointError, load_checkpoint
+from framework.trainer.precision import Precision
+from tests.conftest import ROOT, TINY
+from tests.toy import ToyBrain, ToyData, ToyModel, toy_cfg
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+# ------------------------------------------------------------------------ precision
+def test_bf16_training_through_the_cli(train_cli):
+    _, run_dir = train_cli("trainer.precision=bf16", "trainer.max_epochs=1")
+    log = (run_dir / "train.log").read_text()
+    assert "test: test_loss=" in log
+    assert "nan" not in log.split("test:")[1].split("\n")[0]
+
+
+def test_fp16_on_cpu_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device.*use trainer.precision=bf16"):
+        Precision("fp16", torch.device("cpu"))
+
+
+def test_bf16_autocast_runs_matmuls_in_bf16_on_cpu():
+    p = Precision("bf16", torch.device("cpu"), eval_precision="fp32")
+    a = torch.randn(4, 4)
+    with p.autocast(training=True):
+        assert (a @ a).dtype == torch.bfloat16
+    with p.autocast(training=False):
+        assert (a @ a).dtype == torch.float32
+
+
+# ---------------------------------------------------------------------- accumulation
+def test_windows_keep_the_last_partial_window():
+    assert [len(w) for w in windows(range(7), 3)] == [3, 3, 1]
+
+
+@pytest.mark.parametrize("sizes", [[4, 4, 4], [5, 4, 3], [1, 9]])
+def test_accumulated_gradients_equal_one_big_batch(tmp_path, sizes):
+    """Fixed and dynamic (uneven) micro-batches: weighted by examples, the sum of their
+    gradients is the big batch's gradient."""
+    torch.manual_seed(0)
+    brain = ToyBrain(toy_cfg(tmp_path, "trainer.grad_accumulation=3"))
+    brain.model_factory = lambda: ToyModel(dropout=0.0).eval()  # BN in eval: batch-independent
+    data = ToyData(sum(sizes))
+    brain.setup(data)
+    brain.model.eval()
+    examples = [data[i] for i in range(len(data))]
+    chunks, start = [], 0
+    for n in sizes:
+        chunks.append(collate(examples[start : start + n]))
+        start += n
+    brain.accumulate(chunks, loss_weights(sizes))
+    accumulated = grads(brain.module)
+    brain.optimizer.zero_grad()
+    brain.accumulate([collate(examples)], [1.0])
+    big = grads(brain.module)
+    for name in big:
+        torch.testing.assert_close(accumulated[name], big[name], rtol=1e-5, atol=1e-6)
+
+
+# -------------------------------------------------------------------------- clipping
+def test_clipping_bounds_the_global_norm_and_reports_the_unclipped_one():
+    model = ToyModel()
+    out = model(torch.randn(8, 5, 6) * 100, torch.full((8,), 5))
+    (out**2).sum().backward()
+    before = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
+    norm = Precision("fp32", torch.device("cpu")).step(torch.optim.SGD(model.parameters(), lr=0.1),
+                                                      model.parameters(), max_grad_norm=0.5)
+    after = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
+    assert before > 0.5
+    torch.testing.assert_close(norm, before)
+    assert after <= 0.5 + 1e-5
+
+
+# ----------------------------------------------------------- activation checkpointing
+def test_activation_checkpointing_gives_the_same_gradients_and_bn_statistics():
+    def run(checkpointed):
+        torch.manual_seed(0)
+        model = DeepSpeech2(num_classes=7, num_bins=20, conv_channels=(4, 4), conv_padding=((0, 5), (0, 5)),
+                            hidden_size=16, num_layers=2, fc_size=16, rnn_type="gru", shared_projection=True)
+        model.rnns[0].dropout = torch.nn.Dropout(0.3)  # dropout inside a checkpointed block
+        forward = model.rnns[0].forward
+        model.rnns[0].forward = lambda x, lengths, mask: forward(model.rnns[0].dropout(x), lengths, mask)
+        if checkpointed:
+            assert apply_activation_checkpointing(model, ["rnns", "fc"]) == ["rnns.0", "rnns.1", "fc"]
+        torch.manual_seed(1)
+        x, lengths = torch.randn(3, 60, 20), torch.tensor([60, 45, 30])
+        logits, _ = model(x, lengths)
+        logits.square().mean().backward()
+        stats = {n: b.clone() for n, b in model.named_buffers() if "running" in n or "num_batches" in n}
+        return grads(model), stats
+
+    plain_grads, plain_stats = run(False)
+    ckpt_grads, ckpt_stats = run(True)
+    assert plain_grads.keys() == ckpt_grads.keys()
+    for name in plain_grads:
+        torch.testing.assert_close(ckpt_grads[name], plain_grads[name], rtol=1e-5, atol=1e-6)
+    for name in plain_stats:  # updated once, not twice
+        torch.testing.assert_close(ckpt_stats[name], plain_stats[name])
+
+
+def test_activation_checkpointing_names_unknown_blocks():
+    with pytest.raises(ValueError, match="'lstm'.*its blocks are: convs, rnns"):
+        apply_activation_checkpointing(DeepSpeech2(num_bins=40, hidden_size=8, num_layers=1, fc_size=8), ["lstm"])
+
+
+# ---------------------------------------------------------------------------- faults
+def test_nonfinite_steps_are_skipped_then_the_run_stops_with_the_checkpoint_intact(tmp_path):
+    brain = ToyBrain(toy_cfg(tmp_path, "trainer.nonfinite_patience=2", "trainer.checkpoint.every_n_steps=1",
+                             "trainer.max_epochs=3"))
+    brain.fail = {2: "nan", 3: "nan"}  # two NaN batches...
+    data = ToyData(40)
+    brain.fit(data)  # two skips are within patience
+    assert brain.nonfinite_steps == 2
+    assert all(torch.isfinite(p).all() for p in brain.module.parameters())
+
+    brain2 = ToyBrain(toy_cfg(tmp_path / "b", "trainer.nonfinite_patience=2", "trainer.checkpoint.every_n_steps=1"))
+    brain2.fail = {i: "nan" for i in range(1, 100)}  # ...here every batch after the first
+    with pytest.raises(NonFiniteLossError, match="3 steps had a non-finite loss.*last good checkpoint"):
+        brain2.fit(data)
+    path, state = brain2.checkpointer.load_latest()
+    assert state["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_out_of_memory_batches_are_skipped_and_counted(tmp_path, caplog):
+    brain = ToyBrain(toy_cfg(tmp_path, "trainer.max_epochs=1"))
+    brain.fail = {1: torch.OutOfMemoryError("CUDA out of memory (simulated)")}
+    with caplog.at_level(logging.WARNING):
+        brain.fit(ToyData(40))
+    assert brain.oom_skipped == 1
+    assert "out of memory on a batch of inputs [(8," in caplog.text
+    assert brain.step == 4  # 5 batches, one skipped
+
+    strict = ToyBrain(toy_cfg(tmp_path / "s", "trainer.max_epochs=1", "trainer.skip_oom=false"))
+    strict.fail = {1: torch.OutOfMemoryError("simulated")}
+    with pytest.raises(torch.OutOfMemoryError):
+        strict.fit(ToyData(40))
+
+
+# ----------------------------------------------------------------------- checkpoints
+def test_checkpoints_keep_last_and_best_and_fall_back_past_a_damaged_one(tmp_path, caplog):
+    ck = Checkpointer(tmp_path, keep_last=2, keep_best=1, monitor="cer", mode="min")
+    for step, cer in [(1, 0.5), (2, 0.2), (3, 0.4), (4, 0.6)]:
+        ck.save({"step": step, "w": torch.full((3,), float(step))}, step, {"cer": cer})
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*.pt")) == [f"ckpt-{s:09d}.pt" for s in (2, 3, 4)]
+    assert ck.best().name == "ckpt-000000002.pt"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    newest = tmp_path / "ckpt-000000004.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    with caplog.at_level(logging.WARNING):
+        path, state = ck.load_latest()
+    assert path.name == "ckpt-000000003.pt" and state["step"] == 3
+    assert "ckpt-000000004.pt is damaged" in caplog.text
+
+
+def test_checkpoints_load_without_unpickling_arbitrary_objects(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "ckpt-000000001.pt"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="(?s)damaged or not a checkpoint.*Unsupported global: GLOBAL print"):
+        load_checkpoint(path)
+
+
+def test_resume_with_another_model_config_is_refused(train_cli):
+    _, run_dir = train_cli("trainer.max_epochs=1")
+    proc, _ = train_cli("trainer.max_epochs=2", "trainer.resume=auto", "model.hidden_size=48", run_dir=run_dir,
+                        check=False)
+    assert proc.returncode != 0
+    assert "was written for another model config (differs in: hidden_size)" in proc.stderr
+
+
+# ------------------------------------------------------------------------ exact resume
+def final_state(run_dir):
+    index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
+    last = max(index, key=lambda e: e["step"])
+    return torch.load(run_dir / "checkpoints" / last["file"], weights_only=True), last
+
+
+def test_sigkill_mid_epoch_then_resume_ends_bitwise_equal(tmp_path, data_dir, train_cli):
+    args = ["trainer.max_epochs=2", "trainer.checkpoint.every_n_steps=1", "trainer.checkpoint.keep_last=3",
+            "batching.max_batch_length=6", "features=mel", "features.extractor.n_mels=20", "model.rnn_type=rnn"]
+    _, straight = train_cli(*args, run_dir=tmp_path / "straight")
+    state_a, last_a = final_state(straight)
+    steps_per_epoch = last_a["step"] // 2
+    assert steps_per_epoch >= 6
+
+    # the same run, killed with SIGKILL once it has checkpointed a few steps into epoch 2
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "framework.train", *TINY, f"dataset.root={data_dir}/tones-tiny",
+           f"hydra.run.dir={run_dir}", *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = run_dir / "checkpoints" / f"ckpt-{steps_per_epoch + 3:09d}.pt"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), "the run ended before it could be killed mid-epoch"
+    killed_at, _ = final_state(run_dir)
+    assert killed_at["step"] < last_a["step"] and killed_at["batch_in_epoch"] > 0  # really mid-epoch
+
+    train_cli(*args, "trainer.resume=auto", run_dir=run_dir)
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    state_b, last_b = final_state(run_dir)
+    assert last_b["step"] == last_a["step"]
+    for key, value in state_a["model"].items():
+        assert torch.equal(value, state_b["model"][key]), key
