@@ -60,3 +60,18 @@ def test_resume_from_a_missing_path_fails_loudly(train_cli, tmp_path):
     proc, _ = train_cli(f"trainer.resume={tmp_path}/nope.pt", check=False)
     assert proc.returncode != 0
     assert f"checkpoint {tmp_path}/nope.pt does not exist" in proc.stderr
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("batching", ["fixed", "sorted", "dynamic"])
+def test_each_batching_strategy_trains_through_the_config(train_cli, batching):
+    overrides = {"fixed": ["batching.batch_size=6"], "sorted": ["batching.batch_size=6"],
+                 "dynamic": ["batching.max_batch_length=9", "batching.num_buckets=4"]}[batching]
+    _, run_dir = train_cli(f"batching={batching}", *overrides, "trainer.max_epochs=1")
+    log = (run_dir / "train.log").read_text()
+    steps = int(re.search(r"epoch 1: (\d+) steps, padding ([\d.]+)%, mean batch size ([\d.]+)", log).group(1))
+    if batching != "dynamic":
+        assert steps == 8  # 48 utterances / 6
+    assert scalars(run_dir, "epoch/padding_fraction") and scalars(run_dir, "epoch/mean_batch_size")

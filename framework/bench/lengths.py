@@ -10,15 +10,16 @@ DEEPMARK_SCALE = 1280
 
 
 def deepmark(scale: float = 1.0, seed: int = 0, jitter: bool = True) -> np.ndarray:
-    """128,000 x scale utterances. With ``jitter`` each class-c length is uniform in
-    (c-1, c] s (about 194 h in all), so bucketing has real spread to handle; without,
-    every utterance of class c lasts exactly c s (211 h)."""
+    """128,000 x scale utterances in random order. With ``jitter`` each class-c length is
+    uniform in (c-1, c] s (about 194 h in all), so bucketing has real spread to handle;
+    without, every utterance of class c lasts exactly c s (211 h)."""
     rng = np.random.default_rng(seed)
     parts = []
     for c, k in enumerate(DEEPMARK_COUNTS, start=1):
         n = int(round(k * DEEPMARK_SCALE * scale))
         parts.append(c - rng.random(n) if jitter else np.full(n, float(c)))
-    return np.concatenate(parts)
+    lengths = np.concatenate(parts)
+    return lengths[rng.permutation(len(lengths))]
 
 
 def librispeech_like(n: int = 28539, seed: int = 0) -> np.ndarray:
