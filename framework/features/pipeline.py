@@ -46,7 +46,7 @@ def spectrogram(sample_rate: int = 16000, window_ms: float = 20.0, hop_ms: float
     """Linear power spectrogram; 161 bins at 16 kHz with a 20 ms window (DeepSpeech2)."""
     n_fft = int(sample_rate * window_ms / 1000)
     hop = int(sample_rate * hop_ms / 1000)
-    t = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=hop, power=2.0)
+    t = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=hop, power=2.0, pad_mode="constant")
     return Extractor(t, hop, n_fft, n_fft // 2 + 1, log)
 
 
@@ -54,7 +54,7 @@ def mel(sample_rate: int = 16000, n_mels: int = 80, window_ms: float = 25.0, hop
     """Log mel filterbank energies (``fbank``) from ``torchaudio.transforms.MelSpectrogram``."""
     n_fft = int(sample_rate * window_ms / 1000)
     hop = int(sample_rate * hop_ms / 1000)
-    t = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels)
+    t = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=n_mels, pad_mode="constant")
     return Extractor(t, hop, n_fft, n_mels, log)
 
 
@@ -65,7 +65,7 @@ def mfcc(sample_rate: int = 16000, n_mfcc: int = 40, n_mels: int = 80, window_ms
     n_fft = int(sample_rate * window_ms / 1000)
     hop = int(sample_rate * hop_ms / 1000)
     t = torchaudio.transforms.MFCC(
-        sample_rate=sample_rate, n_mfcc=n_mfcc, melkwargs={"n_fft": n_fft, "hop_length": hop, "n_mels": n_mels}
+        sample_rate=sample_rate, n_mfcc=n_mfcc, melkwargs={"n_fft": n_fft, "hop_length": hop, "n_mels": n_mels, "pad_mode": "constant"}
     )
     return Extractor(t, hop, n_fft, n_mfcc, log_compress=False)
 

@@ -30,11 +30,15 @@ def time_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 class MaskedBatchNorm(nn.BatchNorm1d):
-    """BatchNorm1d over the valid frames of ``[B, T, C]``; padded frames stay zero."""
+    """BatchNorm1d over the valid frames of ``[B, T, ..., C]`` (mask ``[B, T]``); padded
+    frames stay zero. ``mask=None`` means every frame is valid (no gather needed)."""
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+        if mask is None:
+            return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
         out = torch.zeros_like(x)
-        out[mask] = super().forward(x[mask])
+        valid = x[mask]
+        out[mask] = super().forward(valid.reshape(-1, x.shape[-1])).reshape(valid.shape)
         return out
 
 
@@ -42,18 +46,19 @@ class ConvBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, tuple(kernel), tuple(stride), tuple(padding), bias=False)
-        self.bn = nn.BatchNorm2d(out_ch)
+        self.bn = MaskedBatchNorm(out_ch)
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         k, s, p = self.conv.kernel_size[1], self.conv.stride[1], self.conv.padding[1]
         return torch.div(lengths + 2 * p - k, s, rounding_mode="floor").add(1).clamp(min=0)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # x: [B, C, F, T]. Batch-norm statistics include padded frames of the batch here;
-        # their values are zero before the convolution, which keeps the effect small.
-        x = clipped_relu(self.bn(self.conv(x)))
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: [B, C, F, T]; batch norm over channels, valid frames only
+        x = self.conv(x)
         lengths = self.out_lengths(lengths)
-        return x * time_mask(lengths, x.shape[-1])[:, None, None, :], lengths
+        mask = time_mask(lengths, x.shape[-1]) if padded else None
+        x = self.bn(x.permute(0, 3, 2, 1), mask).permute(0, 3, 2, 1)
+        return clipped_relu(x), lengths
 
 
 class RecurrentLayer(nn.Module):
@@ -106,13 +111,17 @@ class RecurrentLayer(nn.Module):
     def output_size(self) -> int:
         return self.hidden_size * (2 if self.bidirectional and self.merge == "concat" else 1)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``mask`` is None when no example is padded: no packing needed then."""
         if self.projection is not None:
             x = self.projection(x)
         x = self.bn(x, mask)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        if mask is None:
+            out, _ = self.rnn(x)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         if self.bidirectional and self.merge == "sum":
             out = out[..., : self.hidden_size] + out[..., self.hidden_size :]
         if isinstance(self.rnn, nn.RNN):
@@ -189,21 +198,25 @@ class DeepSpeech2(nn.Module):
         return lengths
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = features.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
-        for conv in self.convs:
-            x, lengths = conv(x, lengths)
-        if int(lengths.min()) < 1:
+        shortest = int(lengths.min())  # one host sync; packing needs lengths on the host anyway
+        if int(self.output_lengths(lengths.new_tensor([shortest]))) < 1:
             raise ValueError(
-                f"an input of {int(features.shape[1])} frames or fewer is too short for the convolutions; "
+                f"an input of {shortest} frames is too short for the convolutions; "
                 "filter short utterances (min_duration) or add conv_padding"
             )
+        padded = shortest < features.shape[1]
+        x = features.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
+        for conv in self.convs:
+            x, lengths = conv(x, lengths, padded)
         b, c, f, t = x.shape
         x = x.reshape(b, c * f, t).transpose(1, 2)  # [B, T, C*F]
-        mask = time_mask(lengths, t)
+        mask = time_mask(lengths, t) if padded else None
         for rnn in self.rnns:
             x = rnn(x, lengths, mask)
         if self.lookahead is not None:
-            x = self.lookahead(x) * mask[..., None]
+            x = self.lookahead(x)
+            if mask is not None:
+                x = x * mask[..., None]
         if self.fc is not None:
             x = clipped_relu(self.fc_bn(self.fc(x), mask))
         return self.output(x), lengths

@@ -1,0 +1,66 @@
+"""Padding collate and the feature pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from framework.data.collate import collate
+from framework.features import FeaturePipeline, SpecAugment, fbank, mfcc, raw, spectrogram
+
+
+def test_collate_pads_and_returns_absolute_and_relative_lengths():
+    batch = collate([
+        {"id": "a", "inputs": torch.ones(3, 2), "text": "x", "target": 1},
+        {"id": "b", "inputs": torch.ones(5, 2), "text": "y", "target": 0},
+        {"id": "c", "bad": "c.wav: cannot read audio"},
+    ])
+    assert batch.inputs.shape == (2, 5, 2)
+    assert batch.inputs[0, 3:].abs().sum() == 0
+    assert batch.inputs_lens.tolist() == [3, 5]
+    assert batch.inputs_rel_lens.tolist() == pytest.approx([0.6, 1.0])
+    assert batch.text == ["x", "y"] and batch.target.tolist() == [1, 0]
+    assert len(batch) == 2 and batch.skipped == [("c", "c.wav: cannot read audio")]
+
+
+@pytest.mark.parametrize("extractor,bins", [(spectrogram(), 161), (fbank(n_mels=80), 80), (mfcc(n_mfcc=13), 13)])
+def test_extractors_shapes_and_frame_counts(extractor, bins):
+    wav = torch.randn(2, 16000)
+    lengths = torch.tensor([16000, 8000])
+    feats, frames = FeaturePipeline(extractor, normalize="utterance")(wav, lengths)
+    assert feats.shape == (2, 101, bins)  # 10 ms hop: 100 frames per second + 1
+    assert frames.tolist() == [101, 51]
+    assert feats[1, 51:].abs().sum() == 0  # padding stays zero after normalisation
+    valid = feats[0]
+    assert valid.mean(0).abs().max() < 1e-4 and (valid.std(0, unbiased=False) - 1).abs().max() < 1e-2
+
+
+def test_per_example_equals_batched_extraction():
+    pipe = FeaturePipeline(fbank(n_mels=40), normalize="utterance")
+    wav = torch.randn(12000)
+    batched, _ = pipe(torch.stack([torch.cat([wav, torch.zeros(4000)]), torch.randn(16000)]), torch.tensor([12000, 16000]))
+    torch.testing.assert_close(pipe.per_example(wav), batched[0, :76], rtol=1e-4, atol=1e-4)
+
+
+def test_global_normalisation_statistics_are_computed_once_and_reloaded(tmp_path):
+    data = [{"id": str(i), "inputs": torch.randn(8000) * (i + 1)} for i in range(6)]
+    pipe = FeaturePipeline(fbank(n_mels=20), normalize="global")
+    with pytest.raises(RuntimeError, match="statistics were not computed"):
+        pipe(torch.randn(1, 8000), torch.tensor([8000]))
+    pipe.fit_stats(data, tmp_path / "stats.pt")
+    assert (tmp_path / "stats.pt").is_file()
+    feats, _ = pipe(torch.stack([d["inputs"] for d in data]), torch.full((6,), 8000))
+    assert feats.mean().abs() < 0.05 and abs(feats.std().item() - 1) < 0.05
+    again = FeaturePipeline(fbank(n_mels=20), normalize="global")
+    again.fit_stats([], tmp_path / "stats.pt")  # loads, computes nothing
+    torch.testing.assert_close(again.norm.mean, pipe.norm.mean)
+
+
+def test_specaugment_masks_in_training_only():
+    pipe = FeaturePipeline(raw(), normalize="none", specaugment=SpecAugment(2, 5, 2, 10))
+    feats = torch.ones(4, 100, 40)
+    torch.manual_seed(0)
+    masked, _ = pipe(feats, torch.full((4,), 100), augment=True)
+    assert (masked == 0).any() and masked.shape == feats.shape
+    clean, _ = pipe(feats, torch.full((4,), 100), augment=False)
+    assert torch.equal(clean, feats)

@@ -1,0 +1,80 @@
+"""DeepSpeech2: the DeepMark spec's sizes, output lengths, and padding that never leaks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from framework.models import DeepSpeech2, count_parameters
+
+
+def small(**kw):
+    args = dict(num_classes=11, num_bins=40, conv_channels=(4, 4), hidden_size=24, num_layers=2, fc_size=24)
+    args.update(kw)
+    return DeepSpeech2(**args)
+
+
+def test_full_spec_parameter_counts_match_deepmark():
+    shared = DeepSpeech2()  # 161 bins, 7 x 1760 bidirectional RNN, shared projection, summed directions
+    assert shared.rnn_input_size == 32 * 75  # 161 -> 79 -> 75 frequency bins after the convolutions
+    assert 69.0e6 < count_parameters(shared) < 69.9e6
+    separate = DeepSpeech2(shared_projection=False)
+    assert 91.8e6 < count_parameters(separate) < 92.7e6
+
+
+@pytest.mark.parametrize("frames", [40, 41, 100, 333, 1500])
+def test_output_lengths_follow_the_conv_strides(frames):
+    model = small().eval()
+    logits, lengths = model(torch.randn(1, frames, 40), torch.tensor([frames]))
+    t1 = (frames - 20) // 2 + 1
+    expected = (t1 - 10) // 2 + 1
+    assert lengths.item() == expected == logits.shape[1]
+    assert logits.shape[-1] == 11
+
+
+def test_too_short_input_gets_a_clear_error():
+    with pytest.raises(ValueError, match="too short for the convolutions"):
+        small()(torch.randn(1, 20, 40), torch.tensor([20]))
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(rnn_type="gru", shared_projection=True),
+    dict(rnn_type="lstm", merge="concat"),
+    dict(bidirectional=False, lookahead=3),
+    dict(conv_padding=((0, 10), (0, 5))),
+])
+def test_a_sequence_gives_the_same_output_alone_or_batched_with_longer_ones(options):
+    torch.manual_seed(0)
+    model = small(**options)
+    model.train()
+    model(torch.randn(4, 120, 40), torch.tensor([120, 90, 70, 100]))  # non-trivial running stats
+    model.eval()
+    lengths = torch.tensor([200, 77, 150])
+    x = torch.randn(3, 200, 40)
+    for i, n in enumerate(lengths):
+        x[i, n:] = 0
+    batched, out_lens = model(x, lengths)
+    for i, n in enumerate(lengths):
+        alone, alone_len = model(x[i : i + 1, :n], lengths[i : i + 1])
+        assert alone_len.item() == out_lens[i].item()
+        torch.testing.assert_close(alone[0], batched[i, : out_lens[i]], rtol=1e-4, atol=1e-5)
+
+
+def test_padded_frames_do_not_change_batch_norm_statistics():
+    torch.manual_seed(0)
+    a, b = small(), small()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 100, 40)
+    a(x, torch.tensor([100, 60]))
+    padded = torch.cat([x, torch.randn(2, 50, 40)], dim=1)  # garbage beyond the lengths
+    b(padded, torch.tensor([100, 60]))
+    for (name, ba), (_, bb) in zip(a.rnns.named_buffers(), b.rnns.named_buffers()):
+        torch.testing.assert_close(ba, bb, msg=name)
+
+
+def test_invalid_options_are_named():
+    with pytest.raises(ValueError, match="rnn_type must be one of"):
+        small(rnn_type="transformer")
+    with pytest.raises(ValueError, match="merge must be sum or concat"):
+        small(merge="mean")
