@@ -305,7 +305,7 @@ class Brain:
         examples = padded = real = 0
         log_every = self.logger.log_every_n_steps
         t_log, ex_log = time.perf_counter(), 0
-        bar = progress(len(loader.batch_sampler) - self.batch_in_epoch, f"epoch {epoch + 1}", self.dist.is_main)
+        bar = progress(len(loader) - self.batch_in_epoch, f"epoch {epoch + 1}", self.dist.is_main)
         params = [p for p in self.module.parameters() if p.requires_grad]
         for raw_window in windows(loader, tcfg.grad_accumulation):
             self.batch_in_epoch += len(raw_window)
@@ -328,10 +328,18 @@ class Brain:
                     raise
                 self._skip_oom(window)
                 continue
-            norm = self.precision.step(self.optimizer, params, tcfg.max_grad_norm)
-            finite = bool(torch.isfinite(norm) & torch.isfinite(step_loss))  # one host sync per step
+            norm = self.precision.clip(self.optimizer, params, tcfg.max_grad_norm)
+            if self.precision.scaler is not None:
+                # fp16: GradScaler skips steps with inf/nan gradients itself and lowers its
+                # scale; only a non-finite loss is a fault
+                self.precision.step(self.optimizer)
+                finite = bool(torch.isfinite(step_loss))
+            else:
+                ok = torch.isfinite(step_loss) if norm is None else torch.isfinite(norm) & torch.isfinite(step_loss)
+                finite = bool(ok)  # the one host sync per step: a non-finite step must not be applied
+                if finite:
+                    self.precision.step(self.optimizer)
             if finite:
-                self.precision.apply(self.optimizer)
                 if self.scheduler is not None:
                     self.scheduler.step()
                 self.step += 1
@@ -349,11 +357,10 @@ class Brain:
                 now = time.perf_counter()
                 value = (window_loss / log_every).item()
                 rate = ex_log / max(now - t_log, 1e-9)
-                self.logger.scalars(
-                    {"train/loss": value, "train/lr": self.optimizer.param_groups[0]["lr"],
-                     "train/grad_norm": float(norm), "train/examples_per_s": rate},
-                    self.step,
-                )
+                values = {"train/loss": value, "train/lr": self.optimizer.param_groups[0]["lr"], "train/examples_per_s": rate}
+                if norm is not None:
+                    values["train/grad_norm"] = float(norm)
+                self.logger.scalars(values, self.step)
                 bar.set_postfix(loss=f"{value:.3f}", ex_s=f"{rate:.0f}")
                 window_loss.zero_()
                 t_log, ex_log = now, 0

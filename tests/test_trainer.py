@@ -86,7 +86,7 @@ def test_clipping_bounds_the_global_norm_and_reports_the_unclipped_one():
     out = model(torch.randn(8, 5, 6) * 100, torch.full((8,), 5))
     (out**2).sum().backward()
     before = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
-    norm = Precision("fp32", torch.device("cpu")).step(torch.optim.SGD(model.parameters(), lr=0.1),
+    norm = Precision("fp32", torch.device("cpu")).clip(torch.optim.SGD(model.parameters(), lr=0.1),
                                                       model.parameters(), max_grad_norm=0.5)
     after = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
     assert before > 0.5

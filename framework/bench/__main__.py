@@ -1,6 +1,7 @@
 """``python -m framework.bench <benchmark>``: benchmarks that print markdown tables.
 
   batching   padding, batch count and speed of the batching strategies side by side
+  ds2        DeepSpeech2 on the DeepMark corpus: fwd/bwd timing, throughput, framework overhead
 """
 
 from __future__ import annotations
@@ -17,8 +18,24 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--budget", type=float, default=544.0, help="max_batch_length in seconds")
     b.add_argument("--buckets", type=int, default=60)
     b.add_argument("--no-million", dest="million", action="store_false", help="skip the 1M-length timing")
-    args = parser.parse_args(argv)
-    if args.benchmark == "batching":
+    d = sub.add_parser("ds2", help="DeepSpeech2 DeepMark timing; config overrides follow as key=value")
+    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--sweep-batch", help="comma-separated batch sizes to try; the fastest is reported")
+    d.add_argument("--batching", choices=["equal", "config"], default="equal",
+                   help="equal: the reference's equal-length minibatches; config: the batching= config group")
+    d.add_argument("--max-batches", type=int, help="time this many minibatches spread over the epoch")
+    d.add_argument("--repeats", type=int, default=3, help="timed passes per loop (median reported)")
+    d.add_argument("--no-compare", dest="compare", action="store_false", help="skip the framework-vs-plain comparison")
+    args, rest = parser.parse_known_args(argv)
+    overrides = [a for a in rest if "=" in a and not a.startswith("-")]
+    if len(overrides) != len(rest):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in overrides)}")
+    if args.benchmark == "ds2":
+        from framework.bench.ds2 import main as ds2
+
+        sizes = [int(x) for x in args.sweep_batch.split(",")] if args.sweep_batch else [args.batch_size]
+        ds2(overrides, sizes, args.batching, args.max_batches, args.repeats, args.compare)
+    elif args.benchmark == "batching":
         from framework.bench.batching import main as batching
 
         batching(args.budget, args.buckets, args.million)

@@ -39,19 +39,19 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(
+    def clip(
         self, optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter], max_grad_norm: float | None
-    ) -> torch.Tensor:
-        """Unscales (fp16), clips to ``max_grad_norm`` over all parameters, steps.
-        Returns the global gradient norm before clipping (a device tensor, no host sync);
-        a non-finite norm means the caller must skip the step."""
+    ) -> torch.Tensor | None:
+        """Unscales the gradients (fp16) and clips their global norm to ``max_grad_norm``.
+        Returns the norm before clipping (a device tensor, no host sync), or None when
+        clipping is off (the norm is then not computed at all)."""
         if self.scaler:
             self.scaler.unscale_(optimizer)
-        params = [p for p in params if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
-        return norm
+        if not max_grad_norm:
+            return None
+        return torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_grad_norm)
 
-    def apply(self, optimizer: torch.optim.Optimizer) -> None:
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler:
             self.scaler.step(optimizer)
             self.scaler.update()
