@@ -152,21 +152,26 @@ class FeaturePipeline(nn.Module):
     def num_bins(self) -> int:
         return self.extractor.num_bins
 
-    def extract(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, lengths = self.extractor(wav, lengths)
+    def extract(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms ``[B, S]`` -> normalised features ``[B, T, F]``. Features computed
+        earlier (``[B, T, F]``, e.g. read from an HDF5 file of features) are only normalised."""
+        if inputs.dim() == 2 and self.extractor.transform is not None:
+            inputs, lengths = self.extractor(inputs, lengths)
         if self.norm is not None:
-            feats = self.norm(feats, lengths)
-        return feats, lengths
+            inputs = self.norm(inputs, lengths)
+        return inputs, lengths
 
-    def per_example(self, wav: torch.Tensor) -> torch.Tensor:
-        """One waveform ``[S]`` to features ``[T, F]`` (used in DataLoader workers)."""
-        feats, _ = self.extract(wav[None], torch.tensor([wav.shape[-1]]))
+    def per_example(self, x: torch.Tensor) -> torch.Tensor:
+        """One waveform ``[S]`` (or feature matrix ``[T, F]``) to features ``[T, F]``, for
+        DataLoader workers."""
+        feats, _ = self.extract(x[None], torch.tensor([x.shape[0]]))
         return feats[0]
 
     def forward(
         self, inputs: torch.Tensor, lengths: torch.Tensor, augment: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features for a padded batch; inputs already featurised in workers pass through."""
+        """Features for a padded batch (complete already when ``where=worker``), with
+        SpecAugment when ``augment``."""
         if self.where == "device":
             inputs, lengths = self.extract(inputs, lengths)
         if augment and self.specaugment is not None:
@@ -193,8 +198,8 @@ class FeaturePipeline(nn.Module):
             example = dataset[i]
             if "bad" in example:
                 continue
-            wav = example["inputs"]
-            feats, _ = self.extractor(wav[None], torch.tensor([wav.shape[-1]]))
+            x = example["inputs"]
+            feats, _ = self.extractor(x[None], torch.tensor([x.shape[0]])) if x.dim() == 1 else (x[None], None)
             f = feats[0].double()
             total += f.sum(0)
             total_sq += (f**2).sum(0)

@@ -1,5 +1,7 @@
 """``python -m framework.prepare <command>``: get a corpus ready for training.
 
+  manifest  a manifest from a corpus folder (LibriSpeech layout, or audio files + a table)
+  hdf5      pack a manifest's audio or features into one HDF5 file (N worker processes)
   stats     length histogram and summary of a manifest; with --batching, the batches a
             batching config makes of it (count, padding %, batch sizes), without training
 """
@@ -22,11 +24,53 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--epochs", type=int, default=1, help="epochs of batches to summarise")
     st.epilog = "Batching overrides follow as key=value, e.g. max_batch_length=200 num_buckets=30."
 
+    ma = sub.add_parser("manifest", help="build a manifest from a corpus folder")
+    ma.add_argument("root", help="corpus folder")
+    ma.add_argument("out", help="manifest to write: .json (SpeechBrain), .jsonl or .csv")
+    ma.add_argument("--layout", choices=["librispeech", "generic"], default="librispeech")
+    ma.add_argument("--table", help="generic layout: CSV/TSV with ID (or file) and text (or label) columns")
+    ma.add_argument("--workers", type=int, default=2)
+    ma.add_argument("--skip-bad", action="store_true", help="skip unreadable audio, report it at the end")
+    ma.add_argument("--absolute", action="store_true", help="absolute paths instead of {data_root}/...")
+
+    h5 = sub.add_parser("hdf5", help="pack a manifest into HDF5 (raw audio or features)")
+    h5.add_argument("manifest")
+    h5.add_argument("out", help="the .h5 file to write")
+    h5.add_argument("--data-root", help="value of {data_root} in the manifest's paths")
+    h5.add_argument("--features", default="none", help="a features option (conf/features): none (raw audio), fbank, ...")
+    h5.add_argument("--sample-rate", type=int, default=16000)
+    h5.add_argument("--workers", type=int, default=2)
+    h5.add_argument("--combine", choices=["copy", "virtual"], default="copy")
+    h5.add_argument("--skip-bad", action="store_true", help="skip unreadable audio, report it at the end")
+    h5.epilog = "Feature overrides follow as key=value, e.g. extractor.n_mels=80."
+
     args, rest = parser.parse_known_args(argv)
     overrides = [a for a in rest if "=" in a and not a.startswith("-")]
     if len(overrides) != len(rest):
         parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in overrides)}")
-    if args.command == "stats":
+    if args.command == "manifest":
+        from framework.prepare.corpus import build_manifest
+
+        build_manifest(args.root, args.out, args.layout, args.table, args.workers, args.skip_bad, args.absolute)
+    elif args.command == "hdf5":
+        from framework.prepare.corpus import pack_hdf5
+
+        extractor, features_config = None, None
+        if args.features != "none":
+            from hydra import compose, initialize_config_dir
+            from hydra.utils import instantiate
+            from omegaconf import OmegaConf
+
+            from framework.prepare.stats import CONF_DIR
+
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+                cfg = compose("train", overrides=[f"features={args.features}", f"sample_rate={args.sample_rate}",
+                                                  *[f"features.{o}" for o in overrides]])
+            extractor = instantiate(cfg.features.extractor)
+            features_config = OmegaConf.to_container(cfg.features.extractor, resolve=True)
+        pack_hdf5(args.manifest, args.out, data_root=args.data_root, sample_rate=args.sample_rate, extractor=extractor,
+                  features_config=features_config, workers=args.workers, combine=args.combine, skip_bad=args.skip_bad)
+    elif args.command == "stats":
         from framework.prepare.stats import run_stats
 
         run_stats(args.manifest, args.png, args.batching, overrides, args.epochs)
