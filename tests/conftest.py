@@ -45,10 +45,11 @@ def train_cli(tmp_path, data_dir):
 
     def run(*overrides: str, run_dir: Path | None = None, check: bool = True, module: str = "framework.train"):
         run_dir = run_dir or tmp_path / "run"
-        tiny = TINY
-        if any(o.startswith("batching=") for o in overrides):  # another sampler: drop the dynamic budget
-            tiny = [t for t in TINY if not t.startswith("batching.")]
-        args = [*tiny, f"dataset.root={data_dir}/tones-tiny", f"hydra.run.dir={run_dir}", *overrides]
+        tiny = [*TINY, f"dataset.root={data_dir}/tones-tiny"]
+        for group in ("batching", "dataset"):  # another option of the group: drop the tiny settings of the default
+            if any(o.startswith(f"{group}=") for o in overrides):
+                tiny = [t for t in tiny if not t.startswith(f"{group}.")]
+        args = [*tiny, f"hydra.run.dir={run_dir}", *overrides]
         return run_cli(module, args, cwd=tmp_path, check=check), run_dir
 
     return run

@@ -2,6 +2,7 @@
 
   batching   padding, batch count and speed of the batching strategies side by side
   ds2        DeepSpeech2 on the DeepMark corpus: fwd/bwd timing, throughput, framework overhead
+  loader     the same corpus read from per-file FLAC, HDF5 audio and HDF5 features
 """
 
 from __future__ import annotations
@@ -26,11 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--max-batches", type=int, help="time this many minibatches spread over the epoch")
     d.add_argument("--repeats", type=int, default=3, help="timed passes per loop (median reported)")
     d.add_argument("--no-compare", dest="compare", action="store_false", help="skip the framework-vs-plain comparison")
+    lo = sub.add_parser("loader", help="loader throughput: FLAC vs HDF5 audio vs HDF5 features")
+    lo.add_argument("--utterances", type=int, default=600)
+    lo.add_argument("--root", default="/tmp/loader-bench", help="where the benchmark corpus is written")
     args, rest = parser.parse_known_args(argv)
     overrides = [a for a in rest if "=" in a and not a.startswith("-")]
     if len(overrides) != len(rest):
         parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in overrides)}")
-    if args.benchmark == "ds2":
+    if args.benchmark == "loader":
+        from framework.bench.loader import main as loader
+
+        loader(args.utterances, args.root)
+    elif args.benchmark == "ds2":
         from framework.bench.ds2 import main as ds2
 
         sizes = [int(x) for x in args.sweep_batch.split(",")] if args.sweep_batch else [args.batch_size]
