@@ -1,0 +1,10 @@
+"""Config-driven training for speech, audio and image models."""
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# `${repo:}` in a config is this checkout's root, for data shipped with the project.
+OmegaConf.register_new_resolver("repo", lambda: str(REPO_ROOT), replace=True)

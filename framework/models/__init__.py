@@ -1,3 +1,4 @@
 from framework.models.deepspeech2 import DeepSpeech2, count_parameters
+from framework.models.wideresnet import WideResNet
 
-__all__ = ["DeepSpeech2", "count_parameters"]
+__all__ = ["DeepSpeech2", "WideResNet", "count_parameters"]

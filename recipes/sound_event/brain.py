@@ -1,0 +1,37 @@
+"""Sound event detection: is there an event in this second of a long recording?
+
+windows read lazily from an HDF5 recording -> log-mel features -> a 1-channel image ->
+WideResNet -> event / no event; accuracy, precision, recall and F1 of the event class.
+
+Run: python -m framework.train recipe=sound_event [overrides]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+
+from framework.brain import Brain, Stage
+from framework.metrics import ClassificationStats
+
+
+class SoundEventBrain(Brain):
+    def build_model(self, train_set) -> nn.Module:
+        return instantiate(self.cfg.model, in_channels=1, num_classes=2)
+
+    def compute_forward(self, batch, stage: Stage) -> torch.Tensor:
+        feats, _ = self.features(batch.inputs, batch.inputs_lens, augment=stage == Stage.TRAIN)
+        return self.model(feats.transpose(1, 2).unsqueeze(1))  # [B, 1, bins, frames]
+
+    def compute_objectives(self, logits, batch, stage: Stage) -> torch.Tensor:
+        if stage != Stage.TRAIN:
+            self.stats.update(logits, batch.label)
+        return F.cross_entropy(logits.float(), batch.label)
+
+    def on_stage_start(self, stage: Stage, epoch: int) -> None:
+        self.stats = ClassificationStats(self.device, positive=1)
+
+    def on_stage_end(self, stage: Stage, loss: float, epoch: int) -> dict[str, float]:
+        return {"loss": loss} if stage == Stage.TRAIN else {"loss": loss, **self.stats.compute()}
