@@ -4,7 +4,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from framework.config.schema import register as _register_schemas
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # `${repo:}` in a config is this checkout's root, for data shipped with the project.
 OmegaConf.register_new_resolver("repo", lambda: str(REPO_ROOT), replace=True)
+_register_schemas()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import logging
 import math
 import time
@@ -273,7 +274,8 @@ class Brain:
         if valid_set is not None:
             valid_loader = valid_set if isinstance(valid_set, DataLoader) else self.make_dataloader(valid_set, Stage.VALID)
         accum = self.trainer_cfg.grad_accumulation
-        self._make_scheduler(math.ceil(len(self._train_sampler) / accum))
+        per_epoch = min(len(self._train_sampler), self.trainer_cfg.limit_batches or len(self._train_sampler))
+        self._make_scheduler(math.ceil(per_epoch / accum))
         self.resume()
         self.on_fit_start()
         metrics: dict[str, float] = {}
@@ -305,9 +307,12 @@ class Brain:
         examples = padded = real = 0
         log_every = self.logger.log_every_n_steps
         t_log, ex_log = time.perf_counter(), 0
-        bar = progress(len(loader) - self.batch_in_epoch, f"epoch {epoch + 1}", self.dist.is_main)
+        total = min(len(loader), tcfg.limit_batches or len(loader))
+        bar = progress(total - self.batch_in_epoch, f"epoch {epoch + 1}", self.dist.is_main)
         params = [p for p in self.module.parameters() if p.requires_grad]
-        for raw_window in windows(loader, tcfg.grad_accumulation):
+        limit = tcfg.limit_batches
+        batches = itertools.islice(loader, max(0, limit - self.batch_in_epoch)) if limit else loader
+        for raw_window in windows(batches, tcfg.grad_accumulation):
             self.batch_in_epoch += len(raw_window)
             bar.update(len(raw_window))
             window = [b for b in raw_window if self._usable(b)]
@@ -430,8 +435,9 @@ class Brain:
             self.features.eval()
         self.on_stage_start(stage, epoch)
         total = torch.zeros(2, device=self.device)  # sum of losses weighted by examples, examples
-        bar = progress(len(loader), stage.value, self.dist.is_main)
-        for batch in loader:
+        limit = self.trainer_cfg.limit_batches
+        bar = progress(min(len(loader), limit or len(loader)), stage.value, self.dist.is_main)
+        for batch in itertools.islice(loader, limit) if limit else loader:
             bar.update(1)
             if not self._usable(batch):
                 continue

@@ -15,6 +15,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from framework.config.check import validate
 from framework.trainer import distributed
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def build_datasets(cfg: DictConfig, is_main: bool = True) -> dict[str, object]:
 
 
 def run(cfg: DictConfig) -> float | None:
+    validate(cfg)  # before anything is built: typos and wrong types fail here
     env = distributed.init_distributed(cfg.trainer.device)
     # rank 0 chose the run directory (Hydra); every rank uses that one
     run_dir = Path(distributed.broadcast_object(str(cfg.run_dir)))

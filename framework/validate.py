@@ -1,0 +1,88 @@
+"""``python -m framework.validate [overrides]``: check a run's config without training.
+
+Composes the config exactly as ``framework.train`` would, checks keys and types, builds
+every part (datasets, features, batch sampler, model, optimizer) and prints a one-screen
+summary. Nothing is trained and no run directory is created.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import open_dict
+
+from framework.config.check import ConfigError, check_command_line, compose_command_line
+from framework.data.batching import batch_stats
+from framework.experiment import build_datasets
+from framework.train import _option
+
+
+def summary(overrides: list[str], config_dir: str | None = None, config_name: str = "train") -> str:
+    check_command_line(overrides, config_dir, config_name)
+    cfg = compose_command_line([*overrides], config_dir, config_name)
+    from hydra import compose, initialize_config_dir
+
+    from framework.config.check import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):  # for ${hydra:...} in run_dir
+        extra = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir else []
+        full = compose(config_name=config_name, overrides=[*extra, *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(full)
+        run_dir = full.hydra.run.dir
+    lines = [f"config OK ({len(overrides)} override(s))"]
+    datasets = build_datasets(cfg)
+    for split, ds in datasets.items():
+        lines.append(f"{'dataset.' + split:<16}{type(ds).__name__}: {len(ds)} examples, {ds.lengths.sum() / 3600:.2f} h")
+    train = datasets["train"]
+    sampler = instantiate(cfg.batching, lengths=train.lengths, seed=cfg.seed)
+    stats = batch_stats(list(sampler), train.lengths)
+    lines.append(f"{'batching':<16}{type(sampler).__name__}: {stats['num_batches']} batches per epoch, padding "
+                 f"{100 * stats['padding_fraction']:.1f}%, batch size {stats['mean_batch_size']:.1f} on average "
+                 f"({stats['min_batch_size']}-{stats['max_batch_size']})")
+    with tempfile.TemporaryDirectory() as tmp:
+        with open_dict(cfg):
+            cfg.run_dir = tmp
+            cfg.logger.tensorboard = False
+        brain = get_class(cfg.brain._target_)(cfg, run_dir=tmp, log_name="validate")
+        if brain.features is not None:
+            ex = brain.features.extractor
+            lines.append(f"{'features':<16}{type(ex.transform).__name__ if ex.transform is not None else 'raw audio'}: "
+                         f"{ex.num_bins} bins, normalize={cfg.features.normalize}, where={cfg.features.where}, "
+                         f"specaugment={'on' if cfg.features.specaugment else 'off'}")
+        brain.setup(train)
+        n = sum(p.numel() for p in brain.module.parameters() if p.requires_grad)
+        lines.append(f"{'model':<16}{type(brain.module).__name__}: {n / 1e6:.2f} M trainable parameters")
+        lines.append(f"{'optimizer':<16}{type(brain.optimizer).__name__}, lr {cfg.optimizer.lr:g}; scheduler "
+                     f"{cfg.scheduler._target_.rsplit('.', 1)[-1] if cfg.get('scheduler') else 'constant'}")
+        brain.logger.close()
+    t = cfg.trainer
+    lines.append(f"{'trainer':<16}{t.max_epochs} epochs on {brain.device}, {t.precision}, accumulation {t.grad_accumulation}, "
+                 f"clip {t.max_grad_norm}, {t.num_workers} workers")
+    lines.append(f"{'recipe':<16}{cfg.brain._target_}")
+    lines.append(f"{'run dir':<16}{run_dir}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    config_dir = _option(argv, "--config-dir", "-cd")
+    config_name = _option(argv, "--config-name", "-cn") or "train"
+    if config_dir:
+        sys.path.insert(0, config_dir)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-") and a not in (config_dir, config_name)]
+    try:
+        print(summary(overrides, config_dir, config_name))
+    except ConfigError as exc:
+        print(f"Config error:\n{exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
