@@ -6,6 +6,7 @@ returns the monitored validation metric so Hydra sweepers can optimise it.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -57,4 +58,9 @@ def run(cfg: DictConfig) -> float | None:
     summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
     log.info("finished in %s: %s", run_dir, summary)
     monitor = f"valid_{cfg.trainer.checkpoint.monitor}"
+    if env.is_main:  # for sweep summaries and scripts
+        result = {"metrics": metrics, "monitor": monitor, "mode": cfg.trainer.checkpoint.mode}
+        tmp = run_dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(run_dir / "metrics.json")
     return metrics.get(monitor)

@@ -1,0 +1,168 @@
+"""Sweeps: a summary of every job when a multirun ends, and a resumable Optuna sweeper.
+
+Each job of ``python -m framework.train -m ...`` writes ``metrics.json`` to its run dir
+(:func:`framework.experiment.run`). When the sweep ends, :class:`SweepSummary` (a Hydra
+callback, enabled in ``conf/train.yaml``) gathers them into ``summary.csv`` and
+``summary.md`` (best first) and plots the monitored metric against each swept value in
+``summary.png``, all in the sweep directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder: its overrides, status and final metrics."""
+    rows = []
+    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+        row: dict[str, Any] = {"job": int(job.name)}
+        for item in overrides:
+            key, _, value = str(item).partition("=")
+            row[key.lstrip("+~")] = value
+        metrics_file = job / "metrics.json"
+        if metrics_file.is_file():
+            result = json.loads(metrics_file.read_text())
+            row.update(result["metrics"])
+            row["status"] = "done"
+            row["_monitor"], row["_mode"] = result["monitor"], result["mode"]
+        else:
+            row["status"] = "failed or unfinished"
+        rows.append(row)
+    return rows
+
+
+def write_summary(sweep_dir: str | Path) -> str:
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    done = [r for r in rows if r["status"] == "done"]
+    monitor = done[0]["_monitor"] if done else None
+    mode = done[0]["_mode"] if done else "min"
+    if monitor:
+        rows.sort(key=lambda r: (r.get(monitor) is None or (isinstance(r.get(monitor), float) and math.isnan(r[monitor])),
+                                 (r.get(monitor, 0) if mode == "min" else -r.get(monitor, 0))))
+    keys = sorted({k for r in rows for k in r if k not in ("job", "status") and not k.startswith("_")
+                   and not isinstance(r[k], float)})
+    # overrides shared by every job say nothing about the ranking; keep those that vary
+    swept = [k for k in keys if len({str(r.get(k)) for r in rows}) > 1] or keys
+    metrics = sorted({k for r in done for k, v in r.items() if isinstance(v, float)},
+                     key=lambda k: (k != monitor, k))
+    columns = ["job", *swept, *metrics, "status"]
+    tmp = sweep_dir / ".summary.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, sweep_dir / "summary.csv")
+
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    lines = [f"Sweep {sweep_dir}: {len(done)} of {len(rows)} jobs finished"
+             + (f", best first by {monitor} ({mode})" if monitor else ""), "",
+             "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    text = "\n".join(lines)
+    (sweep_dir / "summary.md").write_text(text + "\n")
+    if monitor and done and swept:
+        plot(done, swept, monitor, sweep_dir / "summary.png")
+    return text
+
+
+def plot(rows: list[dict[str, Any]], swept: list[str], monitor: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(swept), figsize=(4 * len(swept), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], swept):
+        values = [r.get(key) for r in rows]
+        try:
+            xs = [float(v) for v in values]
+            log_scale = min(xs) > 0 and max(xs) / min(xs) >= 100
+        except (TypeError, ValueError):
+            labels = sorted({str(v) for v in values})
+            xs, log_scale = [labels.index(str(v)) for v in values], False
+            ax.set_xticks(range(len(labels)), labels)
+        ax.scatter(xs, [r[monitor] for r in rows], color="#4477aa")
+        if log_scale:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(monitor)
+    fig.tight_layout()
+    tmp = path.with_name(".summary.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+class SweepSummary(Callback):
+    """Writes the sweep summary when a multirun ends (also after failed jobs)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            print(write_summary(sweep_dir))
+
+
+try:  # the Optuna sweeper is an optional extra
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+except ImportError:
+    OptunaSweeper = None
+
+if OptunaSweeper is not None:
+
+    class ResumableOptunaSweeper(OptunaSweeper):
+        """Optuna through Hydra, resumable: with a storage (``sqlite:///<sweep dir>/optuna.db``)
+        a sweep started again in the same sweep dir runs only the trials still missing, and
+        numbers their job folders after the existing ones."""
+
+        def sweep(self, arguments: list[str]) -> None:
+            import optuna
+
+            impl = self.sweeper
+            if impl.storage and str(impl.storage).startswith("sqlite:///"):
+                Path(str(impl.storage)[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
+                except KeyError:
+                    study = None
+                if study is not None:
+                    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+                    log.info("resuming study %s: %d trial(s) complete, %d to go", impl.study_name, done,
+                             max(0, impl.n_trials - done))
+                    impl.job_idx = len(study.trials)
+                    impl.n_trials = max(0, impl.n_trials - done)
+            return impl.sweep(arguments)
+
+
+PLUGIN_NAME = "hydra_plugins.framework.ResumableOptunaSweeper"
+
+
+def register_resumable_optuna() -> None:
+    """Hydra builds sweepers only from classes in its plugin registry under a
+    ``hydra_plugins.`` name; this puts ours there (when the Optuna extra is installed).
+    It runs when this module is imported, which Hydra does for :class:`SweepSummary`
+    before it builds the sweeper."""
+    if OptunaSweeper is None:
+        return
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance().class_name_to_class[PLUGIN_NAME] = ResumableOptunaSweeper
+
+
+register_resumable_optuna()
