@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,8 @@ def run(cfg: DictConfig) -> float | None:
         tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         tmp.replace(run_dir / "config.yaml")
     datasets = build_datasets(cfg, env.is_main)
+    if cfg.get("code_dir") and cfg.code_dir not in sys.path:  # a recipe kept outside the package
+        sys.path.insert(0, cfg.code_dir)
     brain_cls = get_class(cfg.brain._target_)
     brain = brain_cls(cfg, run_dir=run_dir)
     metrics = brain.fit(datasets["train"], datasets.get("valid"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from hydra.utils import get_class
@@ -23,4 +24,6 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
 
 
 def open_brain(cfg: DictConfig, log_name: str) -> Brain:
+    if cfg.get("code_dir") and cfg.code_dir not in sys.path:  # a recipe kept outside the package
+        sys.path.insert(0, cfg.code_dir)
     return get_class(cfg.brain._target_)(cfg, run_dir=cfg.run_dir, log_name=log_name)

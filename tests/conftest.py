@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import framework  # noqa: F401  (registers the config schemas for the compose API)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A tiny, fast configuration of the default recipe for end-to-end runs.
