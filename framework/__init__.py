@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from framework.config.schema import register as _register_schemas
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
 
 # `${repo:}` in a config is this checkout's root, for data shipped with the project.
 OmegaConf.register_new_resolver("repo", lambda: str(REPO_ROOT), replace=True)

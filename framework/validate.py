@@ -22,16 +22,8 @@ from framework.train import _option
 
 def summary(overrides: list[str], config_dir: str | None = None, config_name: str = "train") -> str:
     check_command_line(overrides, config_dir, config_name)
-    cfg = compose_command_line([*overrides], config_dir, config_name)
-    from hydra import compose, initialize_config_dir
-
-    from framework.config.check import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):  # for ${hydra:...} in run_dir
-        extra = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir else []
-        full = compose(config_name=config_name, overrides=[*extra, *overrides], return_hydra_config=True)
-        HydraConfig.instance().set_config(full)
-        run_dir = full.hydra.run.dir
+    cfg = compose_command_line(overrides, config_dir, config_name, hydra_runtime=True)
+    run_dir = HydraConfig.get().run.dir  # what Hydra would create; nothing is created here
     lines = [f"config OK ({len(overrides)} override(s))"]
     datasets = build_datasets(cfg)
     for split, ds in datasets.items():

@@ -112,7 +112,7 @@ def test_bad_input_errors_name_the_file_and_entry(corpus):
         "silent": "entry 'silent': .*silent.wav: no audio samples",
         "rate": "entry 'rate': .*rate8k.wav: sample rate 8000 Hz, expected 16000 Hz; set resample=true",
     }
-    for i, (uid, pattern) in enumerate(expected.items()):
+    for i, pattern in enumerate(expected.values()):
         with pytest.raises(AudioError, match=pattern):
             ds[i]
 

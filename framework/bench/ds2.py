@@ -28,12 +28,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from framework import CONF_DIR
 from framework.brain import Brain
 from framework.data.batching import DynamicBatchSampler, batch_stats
 from framework.data.collate import Batch
 from framework.data.deepmark import ALPHABET, FRAMES_PER_SECOND, LABEL_LENGTHS, NUM_BINS, DeepMarkDataset
 from framework.models import count_parameters
-from framework.prepare.stats import CONF_DIR
 from framework.trainer.distributed import resolve_device
 from framework.trainer.precision import Precision
 

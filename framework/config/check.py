@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from framework.config.schema import (
@@ -30,7 +30,6 @@ from framework.config.schema import (
     TrainerConfig,
 )
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 BY_TARGET = {s._target_: s for s in (FixedBatchingConfig, SortedBatchingConfig, DynamicBatchingConfig,
                                      FeaturesConfig, ManifestSplitConfig, HDF5SplitConfig)}
 TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -142,13 +141,23 @@ def first_job(overrides: list[str]) -> list[str] | None:
     return out
 
 
-def compose_command_line(overrides: list[str], config_dir: str | None = None, config_name: str = "train") -> DictConfig:
-    """The config a command line composes, without running anything."""
+def compose_command_line(overrides: list[str], config_dir: str | None = None, config_name: str = "train",
+                         hydra_runtime: bool = False) -> DictConfig:
+    """The config a command line composes, without running anything. With
+    ``hydra_runtime``, ``${hydra:...}`` interpolations (the run dir) resolve as in a run."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from framework import CONF_DIR
 
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name=config_name, overrides=[*extra, *overrides])
+        cfg = compose(config_name=config_name, overrides=[*extra, *overrides], return_hydra_config=hydra_runtime)
+    if hydra_runtime:
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
 
 
 def check_command_line(overrides: list[str], config_dir: str | None = None, config_name: str = "train",

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             from hydra.utils import instantiate
             from omegaconf import OmegaConf
 
-            from framework.prepare.stats import CONF_DIR
+            from framework import CONF_DIR
 
             with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
                 cfg = compose("train", overrides=[f"features={args.features}", f"sample_rate={args.sample_rate}",

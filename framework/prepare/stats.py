@@ -8,10 +8,9 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from framework import CONF_DIR
 from framework.data.batching import DynamicBatchSampler, LengthBatchSampler, batch_stats
 from framework.data.manifest import load_entries
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def batching_sampler(lengths: np.ndarray, batching: str, overrides: list[str]) -> LengthBatchSampler:
