@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 train: $(STAMP)  ## the default recipe; pass overrides as ARGS="trainer.max_epochs=3"
 	$(PY) -m framework.train $(ARGS)
 
-test: $(STAMP)  ## the test suite (slow cases excluded)
+test: $(STAMP)  ## lint, then the test suite (slow cases excluded)
+	$(VENV)/bin/ruff check framework recipes tests
 	$(PY) -m pytest -q $(ARGS)
 
 test-slow: $(STAMP)
