@@ -1,0 +1,59 @@
+"""Padding collate: a list of example dicts becomes one :class:`Batch`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+class Batch(dict):
+    """A dict with attribute access. Every padded tensor ``x`` comes with ``x_lens``
+    (absolute lengths along dim 0 of each example) and ``x_rel_lens`` (lengths / longest,
+    as SpeechBrain recipes expect)."""
+
+    __getattr__ = dict.__getitem__
+
+    def __len__(self) -> int:  # number of examples, not of keys
+        return len(self["id"])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        return Batch(
+            {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in self.items()}
+        )
+
+    def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
+        return Batch({k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in self.items()})
+
+
+def pad_sequences(tensors: Sequence[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack tensors of different length along dim 0 into ``[B, T_max, ...]``."""
+    lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
+    out = tensors[0].new_full((len(tensors), int(lengths.max()), *tensors[0].shape[1:]), value)
+    for i, t in enumerate(tensors):
+        out[i, : t.shape[0]] = t
+    return out, lengths
+
+
+def collate(examples: Sequence[dict[str, Any]]) -> Batch:
+    """Pads tensors with a length axis (dim 0), stacks scalars, lists everything else.
+
+    Examples a dataset marked ``bad`` (``skip_bad``) are left out and listed as
+    ``batch.skipped``: ``[(id, reason), ...]``.
+    """
+    good = [ex for ex in examples if "bad" not in ex]
+    batch = Batch(id=[], skipped=[(ex["id"], ex["bad"]) for ex in examples if "bad" in ex])
+    for key in good[0] if good else ():
+        values = [ex[key] for ex in good]
+        first = values[0]
+        if isinstance(first, torch.Tensor) and first.dim() > 0:
+            padded, lengths = pad_sequences(values)
+            batch[key] = padded
+            batch[f"{key}_lens"] = lengths
+            batch[f"{key}_rel_lens"] = lengths.float() / lengths.max().clamp(min=1)
+        elif isinstance(first, torch.Tensor) or isinstance(first, (int, float)) and not isinstance(first, bool):
+            batch[key] = torch.as_tensor(values)
+        else:
+            batch[key] = list(values)
+    return batch

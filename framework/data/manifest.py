@@ -1,0 +1,255 @@
+"""Manifest datasets: SpeechBrain-style JSON, JSON Lines and CSV.
+
+Lengths come from the manifest (a duration in seconds or a length in samples), never from
+decoding audio, so samplers can plan batches before a single file is opened.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from framework.data.audio import AudioError, read_audio
+
+log = logging.getLogger(__name__)
+
+# Keys tried in order when the config does not name one.
+AUDIO_KEYS = ("file_path", "wav", "audio_filepath", "audio_path", "path", "audio", "file")
+TEXT_KEYS = ("words", "wrd", "text", "transcript", "label")
+DURATION_KEYS = ("duration", "duration_s")
+SAMPLES_KEYS = ("length", "num_samples")
+ID_KEYS = ("ID", "id", "utt_id", "key")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file and entry."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    path: str
+    duration: float  # seconds, of the segment when start/stop are given
+    text: str | None = None
+    start: float | None = None
+    stop: float | None = None
+
+
+def read_manifest_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(id, fields) per row of a JSON, JSONL or CSV manifest, chosen by extension."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ManifestError(
+                    f"{path}: a .json manifest must be an object {{id: {{...}}}}; "
+                    "for one object per line use the .jsonl extension"
+                )
+            return [(str(k), v) for k, v in data.items()]
+        if suffix in (".jsonl", ".ndjson"):
+            rows = []
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip():
+                    obj = json.loads(line)
+                    rows.append((_row_id(obj, f"{path.stem}-{n}"), obj))
+            return rows
+        if suffix in (".csv", ".tsv"):
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                rows = [(_row_id(r, None), r) for r in reader]
+            if rows and any(i is None for i, _ in rows):
+                raise ManifestError(f"{path}: a CSV manifest needs an ID column (one of {ID_KEYS})")
+            return rows
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    raise ManifestError(f"{path}: unknown manifest extension {suffix!r}; use .json, .jsonl or .csv")
+
+
+def _row_id(row: Mapping[str, Any], default: str | None) -> str | None:
+    for key in ID_KEYS:
+        if key in row and row[key] not in (None, ""):
+            return str(row[key])
+    return default
+
+
+def _pick(row: Mapping[str, Any], configured: str | None, candidates: tuple[str, ...]) -> str | None:
+    if configured is not None:
+        return configured
+    return next((k for k in candidates if k in row), None)
+
+
+def fill_placeholders(value: str, replacements: Mapping[str, str]) -> str:
+    """Replaces ``{name}`` and ``$name`` with ``replacements[name]``."""
+    def sub(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in replacements:
+            raise KeyError(name)
+        return str(replacements[name])
+
+    return re.sub(r"\{(\w+)\}|\$(\w+)", sub, value)
+
+
+def load_entries(
+    path: str | Path,
+    *,
+    replacements: Mapping[str, str] | None = None,
+    audio_key: str | None = None,
+    text_key: str | None = None,
+    duration_key: str | None = None,
+    samples_key: str | None = None,
+    sample_rate: int = 16000,
+) -> list[Entry]:
+    """Parses a manifest into entries; every problem names the file, entry and key."""
+    rows = read_manifest_rows(path)
+    if not rows:
+        raise ManifestError(f"{path}: manifest has no entries")
+    replacements = dict(replacements or {})
+    base = Path(path).parent
+    entries = []
+    for uid, row in rows:
+        where = f"{path}: entry {uid!r}"
+        a_key = _pick(row, audio_key, AUDIO_KEYS)
+        if a_key is None or row.get(a_key) in (None, ""):
+            raise ManifestError(f"{where} has no audio path (looked for key {a_key or ' / '.join(AUDIO_KEYS)}); name it with audio_key=")
+        try:
+            audio = fill_placeholders(str(row[a_key]), replacements)
+        except KeyError as exc:
+            raise ManifestError(
+                f"{where}: placeholder {exc.args[0]!r} in {row[a_key]!r} has no value; set dataset "
+                f"replacements.{exc.args[0]}=... (or data_root=...)"
+            ) from None
+        if not Path(audio).is_absolute():
+            audio = str(base / audio)
+        start = _float_or_none(row, "start", where)
+        stop = _float_or_none(row, "stop", where)
+        if stop is None:
+            stop = _float_or_none(row, "end", where)
+        d_key = _pick(row, duration_key, DURATION_KEYS)
+        s_key = _pick(row, samples_key, SAMPLES_KEYS) if d_key is None else None
+        if d_key is not None and d_key in row:
+            duration = _float_or_none(row, d_key, where)
+        elif s_key is not None and s_key in row:
+            duration = _float_or_none(row, s_key, where) / sample_rate
+        elif start is not None and stop is not None:
+            duration = stop - start
+        else:
+            raise ManifestError(
+                f"{where} has no length: add a duration in seconds ({' / '.join(DURATION_KEYS)}) or a "
+                f"length in samples ({' / '.join(SAMPLES_KEYS)}), e.g. with `python -m framework.prepare manifest`"
+            )
+        t_key = _pick(row, text_key, TEXT_KEYS)
+        if text_key is not None and text_key not in row:
+            raise ManifestError(f"{where} has no key {text_key!r}")
+        text = None if t_key is None or row.get(t_key) is None else str(row[t_key])
+        entries.append(Entry(uid, audio, float(duration), text, start, stop))
+    return entries
+
+
+def _float_or_none(row: Mapping[str, Any], key: str, where: str) -> float | None:
+    value = row.get(key)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ManifestError(f"{where}: {key}={value!r} is not a number") from None
+
+
+class ManifestDataset(Dataset):
+    """Examples ``{"id", "inputs", "text"}`` read from a manifest.
+
+    ``inputs`` is the waveform ``[samples]``, or ``transform(waveform)`` when a transform
+    is set (features computed in the DataLoader workers). ``lengths`` (seconds) drive the
+    batch samplers.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        sample_rate: int = 16000,
+        data_root: str | None = None,
+        replacements: Mapping[str, str] | None = None,
+        audio_key: str | None = None,
+        text_key: str | None = None,
+        duration_key: str | None = None,
+        samples_key: str | None = None,
+        min_duration: float | None = None,
+        max_duration: float | None = None,
+        select_n: int | None = None,
+        resample: bool = True,
+        mono: bool = True,
+        skip_bad: bool = False,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.sample_rate = sample_rate
+        reps = dict(replacements or {})
+        if data_root is not None:
+            reps.setdefault("data_root", str(Path(data_root).resolve()))
+        entries = load_entries(
+            path,
+            replacements=reps,
+            audio_key=audio_key,
+            text_key=text_key,
+            duration_key=duration_key,
+            samples_key=samples_key,
+            sample_rate=sample_rate,
+        )
+        n_all = len(entries)
+        if min_duration is not None:
+            entries = [e for e in entries if e.duration >= min_duration]
+        if max_duration is not None:
+            entries = [e for e in entries if e.duration <= max_duration]
+        if select_n is not None:
+            entries = entries[:select_n]
+        if len(entries) < n_all:
+            log.info("%s: kept %d of %d entries (duration filter / select_n)", path, len(entries), n_all)
+        if not entries:
+            raise ManifestError(f"{path}: no entries left after min_duration/max_duration/select_n")
+        self.entries = entries
+        self.lengths = np.array([e.duration for e in entries], dtype=np.float64)
+        self.resample = resample
+        self.mono = mono
+        self.skip_bad = skip_bad
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        entry = self.entries[index]
+        try:
+            wav = read_audio(
+                entry.path,
+                self.sample_rate,
+                start=entry.start,
+                stop=entry.stop,
+                resample=self.resample,
+                mono=self.mono,
+            )
+        except AudioError as exc:
+            if self.skip_bad:
+                return {"id": entry.id, "bad": str(exc)}
+            raise AudioError(f"{self.path}: entry {entry.id!r}: {exc}") from exc
+        example: dict[str, Any] = {"id": entry.id, "inputs": self.transform(wav) if self.transform else wav}
+        if entry.text is not None:
+            example["text"] = entry.text
+        return example
+
+    @property
+    def texts(self) -> list[str]:
+        return [e.text or "" for e in self.entries]
