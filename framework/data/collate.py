@@ -18,12 +18,12 @@ class Batch(dict):
     def __len__(self) -> int:  # number of examples, not of keys
         return len(self["id"])
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(
             {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in self.items()}
         )
 
-    def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
         return Batch({k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in self.items()})
 
 

@@ -186,7 +186,7 @@ class HDF5Writer:
         self.file.close()
         self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "HDF5Writer":
+    def __enter__(self) -> HDF5Writer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
