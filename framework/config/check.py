@@ -163,7 +163,8 @@ def compose_command_line(overrides: list[str], config_dir: str | None = None, co
 def check_command_line(overrides: list[str], config_dir: str | None = None, config_name: str = "train",
                        multirun: bool = False) -> None:
     """Raises :class:`ConfigError` for a command line with a misspelled key or a wrong type."""
-    hydra_only = [o for o in overrides if o.lstrip("+~").startswith("hydra")]
+    # Hydra's own settings do not change the job's config, except where configs are found
+    hydra_only = [o for o in overrides if o.lstrip("+~").startswith("hydra") and not o.startswith("hydra.searchpath")]
     job = [o for o in overrides if o not in hydra_only]
     if multirun:
         job = first_job(job)
