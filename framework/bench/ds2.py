@@ -150,7 +150,7 @@ def plain_loop(model, optimizer, precision: Precision, ctc, batches: Batches, de
 
 @dataclass
 class Result:
-    batch_size: int
+    batch_size: int | str
     num_batches: int
     samples: int
     audio_s: float
@@ -232,7 +232,7 @@ def measure(cfg: DictConfig, dataset: DeepMarkDataset, batch_size: int, batching
     sampled = [i for b in index_batches for i in b]
     scale = full_count / n  # figures are for the whole epoch
     return Result(
-        batch_size=batch_size,
+        batch_size=batch_size if batching == "equal" else f"{stats['mean_batch_size']:.1f} (mean)",
         num_batches=full_count,
         samples=int(len(sampled) * scale),
         audio_s=float(dataset.lengths[sampled].sum() * scale),
