@@ -333,26 +333,11 @@ class Brain:
                     raise
                 self._skip_oom(window)
                 continue
-            norm = self.precision.clip(self.optimizer, params, tcfg.max_grad_norm)
-            if self.precision.scaler is not None:
-                # fp16: GradScaler skips steps with inf/nan gradients itself and lowers its
-                # scale; only a non-finite loss is a fault
-                self.precision.step(self.optimizer)
-                finite = bool(torch.isfinite(step_loss))
-            else:
-                ok = torch.isfinite(step_loss) if norm is None else torch.isfinite(norm) & torch.isfinite(step_loss)
-                finite = bool(ok)  # the one host sync per step: a non-finite step must not be applied
-                if finite:
-                    self.precision.step(self.optimizer)
+            finite, norm = self.optimizer_step(params, step_loss)
             if finite:
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                self.step += 1
                 total_loss += step_loss
                 window_loss += step_loss
                 n_batches += 1
-            else:
-                self._nonfinite_step()
             self.optimizer.zero_grad(set_to_none=True)
             n_steps += 1
             n_micro += len(window)
@@ -402,6 +387,28 @@ class Brain:
                 loss = self.fit_batch(batch.to(self.device, non_blocking=True), weight)
             step_loss += loss * (len(batch) / total)
         return step_loss
+
+    def optimizer_step(self, params: list[nn.Parameter], step_loss: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
+        """Clips, then applies the step unless the loss or gradients are not finite (then
+        counts it against ``trainer.nonfinite_patience``). Returns (applied, grad norm)."""
+        norm = self.precision.clip(self.optimizer, params, self.trainer_cfg.max_grad_norm)
+        if self.precision.scaler is not None:
+            # fp16: GradScaler skips steps with inf/nan gradients itself and lowers its
+            # scale; only a non-finite loss is a fault
+            self.precision.step(self.optimizer)
+            finite = bool(torch.isfinite(step_loss))
+        else:
+            ok = torch.isfinite(step_loss) if norm is None else torch.isfinite(norm) & torch.isfinite(step_loss)
+            finite = bool(ok)  # the one host sync per step: a non-finite step must not be applied
+            if finite:
+                self.precision.step(self.optimizer)
+        if finite:
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.step += 1
+        else:
+            self._nonfinite_step()
+        return finite, norm
 
     def _skip_oom(self, window: list[Batch]) -> None:
         self.optimizer.zero_grad(set_to_none=True)
