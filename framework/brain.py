@@ -320,8 +320,14 @@ class Brain:
             global_total = None
             if self.dist.enabled:
                 global_total = int(distributed.all_reduce_sum(torch.tensor(sum(sizes), device=self.device)).item())
-            if not window or global_total == 0:
+            if global_total == 0 or (not window and not self.dist.enabled):
                 continue
+            if not window:  # DDP cannot skip a step on one rank: the others would wait for it
+                raise RuntimeError(
+                    f"rank {self.dist.rank}: every example of a step was unreadable (skip_bad) while other ranks had "
+                    f"data; first: {self.skipped_examples[-1][0] if self.skipped_examples else '?'}. Clean the "
+                    "manifest (python -m framework.prepare manifest ... --skip-bad) before a distributed run"
+                )
             for batch in window:
                 held, used = _padding(batch)
                 padded += held
