@@ -13,7 +13,11 @@ class Batch(dict):
     (absolute lengths along dim 0 of each example) and ``x_rel_lens`` (lengths / longest,
     as SpeechBrain recipes expect)."""
 
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"batch has no {name!r}; it has {', '.join(self)}") from None
 
     def __len__(self) -> int:  # number of examples, not of keys
         return len(self["id"])

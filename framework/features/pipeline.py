@@ -98,10 +98,13 @@ class GlobalNorm(nn.Module):
         self.register_buffer("mean", torch.zeros(num_bins))
         self.register_buffer("std", torch.ones(num_bins))
         self.register_buffer("fitted", torch.tensor(False))
+        self._checked = False  # `fitted` lives on the device: read it once, not every batch
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if not self.fitted:
-            raise RuntimeError("global normalisation statistics were not computed; call FeaturePipeline.fit_stats first")
+        if not self._checked:
+            if not self.fitted:
+                raise RuntimeError("global normalisation statistics were not computed; call FeaturePipeline.fit_stats first")
+            self._checked = True
         mask = valid_mask(lengths, feats.shape[1])[..., None].to(feats.dtype)
         return (feats - self.mean) / self.std * mask
 
