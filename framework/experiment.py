@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from framework.config.check import validate
+from framework.run_dir import open_brain
 from framework.trainer import distributed
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,7 @@ def run(cfg: DictConfig) -> float | None:
         tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         tmp.replace(run_dir / "config.yaml")
     datasets = build_datasets(cfg, env.is_main)
-    if cfg.get("code_dir") and cfg.code_dir not in sys.path:  # a recipe kept outside the package
-        sys.path.insert(0, cfg.code_dir)
-    brain_cls = get_class(cfg.brain._target_)
-    brain = brain_cls(cfg, run_dir=run_dir)
+    brain = open_brain(cfg, "train", run_dir)
     metrics = brain.fit(datasets["train"], datasets.get("valid"))
     if "test" in datasets:
         metrics.update(brain.evaluate(datasets["test"]))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from framework.brain import Brain
+from framework.cli import add_code_dir
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
@@ -23,7 +23,7 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     return cfg
 
 
-def open_brain(cfg: DictConfig, log_name: str) -> Brain:
-    if cfg.get("code_dir") and cfg.code_dir not in sys.path:  # a recipe kept outside the package
-        sys.path.insert(0, cfg.code_dir)
-    return get_class(cfg.brain._target_)(cfg, run_dir=cfg.run_dir, log_name=log_name)
+def open_brain(cfg: DictConfig, log_name: str, run_dir: str | Path | None = None) -> Brain:
+    """The run's Brain subclass, built for ``run_dir`` (default ``cfg.run_dir``)."""
+    add_code_dir(cfg.get("code_dir"))  # a recipe kept outside the package
+    return get_class(cfg.brain._target_)(cfg, run_dir=run_dir or cfg.run_dir, log_name=log_name)

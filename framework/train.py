@@ -16,29 +16,16 @@ def main(cfg: DictConfig) -> float | None:
     return run(cfg)
 
 
-def _option(argv: list[str], *names: str) -> str | None:
-    for i, arg in enumerate(argv):
-        for name in names:
-            if arg == name and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-    return None
-
-
 def cli() -> None:
+    from framework.cli import add_code_dir, hydra_overrides, option
     from framework.config.check import ConfigError, check_command_line
 
     argv = sys.argv[1:]
-    config_dir = _option(argv, "--config-dir", "-cd")
-    if config_dir:  # a user's recipe folder: its Python modules become importable
-        sys.path.insert(0, os.path.abspath(config_dir))
+    config_dir = option(argv, "--config-dir", "-cd")
+    add_code_dir(config_dir)  # a user's recipe folder: its Python modules become importable
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc") for a in argv):
-        values = {v for v in (config_dir, _option(argv, "--config-name", "-cn"), _option(argv, "--cfg", "-c"),
-                              _option(argv, "--package", "-p"), _option(argv, "--config-path", "-cp"))}
-        overrides = [a for a in argv if "=" in a and not a.startswith("-") and a not in values]
         try:
-            check_command_line(overrides, config_dir, _option(argv, "--config-name", "-cn") or "train",
+            check_command_line(hydra_overrides(argv), config_dir, option(argv, "--config-name", "-cn") or "train",
                                multirun="-m" in argv or "--multirun" in argv)
         except ConfigError as exc:
             print(f"Config error:\n{exc}", file=sys.stderr)

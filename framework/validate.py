@@ -14,10 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import open_dict
 
+from framework.cli import add_code_dir, hydra_overrides, option
 from framework.config.check import ConfigError, check_command_line, compose_command_line
 from framework.data.batching import batch_stats
 from framework.experiment import build_datasets
-from framework.train import _option
 
 
 def summary(overrides: list[str], config_dir: str | None = None, config_name: str = "train") -> str:
@@ -63,13 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return 0
-    config_dir = _option(argv, "--config-dir", "-cd")
-    config_name = _option(argv, "--config-name", "-cn") or "train"
-    if config_dir:
-        sys.path.insert(0, config_dir)
-    overrides = [a for a in argv if "=" in a and not a.startswith("-") and a not in (config_dir, config_name)]
+    config_dir = option(argv, "--config-dir", "-cd")
+    add_code_dir(config_dir)
     try:
-        print(summary(overrides, config_dir, config_name))
+        print(summary(hydra_overrides(argv), config_dir, option(argv, "--config-name", "-cn") or "train"))
     except ConfigError as exc:
         print(f"Config error:\n{exc}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ def test_collate_pads_and_returns_absolute_and_relative_lengths():
     assert len(batch) == 2 and batch.skipped == [("c", "c.wav: cannot read audio")]
     assert getattr(batch, "words", None) is None  # attribute access behaves like attributes
     with pytest.raises(AttributeError, match="batch has no 'txt'; it has id, skipped, inputs"):
-        batch.txt
+        _ = batch.txt
 
 
 @pytest.mark.parametrize("extractor,bins", [(spectrogram(), 161), (fbank(n_mels=80), 80), (mfcc(n_mfcc=13), 13)])

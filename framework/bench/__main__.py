@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from framework.cli import parse_with_overrides
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m framework.bench", description=__doc__,
@@ -30,10 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     lo = sub.add_parser("loader", help="loader throughput: FLAC vs HDF5 audio vs HDF5 features")
     lo.add_argument("--utterances", type=int, default=600)
     lo.add_argument("--root", default="/tmp/loader-bench", help="where the benchmark corpus is written")
-    args, rest = parser.parse_known_args(argv)
-    overrides = [a for a in rest if "=" in a and not a.startswith("-")]
-    if len(overrides) != len(rest):
-        parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in overrides)}")
+    args, overrides = parse_with_overrides(parser, argv)
     if args.benchmark == "loader":
         from framework.bench.loader import main as loader
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from framework.cli import parse_with_overrides
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m framework.prepare", description=__doc__,
@@ -44,10 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     h5.add_argument("--skip-bad", action="store_true", help="skip unreadable audio, report it at the end")
     h5.epilog = "Feature overrides follow as key=value, e.g. extractor.n_mels=80."
 
-    args, rest = parser.parse_known_args(argv)
-    overrides = [a for a in rest if "=" in a and not a.startswith("-")]
-    if len(overrides) != len(rest):
-        parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in overrides)}")
+    args, overrides = parse_with_overrides(parser, argv)
     if args.command == "manifest":
         from framework.prepare.corpus import build_manifest
 
