@@ -76,7 +76,9 @@ def write_summary(sweep_dir: str | Path) -> str:
              "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     text = "\n".join(lines)
-    (sweep_dir / "summary.md").write_text(text + "\n")
+    tmp = sweep_dir / ".summary.md.tmp"
+    tmp.write_text(text + "\n")
+    os.replace(tmp, sweep_dir / "summary.md")
     if monitor and done and swept:
         plot(done, swept, monitor, sweep_dir / "summary.png")
     return text

@@ -41,7 +41,6 @@ def test_evaluate_and_transcribe_commands(train_cli, tmp_path, data_dir):
 
 
 def test_adamw8bit_without_bitsandbytes_says_what_to_do(train_cli):
-    pytest.importorskip("torch")
     try:
         import bitsandbytes  # noqa: F401
         pytest.skip("bitsandbytes is installed")

@@ -9,12 +9,9 @@ import pytest
 from tests.conftest import run_cli
 
 
-def test_metrics(log_text, stage="test"):
+def final_metrics(log_text, stage="test"):
     line = next(line for line in log_text.splitlines() if f"{stage}: {stage}_loss=" in line)
     return {k: float(v) for k, v in re.findall(rf"{stage}_(\w+)=([\d.e+-]+)", line)}
-
-
-test_metrics.__test__ = False  # a helper, not a test
 
 
 def test_image_classification_beats_chance(tmp_path, data_dir):
@@ -23,7 +20,7 @@ def test_image_classification_beats_chance(tmp_path, data_dir):
     run_cli("framework.train", ["recipe=image_classification", f"dataset.root={data_dir}/digits",
                                 "dataset.prepare.splits={train:1500,valid:200,test:200}", "trainer.max_epochs=3", "batching.batch_size=32",
                                 "model.widen_factor=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    metrics = test_metrics((run_dir / "train.log").read_text())
+    metrics = final_metrics((run_dir / "train.log").read_text())
     assert metrics["accuracy"] > 0.6, metrics
 
 
@@ -36,7 +33,7 @@ def test_sound_event_detection_beats_the_majority_baseline(tmp_path, data_dir):
     run_cli("framework.train", ["recipe=sound_event", f"dataset.path={path}", "dataset.prepare.minutes=4",
                                 "trainer.max_epochs=4", "model.widen_factor=1", "features.extractor.n_mels=32",
                                 f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    metrics = test_metrics((run_dir / "train.log").read_text())
+    metrics = final_metrics((run_dir / "train.log").read_text())
     test_set = RecordingWindows(path, start=0.85, stop=1.0)
     majority = 1 - test_set.labels.mean()
     assert metrics["f1"] > 0.5 and metrics["accuracy"] > majority, (metrics, majority)
@@ -53,10 +50,11 @@ def test_recording_windows_read_lazily(tmp_path):
     assert ex["inputs"].shape == (16000,) and ex["label"] in (0, 1)
     assert ds._audio.shape == (30 * 16000,)  # an open dataset handle, not the samples in memory
     with pytest.raises(ValueError, match="not a framework recording"):
-        RecordingWindows(_not_recording(tmp_path))
+        RecordingWindows(not_a_recording(tmp_path))
 
 
-def _not_recording(tmp_path):
+def not_a_recording(tmp_path):
+    """An HDF5 file with an audio dataset but without the recording format attribute."""
     import h5py
 
     with h5py.File(tmp_path / "x.h5", "w") as f:
@@ -69,4 +67,4 @@ def test_asr_on_the_shipped_speech_corpus(tmp_path):
     """espeak-ng speech, 400 training utterances: CER far below the 1.0 of an empty transcript."""
     run_dir = tmp_path / "run"
     run_cli("framework.train", ["dataset=speech", "trainer.max_epochs=30", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert test_metrics((run_dir / "train.log").read_text())["cer"] < 0.4
+    assert final_metrics((run_dir / "train.log").read_text())["cer"] < 0.4

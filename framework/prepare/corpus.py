@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from framework.data.audio import AudioError, audio_info, read_audio
@@ -180,8 +181,6 @@ def _pack_shard(job: tuple) -> tuple[str, list[tuple[str, str]]]:
                     _progress.value += 1
             data = wav.numpy()
             if extractor is not None:
-                import torch
-
                 feats, _ = extractor(wav[None], torch.tensor([len(wav)]))
                 data = feats[0].numpy()
             w.add(e.id, data, e.duration, text=e.text)
