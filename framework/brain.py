@@ -120,7 +120,7 @@ class Brain:
         """A DataLoader whose batches come from ``cfg.batching`` over ``dataset.lengths``.
         Evaluation stages keep the data order and shard without duplicates."""
         train = stage == Stage.TRAIN
-        overrides: dict[str, Any] = {"lengths": dataset.lengths, "seed": self.cfg.seed}
+        overrides: dict[str, Any] = {"lengths": dataset.lengths, "seed": self.cfg.seed, "even": train}
         if not train:
             overrides["shuffle"] = False
             overrides["drop_last"] = False
@@ -128,7 +128,6 @@ class Brain:
             # a CPU copy of the pipeline runs in the workers; the batch arrives as features
             dataset.transform = copy.deepcopy(self.features).cpu().per_example
         sampler: LengthBatchSampler = instantiate(self.cfg.batching, **overrides)
-        sampler.even = train
         workers = self.trainer_cfg.num_workers
         return DataLoader(
             dataset,

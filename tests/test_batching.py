@@ -200,8 +200,7 @@ def test_eval_sharding_has_no_duplicates():
     lengths = skewed_lengths(1001)
     shards = []
     for r in range(3):
-        s = make("dynamic", lengths, num_replicas=3, rank=r, shuffle=False)
-        s.even = False
+        s = make("dynamic", lengths, num_replicas=3, rank=r, shuffle=False, even=False)
         shards.extend(i for b in s for i in b)
     assert sorted(shards) == list(range(len(lengths)))
 

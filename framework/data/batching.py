@@ -49,6 +49,7 @@ class LengthBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
+        even: bool = True,
     ) -> None:
         self.lengths = np.asarray(lengths, dtype=np.float64)
         if self.lengths.ndim != 1:
@@ -69,8 +70,8 @@ class LengthBatchSampler(Sampler[list[int]]):
         self._position = 0  # batches handed out by the running iterator
         self._cache: tuple[int, list[np.ndarray]] | None = None
         # Training needs the same number of batches on every rank (DDP steps in lockstep);
-        # evaluation sets even=False to shard without repeating any example.
-        self.even = True
+        # evaluation passes even=False to shard without repeating any example.
+        self.even = even
 
     # -- to implement ---------------------------------------------------------------
     def global_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
