@@ -3,7 +3,19 @@
 A recipe subclasses :class:`Brain` and implements ``compute_forward`` and
 ``compute_objectives`` (and, for its metrics, ``on_stage_start`` / ``on_stage_end``).
 Everything else (precision, accumulation, clipping, checkpoints, resume, DDP, logging)
-lives in :mod:`framework.trainer` and is driven from here by ``cfg.trainer``.
+lives in :mod:`framework.trainer` and is driven from here by the typed trainer options,
+``self.options`` (:class:`framework.config.schema.TrainerConfig`).
+
+One run, top to bottom::
+
+    fit(train, valid)
+      setup(train)           features' statistics and the model, optimizer, EMA
+      resume()               from trainer.resume (mid-epoch included)
+      for each epoch:
+        train_epoch()        train_step(window) per optimizer step, then on_train_step_end(...)
+        run_eval(valid)      on the averaged weights when trainer.ema_decay is set
+        checkpoint, history
+    evaluate(test)           with the best checkpoint; nothing is fitted on test data
 """
 
 from __future__ import annotations
@@ -14,6 +26,8 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -24,14 +38,30 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
+from framework.config.schema import LoggerConfig, TrainerConfig, trainer_options, typed
 from framework.data.batching import LengthBatchSampler
-from framework.data.collate import Batch, collate
+from framework.data.collate import Batch, SkippedExample, collate
+from framework.data.mapped import MappedInputs
+from framework.errors import UserError
+from framework.models import trainable_parameters
 from framework.trainer import distributed
 from framework.trainer.accumulation import loss_weights, windows
 from framework.trainer.activation_checkpointing import apply_activation_checkpointing
-from framework.trainer.checkpoint import Checkpointer, CheckpointError, load_checkpoint, rng_state, set_rng_state
-from framework.trainer.logs import TensorBoardLogger, progress, setup_file_logging
+from framework.trainer.checkpoint import (
+    AVERAGED,
+    Checkpointer,
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from framework.trainer.distributed import DistEnv
+from framework.trainer.ema import WeightEMA
+from framework.trainer.logs import TensorBoardLogger, format_metrics, progress, setup_file_logging
+from framework.trainer.meter import EpochMeter
 from framework.trainer.precision import Precision
+from framework.trainer.stopping import StopRequested, StopSignals, ignore_stop_signals
+from framework.trainer.threads import set_num_threads
 
 log = logging.getLogger(__name__)
 
@@ -46,41 +76,75 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class MonitorError(UserError):
+    pass
+
+
+@dataclass
+class Window:
+    """The micro-batches of one optimizer step."""
+
+    batches: list[Batch]  # usable ones (unreadable examples left out)
+    fetched: int  # micro-batches taken from the loader, for the epoch position
+    lengths_s: float  # sum of the examples' lengths, for throughput
+
+
 class Brain:
     """Owns the model, optimizer and loop for one run directory.
 
     ``cfg`` is the composed run config (``cfg.trainer``, ``cfg.model``, ``cfg.optimizer``,
-    ``cfg.scheduler``, ``cfg.batching``, ``cfg.features``, ``cfg.logger``).
+    ``cfg.scheduler``, ``cfg.batching``, ``cfg.features``, ``cfg.logger``). ``dist`` is the
+    distributed environment (``framework.experiment.run`` passes it; initialised here otherwise).
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None, log_name: str = "train") -> None:
+    #: Keyword arguments ``build_model`` passes to ``cfg.model`` itself; the config check
+    #: does not ask the config for them.
+    model_arguments: tuple[str, ...] = ()
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None, log_name: str = "train",
+                 dist: DistEnv | None = None) -> None:
         self.cfg = cfg
-        self.trainer_cfg = cfg.trainer
-        self.dist = distributed.init_distributed(cfg.trainer.device)
+        self.options: TrainerConfig = trainer_options(cfg.trainer)
+        opts = self.options
+        self.dist = dist if dist is not None else distributed.init_distributed(opts.device)
         self.device = self.dist.device
         self.run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
         setup_file_logging(self.run_dir, self.dist.rank, self.dist.world_size, log_name)
-        self.precision = Precision(cfg.trainer.precision, self.device, cfg.trainer.get("eval_precision"))
+        set_num_threads(opts.num_threads, opts.num_workers)
+        self.precision = Precision(opts.precision, self.device, opts.eval_precision)
         self.features: nn.Module | None = instantiate(cfg.features).to(self.device) if cfg.get("features") else None
-        ck = cfg.trainer.checkpoint
+        ck = opts.checkpoint
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", ck.keep_last, ck.keep_best, ck.monitor, ck.mode)
-        self.logger = TensorBoardLogger(
-            self.run_dir, enabled=self.dist.is_main and cfg.logger.tensorboard, log_every_n_steps=cfg.logger.log_every_n_steps
-        )
-        self.model: nn.Module | None = None
+        logger_opts = typed(LoggerConfig, cfg.get("logger") or {})
+        self.logger = TensorBoardLogger(self.run_dir, enabled=self.dist.is_main and logger_opts.tensorboard,
+                                        log_every_n_steps=logger_opts.log_every_n_steps)
+        self.model: nn.Module | None = None  # what runs forward: DDP- and compile-wrapped
+        self.module: nn.Module | None = None  # the plain model, for state dicts
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
+        self.ema: WeightEMA | None = None
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
         self.batch_in_epoch = 0  # micro-batches of the current epoch consumed
+        self.meter: EpochMeter | None = None  # the current epoch's bookkeeping
+        self.history: list[dict[str, float]] = []  # one entry per finished epoch
+        self.elapsed_s = 0.0  # wall time of training and validation before this process
         self.nonfinite_steps = 0
         self.oom_skipped = 0
-        self.skipped_examples: list[tuple[str, str]] = []
+        self.skipped_examples: list[SkippedExample] = []
+        self.stop = StopSignals()
+        self.sanity_checking = False  # True while one batch is validated before training (check_monitor)
+        self._stopping = False  # a stop signal reached some rank; every rank stops at the same step
+        self._saved_at: tuple[int, int, int] | None = None  # (epoch, step, batch) of the newest checkpoint
         self._train_sampler: LengthBatchSampler | None = None
+        self._fit_started = time.perf_counter()
+        self._interval = (torch.zeros((), device=self.device), 0, 0, time.perf_counter())  # loss, steps, examples, t
 
     # ----------------------------------------------------------------- hooks to override
     def build_model(self, train_set) -> nn.Module:
-        """The model; the default instantiates ``cfg.model``."""
+        """The model; the default instantiates ``cfg.model``. ``train_set`` is the training
+        data in ``fit`` and None in evaluation and inference: anything learnt from data must
+        then come from the run directory."""
         return instantiate(self.cfg.model)
 
     def compute_forward(self, batch: Batch, stage: Stage) -> Any:
@@ -93,12 +157,20 @@ class Brain:
     def on_fit_start(self) -> None:
         pass
 
+    def on_fit_end(self) -> None:
+        pass
+
     def on_stage_start(self, stage: Stage, epoch: int) -> None:
         pass
 
     def on_stage_end(self, stage: Stage, loss: float, epoch: int) -> dict[str, float]:
         """Metrics of the stage (``loss`` is already averaged over all ranks)."""
         return {"loss": loss}
+
+    def on_train_step_end(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
+        """After every applied optimizer step. ``loss`` (the step's mean loss) and
+        ``grad_norm`` (before clipping; None when clipping is off) are device tensors:
+        reading them (``.item()``) waits for the device."""
 
     def fit_batch(self, batch: Batch, weight: float = 1.0) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns the detached loss."""
@@ -120,15 +192,13 @@ class Brain:
         """A DataLoader whose batches come from ``cfg.batching`` over ``dataset.lengths``.
         Evaluation stages keep the data order and shard without duplicates."""
         train = stage == Stage.TRAIN
-        overrides: dict[str, Any] = {"lengths": dataset.lengths, "seed": self.cfg.seed, "even": train}
-        if not train:
-            overrides["shuffle"] = False
-            overrides["drop_last"] = False
-        if self.features is not None and self.features.where == "worker" and getattr(dataset, "transform", 1) is None:
+        if self.features is not None and self.features.where == "worker":
             # a CPU copy of the pipeline runs in the workers; the batch arrives as features
-            dataset.transform = copy.deepcopy(self.features).cpu().per_example
-        sampler: LengthBatchSampler = instantiate(self.cfg.batching, **overrides)
-        workers = self.trainer_cfg.num_workers
+            dataset = MappedInputs(dataset, copy.deepcopy(self.features).cpu().per_example)
+        eval_overrides = {} if train else {"shuffle": False, "drop_last": False}
+        sampler: LengthBatchSampler = instantiate(self.cfg.batching, lengths=dataset.lengths, seed=self.cfg.seed,
+                                                  even=train, **eval_overrides)
+        workers = self.options.num_workers
         return DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -136,63 +206,82 @@ class Brain:
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
+            worker_init_fn=ignore_stop_signals if workers > 0 else None,
             # a private generator keeps the global RNG untouched, which exact resume needs
             generator=torch.Generator().manual_seed(self.cfg.seed),
         )
 
-    def setup(self, train_set) -> None:
-        """Builds model, optimizer and scheduler once; resumes when configured."""
+    def setup(self, train_set=None) -> None:
+        """Builds the model, optimizer and weight average once. In ``fit`` (``train_set``
+        given) what the run learns from its data before training (feature statistics, a
+        recipe's alphabet) is fitted and saved in the run directory; otherwise it is loaded
+        from there. The scheduler is built by ``fit``, which also resumes."""
         if self.model is not None:
             return
-        if self.features is not None and train_set is not None:
-            self.fit_feature_stats(train_set)
-        tcfg = self.trainer_cfg
-        if tcfg.tf32:
+        if self.features is not None:
+            self.prepare_features(train_set)
+        opts = self.options
+        if opts.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         model = self.build_model(train_set).to(self.device)
-        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info("model %s: %.2f M trainable parameters", type(model).__name__, n_params / 1e6)
-        if tcfg.activation_checkpointing:
-            wrapped = apply_activation_checkpointing(model, list(tcfg.activation_checkpointing))
+        params = trainable_parameters(model)
+        log.info("model %s: %.2f M trainable parameters", type(model).__name__, sum(p.numel() for p in params) / 1e6)
+        if opts.activation_checkpointing:
+            wrapped = apply_activation_checkpointing(model, list(opts.activation_checkpointing))
             log.info("activation checkpointing: %s", ", ".join(wrapped))
-        self.module = model  # unwrapped, for state dicts
+        self.module = model
         if self.dist.enabled:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.model = torch.compile(model) if tcfg.compile else model
-        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.model = torch.compile(model) if opts.compile else model
+        self.params = params
         self.optimizer = instantiate(self.cfg.optimizer, params=params)
+        self.ema = WeightEMA(self.module, opts.ema_decay) if opts.ema_decay else None
+        self._buffers = list(self.module.buffers())
+        self._buffer_copy = [b.clone() for b in self._buffers]
 
-    def fit_feature_stats(self, train_set) -> None:
-        """Global normalisation statistics: computed once by rank 0, saved in the run
-        directory, read by every rank (and by resumed runs)."""
+    def prepare_features(self, train_set) -> None:
+        """Global normalisation statistics: fitted once on the training set by rank 0 and
+        saved in the run directory; read from there by every rank, by resumed runs and by
+        evaluation (which never fits them on its own data)."""
         path = self.run_dir / "feature_stats.pt"
-        if self.dist.is_main:
+        if train_set is not None and self.dist.is_main and not path.is_file():
             self.features.fit_stats(train_set, path)
         distributed.barrier()
-        self.features.fit_stats(train_set, path)
+        self.features.load_stats(path)
 
     def _make_scheduler(self, steps_per_epoch: int) -> None:
         if not self.cfg.get("scheduler") or self.scheduler is not None:
             return
-        total = max(1, steps_per_epoch * self.trainer_cfg.max_epochs)
+        total = max(1, steps_per_epoch * self.options.max_epochs)
         self.scheduler = instantiate(self.cfg.scheduler, optimizer=self.optimizer, total_steps=total)
+
+    def _limited(self, n: int, limit: int | None = None) -> int:
+        """``n`` batches, or fewer under ``limit`` (default ``trainer.limit_batches``)."""
+        limit = limit or self.options.limit_batches
+        return min(n, limit or n)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
         sampler_state = self._train_sampler.state_dict(consumed=self.batch_in_epoch) if self._train_sampler else None
+        mid_epoch = self.meter is not None and self.batch_in_epoch > 0
         return {
             "model": self.module.state_dict(),
             "features": self.features.state_dict() if self.features is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "scaler": self.precision.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "step": self.step,
             "batch_in_epoch": self.batch_in_epoch,
             "sampler": sampler_state,
+            "meter": self.meter.state_dict() if mid_epoch else None,
+            "history": self.history,
+            "elapsed_s": self.elapsed(),
+            "nonfinite_steps": self.nonfinite_steps,
             "rng": rng_state(),
             "model_config": OmegaConf.to_container(self.cfg.model, resolve=True),
         }
@@ -201,17 +290,11 @@ class Brain:
         if self.dist.is_main:
             path = self.checkpointer.save(self.state_dict(), self.step, metrics)
             log.info("checkpoint %s (epoch %d, step %d)", path.name, self.epoch, self.step)
+        self._saved_at = (self.epoch, self.step, self.batch_in_epoch)
         distributed.barrier()
 
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
-        saved = state.get("model_config")
-        current = OmegaConf.to_container(self.cfg.model, resolve=True)
-        if saved is not None and saved != current:
-            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            raise CheckpointError(
-                f"checkpoint {path} was written for another model config (differs in: {', '.join(diff)}); "
-                "resume with the same model settings or start a new run"
-            )
+        self._check_model_config(state, path)
         self.module.load_state_dict(state["model"])
         if self.features is not None and state.get("features"):
             self.features.load_state_dict(state["features"])
@@ -225,16 +308,35 @@ class Brain:
                 saved_sched["total_steps"] = planned
             self.scheduler.load_state_dict(saved_sched)
         self.precision.load_state_dict(state.get("scaler", {}))
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
+        self.history = list(state.get("history", []))
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        if state.get("meter") is not None:
+            self.meter = EpochMeter(self.device)
+            self.meter.load_state_dict(state["meter"])
         if state.get("sampler") and self._train_sampler is not None and self.batch_in_epoch:
             self._train_sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
-        log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", path, self.epoch, self.step, self.batch_in_epoch)
+        log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", path, self.epoch, self.step,
+                 self.batch_in_epoch)
+
+    def _check_model_config(self, state: dict[str, Any], path: Path) -> None:
+        saved = state.get("model_config")
+        current = OmegaConf.to_container(self.cfg.model, resolve=True)
+        if saved is not None and saved != current:
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise CheckpointError(
+                f"checkpoint {path} was written for another model config (differs in: {', '.join(diff)}); "
+                "resume with the same model settings or start a new run"
+            )
 
     def resume(self) -> None:
         """``trainer.resume``: null (start fresh), ``auto`` (latest in this run dir, if any)
         or a checkpoint path (must exist)."""
-        target = self.trainer_cfg.resume
+        target = self.options.resume
         if not target:
             return
         if target == "auto":
@@ -247,137 +349,230 @@ class Brain:
             state = load_checkpoint(path, self.device)
         self.load_state_dict(state, path)
 
-    def load_weights(self, which: str | None) -> Path | None:
-        """Model (and feature statistics) from the ``best`` or ``latest`` checkpoint or a
-        path; None keeps the current weights."""
-        if not which:
-            return None
-        path = {"best": self.checkpointer.best, "latest": self.checkpointer.latest}.get(which, lambda: Path(which))()
-        if path is None:
-            log.warning("no checkpoint in %s: using the current weights", self.checkpointer.directory)
-            return None
-        state = load_checkpoint(path, self.device)
+    def load_weights(self, which: str) -> Path:
+        """Model, feature statistics and weight average from the ``best`` checkpoint (by
+        ``trainer.checkpoint.monitor``; the newest, with a warning, when none is scored),
+        the ``latest`` one, the ``averaged`` one (``framework.average``) or a path. Raises
+        when there is none: untrained weights are never evaluated."""
+        if which == "averaged":
+            which = str(self.checkpointer.directory / AVERAGED)
+        if which == "best":
+            path, state = self.checkpointer.load_for_evaluation(self.device)
+        elif which == "latest":
+            found = self.checkpointer.load_latest(self.device)
+            if found is None:
+                raise CheckpointError(f"no usable checkpoint in {self.checkpointer.directory}: nothing trained to use")
+            path, state = found
+        else:
+            path = Path(which)
+            state = load_checkpoint(path, self.device)
+        self._check_model_config(state, path)
         self.module.load_state_dict(state["model"])
         if self.features is not None and state.get("features"):
             self.features.load_state_dict(state["features"])
-        log.info("weights from %s", path)
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.step = state.get("step", self.step)
+        log.info("weights from %s (step %s%s)", path, state.get("step"), ", averaged" if self.ema else "")
         return path
+
+    def elapsed(self) -> float:
+        """Wall time of training and validation in this run, over all its processes."""
+        return self.elapsed_s + time.perf_counter() - self._fit_started
 
     # -------------------------------------------------------------------------- loops
     def fit(self, train_set, valid_set=None) -> dict[str, float]:
-        """Trains for ``trainer.max_epochs`` epochs; returns the last validation metrics."""
+        """Trains for ``trainer.max_epochs`` epochs; returns the last epoch's training and
+        validation metrics. On SIGTERM / SIGINT: checkpoint at the current step, then
+        :class:`StopRequested`."""
         self.setup(train_set)
         train_loader = train_set if isinstance(train_set, DataLoader) else self.make_dataloader(train_set, Stage.TRAIN)
         self._train_sampler = train_loader.batch_sampler
         valid_loader = None
         if valid_set is not None:
             valid_loader = valid_set if isinstance(valid_set, DataLoader) else self.make_dataloader(valid_set, Stage.VALID)
-        accum = self.trainer_cfg.grad_accumulation
-        per_epoch = min(len(self._train_sampler), self.trainer_cfg.limit_batches or len(self._train_sampler))
-        self._make_scheduler(math.ceil(per_epoch / accum))
+        self._make_scheduler(math.ceil(self._limited(len(self._train_sampler)) / self.options.grad_accumulation))
         self.resume()
+        if valid_loader is not None:
+            self.check_monitor(valid_loader)
+        self._fit_started = time.perf_counter()
         self.on_fit_start()
-        metrics: dict[str, float] = {}
-        for epoch in range(self.epoch, self.trainer_cfg.max_epochs):
-            self._train_sampler.set_epoch(epoch)
-            train_loss = self.train_epoch(train_loader, epoch)
-            self.epoch = epoch + 1
-            self.batch_in_epoch = 0
-            metrics = {"train_loss": train_loss}
-            if valid_loader is not None:
-                metrics.update(self.run_eval(valid_loader, Stage.VALID, epoch))
-            self.logger.scalars({f"epoch/{k}": v for k, v in metrics.items()}, self.step)
-            log.info("epoch %d/%d: %s", self.epoch, self.trainer_cfg.max_epochs, _fmt(metrics))
-            if self.trainer_cfg.checkpoint.every_epoch:
-                self.save_checkpoint({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
+        with self.stop:
+            for epoch in range(self.epoch, self.options.max_epochs):
+                self.run_epoch(train_loader, valid_loader, epoch)
+        self.on_fit_end()
         self.logger.flush()
-        return metrics
+        last = self.history[-1] if self.history else {}
+        return {k: v for k, v in last.items() if k == "train_loss" or k.startswith("valid_")}
 
-    def train_epoch(self, loader: DataLoader, epoch: int) -> float:
-        assert self.model is not None and self.optimizer is not None
-        self.model.train()
-        if self.features is not None:
-            self.features.train()
+    def run_epoch(self, train_loader, valid_loader, epoch: int) -> None:
+        """Train, validate, record and checkpoint one epoch."""
+        self._train_sampler.set_epoch(epoch)
+        train_loss = self.train_epoch(train_loader, epoch)
+        if self._stopping:
+            self._stop_now("in epoch %d at step %d" % (epoch + 1, self.step))
+        metrics = {"train_loss": train_loss}
+        if valid_loader is not None:  # a stop signal now lets validation finish first
+            metrics.update(self.run_eval(valid_loader, Stage.VALID, epoch))
+        self.epoch = epoch + 1
+        self.batch_in_epoch = 0
+        entry = {"epoch": self.epoch, "step": self.step, "elapsed_s": self.elapsed(),
+                 "train_s": sum(h["epoch_s"] for h in self.history) + self.meter.busy_s, **metrics,
+                 **self.meter.summary()}
+        self.history.append(entry)
+        self.meter = None
+        self.logger.scalars({f"epoch/{k}": v for k, v in entry.items() if k not in ("epoch", "step")}, self.step)
+        log.info("epoch %d/%d: %d steps in %.1f s (%.0f examples/s, %.0f audio s/s, data wait %.0f%%), padding "
+                 "%.1f%%, batch size %.1f; %s", self.epoch, self.options.max_epochs, entry["steps"], entry["epoch_s"],
+                 entry["examples_per_s"], entry["audio_s_per_s"], 100 * entry["data_wait_fraction"],
+                 100 * entry["padding_fraction"], entry["mean_batch_size"], format_metrics(metrics))
+        stop = self._stop_agreed()
+        if self.options.checkpoint.every_epoch or stop:
+            self.save_checkpoint({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
+        if stop:
+            self._stop_now("after epoch %d" % self.epoch)
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank received a stop signal (one collective under DDP)."""
+        if not self.dist.enabled:
+            return self.stop.requested
+        flag = torch.tensor([int(self.stop.requested)], device=self.device)
+        return bool(distributed.all_reduce_sum(flag).item())
+
+    def _stop_now(self, where: str) -> None:
+        """Saves the position (mid-epoch included) unless the newest checkpoint holds it, and
+        stops the run."""
+        if self._saved_at != (self.epoch, self.step, self.batch_in_epoch):
+            self.save_checkpoint()
+        self.logger.flush()
+        signum = self.stop.received or 15  # another rank got the signal
+        raise StopRequested(signum, f"stopped by a signal {where}; the checkpoint in {self.checkpointer.directory} "
+                                    "continues it: rerun with trainer.resume=auto and the same hydra.run.dir")
+
+    def check_monitor(self, valid_loader) -> None:
+        """Validates one batch before training (a failing validation is found now, not after
+        an epoch) and checks that it reports the metric that picks the best checkpoint."""
+        rng = rng_state()  # the check must not change what training draws
+        self.sanity_checking = True
+        try:
+            metrics = self.run_eval(valid_loader, Stage.VALID, self.epoch, limit=1, record=False)
+        finally:
+            self.sanity_checking = False
+        set_rng_state(rng)
+        monitor = self.options.checkpoint.monitor
+        if f"valid_{monitor}" not in metrics:
+            produced = ", ".join(k.removeprefix("valid_") for k in metrics)
+            raise MonitorError(f"trainer.checkpoint.monitor={monitor}: validation reports no such metric; it reports "
+                               f"{produced}")
+
+    def train_epoch(self, loader: Iterable[Batch], epoch: int) -> float:
+        """Trains from the current position of the epoch; returns its mean training loss."""
+        self._set_mode(training=True)
         self.on_stage_start(Stage.TRAIN, epoch)
-        tcfg = self.trainer_cfg
-        total_loss = torch.zeros((), device=self.device)
-        window_loss = torch.zeros((), device=self.device)
-        n_batches = n_steps = n_micro = 0  # finite steps, all steps, micro-batches
-        examples = padded = real = 0
-        log_every = self.logger.log_every_n_steps
-        t_log, ex_log = time.perf_counter(), 0
-        total = min(len(loader), tcfg.limit_batches or len(loader))
-        bar = progress(total - self.batch_in_epoch, f"epoch {epoch + 1}", self.dist.is_main)
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        limit = tcfg.limit_batches
-        batches = itertools.islice(loader, max(0, limit - self.batch_in_epoch)) if limit else loader
-        for raw_window in windows(batches, tcfg.grad_accumulation):
-            self.batch_in_epoch += len(raw_window)
-            bar.update(len(raw_window))
-            window = [b for b in raw_window if self._usable(b)]
-            sizes = [len(b) for b in window]
-            global_total = None
-            if self.dist.enabled:
-                global_total = int(distributed.all_reduce_sum(torch.tensor(sum(sizes), device=self.device)).item())
-            if global_total == 0 or (not window and not self.dist.enabled):
+        self.meter = self.meter or EpochMeter(self.device)
+        self.meter.start()
+        bar = progress(self._limited(len(loader)) - self.batch_in_epoch, f"epoch {epoch + 1}", self.dist.is_main)
+        for window in self._windows(loader):
+            weights = self._plan_step(window)
+            if weights is None:  # a stop signal: this window is left for the resumed run
+                break
+            self.batch_in_epoch += window.fetched
+            bar.update(window.fetched)
+            if not window.batches:
                 continue
-            if not window:  # DDP cannot skip a step on one rank: the others would wait for it
-                raise RuntimeError(
-                    f"rank {self.dist.rank}: every example of a step was unreadable (skip_bad) while other ranks had "
-                    f"data; first: {self.skipped_examples[-1][0] if self.skipped_examples else '?'}. Clean the "
-                    "manifest (python -m framework.prepare manifest ... --skip-bad) before a distributed run"
-                )
-            for batch in window:
-                held, used = _padding(batch)
-                padded += held
-                real += used
             try:
-                step_loss = self.accumulate(window, loss_weights(sizes, global_total, self.dist.world_size))
+                loss, norm = self.train_step(window.batches, weights)
             except torch.OutOfMemoryError:
-                if not tcfg.skip_oom or self.dist.enabled:
+                if not self.options.skip_oom or self.dist.enabled:
                     raise
-                self._skip_oom(window)
+                self._skip_oom(window.batches)
                 continue
-            finite, norm = self.optimizer_step(params, step_loss)
-            if finite:
-                total_loss += step_loss
-                window_loss += step_loss
-                n_batches += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            n_steps += 1
-            n_micro += len(window)
-            examples += sum(sizes)
-            ex_log += sum(sizes)
-            if finite and self.step % log_every == 0:
-                now = time.perf_counter()
-                value = (window_loss / log_every).item()
-                rate = ex_log / max(now - t_log, 1e-9)
-                values = {"train/loss": value, "train/lr": self.optimizer.param_groups[0]["lr"], "train/examples_per_s": rate}
-                if norm is not None:
-                    values["train/grad_norm"] = float(norm)
-                self.logger.scalars(values, self.step)
-                bar.set_postfix(loss=f"{value:.3f}", ex_s=f"{rate:.0f}")
-                window_loss.zero_()
-                t_log, ex_log = now, 0
-            every = tcfg.checkpoint.every_n_steps
-            if every and finite and self.step % every == 0:
-                self.save_checkpoint()
+            self.meter.add_step([len(b) for b in window.batches], *_padding(window.batches), window.lengths_s, loss)
+            if loss is not None:
+                self.on_train_step_end(self.step, loss, norm)
+                self._log_step(loss, norm, sum(len(b) for b in window.batches), bar)
+                if self.options.checkpoint.every_n_steps and self.step % self.options.checkpoint.every_n_steps == 0:
+                    self.save_checkpoint()
         bar.close()
-        if self.oom_skipped:
-            log.warning("%d step(s) skipped for running out of memory so far", self.oom_skipped)
-        if self.skipped_examples:
-            log.warning(
-                "%d example(s) skipped as unreadable so far (skip_bad); first: %s",
-                len(self.skipped_examples), "; ".join(f"{i}: {why}" for i, why in self.skipped_examples[:3]),
+        self.meter.pause()
+        self._report_skips()
+        loss = self.meter.mean_loss()
+        self.on_stage_end(Stage.TRAIN, loss, epoch)
+        return loss
+
+    def _windows(self, loader: Iterable[Batch]) -> Iterator[Window]:
+        """The epoch's remaining micro-batches in optimizer-step groups, timing the waits."""
+        limit = self.options.limit_batches
+        batches = itertools.islice(loader, max(0, limit - self.batch_in_epoch)) if limit else loader
+        sampler = getattr(loader, "batch_sampler", None)
+        lengths = getattr(getattr(loader, "dataset", None), "lengths", None)
+        plan = sampler.rank_batches()[self.batch_in_epoch:] if isinstance(sampler, LengthBatchSampler) else None
+        position = 0
+        for raw in windows(self._timed(batches), self.options.grad_accumulation):
+            seconds = 0.0
+            if plan is not None and lengths is not None:
+                seconds = float(sum(lengths[plan[position + i]].sum() for i in range(len(raw))))
+            position += len(raw)
+            yield Window([b for b in raw if self._usable(b)], len(raw), seconds)
+
+    def _timed(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        it = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.meter.waited(time.perf_counter() - t0)
+            yield batch
+
+    def _plan_step(self, window: Window) -> list[float] | None:
+        """The micro-batch loss weights of the step, or None to stop here. Under DDP one
+        all-reduce gives every rank the step's example count and whether any rank received
+        a stop signal, so all stop at the same step."""
+        sizes = [len(b) for b in window.batches]
+        if not self.dist.enabled:
+            if self.stop.requested:
+                self._stopping = True
+                return None
+            return loss_weights(sizes)
+        flags = torch.tensor([sum(sizes), int(self.stop.requested)], device=self.device)
+        total, stops = (int(x) for x in distributed.all_reduce_sum(flags).tolist())
+        if stops:
+            self._stopping = True
+            return None
+        if not window.batches and total:  # DDP cannot skip a step on one rank: the others would wait for it
+            first = self.skipped_examples[-1].id if self.skipped_examples else "?"
+            raise RuntimeError(
+                f"rank {self.dist.rank}: every example of a step was unreadable (skip_bad) while other ranks had "
+                f"data; first: {first}. Clean the manifest (python -m framework.prepare manifest ... --skip-bad) "
+                "before a distributed run"
             )
-        padding = 1 - real / padded if padded else 0.0
-        self.logger.scalars({"epoch/padding_fraction": padding, "epoch/mean_batch_size": examples / max(n_micro, 1)}, self.step)
-        log.info("epoch %d: %d steps, padding %.1f%%, mean batch size %.1f", epoch + 1, n_steps, 100 * padding,
-                 examples / max(n_micro, 1))
-        mean = distributed.all_reduce_sum(torch.stack([total_loss, torch.tensor(float(n_batches), device=self.device)]))
-        train_loss = (mean[0] / mean[1].clamp(min=1)).item()
-        self.on_stage_end(Stage.TRAIN, train_loss, epoch)
-        return train_loss
+        if total == 0:
+            window.batches.clear()
+            return []
+        return loss_weights(sizes, total, self.dist.world_size)
+
+    def train_step(self, window: list[Batch], weights: list[float]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One optimizer step over the micro-batches of ``window``: forward and backward of
+        each, clipping, the step, the weight average. Returns (the step's mean loss, the
+        gradient norm); the loss is None when the step was not applied (non-finite), and the
+        model is then exactly as before it, batch-norm statistics included."""
+        self._keep_buffers()
+        try:
+            step_loss = self.accumulate(window, weights)
+            applied, norm = self.optimizer_step(step_loss)
+        except torch.OutOfMemoryError:
+            self._keep_buffers(restore=True)
+            raise
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+        if not applied:
+            self._keep_buffers(restore=True)
+            return None, norm
+        if self.ema is not None:
+            self.ema.update()
+        return step_loss, norm
 
     def accumulate(self, window: list[Batch], weights: list[float]) -> torch.Tensor:
         """Forward and backward over the micro-batches of one optimizer step. Under DDP the
@@ -393,10 +588,10 @@ class Brain:
             step_loss += loss * (len(batch) / total)
         return step_loss
 
-    def optimizer_step(self, params: list[nn.Parameter], step_loss: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
+    def optimizer_step(self, step_loss: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
         """Clips, then applies the step unless the loss or gradients are not finite (then
         counts it against ``trainer.nonfinite_patience``). Returns (applied, grad norm)."""
-        norm = self.precision.clip(self.optimizer, params, self.trainer_cfg.max_grad_norm)
+        norm = self.precision.clip(self.optimizer, self.params, self.options.max_grad_norm)
         if self.precision.scaler is not None:
             # fp16: GradScaler skips steps with inf/nan gradients itself and lowers its
             # scale; only a non-finite loss is a fault
@@ -415,6 +610,31 @@ class Brain:
             self._nonfinite_step()
         return finite, norm
 
+    def _keep_buffers(self, restore: bool = False) -> None:
+        """Copies the model's buffers (batch-norm statistics) aside before a step, or back
+        after a step that is not applied."""
+        if self._buffers:
+            if restore:
+                torch._foreach_copy_(self._buffers, self._buffer_copy)
+            else:
+                torch._foreach_copy_(self._buffer_copy, self._buffers)
+
+    def _log_step(self, loss: torch.Tensor, norm: torch.Tensor | None, examples: int, bar) -> None:
+        total, steps, seen, since = self._interval
+        total, steps, seen = total + loss, steps + 1, seen + examples
+        if self.step % self.logger.log_every_n_steps == 0:
+            now = time.perf_counter()
+            value = (total / steps).item()
+            rate = seen / max(now - since, 1e-9)
+            values = {"train/loss": value, "train/lr": self.optimizer.param_groups[0]["lr"],
+                      "train/examples_per_s": rate}
+            if norm is not None:
+                values["train/grad_norm"] = float(norm)
+            self.logger.scalars(values, self.step)
+            bar.set_postfix(loss=f"{value:.3f}", ex_s=f"{rate:.0f}")
+            total, steps, seen, since = torch.zeros_like(total), 0, 0, now
+        self._interval = (total, steps, seen, since)
+
     def _skip_oom(self, window: list[Batch]) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
@@ -425,64 +645,82 @@ class Brain:
                     shapes, self.oom_skipped)
 
     def _usable(self, batch: Batch) -> bool:
-        if batch.get("skipped"):
-            self.skipped_examples.extend(batch["skipped"])
+        self.skipped_examples.extend(batch.skipped)
         return len(batch) > 0
+
+    def _report_skips(self) -> None:
+        if self.oom_skipped:
+            log.warning("%d step(s) skipped for running out of memory so far", self.oom_skipped)
+        if self.skipped_examples:
+            log.warning("%d example(s) skipped as unreadable so far (skip_bad); first: %s", len(self.skipped_examples),
+                        "; ".join(f"{s.id}: {s.reason}" for s in self.skipped_examples[:3]))
 
     def _nonfinite_step(self) -> None:
         self.nonfinite_steps += 1
-        patience = self.trainer_cfg.nonfinite_patience
+        patience = self.options.nonfinite_patience
         log.warning("non-finite loss or gradient at step %d: step skipped (%d so far)", self.step, self.nonfinite_steps)
         if self.nonfinite_steps > patience:
+            latest = self.checkpointer.latest()
+            where = f"the newest checkpoint, {latest}, holds the weights before" if latest else "no checkpoint was written"
             raise NonFiniteLossError(
                 f"{self.nonfinite_steps} steps had a non-finite loss or gradient (trainer.nonfinite_patience="
-                f"{patience}); stopping. The last good checkpoint in {self.checkpointer.directory} is intact: "
-                "lower the learning rate, set trainer.max_grad_norm, or use bf16 instead of fp16"
+                f"{patience}); stopping ({where}): lower the learning rate, set trainer.max_grad_norm, or use bf16 "
+                "instead of fp16"
             )
 
-    @torch.no_grad()
-    def run_eval(self, loader: DataLoader, stage: Stage, epoch: int) -> dict[str, float]:
-        self.model.eval()
+    def _set_mode(self, training: bool) -> None:
+        self.model.train(training)
         if self.features is not None:
-            self.features.eval()
+            self.features.train(training)
+
+    @torch.no_grad()
+    def run_eval(self, loader: Iterable[Batch], stage: Stage, epoch: int, limit: int | None = None,
+                 record: bool = True) -> dict[str, float]:
+        """Metrics of ``stage`` over ``loader`` (on the averaged weights with an EMA). Raises
+        when the loss is not finite: such a model must not pass as a result."""
+        self._set_mode(training=False)
         self.on_stage_start(stage, epoch)
         total = torch.zeros(2, device=self.device)  # sum of losses weighted by examples, examples
-        limit = self.trainer_cfg.limit_batches
-        bar = progress(min(len(loader), limit or len(loader)), stage.value, self.dist.is_main)
-        for batch in itertools.islice(loader, limit) if limit else loader:
-            bar.update(1)
-            if not self._usable(batch):
-                continue
-            n = len(batch)
-            loss = self.evaluate_batch(batch.to(self.device, non_blocking=True), stage)
-            total[0] += loss.float() * n
-            total[1] += n
+        limit = limit or self.options.limit_batches
+        bar = progress(self._limited(len(loader), limit), stage.value, self.dist.is_main and record)
+        averaged = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+        with averaged:
+            for batch in itertools.islice(loader, limit) if limit else loader:
+                bar.update(1)
+                if not self._usable(batch):
+                    continue
+                loss = self.evaluate_batch(batch.to(self.device, non_blocking=True), stage)
+                total[0] += loss.float() * len(batch)
+                total[1] += len(batch)
         bar.close()
         distributed.all_reduce_sum(total)
         loss = (total[0] / total[1].clamp(min=1)).item()
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"the {stage.value} loss is {loss}: the model's outputs are not finite (its "
+                                     "weights or batch-norm statistics are damaged, or the data holds non-finite "
+                                     "values); this result is not reported")
         metrics = self.on_stage_end(stage, loss, epoch)
         return {f"{stage.value}_{k}": float(v) for k, v in metrics.items()}
 
-    def evaluate(self, test_set, load: str | None = "best") -> dict[str, float]:
+    def evaluate(self, test_set, load: str = "best") -> dict[str, float]:
         """Metrics on ``test_set`` with the ``best`` (by ``trainer.checkpoint.monitor``) or
-        ``latest`` checkpoint loaded, or the current weights when ``load`` is None."""
-        self.setup(test_set)
+        ``latest`` checkpoint, or a checkpoint path."""
+        self.setup(None)  # nothing is fitted on evaluation data
         self.load_weights(load)
         loader = test_set if isinstance(test_set, DataLoader) else self.make_dataloader(test_set, Stage.TEST)
         metrics = self.run_eval(loader, Stage.TEST, self.epoch)
         self.logger.scalars(metrics, self.step)
         self.logger.flush()
-        log.info("test: %s", _fmt(metrics))
+        log.info("test: %s", format_metrics(metrics))
         return metrics
 
 
-def _padding(batch: Batch) -> tuple[int, int]:
-    """(elements held, real elements) of the batch's inputs."""
-    lens = batch.get("inputs_lens")
-    if lens is None:
-        return 0, 0
-    return int(lens.max()) * len(lens), int(lens.sum())
-
-
-def _fmt(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+def _padding(window: list[Batch]) -> tuple[int, int]:
+    """(elements held, real elements) of the micro-batches' inputs."""
+    held = real = 0
+    for batch in window:
+        lens = batch.get("inputs_lens")
+        if lens is not None:
+            held += int(lens.max()) * len(lens)
+            real += int(lens.sum())
+    return held, real

@@ -1,15 +1,24 @@
 """Command-line pieces the entry points share: Hydra-style flags, ``key=value`` overrides,
-and making a user's recipe folder importable."""
+making a user's recipe folder importable, and reporting errors in one line."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from framework.errors import UserError
+
+T = TypeVar("T")
+log = logging.getLogger("framework")
 
 # Hydra's flags that take a value (which may itself contain '=')
 HYDRA_VALUE_FLAGS = (("--config-dir", "-cd"), ("--config-name", "-cn"), ("--config-path", "-cp"),
                      ("--cfg", "-c"), ("--package", "-p"))
+DEBUG_ENV = "HYDRA_FULL_ERROR"  # =1: full tracebacks instead of one-line errors (Hydra's own switch)
 
 
 def option(argv: list[str], *names: str) -> str | None:
@@ -24,9 +33,10 @@ def option(argv: list[str], *names: str) -> str | None:
 
 
 def hydra_overrides(argv: list[str]) -> list[str]:
-    """The ``key=value`` overrides of a Hydra command line (not the values of its flags)."""
+    """The overrides of a Hydra command line: ``key=value`` and ``~key`` deletions (not the
+    values of its flags)."""
     values = {option(argv, *names) for names in HYDRA_VALUE_FLAGS}
-    return [a for a in argv if "=" in a and not a.startswith("-") and a not in values]
+    return [a for a in argv if ("=" in a or a.startswith("~")) and not a.startswith("-") and a not in values]
 
 
 def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -44,3 +54,47 @@ def add_code_dir(path: str | None) -> None:
         path = os.path.abspath(path)
         if path not in sys.path:
             sys.path.insert(0, path)
+
+
+def report(message: str) -> None:
+    """To stderr, and to the run's log file when one is open."""
+    if logging.getLogger().handlers:
+        log.error(message)
+        if not any(type(h) is logging.StreamHandler for h in logging.getLogger().handlers):
+            print(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr)
+
+
+def exit_on_error(main: Callable[[], T], reraise: bool = False) -> T:
+    """Runs ``main``; a failure becomes one line and an exit status: 2 for a user's mistake
+    (:class:`UserError`), 128 + signal after a stop signal, 1 otherwise. ``HYDRA_FULL_ERROR=1``
+    shows the traceback instead. ``reraise`` (multirun jobs) reports and re-raises, so the
+    sweeper sees the failure."""
+    from framework.trainer.stopping import StopRequested
+
+    try:
+        return main()
+    except StopRequested as exc:
+        log.warning("%s", exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        report("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        user = _user_error(exc)  # Hydra wraps what a _target_ raised in an InstantiationException
+        text = str(user) if user else f"{type(exc).__name__}: {exc}"
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        report(f"error: {text}" + ("" if user else f"  ({DEBUG_ENV}=1 shows the traceback)"))
+        if reraise:
+            raise
+        sys.exit(2 if user else 1)
+
+
+def _user_error(exc: BaseException | None) -> UserError | None:
+    while exc is not None:
+        if isinstance(exc, UserError):
+            return exc
+        exc = exc.__cause__
+    return None

@@ -9,29 +9,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from framework.cli import exit_on_error
+from framework.config.check import split_given
+from framework.errors import UserError
 from framework.experiment import build_datasets
 from framework.run_dir import load_run_config, open_brain
 from framework.trainer import distributed
+
+
+def evaluate(run_dir: str, overrides: list[str], checkpoint: str = "best") -> dict[str, float]:
+    cfg = load_run_config(run_dir, overrides)
+    if not split_given(cfg, "test"):
+        raise UserError(f"{run_dir}: the run's config has no test set; name one with dataset.test.path=...")
+    brain = open_brain(cfg, log_name="evaluate")
+    datasets = build_datasets(cfg, brain.dist.is_main)
+    metrics = brain.evaluate(datasets["test"], load=checkpoint)
+    brain.logger.close()
+    if brain.dist.is_main:
+        print(json.dumps(metrics))
+    distributed.shutdown()
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m framework.evaluate", description=__doc__.split("\n\n")[1])
     parser.add_argument("run_dir")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset.test.path=other.json")
-    parser.add_argument("--checkpoint", default="best", help="best, latest or a checkpoint path")
+    parser.add_argument("--checkpoint", default="best", help="best, latest, averaged (framework.average) or a checkpoint path")
     args = parser.parse_args(argv)
-    cfg = load_run_config(args.run_dir, args.overrides)
-    brain = open_brain(cfg, log_name="evaluate")
-    datasets = build_datasets(cfg, brain.dist.is_main)
-    if "test" not in datasets:
-        sys.exit(f"{args.run_dir}: the config has no dataset.test; pass dataset.test.path=... ")
-    metrics = brain.evaluate(datasets["test"], load=args.checkpoint)
-    if brain.dist.is_main:
-        print(json.dumps(metrics))
-    distributed.shutdown()
-    return metrics
+    return exit_on_error(lambda: evaluate(args.run_dir, args.overrides, args.checkpoint))
 
 
 if __name__ == "__main__":

@@ -14,13 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from framework.config.check import validate
+from framework.config.check import ConfigError, split_given, validate
+from framework.config.schema import trainer_options
 from framework.run_dir import open_brain
 from framework.trainer import distributed
+from framework.trainer.logs import format_metrics, setup_file_logging
+from framework.trainer.run_lock import RunLock
 
 log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "test")
 
 
 def seed_everything(seed: int) -> None:
@@ -30,37 +34,70 @@ def seed_everything(seed: int) -> None:
 
 
 def build_datasets(cfg: DictConfig, is_main: bool = True) -> dict[str, object]:
-    """Runs ``dataset.prepare`` once (on rank 0, the others wait), then builds each split."""
+    """Runs ``dataset.prepare`` once (on rank 0, the others wait), then builds each split.
+    A split that is null, or whose ``path`` is null, is left out. Datasets of precomputed
+    features set the run's feature extractor (:func:`take_recorded_features`)."""
     if cfg.dataset.get("prepare") is not None:
         if is_main:
             instantiate(cfg.dataset.prepare)
         distributed.barrier()
-    return {split: instantiate(cfg.dataset[split]) for split in ("train", "valid", "test") if cfg.dataset.get(split) is not None}
+    datasets = {split: instantiate(cfg.dataset[split]) for split in SPLITS if split_given(cfg, split)}
+    for split, dataset in datasets.items():
+        take_recorded_features(cfg, dataset, f"dataset.{split}")
+    return datasets
+
+
+def take_recorded_features(cfg: DictConfig, dataset: object, where: str) -> None:
+    """Features computed ahead (an HDF5 file packed with ``--features``) come with the
+    extractor config that made them: with ``features=none`` the run takes it (so the model
+    gets the right number of bins and inference on audio computes the same features); a
+    different extractor is refused, since the model would be built for features it never gets."""
+    recorded = getattr(dataset, "feature_config", None)
+    if recorded is None or cfg.get("features") is None:
+        return
+    chosen = OmegaConf.to_container(cfg.features.extractor, resolve=True)
+    if chosen.get("_target_") == "framework.features.raw":
+        with open_dict(cfg):
+            cfg.features.extractor = recorded
+        log.info("features: the extractor recorded in %s (%s)", where, recorded)
+    elif any(chosen.get(k) != v for k, v in recorded.items()):
+        path = getattr(dataset, "path", where)
+        raise ConfigError(f"features.extractor {chosen} differs from the features {path} holds ({recorded}); use "
+                          "features=none to train on the file's features, or pack the data again with these")
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def run(cfg: DictConfig) -> float | None:
-    validate(cfg)  # before anything is built: typos and wrong types fail here
-    env = distributed.init_distributed(cfg.trainer.device)
+    validate(cfg)  # before anything is built: typos, wrong types, values out of range
+    env = distributed.init_distributed(trainer_options(cfg.trainer).device)
     # rank 0 chose the run directory (Hydra); every rank uses that one
     run_dir = Path(distributed.broadcast_object(str(cfg.run_dir)))
     seed_everything(cfg.seed)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / "config.yaml.tmp"
-        tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        tmp.replace(run_dir / "config.yaml")
-    datasets = build_datasets(cfg, env.is_main)
-    brain = open_brain(cfg, "train", run_dir)
-    metrics = brain.fit(datasets["train"], datasets.get("valid"))
-    if "test" in datasets:
-        metrics.update(brain.evaluate(datasets["test"]))
-    brain.logger.close()
-    summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-    log.info("finished in %s: %s", run_dir, summary)
-    monitor = f"valid_{cfg.trainer.checkpoint.monitor}"
-    if env.is_main:  # for sweep summaries and scripts
-        result = {"metrics": metrics, "monitor": monitor, "mode": cfg.trainer.checkpoint.mode}
-        tmp = run_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(run_dir / "metrics.json")
-    return metrics.get(monitor)
+    lock = RunLock(run_dir).acquire() if env.is_main else None  # one training run per run directory
+    try:
+        setup_file_logging(run_dir, env.rank, env.world_size, "train")
+        datasets = build_datasets(cfg, env.is_main)  # may take the features recorded in the data
+        if env.is_main:  # what evaluation and transcription rebuild the run from
+            write_atomic_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        brain = open_brain(cfg, "train", run_dir, dist=env)
+        try:
+            metrics = brain.fit(datasets["train"], datasets.get("valid"))
+            if "test" in datasets:
+                metrics.update(brain.evaluate(datasets["test"]))
+        finally:
+            brain.logger.close()
+        log.info("finished in %s: %s", run_dir, format_metrics(metrics))
+        monitor = f"valid_{cfg.trainer.checkpoint.monitor}"
+        if env.is_main:  # for sweep summaries and scripts
+            result = {"metrics": metrics, "monitor": monitor, "mode": cfg.trainer.checkpoint.mode,
+                      "history": brain.history}
+            write_atomic_text(run_dir / "metrics.json", json.dumps(result, indent=1))
+        return metrics.get(monitor)
+    finally:
+        if lock is not None:
+            lock.release()

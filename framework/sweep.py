@@ -69,7 +69,7 @@ def write_summary(sweep_dir: str | Path) -> str:
     os.replace(tmp, sweep_dir / "summary.csv")
 
     def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+        return "" if v is None else _four_digits(v)
 
     lines = [f"Sweep {sweep_dir}: {len(done)} of {len(rows)} jobs finished"
              + (f", best first by {monitor} ({mode})" if monitor else ""), "",
@@ -82,6 +82,35 @@ def write_summary(sweep_dir: str | Path) -> str:
     if monitor and done and swept:
         plot(done, swept, monitor, sweep_dir / "summary.png")
     return text
+
+
+def _four_digits(value: Any) -> str:
+    """Floats, and overrides that spell one (``optimizer.lr=0.0031622776601683794``), to 4 significant digits."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if not any(c in value for c in ".eE") or not math.isfinite(number):
+            return value  # integers and words stay as written
+        value = number
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def missing_search_keys(params: Any, cfg: DictConfig) -> list[str]:
+    """The keys of a sweeper's search space (``hydra.sweeper.params``) that the job's config
+    does not have: a search over them would only run failing jobs."""
+    missing = []
+    for key in (params or {}):
+        key = str(key)
+        if key.startswith("+"):
+            continue  # added on purpose
+        if OmegaConf.select(cfg, key.lstrip("~"), default=_ABSENT, throw_on_missing=False) is _ABSENT:
+            missing.append(key)
+    return missing
+
+
+_ABSENT = object()
 
 
 def plot(rows: list[dict[str, Any]], swept: list[str], monitor: str, path: Path) -> None:
@@ -136,7 +165,12 @@ if OptunaSweeper is not None:
         def sweep(self, arguments: list[str]) -> None:
             import optuna
 
+            from framework.config.check import ConfigError
+
             impl = self.sweeper
+            missing = missing_search_keys(impl.params, impl.config)
+            if missing:  # before the study (and its optuna.db) exists
+                raise ConfigError(f"hydra.sweeper.params searches {', '.join(missing)}, which the config does not have")
             if impl.storage and str(impl.storage).startswith("sqlite:///"):
                 Path(str(impl.storage)[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
                 try:
@@ -149,7 +183,33 @@ if OptunaSweeper is not None:
                              max(0, impl.n_trials - done))
                     impl.job_idx = len(study.trials)
                     impl.n_trials = max(0, impl.n_trials - done)
+                    continue_sampling(impl.sampler, len(study.trials))
             return impl.sweep(arguments)
+
+
+def continue_sampling(sampler: Any, trials_so_far: int) -> None:
+    """Reseeds a freshly built sampler for a resumed study: the sequence it draws depends on
+    its configured seed and the trials already in the study, so a resumed search neither
+    repeats the first trials' parameters nor loses its reproducibility."""
+    import numpy as np
+
+    def states(obj: Any, seen: set[int]) -> list[tuple[Any, str]]:
+        found = []
+        for name, value in vars(obj).items():
+            if isinstance(value, np.random.RandomState):
+                found.append((obj, name))
+            elif hasattr(value, "sample_independent") and id(value) not in seen:  # a nested sampler
+                seen.add(id(value))
+                found += states(value, seen)
+        return found
+
+    targets = states(sampler, {id(sampler)})
+    if not targets:
+        return
+    base = int(getattr(targets[0][0], targets[0][1]).randint(0, 2**31 - 1))  # a function of the configured seed
+    for i, (owner, name) in enumerate(targets):
+        seed = np.random.SeedSequence([base, trials_so_far, i]).generate_state(1)[0]
+        setattr(owner, name, np.random.RandomState(seed))
 
 
 PLUGIN_NAME = "hydra_plugins.framework.ResumableOptunaSweeper"

@@ -11,9 +11,14 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from framework.cli import exit_on_error
     from framework.experiment import run
 
-    return run(cfg)
+    # a sweep's job reports its error and re-raises it, so the sweeper records a failed job
+    return exit_on_error(lambda: run(cfg), reraise=HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
 def cli() -> None:
@@ -28,13 +33,27 @@ def cli() -> None:
             check_command_line(hydra_overrides(argv), config_dir, option(argv, "--config-name", "-cn") or "train",
                                multirun="-m" in argv or "--multirun" in argv)
         except ConfigError as exc:
-            print(f"Config error:\n{exc}", file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
+        run_dir = next((o.split("=", 1)[1] for o in hydra_overrides(argv) if o.startswith("hydra.run.dir=")), None)
+        if run_dir and "-m" not in argv and "--multirun" not in argv and int(os.environ.get("RANK", "0")) == 0:
+            _refuse_busy_run_dir(run_dir)
     if int(os.environ.get("RANK", "0")) > 0:
         # Under torchrun only rank 0 creates the run directory; the others receive its
         # path from rank 0, so a ${now:} in the path cannot split one run into several.
         sys.argv += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/hydra_logging=none", "hydra/job_logging=none"]
     main()
+
+
+def _refuse_busy_run_dir(run_dir: str) -> None:
+    """Stops before Hydra writes into a run directory that another training run holds (the
+    run itself takes the lock; this only spares the other run's .hydra/ files)."""
+    from framework.trainer.run_lock import RunLock
+
+    busy = RunLock(run_dir).held_by()
+    if busy:
+        print(f"error: {busy}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

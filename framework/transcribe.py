@@ -5,23 +5,30 @@ from __future__ import annotations
 
 import argparse
 
+from framework.cli import exit_on_error
+from framework.errors import UserError
 from framework.run_dir import load_run_config, open_brain
+
+
+def transcribe(run_dir: str, files: list[str], checkpoint: str = "best", overrides: list[str] | None = None) -> list[str]:
+    cfg = load_run_config(run_dir, overrides)
+    brain = open_brain(cfg, log_name="transcribe")
+    if not hasattr(brain, "transcribe"):
+        raise UserError(f"{cfg.brain._target_} has no transcribe(); this run is not a speech recognition recipe")
+    texts = brain.transcribe(files, checkpoint=checkpoint)
+    brain.logger.close()
+    for path, text in zip(files, texts):
+        print(f"{path}\t{text}")
+    return texts
 
 
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(prog="python -m framework.transcribe", description=__doc__)
     parser.add_argument("run_dir")
     parser.add_argument("files", nargs="+")
-    parser.add_argument("--checkpoint", default="best", help="best, latest or a checkpoint path")
+    parser.add_argument("--checkpoint", default="best", help="best, latest, averaged (framework.average) or a checkpoint path")
     args = parser.parse_args(argv)
-    cfg = load_run_config(args.run_dir)
-    brain = open_brain(cfg, log_name="transcribe")
-    if not hasattr(brain, "transcribe"):
-        raise SystemExit(f"{cfg.brain._target_} has no transcribe(); this run is not a speech recognition recipe")
-    texts = brain.transcribe(args.files, checkpoint=args.checkpoint)
-    for path, text in zip(args.files, texts):
-        print(f"{path}\t{text}")
-    return texts
+    return exit_on_error(lambda: transcribe(args.run_dir, args.files, args.checkpoint))
 
 
 if __name__ == "__main__":

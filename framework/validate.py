@@ -11,13 +11,15 @@ import sys
 import tempfile
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from framework.cli import add_code_dir, hydra_overrides, option
-from framework.config.check import ConfigError, check_command_line, compose_command_line
+from framework.cli import add_code_dir, exit_on_error, hydra_overrides, option
+from framework.config.check import check_command_line, compose_command_line
 from framework.data.batching import batch_stats
 from framework.experiment import build_datasets
+from framework.models import count_parameters
+from framework.run_dir import open_brain
 
 
 def summary(overrides: list[str], config_dir: str | None = None, config_name: str = "train") -> str:
@@ -38,14 +40,11 @@ def summary(overrides: list[str], config_dir: str | None = None, config_name: st
         with open_dict(cfg):
             cfg.run_dir = tmp
             cfg.logger.tensorboard = False
-        brain = get_class(cfg.brain._target_)(cfg, run_dir=tmp, log_name="validate")
+        brain = open_brain(cfg, "validate", tmp)
         if brain.features is not None:
-            ex = brain.features.extractor
-            lines.append(f"{'features':<16}{type(ex.transform).__name__ if ex.transform is not None else 'raw audio'}: "
-                         f"{ex.num_bins} bins, normalize={cfg.features.normalize}, where={cfg.features.where}, "
-                         f"specaugment={'on' if cfg.features.specaugment else 'off'}")
+            lines.append(f"{'features':<16}{brain.features.describe()}")
         brain.setup(train)
-        n = sum(p.numel() for p in brain.module.parameters() if p.requires_grad)
+        n = count_parameters(brain.module)
         lines.append(f"{'model':<16}{type(brain.module).__name__}: {n / 1e6:.2f} M trainable parameters")
         lines.append(f"{'optimizer':<16}{type(brain.optimizer).__name__}, lr {cfg.optimizer.lr:g}; scheduler "
                      f"{cfg.scheduler._target_.rsplit('.', 1)[-1] if cfg.get('scheduler') else 'constant'}")
@@ -65,11 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config_dir = option(argv, "--config-dir", "-cd")
     add_code_dir(config_dir)
-    try:
-        print(summary(hydra_overrides(argv), config_dir, option(argv, "--config-name", "-cn") or "train"))
-    except ConfigError as exc:
-        print(f"Config error:\n{exc}", file=sys.stderr)
-        return 2
+    config_name = option(argv, "--config-name", "-cn") or "train"
+    print(exit_on_error(lambda: summary(hydra_overrides(argv), config_dir, config_name)))
     return 0
 
 

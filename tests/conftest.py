@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,11 @@ def run_cli(module: str, args: list[str], cwd: Path, env: dict[str, str] | None 
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_result(run_dir: Path) -> dict:
+    """A finished run's metrics.json: final ``metrics``, ``monitor`` and per-epoch ``history``."""
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
+import torch
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_result
 
 
 def test_recipe_learns_far_below_the_trivial_baseline(tmp_path, data_dir):
@@ -15,15 +15,31 @@ def test_recipe_learns_far_below_the_trivial_baseline(tmp_path, data_dir):
     run_dir = tmp_path / "run"
     run_cli("framework.train", [f"dataset.root={data_dir}/tones-200", "dataset.prepare.splits={train:200,valid:30,test:30}",
                                 "trainer.max_epochs=8", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    cer = float(re.search(r"test: .*test_cer=([\d.e-]+)", (run_dir / "train.log").read_text()).group(1))
+    cer = run_result(run_dir)["metrics"]["test_cer"]
     assert cer < 0.35, cer
 
 
 def test_features_in_workers_with_global_normalisation_and_specaugment(train_cli):
-    _, run_dir = train_cli("features=mel", "features.extractor.n_mels=20", "features.where=worker",
-                           "features.normalize=global", "trainer.num_workers=2", "trainer.max_epochs=1")
-    assert (run_dir / "feature_stats.pt").is_file()
-    assert "test: test_loss=" in (run_dir / "train.log").read_text()
+    overrides = ["features=mel", "features.extractor.n_mels=20", "features.where=worker", "features.normalize=global",
+                 "trainer.num_workers=2"]
+    _, run_dir = train_cli(*overrides, "trainer.max_epochs=2")
+    stats = torch.load(run_dir / "feature_stats.pt", weights_only=True)
+    assert stats["mean"].shape == (20,) and stats["frames"] > 0
+    history = run_result(run_dir)["history"]
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+
+    # the loader of such a run hands over features ([B, T, 20]), computed in its worker processes
+    from framework.brain import Stage
+    from framework.experiment import build_datasets
+    from framework.run_dir import load_run_config, open_brain
+
+    cfg = load_run_config(run_dir)
+    brain = open_brain(cfg, "inspect")
+    brain.setup(None)
+    loader = brain.make_dataloader(build_datasets(cfg)["train"], Stage.TRAIN)
+    batch = next(iter(loader))
+    assert loader.num_workers == 2 and batch.inputs.dim() == 3 and batch.inputs.shape[-1] == 20
+    assert loader.dataset.fn.__self__ is not brain.features  # a CPU copy of the pipeline, in the workers
 
 
 def test_evaluate_and_transcribe_commands(train_cli, tmp_path, data_dir):
@@ -37,7 +53,20 @@ def test_evaluate_and_transcribe_commands(train_cli, tmp_path, data_dir):
     assert [line.split("\t")[0] for line in out] == [str(w) for w in wavs]
 
     bad = run_cli("framework.evaluate", [str(tmp_path / "nowhere")], cwd=tmp_path, check=False)
-    assert bad.returncode != 0 and "is not a run directory" in bad.stderr
+    assert bad.returncode == 2 and "is not a run directory" in bad.stderr
+
+
+def test_evaluation_and_transcription_never_fit_on_their_own_data(train_cli, tmp_path, data_dir):
+    _, run_dir = train_cli("trainer.max_epochs=1", "features.normalize=global")
+    wav = str(data_dir / "tones-tiny" / "test" / "test-00000.wav")
+    for name in ("tokenizer.json", "feature_stats.pt"):
+        (run_dir / name).rename(run_dir / f"{name}.aside")
+        for module, args in (("framework.evaluate", [str(run_dir)]), ("framework.transcribe", [str(run_dir), wav])):
+            proc = run_cli(module, args, cwd=tmp_path, check=False)
+            assert proc.returncode == 2, proc.stderr
+            assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir / name} not found")
+            assert not (run_dir / name).exists()  # not fitted on the test data
+        (run_dir / f"{name}.aside").rename(run_dir / name)
 
 
 def test_adamw8bit_without_bitsandbytes_says_what_to_do(train_cli):

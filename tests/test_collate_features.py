@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.data.collate import collate
+from framework.data.collate import SkippedExample, collate
+from framework.errors import UserError
 from framework.features import FeaturePipeline, SpecAugment, fbank, mfcc, raw, spectrogram
 
 
@@ -13,16 +14,17 @@ def test_collate_pads_and_returns_absolute_and_relative_lengths():
     batch = collate([
         {"id": "a", "inputs": torch.ones(3, 2), "text": "x", "target": 1},
         {"id": "b", "inputs": torch.ones(5, 2), "text": "y", "target": 0},
-        {"id": "c", "bad": "c.wav: cannot read audio"},
+        SkippedExample("c", "c.wav: cannot read audio"),
     ])
     assert batch.inputs.shape == (2, 5, 2)
     assert batch.inputs[0, 3:].abs().sum() == 0
     assert batch.inputs_lens.tolist() == [3, 5]
     assert batch.inputs_rel_lens.tolist() == pytest.approx([0.6, 1.0])
     assert batch.text == ["x", "y"] and batch.target.tolist() == [1, 0]
-    assert len(batch) == 2 and batch.skipped == [("c", "c.wav: cannot read audio")]
+    assert len(batch) == 2 and batch.skipped == [SkippedExample("c", "c.wav: cannot read audio")]
+    assert "skipped" not in batch and batch.to("cpu").skipped == batch.skipped
     assert getattr(batch, "words", None) is None  # attribute access behaves like attributes
-    with pytest.raises(AttributeError, match="batch has no 'txt'; it has id, skipped, inputs"):
+    with pytest.raises(AttributeError, match="batch has no 'txt'; it has id, inputs"):
         _ = batch.txt
 
 
@@ -55,8 +57,11 @@ def test_global_normalisation_statistics_are_computed_once_and_reloaded(tmp_path
     feats, _ = pipe(torch.stack([d["inputs"] for d in data]), torch.full((6,), 8000))
     assert feats.mean().abs() < 0.05 and abs(feats.std().item() - 1) < 0.05
     again = FeaturePipeline(fbank(n_mels=20), normalize="global")
-    again.fit_stats([], tmp_path / "stats.pt")  # loads, computes nothing
+    again.load_stats(tmp_path / "stats.pt")  # what evaluation does: nothing is computed on its data
     torch.testing.assert_close(again.norm.mean, pipe.norm.mean)
+    (tmp_path / "stats.pt").write_bytes(b"not a tensor file")
+    with pytest.raises(UserError, match=f"{tmp_path}/stats.pt is damaged or not a feature-statistics file"):
+        again.load_stats(tmp_path / "stats.pt")
 
 
 def test_specaugment_masks_in_training_only():

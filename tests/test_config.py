@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import ROOT, run_cli
 
@@ -33,10 +33,13 @@ def test_nested_overrides_and_group_choice():
     assert cfg.batching._target_.endswith("FixedBatchSampler") and cfg.batching.batch_size == 7
 
 
-def test_small_model_inherits_the_spec_and_changes_only_size():
-    cfg = compose_train(["model=ds2_small"])
-    assert cfg.model.conv_strides == [[2, 2], [1, 2]]
-    assert cfg.model.hidden_size == 128
+def test_small_model_inherits_the_spec_and_changes_only_what_it_says():
+    spec, small = compose_train(["model=ds2"]).model, compose_train(["model=ds2_small"]).model
+    assert spec.keys() == small.keys()
+    changed = {k for k in spec if spec[k] != small[k]}
+    assert changed == {"conv_channels", "conv_kernels", "conv_padding", "rnn_type", "hidden_size", "num_layers",
+                       "shared_projection", "fc_size"}  # exactly the keys conf/model/ds2_small.yaml sets
+    assert small.conv_strides == spec.conv_strides == [[2, 2], [1, 2]] and small.merge == spec.merge
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):
@@ -48,9 +51,9 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
 
 def test_unknown_group_option_lists_the_available_ones(tmp_path):
     proc = run_cli("framework.train", ["model=ds3"], cwd=tmp_path, check=False)
-    assert proc.returncode != 0
-    assert "Could not find 'model/ds3'" in proc.stderr
-    assert "ds2_small" in proc.stderr and "ds2" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: model=ds3: no such option in conf/model/ (or the --config-dir); available: "
+                                   "ds2, ds2_small, wideresnet, wrn_small")
 
 
 def test_missing_required_value_names_the_key(tmp_path):
@@ -101,5 +104,111 @@ def test_validate_in_code_catches_keys_added_after_composition():
     validate(cfg)
     cfg.trainer.warmup = 5
     cfg.trainer.max_epochs = "many"
-    with pytest.raises(ConfigError, match="(?s)trainer.max_epochs='many': expected an integer.*trainer.warmup: unknown key"):
+    cfg.batching.num_bukets = 3
+    cfg.model.rnn_type = 7
+    with pytest.raises(ConfigError) as info:
         validate(cfg)
+    assert str(info.value).splitlines() == [
+        "trainer.max_epochs='many': expected an integer",
+        "trainer.warmup: unknown key; valid keys: activation_checkpointing, checkpoint, compile, device, ema_decay, "
+        "eval_precision, grad_accumulation, limit_batches, max_epochs, max_grad_norm, nonfinite_patience, "
+        "num_threads, num_workers, precision, resume, skip_oom, tf32",
+        "batching.num_bukets: unknown key; did you mean batching.num_buckets?",
+        "model.rnn_type=7: expected a string",
+    ]
+
+
+# ------------------------------------------------ every _target_ node, against its signature
+def test_every_target_node_is_checked_against_its_signature():
+    from framework.config.check import ConfigError, validate
+
+    cfg = compose_train(["dataset=manifest", "dataset.train.path=t.json", "dataset.valid.path=v.json"])
+    with open_dict(cfg):
+        cfg.optimizer.betas = "high"  # torch.optim.AdamW: a tuple of floats
+        cfg.features.extractor.n_melz = 40  # a nested node (framework.features.mel)
+        del cfg.dataset.valid.path  # a required argument
+        cfg.batching.batch_ordering = "sideways"  # Literal["random", "ascending", "descending"]
+        cfg.scheduler.pct_start = "soon"
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    lines = str(info.value).splitlines()
+    assert "features.extractor.n_melz: unknown key; did you mean features.extractor.n_mels?" in lines
+    assert "dataset.valid.path: missing; ManifestDataset requires it (set dataset.valid.path=...)" in lines
+    assert "batching.batch_ordering='sideways': expected one of random, ascending, descending" in lines
+    assert "scheduler.pct_start='soon': expected a number" in lines
+    assert any(line.startswith("optimizer.betas='high'") for line in lines)
+
+
+@pytest.fixture()
+def user_configs(tmp_path):
+    """A config folder of a user's own: a recipe, an experiment and a batching option, each with a typo."""
+    (tmp_path / "recipe").mkdir()
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "batching").mkdir()
+    (tmp_path / "recipe" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - asr_ctc\n  - _self_\nbatching:\n  max_batch_lenght: 30\n")
+    (tmp_path / "experiment" / "exp.yaml").write_text("# @package _global_\nmodel:\n  hiden_size: 64\n")
+    (tmp_path / "batching" / "wide.yaml").write_text(
+        "defaults:\n  - dynamic\n  - _self_\nnum_bukets: 3\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["trainer.max_epoch=3"], "trainer.max_epoch: unknown key; did you mean trainer.max_epochs?"),
+    (["recipe=mine"], "batching.max_batch_lenght: unknown key; did you mean batching.max_batch_length? "
+                      "(set in recipe/mine.yaml)"),
+    (["+experiment=exp"], "model.hiden_size: unknown key; did you mean model.hidden_size? (set in experiment/exp.yaml)"),
+    (["batching=wide"], "batching.num_bukets: unknown key; did you mean batching.num_buckets? (set in batching/wide.yaml)"),
+    (["+seeed=3"], "seeed: unknown top-level key; did you mean seed?"),
+])
+def test_a_typo_anywhere_fails_validate_with_exit_2_naming_where(user_configs, args, message):
+    proc = run_cli("framework.validate", ["--config-dir", str(user_configs), *args], cwd=user_configs, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith(f"error: {message}"), proc.stderr
+
+
+def test_top_level_keys_a_recipe_declares_are_accepted(user_configs):
+    (user_configs / "recipe" / "ok.yaml").write_text("# @package _global_\ndefaults:\n  - asr_ctc\n  - _self_\n"
+                                                      "my_threshold: 0.5\n")
+    from framework.config.check import check_command_line
+
+    check_command_line(["recipe=ok"], str(user_configs))
+    check_command_line(["recipe=ok", "my_threshold=0.7"], str(user_configs))
+
+
+@pytest.mark.parametrize("source", ["asr_ctc", "image_classification", "sound_event"])
+def test_validate_succeeds_on_every_new_recipe_template(tmp_path, source):
+    run_cli("framework.new_recipe", ["mine", "--from", source], cwd=tmp_path)
+    from framework.config.check import check_command_line
+
+    check_command_line(["recipe=mine"], str(tmp_path / "mine"))  # the config check, in this process
+    if source == "asr_ctc":  # and the whole command once (builds data, model, optimizer)
+        out = run_cli("framework.validate", ["--config-dir", "mine", "recipe=mine"], cwd=tmp_path).stdout
+        assert out.startswith("config OK") and "recipe          brain.ASRBrain" in out
+
+
+def test_debug_mode_wins_over_a_recipes_own_settings(tmp_path):
+    from framework.config.check import compose_command_line
+
+    run_cli("framework.new_recipe", ["mine", "--from", "image_classification"], cwd=tmp_path)
+    with open(tmp_path / "mine" / "recipe" / "mine.yaml", "a") as f:
+        f.write("trainer:\n  max_epochs: 7\n")
+    assert compose_command_line(["recipe=mine"], str(tmp_path / "mine")).trainer.max_epochs == 7
+    debug = compose_command_line(["recipe=mine", "debug=default"], str(tmp_path / "mine"))
+    assert debug.trainer.max_epochs == 2 and debug.trainer.limit_batches == 2
+    for recipe in ("image_classification", "sound_event"):
+        assert compose_command_line([f"recipe={recipe}", "debug=default"]).trainer.max_epochs == 2
+
+
+DATASETS = {"tones": [], "speech": [], "deepmark": [], "digits": [], "recording": [],
+            "manifest": ["dataset.train.path=t.json", "dataset.valid.path=v.json"],
+            "hdf5": ["dataset.train.path=t.h5", "dataset.valid.path=v.h5"]}
+
+
+@pytest.mark.parametrize("recipe", ["asr_ctc", "image_classification", "sound_event"])
+@pytest.mark.parametrize("batching", ["fixed", "sorted", "dynamic"])
+def test_every_recipe_composes_with_every_batching_and_dataset(recipe, batching):
+    from framework.config.check import check_command_line
+
+    for dataset, paths in DATASETS.items():
+        check_command_line([f"recipe={recipe}", f"batching={batching}", f"dataset={dataset}", *paths])

@@ -134,13 +134,26 @@ def test_manifest_rows_missing_keys_are_named(corpus):
         ManifestDataset(corpus / "broken.json")
 
 
+def test_other_manifest_fields_reach_the_batch_under_their_own_names(corpus):
+    rows = json.loads((corpus / "m.json").read_text())
+    for i, row in enumerate(rows.values()):
+        row.update(spkID=f"spk{i % 2}", gender="f", age=30 + i)
+    (corpus / "fields.json").write_text(json.dumps(rows))
+    ds = ManifestDataset(corpus / "fields.json", data_root=str(corpus / "audio"))
+    assert ds[0]["spkID"] == "spk0" and "wav" not in ds[0] and "duration" not in ds[0]
+    batch = collate([ds[i] for i in range(3)])
+    assert batch.spkID == ["spk0", "spk1", "spk0"] and batch.gender == ["f"] * 3
+    assert batch.age.tolist() == [30, 31, 32]  # numbers become a tensor
+    assert batch.text == ["one", "two words", "three"]
+
+
 def test_skip_bad_skips_and_the_trainer_reports(corpus, caplog):
     rows = json.loads((corpus / "m.json").read_text())
     rows["zz"] = {"wav": "{data_root}/nope.wav", "duration": 0.5, "words": "gone"}
     (corpus / "skip.json").write_text(json.dumps(rows))
     ds = ManifestDataset(corpus / "skip.json", data_root=str(corpus / "audio"), skip_bad=True)
     batch = collate([ds[i] for i in range(4)])
-    assert len(batch) == 3 and batch.skipped[0][0] == "zz" and "audio file not found" in batch.skipped[0][1]
+    assert len(batch) == 3 and batch.skipped[0].id == "zz" and "audio file not found" in batch.skipped[0].reason
 
     from tests.toy import ToyBrain, toy_cfg
 

@@ -13,7 +13,7 @@ def torchrun(args, cwd):
 
 
 def steps_per_epoch(log_text):
-    return [int(n) for n in re.findall(r"epoch \d+: (\d+) steps", log_text)]
+    return [int(n) for n in re.findall(r"epoch \d+/\d+: (\d+) steps", log_text)]
 
 
 def test_torchrun_training_uneven_data_keeps_ranks_in_step_and_evaluation_matches(tmp_path, data_dir):

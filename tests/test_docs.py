@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -43,13 +44,22 @@ def test_launch_tutorial(tmp_path, data_dir):
     assert "batches per epoch" in out and "trainable parameters" in out
     assert '"test_cer"' in out  # evaluate's JSON line
     assert "resumed from" in (tmp_path / "runs" / "first" / "train.log").read_text()
+    assert "test_cer" in json.loads((tmp_path / "runs" / "own" / "metrics.json").read_text())["metrics"]
+    h5 = json.loads((tmp_path / "runs" / "h5" / "metrics.json").read_text())
+    assert "test_cer" in h5["metrics"]  # the HDF5 test split, with the file's features
+    assert "features: the extractor recorded in dataset.train" in (tmp_path / "runs" / "h5" / "train.log").read_text()
+    assert "differs from the features test-fbank.h5 holds" in out
 
 
 def test_extend_tutorial(tmp_path, data_dir):
-    run_doc("extend.md", tmp_path, data_dir)
-    assert (tmp_path / "my_asr" / "brain.py").is_file()
+    out = run_doc("extend.md", tmp_path, data_dir)
+    assert (tmp_path / "my_asr" / "brain.py").is_file() and (tmp_path / "my_asr" / "recipe" / "my_asr.yaml").is_file()
+    assert "config OK" in out  # validate on the untouched template
+    lowest = re.search(r"lowest step loss: ([\d.]+)", out)
+    assert lowest and float(lowest.group(1)) > 0  # the on_train_step_end example ran
     logs = sorted((tmp_path / "runs").rglob("train.log"))
     assert any("model TinyModel" in log.read_text() for log in logs)
+    assert "model.hiden: unknown key; did you mean model.hidden?" in out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
@@ -60,5 +70,10 @@ def test_sweep_tutorial(tmp_path, data_dir):
     rows = [line for line in summary.splitlines() if re.match(r"\| \d+ \|", line)]
     assert len(rows) == 4 and "4 of 4 jobs finished" in summary
     assert (tmp_path / "multirun" / "grid" / "summary.png").stat().st_size > 1000
-    assert sorted(p.name for p in (tmp_path / "multirun" / "search").iterdir() if p.name.isdigit()) == ["0", "1", "2"]
-    assert (tmp_path / "multirun" / "search" / "optuna.db").is_file()
+    search = tmp_path / "multirun" / "search"
+    assert sorted(p.name for p in search.iterdir() if p.name.isdigit()) == ["0", "1", "2"]
+    assert (search / "optuna.db").is_file()
+    trials = [sorted((search / j / ".hydra" / "overrides.yaml").read_text().splitlines()) for j in "012"]
+    searched = [[line for line in t if "optimizer.lr" in line or "max_batch_length" in line or "hidden_size" in line]
+                for t in trials]
+    assert searched[2] != searched[0] and searched[2] != searched[1]  # the resumed search draws new parameters

@@ -1,141 +1,92 @@
-"""Typed schemas of the config groups, registered in Hydra's ConfigStore.
+"""Schemas of the config nodes that have no ``_target_``: the trainer and the logger.
 
-Each group's YAML files extend the group's schema (``defaults: [/schema/<group>@_here_]``),
-so Hydra checks every value's type and refuses keys the schema does not have, whether
-they come from a YAML file, ``key=value``, ``+key=value`` or ``++key=value``.
-:mod:`framework.config.check` turns those refusals into messages that suggest the
-closest valid key.
+Each is the one home of its options' defaults, documentation, allowed values and ranges;
+the YAML files of those groups extend it (``defaults: [/schema/trainer@_here_]``). Nodes
+with a ``_target_`` need no schema: :mod:`framework.config.check` checks them against
+their target's signature.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import OmegaConf
 
 # Annotations use typing.Optional/List: OmegaConf reads them at runtime on Python 3.10.
 # ruff: noqa: UP006, UP007, UP045
 
+T = TypeVar("T")
+
+
+def option(default: Any, doc: str, choices: tuple | None = None, min: float | None = None,
+           min_exclusive: bool = False, max: float | None = None, max_exclusive: bool = False) -> Any:
+    """A field with its documentation and the allowed values or range the config check enforces."""
+    meta = {"doc": doc, "choices": choices, "min": min, "min_exclusive": min_exclusive, "max": max,
+            "max_exclusive": max_exclusive}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 @dataclass
 class CheckpointConfig:
-    every_epoch: bool = True
-    every_n_steps: int = 0
-    keep_last: int = 2
-    keep_best: int = 1
-    monitor: str = "loss"
-    mode: str = "min"
+    every_epoch: bool = option(True, "write a checkpoint after every epoch's validation")
+    every_n_steps: int = option(0, "also every N optimizer steps (0: off)", min=0)
+    keep_last: int = option(2, "newest checkpoints kept", min=0)
+    keep_best: int = option(1, "best checkpoints by `monitor` kept as well", min=0)
+    monitor: str = option("loss", "validation metric that picks the best checkpoint (without the valid_ prefix)")
+    mode: str = option("min", "whether a lower or a higher `monitor` is better", choices=("min", "max"))
 
 
 @dataclass
 class TrainerConfig:
-    device: str = "auto"
-    max_epochs: int = 12
-    limit_batches: Optional[int] = None
-    precision: str = "fp32"
-    eval_precision: Optional[str] = None
-    grad_accumulation: int = 1
-    max_grad_norm: Optional[float] = 5.0
-    num_workers: int = 0
-    nonfinite_patience: int = 10
-    resume: Optional[str] = None
+    """The trainer's options: the one place their defaults live (conf/trainer/default.yaml
+    extends this schema). The Brain reads them as this dataclass (``brain.options``)."""
+
+    device: str = option("auto", "auto picks cuda when available", choices=("auto", "cpu", "cuda"))
+    max_epochs: int = option(12, "epochs to train", min=1)
+    limit_batches: Optional[int] = option(None, "stop each epoch and evaluation after this many batches", min=1)
+    precision: str = option("fp32", "training precision; fp16 needs CUDA", choices=("fp32", "bf16", "fp16"))
+    eval_precision: Optional[str] = option(None, "evaluation precision (default: as training)",
+                                           choices=("fp32", "bf16", "fp16"))
+    grad_accumulation: int = option(1, "micro-batches per optimizer step", min=1)
+    max_grad_norm: Optional[float] = option(5.0, "global-norm clipping; null turns it off", min=0, min_exclusive=True)
+    num_workers: int = option(0, "DataLoader worker processes", min=0)
+    num_threads: Any = option("auto", "torch CPU threads: auto (cores this process may use, shared among local "
+                                      "ranks, minus data workers) or a number")
+    nonfinite_patience: int = option(10, "skipped non-finite steps tolerated before the run stops", min=0)
+    resume: Optional[str] = option(None, "null, auto (the newest checkpoint of this run dir) or a checkpoint path")
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    activation_checkpointing: list[str] = field(default_factory=list)
-    skip_oom: bool = True
-    tf32: bool = False
-    compile: bool = False
+    ema_decay: Optional[float] = option(None, "exponential moving average of the weights, used for validation, "
+                                              "test and inference; e.g. 0.999", min=0, min_exclusive=True, max=1,
+                                       max_exclusive=True)
+    activation_checkpointing: list[str] = option([], "blocks recomputed in the backward pass, e.g. [rnns]")
+    skip_oom: bool = option(True, "skip a batch that runs out of CUDA memory (single process only)")
+    tf32: bool = option(False, "TensorFloat-32 matmuls and convolutions on Ampere+ GPUs")
+    compile: bool = option(False, "torch.compile the model")
 
 
 @dataclass
 class LoggerConfig:
-    tensorboard: bool = True
-    log_every_n_steps: int = 10
-
-
-@dataclass
-class FixedBatchingConfig:
-    _target_: str = "framework.data.batching.FixedBatchSampler"
-    batch_size: int = 16
-    shuffle: bool = True
-    drop_last: bool = False
-
-
-@dataclass
-class SortedBatchingConfig:
-    _target_: str = "framework.data.batching.SortedBatchSampler"
-    batch_size: int = 16
-    descending: bool = False
-    shuffle: bool = True
-    drop_last: bool = False
-
-
-@dataclass
-class DynamicBatchingConfig:
-    _target_: str = "framework.data.batching.DynamicBatchSampler"
-    max_batch_length: float = 60.0
-    num_buckets: Optional[int] = 20
-    bucket_boundaries: Optional[list[float]] = None
-    boundary_method: str = "padding"
-    max_batch_ex: Optional[int] = None
-    quadratic: Optional[float] = None
-    shuffle: bool = True
-    batch_ordering: str = "random"
-    too_long: str = "drop"
-    drop_last: bool = False
-
-
-@dataclass
-class FeaturesConfig:
-    _target_: str = "framework.features.FeaturePipeline"
-    extractor: Any = MISSING
-    normalize: str = "utterance"
-    where: str = "device"
-    specaugment: Any = None
-
-
-@dataclass
-class ManifestSplitConfig:
-    _target_: str = "framework.data.manifest.ManifestDataset"
-    path: str = MISSING
-    sample_rate: int = 16000
-    data_root: Optional[str] = None
-    replacements: Optional[dict[str, str]] = None
-    audio_key: Optional[str] = None
-    text_key: Optional[str] = None
-    duration_key: Optional[str] = None
-    samples_key: Optional[str] = None
-    min_duration: Optional[float] = None
-    max_duration: Optional[float] = None
-    select_n: Optional[int] = None
-    resample: bool = True
-    mono: bool = True
-    skip_bad: bool = False
-
-
-@dataclass
-class HDF5SplitConfig:
-    _target_: str = "framework.data.hdf5.HDF5Dataset"
-    path: str = MISSING
-    sample_rate: Optional[int] = None
-    select_n: Optional[int] = None
-
-
-SCHEMAS = {
-    "trainer": TrainerConfig,
-    "logger": LoggerConfig,
-    "batching/fixed": FixedBatchingConfig,
-    "batching/sorted": SortedBatchingConfig,
-    "batching/dynamic": DynamicBatchingConfig,
-    "features": FeaturesConfig,
-    "dataset/manifest_split": ManifestSplitConfig,
-    "dataset/hdf5_split": HDF5SplitConfig,
-}
+    tensorboard: bool = option(True, "write TensorBoard events to <run dir>/tensorboard")
+    log_every_n_steps: int = option(10, "training scalars every N optimizer steps", min=1)
 
 
 def register() -> None:
+    """``/schema/trainer`` and ``/schema/logger`` in Hydra's ConfigStore, which the YAML files
+    of those groups extend (so Hydra types their values)."""
     cs = ConfigStore.instance()
-    for name, node in SCHEMAS.items():
-        group, _, leaf = name.rpartition("/")
-        cs.store(group=f"schema/{group}" if group else "schema", name=leaf, node=node)
+    cs.store(group="schema", name="trainer", node=TrainerConfig)
+    cs.store(group="schema", name="logger", node=LoggerConfig)
+
+
+def typed(schema: type[T], node: Any) -> T:
+    """A config node as its schema's dataclass, defaults filled in (also for a run's saved,
+    untyped config.yaml)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+
+
+def trainer_options(node: Any) -> TrainerConfig:
+    return typed(TrainerConfig, node)

@@ -9,8 +9,10 @@ import soundfile
 import torch
 import torchaudio.functional as AF
 
+from framework.errors import UserError
 
-class AudioError(RuntimeError):
+
+class AudioError(UserError, RuntimeError):
     """An audio file that cannot be used; the message names the file and says what to do."""
 
 
@@ -49,6 +51,8 @@ def read_audio(
         raise AudioError(_describe(path, exc)) from exc
     if data.shape[0] == 0:
         raise AudioError(f"{path}: no audio samples (empty file or empty segment); remove it from the manifest or pass skip_bad=true")
+    if not np.isfinite(data).all():  # float WAV/FLAC can hold them; one would poison the model
+        raise AudioError(f"{path}: contains NaN or infinite samples; replace the file or pass skip_bad=true")
     wav = torch.from_numpy(np.ascontiguousarray(data.T))  # [channels, samples]
     if mono:
         wav = wav.mean(0)

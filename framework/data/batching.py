@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -283,10 +284,10 @@ class DynamicBatchSampler(LengthBatchSampler):
         bucket_boundaries: Sequence[float] | None = None,
         max_batch_ex: int | None = None,
         shuffle: bool = True,
-        batch_ordering: str = "random",
+        batch_ordering: Literal["random", "ascending", "descending"] = "random",
         quadratic: float | None = None,
-        too_long: str = "drop",
-        boundary_method: str = "padding",
+        too_long: Literal["drop", "error"] = "drop",
+        boundary_method: Literal["padding", "quantile"] = "padding",
         **kwargs,
     ) -> None:
         super().__init__(lengths, shuffle=shuffle, **kwargs)

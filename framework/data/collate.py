@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 
+@dataclass(frozen=True)
+class SkippedExample:
+    """What a dataset returns in place of an example it cannot read when ``skip_bad`` is
+    on; the batch leaves it out and lists it in ``batch.skipped``."""
+
+    id: str
+    reason: str
+
+
 class Batch(dict):
     """A dict with attribute access. Every padded tensor ``x`` comes with ``x_lens``
     (absolute lengths along dim 0 of each example) and ``x_rel_lens`` (lengths / longest,
-    as SpeechBrain recipes expect)."""
+    as SpeechBrain recipes expect). ``skipped`` lists the examples left out as unreadable."""
+
+    def __init__(self, *args: Any, skipped: Sequence[SkippedExample] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skipped = list(skipped)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -24,11 +38,13 @@ class Batch(dict):
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(
-            {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in self.items()}
+            {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in self.items()},
+            skipped=self.skipped,
         )
 
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
-        return Batch({k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in self.items()})
+        return Batch({k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in self.items()},
+                     skipped=self.skipped)
 
 
 def pad_sequences(tensors: Sequence[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,14 +56,11 @@ def pad_sequences(tensors: Sequence[torch.Tensor], value: float = 0.0) -> tuple[
     return out, lengths
 
 
-def collate(examples: Sequence[dict[str, Any]]) -> Batch:
+def collate(examples: Sequence[dict[str, Any] | SkippedExample]) -> Batch:
     """Pads tensors with a length axis (dim 0), stacks scalars, lists everything else.
-
-    Examples a dataset marked ``bad`` (``skip_bad``) are left out and listed as
-    ``batch.skipped``: ``[(id, reason), ...]``.
-    """
-    good = [ex for ex in examples if "bad" not in ex]
-    batch = Batch(id=[], skipped=[(ex["id"], ex["bad"]) for ex in examples if "bad" in ex])
+    :class:`SkippedExample` entries are left out and listed in ``batch.skipped``."""
+    good = [ex for ex in examples if not isinstance(ex, SkippedExample)]
+    batch = Batch(id=[], skipped=[ex for ex in examples if isinstance(ex, SkippedExample)])
     for key in good[0] if good else ():
         values = [ex[key] for ex in good]
         first = values[0]

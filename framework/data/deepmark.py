@@ -53,5 +53,15 @@ class DeepMarkDataset(Dataset):
             "text": "".join(ALPHABET[t - 1] for t in tokens.tolist()),
         }
 
+    @property
+    def texts(self) -> list[str]:
+        """Every utterance's transcript (what a recipe builds its alphabet from)."""
+        return [self[i]["text"] for i in range(len(self))]
+
+    @property
+    def feature_config(self) -> dict:
+        """What the random inputs stand for: 161-bin spectrograms, 10 ms frames."""
+        return {"_target_": "framework.features.spectrogram", "sample_rate": 16000, "window_ms": 20.0, "hop_ms": 10.0}
+
     def class_counts(self) -> list[int]:
         return np.bincount(self.classes, minlength=len(COUNTS)).tolist()

@@ -29,13 +29,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from framework.data.collate import SkippedExample
+from framework.errors import UserError
+
 FORMAT = "framework-hdf5"
 VERSION = 1
 KINDS = ("audio", "features", "images")
 STR = h5py.string_dtype()
 
 
-class HDF5FormatError(ValueError):
+class HDF5FormatError(UserError, ValueError):
     pass
 
 
@@ -55,13 +58,19 @@ def check_format(f: h5py.File, path: str | Path) -> None:
 
 
 class HDF5Dataset(Dataset):
-    """Examples ``{"id", "inputs", "text"?, "label"?}`` from a framework HDF5 file."""
+    """Examples ``{"id", "inputs", "text"?, "label"?}`` from a framework HDF5 file.
 
-    def __init__(self, path: str | Path, transform=None, select_n: int | None = None,
-                 sample_rate: int | None = None) -> None:
+    An example whose values are not finite (a damaged data region) is an error naming the
+    file and example, or with ``skip_bad`` a :class:`SkippedExample`, counted and reported.
+    """
+
+    def __init__(self, path: str | Path, select_n: int | None = None, sample_rate: int | None = None,
+                 skip_bad: bool = False) -> None:
         self.path = str(path)
+        self.skip_bad = skip_bad
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: HDF5 dataset not found")
+            raise HDF5FormatError(f"{path}: HDF5 dataset not found; check the path or create it with "
+                                  "`python -m framework.prepare hdf5 MANIFEST OUT.h5`")
         try:
             with h5py.File(self.path, "r") as f:
                 check_format(f, path)
@@ -82,7 +91,6 @@ class HDF5Dataset(Dataset):
                 f"{path} holds {self.kind} at {file_rate} Hz but the config asks for {sample_rate} Hz; "
                 f"set sample_rate={file_rate} or pack the data again with --sample-rate {sample_rate}"
             )
-        self.transform = transform
         self._file: h5py.File | None = None
         self._dset: h5py.Dataset | None = None
         self._pid: int | None = None
@@ -102,13 +110,18 @@ class HDF5Dataset(Dataset):
         state["_file"] = state["_dset"] = None  # h5py handles do not cross processes
         return state
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedExample:
         data = self._data()
         if self.offsets is None:
             x = torch.from_numpy(np.asarray(data[index]))
         else:
             x = torch.from_numpy(data[self.offsets[index] : self.offsets[index + 1]])
-        example: dict[str, Any] = {"id": self.ids[index], "inputs": self.transform(x) if self.transform else x}
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            reason = f"{self.path}: example {self.ids[index]!r} holds NaN or infinite values (a damaged data region)"
+            if self.skip_bad:
+                return SkippedExample(self.ids[index], reason)
+            raise HDF5FormatError(f"{reason}; pack the file again or pass skip_bad=true")
+        example: dict[str, Any] = {"id": self.ids[index], "inputs": x}
         if self.texts is not None:
             example["text"] = self.texts[index]
         if self.labels is not None:
@@ -118,6 +131,12 @@ class HDF5Dataset(Dataset):
     @property
     def sample_rate(self) -> int | None:
         return self.attrs.get("sample_rate")
+
+    @property
+    def feature_config(self) -> dict | None:
+        """The feature extractor's config the file was packed with (``kind="features"``)."""
+        recorded = self.attrs.get("features")
+        return json.loads(recorded) if self.kind == "features" and recorded else None
 
 
 class HDF5Writer:

@@ -9,17 +9,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from framework.data.audio import AudioError, read_audio
+from framework.data.collate import SkippedExample
+from framework.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ SAMPLES_KEYS = ("length", "num_samples")
 ID_KEYS = ("ID", "id", "utt_id", "key")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest that cannot be used; the message names the file and entry."""
 
 
@@ -43,6 +46,7 @@ class Entry:
     text: str | None = None
     start: float | None = None
     stop: float | None = None
+    fields: dict[str, Any] = dataclass_field(default_factory=dict)  # the entry's other fields (speaker, label...)
 
 
 def read_manifest_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
@@ -53,19 +57,27 @@ def read_manifest_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(), object_pairs_hook=lambda pairs: _unique(pairs, path))
             if not isinstance(data, dict):
                 raise ManifestError(
                     f"{path}: a .json manifest must be an object {{id: {{...}}}}; "
                     "for one object per line use the .jsonl extension"
                 )
-            return [(str(k), v) for k, v in data.items()]
+            rows = [(str(k), v) for k, v in data.items()]
+            bad = next((uid for uid, v in rows if not isinstance(v, dict)), None)
+            if bad is not None:
+                raise ManifestError(f"{path}: entry {bad!r} is not an object of fields ({{\"wav\": ..., ...}})")
+            return rows
         if suffix in (".jsonl", ".ndjson"):
-            rows = []
+            rows, where = [], []
             for n, line in enumerate(path.read_text().splitlines(), 1):
                 if line.strip():
                     obj = json.loads(line)
+                    if not isinstance(obj, dict):
+                        raise ManifestError(f"{path}: line {n} is not a JSON object")
                     rows.append((_row_id(obj, f"{path.stem}-{n}"), obj))
+                    where.append(f"line {n}")
+            _no_duplicate_ids(rows, where, path)
             return rows
         if suffix in (".csv", ".tsv"):
             with path.open(newline="") as f:
@@ -73,10 +85,28 @@ def read_manifest_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
                 rows = [(_row_id(r, None), r) for r in reader]
             if rows and any(i is None for i, _ in rows):
                 raise ManifestError(f"{path}: a CSV manifest needs an ID column (one of {ID_KEYS})")
+            _no_duplicate_ids(rows, [f"row {n}" for n in range(2, len(rows) + 2)], path)  # row 1 is the header
             return rows
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
     raise ManifestError(f"{path}: unknown manifest extension {suffix!r}; use .json, .jsonl or .csv")
+
+
+def _unique(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen and isinstance(value, dict):
+            raise ManifestError(f"{path}: id {key!r} appears twice; ids must be unique")
+        seen[key] = value
+    return seen
+
+
+def _no_duplicate_ids(rows: list[tuple[str, Any]], where: list[str], path: Path) -> None:
+    first: dict[str, str] = {}
+    for (uid, _), place in zip(rows, where):
+        if uid in first:
+            raise ManifestError(f"{path}: id {uid!r} appears twice ({first[uid]} and {place}); ids must be unique")
+        first[uid] = place
 
 
 def _row_id(row: Mapping[str, Any], default: str | None) -> str | None:
@@ -112,51 +142,79 @@ def load_entries(
     duration_key: str | None = None,
     samples_key: str | None = None,
     sample_rate: int = 16000,
+    skip_bad: bool = False,
 ) -> list[Entry]:
-    """Parses a manifest into entries; every problem names the file, entry and key."""
+    """Parses a manifest into entries; every problem names the file, entry and key. With
+    ``skip_bad`` an entry with a problem is left out (counted and reported) instead."""
     rows = read_manifest_rows(path)
     if not rows:
         raise ManifestError(f"{path}: manifest has no entries")
     replacements = dict(replacements or {})
     base = Path(path).parent
-    entries = []
+    # one transcript key for the whole manifest: an entry without it is an error, not an empty transcript
+    t_key = text_key or next((k for k in TEXT_KEYS if any(k in row for _, row in rows)), None)
+    entries, skipped = [], []
     for uid, row in rows:
-        where = f"{path}: entry {uid!r}"
-        a_key = _pick(row, audio_key, AUDIO_KEYS)
-        if a_key is None or row.get(a_key) in (None, ""):
-            raise ManifestError(f"{where} has no audio path (looked for key {a_key or ' / '.join(AUDIO_KEYS)}); name it with audio_key=")
         try:
-            audio = fill_placeholders(str(row[a_key]), replacements)
-        except KeyError as exc:
-            raise ManifestError(
-                f"{where}: placeholder {exc.args[0]!r} in {row[a_key]!r} has no value; set dataset "
-                f"replacements.{exc.args[0]}=... (or data_root=...)"
-            ) from None
-        if not Path(audio).is_absolute():
-            audio = str(base / audio)
-        start = _float_or_none(row, "start", where)
-        stop = _float_or_none(row, "stop", where)
-        if stop is None:
-            stop = _float_or_none(row, "end", where)
-        d_key = _pick(row, duration_key, DURATION_KEYS)
-        s_key = _pick(row, samples_key, SAMPLES_KEYS) if d_key is None else None
-        if d_key is not None and d_key in row:
-            duration = _float_or_none(row, d_key, where)
-        elif s_key is not None and s_key in row:
-            duration = _float_or_none(row, s_key, where) / sample_rate
-        elif start is not None and stop is not None:
-            duration = stop - start
-        else:
-            raise ManifestError(
-                f"{where} has no length: add a duration in seconds ({' / '.join(DURATION_KEYS)}) or a "
-                f"length in samples ({' / '.join(SAMPLES_KEYS)}), e.g. with `python -m framework.prepare manifest`"
-            )
-        t_key = _pick(row, text_key, TEXT_KEYS)
-        if text_key is not None and text_key not in row:
-            raise ManifestError(f"{where} has no key {text_key!r}")
-        text = None if t_key is None or row.get(t_key) is None else str(row[t_key])
-        entries.append(Entry(uid, audio, float(duration), text, start, stop))
+            entries.append(_entry(uid, row, f"{path}: entry {uid!r}", base, replacements, audio_key, t_key,
+                                  duration_key, samples_key, sample_rate))
+        except ManifestError as exc:
+            if not skip_bad:
+                raise
+            skipped.append(str(exc))
+    if skipped:
+        log.warning("%s: %d bad entr%s skipped (skip_bad); first: %s", path, len(skipped),
+                    "y" if len(skipped) == 1 else "ies", skipped[0])
+    if not entries:
+        raise ManifestError(f"{path}: no usable entries")
     return entries
+
+
+def _entry(uid: str, row: Mapping[str, Any], where: str, base: Path, replacements: Mapping[str, str],
+           audio_key: str | None, text_key: str | None, duration_key: str | None, samples_key: str | None,
+           sample_rate: int) -> Entry:
+    a_key = _pick(row, audio_key, AUDIO_KEYS)
+    if a_key is None or row.get(a_key) in (None, ""):
+        raise ManifestError(f"{where} has no audio path (looked for key {a_key or ' / '.join(AUDIO_KEYS)}); "
+                            "name it with audio_key=")
+    try:
+        audio = fill_placeholders(str(row[a_key]), replacements)
+    except KeyError as exc:
+        raise ManifestError(
+            f"{where}: placeholder {exc.args[0]!r} in {row[a_key]!r} has no value; set dataset "
+            f"replacements.{exc.args[0]}=... (or data_root=...)"
+        ) from None
+    if not Path(audio).is_absolute():
+        audio = str(base / audio)
+    start = _float_or_none(row, "start", where)
+    stop = _float_or_none(row, "stop", where)
+    if stop is None:
+        stop = _float_or_none(row, "end", where)
+    d_key = _pick(row, duration_key, DURATION_KEYS)
+    s_key = _pick(row, samples_key, SAMPLES_KEYS) if d_key is None else None
+    if d_key is not None and d_key in row:
+        duration, named = _float_or_none(row, d_key, where), f"{d_key}={row[d_key]!r}"
+    elif s_key is not None and s_key in row:
+        duration, named = _float_or_none(row, s_key, where) / sample_rate, f"{s_key}={row[s_key]!r}"
+    elif start is not None and stop is not None:
+        duration, named = stop - start, f"stop - start = {stop - start:g}"
+    else:
+        raise ManifestError(
+            f"{where} has no length: add a duration in seconds ({' / '.join(DURATION_KEYS)}) or a "
+            f"length in samples ({' / '.join(SAMPLES_KEYS)}), e.g. with `python -m framework.prepare manifest`"
+        )
+    if duration is None or not math.isfinite(duration) or duration <= 0:
+        raise ManifestError(f"{where}: {named} is not a positive length; fix the entry or remove it "
+                            "(skip_bad=true leaves such entries out)")
+    text = None
+    if text_key is not None:
+        if row.get(text_key) is None:
+            raise ManifestError(f"{where} has no transcript (key {text_key!r}, which other entries have); add it, "
+                                "remove the entry, or pass skip_bad=true")
+        text = str(row[text_key])
+    used = {a_key, text_key, d_key, s_key, "start", "stop", "end", *ID_KEYS}
+    fields = {k: v for k, v in row.items() if k not in used}
+    return Entry(uid, audio, float(duration), text, start, stop, fields)
 
 
 def _float_or_none(row: Mapping[str, Any], key: str, where: str) -> float | None:
@@ -170,11 +228,13 @@ def _float_or_none(row: Mapping[str, Any], key: str, where: str) -> float | None
 
 
 class ManifestDataset(Dataset):
-    """Examples ``{"id", "inputs", "text"}`` read from a manifest.
+    """Examples ``{"id", "inputs", "text", <other fields>}`` read from a manifest.
 
-    ``inputs`` is the waveform ``[samples]``, or ``transform(waveform)`` when a transform
-    is set (features computed in the DataLoader workers). ``lengths`` (seconds) drive the
-    batch samplers.
+    ``inputs`` is the waveform ``[samples]``; ``text`` the transcript when the manifest has
+    one; every other field of the entry (a speaker id, a label...) comes under its own name
+    and reaches the batch so (``batch.spkID``). ``lengths`` (seconds) drive the batch
+    samplers. With ``skip_bad``, bad entries are left out when the manifest is read and
+    unreadable audio becomes a :class:`SkippedExample` (counted and reported in training).
     """
 
     def __init__(
@@ -193,7 +253,6 @@ class ManifestDataset(Dataset):
         resample: bool = True,
         mono: bool = True,
         skip_bad: bool = False,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.path = str(path)
         self.sample_rate = sample_rate
@@ -208,6 +267,7 @@ class ManifestDataset(Dataset):
             duration_key=duration_key,
             samples_key=samples_key,
             sample_rate=sample_rate,
+            skip_bad=skip_bad,
         )
         n_all = len(entries)
         if min_duration is not None:
@@ -225,12 +285,11 @@ class ManifestDataset(Dataset):
         self.resample = resample
         self.mono = mono
         self.skip_bad = skip_bad
-        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedExample:
         entry = self.entries[index]
         try:
             wav = read_audio(
@@ -243,9 +302,9 @@ class ManifestDataset(Dataset):
             )
         except AudioError as exc:
             if self.skip_bad:
-                return {"id": entry.id, "bad": str(exc)}
+                return SkippedExample(entry.id, str(exc))
             raise AudioError(f"{self.path}: entry {entry.id!r}: {exc}") from exc
-        example: dict[str, Any] = {"id": entry.id, "inputs": self.transform(wav) if self.transform else wav}
+        example: dict[str, Any] = {**entry.fields, "id": entry.id, "inputs": wav}
         if entry.text is not None:
             example["text"] = entry.text
         return example

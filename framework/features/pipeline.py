@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torchaudio
 from torch import nn
+
+from framework.data.collate import SkippedExample
+from framework.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +140,9 @@ class FeaturePipeline(nn.Module):
     def __init__(
         self,
         extractor: Extractor,
-        normalize: str = "utterance",
+        normalize: Literal["none", "utterance", "global"] = "utterance",
         specaugment: SpecAugment | None = None,
-        where: str = "device",
+        where: Literal["worker", "device"] = "device",
     ) -> None:
         super().__init__()
         if normalize not in ("none", "utterance", "global"):
@@ -181,25 +185,44 @@ class FeaturePipeline(nn.Module):
             inputs = self.specaugment(inputs)
         return inputs, lengths
 
-    @torch.no_grad()
-    def fit_stats(self, dataset, path: str | Path, max_examples: int = 1000) -> None:
-        """Computes (or loads from ``path``) global mean/std over up to ``max_examples``
-        training examples. Needs the dataset's raw waveforms (no worker transform)."""
+    def describe(self) -> str:
+        kind = type(self.extractor.transform).__name__ if self.extractor.transform is not None else "raw audio"
+        return (f"{kind}: {self.num_bins} bins, normalize={self.normalize}, where={self.where}, "
+                f"specaugment={'on' if self.specaugment is not None else 'off'}")
+
+    def load_stats(self, path: str | Path) -> None:
+        """Global normalisation statistics from ``path`` (what :meth:`fit_stats` saved); a
+        no-op for other normalisations."""
         if not isinstance(self.norm, GlobalNorm):
             return
         path = Path(path)
-        if path.is_file():
+        if not path.is_file():
+            raise UserError(f"{path} not found: features.normalize=global needs the statistics the training run "
+                            "saved there; they are only computed from training data, by framework.train")
+        try:
             state = torch.load(path, weights_only=True)
-            self.norm.mean.copy_(state["mean"])
-            self.norm.std.copy_(state["std"])
-            self.norm.fitted.fill_(True)
+            mean, std = state["mean"], state["std"]
+            self.norm.mean.copy_(mean)
+            self.norm.std.copy_(std)
+        except Exception as exc:
+            raise UserError(f"{path} is damaged or not a feature-statistics file ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to recompute it from the "
+                            "training data") from None
+        self.norm.fitted.fill_(True)
+
+    @torch.no_grad()
+    def fit_stats(self, dataset, path: str | Path, max_examples: int = 1000) -> None:
+        """Computes global mean/std over up to ``max_examples`` training examples (raw
+        waveforms or precomputed features), saves them to ``path`` and uses them."""
+        if not isinstance(self.norm, GlobalNorm):
             return
+        path = Path(path)
         total = torch.zeros(self.num_bins, dtype=torch.float64)
         total_sq = torch.zeros_like(total)
         frames = 0
         for i in range(min(len(dataset), max_examples)):
             example = dataset[i]
-            if "bad" in example:
+            if isinstance(example, SkippedExample):
                 continue
             x = example["inputs"]
             feats, _ = self.extractor(x[None], torch.tensor([x.shape[0]])) if x.dim() == 1 else (x[None], None)
@@ -209,10 +232,8 @@ class FeaturePipeline(nn.Module):
             frames += f.shape[0]
         mean = total / max(frames, 1)
         std = (total_sq / max(frames, 1) - mean**2).clamp(min=1e-10).sqrt()
-        self.norm.mean.copy_(mean.float())
-        self.norm.std.copy_(std.float())
-        self.norm.fitted.fill_(True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"mean": self.norm.mean, "std": self.norm.std, "frames": frames}, tmp)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save({"mean": mean.float(), "std": std.float(), "frames": frames}, tmp)
         tmp.replace(path)
         log.info("global feature statistics over %d frames saved to %s", frames, path)
+        self.load_stats(path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from framework.cli import parse_with_overrides
+from framework.cli import exit_on_error, parse_with_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     h5.epilog = "Feature overrides follow as key=value, e.g. extractor.n_mels=80."
 
     args, overrides = parse_with_overrides(parser, argv)
+    exit_on_error(lambda: run(args, overrides))
+    return 0
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.command == "manifest":
         from framework.prepare.corpus import build_manifest
 
@@ -56,15 +61,15 @@ def main(argv: list[str] | None = None) -> int:
 
         extractor, features_config = None, None
         if args.features != "none":
-            from hydra import compose, initialize_config_dir
             from hydra.utils import instantiate
             from omegaconf import OmegaConf
 
-            from framework import CONF_DIR
+            from framework.config.check import check_command_line, compose_command_line
 
-            with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-                cfg = compose("train", overrides=[f"features={args.features}", f"sample_rate={args.sample_rate}",
-                                                  *[f"features.{o}" for o in overrides]])
+            job = [f"features={args.features}", f"sample_rate={args.sample_rate}",
+                   *[f"features.{o.lstrip('+')}" for o in overrides]]
+            check_command_line(job)
+            cfg = compose_command_line(job)
             extractor = instantiate(cfg.features.extractor)
             features_config = OmegaConf.to_container(cfg.features.extractor, resolve=True)
         pack_hdf5(args.manifest, args.out, data_root=args.data_root, sample_rate=args.sample_rate, extractor=extractor,
@@ -73,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         from framework.prepare.stats import run_stats
 
         run_stats(args.manifest, args.png, args.batching, overrides, args.epochs)
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,19 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from framework import CONF_DIR
+from framework.config.check import check_command_line, compose_command_line
 from framework.data.batching import DynamicBatchSampler, LengthBatchSampler, batch_stats
 from framework.data.manifest import load_entries
 
 
 def batching_sampler(lengths: np.ndarray, batching: str, overrides: list[str]) -> LengthBatchSampler:
-    """The sampler ``conf/batching/<batching>.yaml`` (with ``key=value`` overrides) builds."""
-    with initialize_config_dir(config_dir=str(CONF_DIR / "batching"), version_base=None):
-        cfg = compose(config_name=batching, overrides=overrides)
-    return instantiate(cfg, lengths=lengths)
+    """The sampler ``conf/batching/<batching>.yaml`` (with ``key=value`` overrides of its
+    keys) builds, checked like a training config."""
+    job = [f"batching={batching}", *[f"batching.{o.lstrip('+')}" for o in overrides]]
+    check_command_line(job)
+    return instantiate(compose_command_line(job).batching, lengths=lengths)
 
 
 def length_summary(lengths: np.ndarray) -> dict[str, float]:

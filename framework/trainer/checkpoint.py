@@ -1,42 +1,123 @@
-"""Atomic checkpoints: keep the last K and the best M, fall back past a damaged one.
+"""Atomic, verified checkpoints: keep the last K and the best M, fall back past a damaged one.
 
-Files are written under a temporary name, fsynced and renamed, so a crash mid-write
-never leaves a file that looks complete. Loading uses ``torch.load(weights_only=True)``:
-no arbitrary object is ever unpickled. An ``index.json`` beside the files records each
-checkpoint's step, epoch and metrics for choosing the best one.
+A checkpoint is written under a temporary name, fsynced, and renamed into place, so a crash
+mid-write never leaves a file that looks complete. Its SHA-256, computed while writing,
+is stored beside it (``ckpt-<step>.pt.sha256``, the format ``sha256sum -c`` reads) and in
+``index.json``; loading verifies it, because ``torch.load`` does not check the zip's CRCs
+and would load a file with a damaged middle. Loading uses ``weights_only=True``: no
+arbitrary object is ever unpickled. ``index.json`` records each checkpoint's step, epoch
+and validation metrics for choosing the best one; a damaged index is rebuilt from the files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import random
+import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
+from framework.errors import UserError
+
 log = logging.getLogger(__name__)
+CKPT_NAME = re.compile(r"ckpt-(\d+)\.pt$")
+AVERAGED = "averaged.pt"  # what framework.average writes beside the checkpoints
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError):
+    """A checkpoint that is missing, damaged or not one of ours."""
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, no permission); earlier ones are intact."""
+
+
+class _HashingWriter:
+    """A file wrapper that hashes what passes through and remembers the first OS error (torch's
+    zip writer reports a failed write as 'unexpected pos', hiding the cause)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.written = 0
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            n = self.raw.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+        self.sha256.update(data)
+        self.written += len(data)
+        return n
+
+    def flush(self) -> None:
+        try:
+            self.raw.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # the rename itself must survive a crash
+        os.fsync(fd)  # the rename itself must survive a crash
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], Any], before_rename: Callable[[str], None] | None = None,
+                 expected_bytes: int | None = None) -> str:
+    """Writes ``path`` through a temporary file; returns its SHA-256 (hex). On failure the
+    temporary file is removed and an OS error becomes a one-line :class:`CheckpointWriteError`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = None
+    try:
+        with open(tmp, "wb") as raw:
+            writer = _HashingWriter(raw)
+            write(writer)
+            writer.flush()
+            os.fsync(raw.fileno())
+        digest = writer.sha256.hexdigest()
+        if before_rename is not None:
+            before_rename(digest)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        cause = writer.error if writer is not None and writer.error is not None else exc
+        if isinstance(cause, OSError):
+            free = shutil.disk_usage(path.parent).free
+            need = f"; about {_mb(expected_bytes)} needed" if expected_bytes else ""
+            raise CheckpointWriteError(
+                f"cannot write {path}: {cause.strerror or cause} ({_mb(free)} free on that disk{need}); "
+                "earlier checkpoints are intact: free space or set trainer.checkpoint.keep_last lower, "
+                "then resume with trainer.resume=auto"
+            ) from None
+        raise
+    _fsync_dir(path.parent)
+    return digest
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,6 +144,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _valid_entry(e: Any) -> bool:
+    return (isinstance(e, dict) and isinstance(e.get("file"), str) and CKPT_NAME.fullmatch(e["file"]) is not None
+            and isinstance(e.get("step"), int) and isinstance(e.get("metrics", {}), dict))
+
+
 class Checkpointer:
     """Writes ``ckpt-<step>.pt`` files into ``directory``.
 
@@ -70,7 +156,8 @@ class Checkpointer:
     value (``mode`` min or max) kept as well.
     """
 
-    def __init__(self, directory: str | Path, keep_last: int = 2, keep_best: int = 1, monitor: str = "loss", mode: str = "min") -> None:
+    def __init__(self, directory: str | Path, keep_last: int = 2, keep_best: int = 1, monitor: str = "loss",
+                 mode: str = "min") -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"trainer.checkpoint.mode must be min or max, got {mode!r}")
         self.directory = Path(directory)
@@ -83,44 +170,58 @@ class Checkpointer:
     def index_path(self) -> Path:
         return self.directory / "index.json"
 
-    def index(self) -> list[dict[str, Any]]:
-        if not self.index_path.is_file():
-            return []
-        try:
-            entries = json.loads(self.index_path.read_text())
-        except json.JSONDecodeError:
-            log.warning("%s is damaged; rebuilding it from the checkpoint files", self.index_path)
-            return [{"file": p.name, "step": int(p.stem.split("-")[1]), "metrics": {}} for p in self._files()]
-        return [e for e in entries if (self.directory / e["file"]).is_file()]
-
     def _files(self) -> list[Path]:
-        return sorted(self.directory.glob("ckpt-*.pt"))
+        return sorted(p for p in self.directory.glob("ckpt-*.pt") if CKPT_NAME.fullmatch(p.name))
+
+    def index(self) -> list[dict[str, Any]]:
+        """Entries of the checkpoints on disk; files the index does not list (a crash between
+        writing a checkpoint and its index) come in with no metrics."""
+        entries: list[dict[str, Any]] = []
+        if self.index_path.is_file():
+            try:
+                loaded = json.loads(self.index_path.read_text())
+                if not isinstance(loaded, list) or not all(_valid_entry(e) for e in loaded):
+                    raise ValueError("unexpected structure")
+                entries = loaded
+            except (ValueError, OSError) as exc:
+                log.warning("%s is damaged (%s); rebuilding it from the checkpoint files", self.index_path, exc)
+        listed = {e["file"] for e in entries}
+        entries = [e for e in entries if (self.directory / e["file"]).is_file()]
+        for p in self._files():
+            if p.name not in listed:
+                entries.append({"file": p.name, "step": int(CKPT_NAME.fullmatch(p.name).group(1)), "metrics": {}})
+        return sorted(entries, key=lambda e: e["step"])
 
     def save(self, state: dict[str, Any], step: int, metrics: dict[str, float] | None = None) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"ckpt-{step:09d}.pt"
-        _write_atomic(path, lambda f: torch.save(state, f))
+        previous = self._files()
+        digest = save_verified(state, path, previous[-1].stat().st_size if previous else None)
         entries = [e for e in self.index() if e["file"] != path.name]
-        entries.append({"file": path.name, "step": step, "epoch": state.get("epoch"), "metrics": dict(metrics or {})})
+        entries.append({"file": path.name, "step": step, "epoch": state.get("epoch"), "metrics": dict(metrics or {}),
+                        "sha256": digest})
         entries = self._prune(entries)
-        _write_atomic(self.index_path, lambda f: f.write(json.dumps(entries, indent=1).encode()))
+        write_atomic(self.index_path, lambda f: f.write(json.dumps(entries, indent=1).encode()))
         return path
 
-    def _ranked(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def ranked(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         scored = [e for e in entries if self.monitor in e.get("metrics", {})]
         return sorted(scored, key=lambda e: e["metrics"][self.monitor], reverse=self.mode == "max")
 
     def _prune(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_step = sorted(entries, key=lambda e: e["step"])
         keep = {e["file"] for e in by_step[-self.keep_last :]} if self.keep_last else set()
-        keep |= {e["file"] for e in self._ranked(entries)[: self.keep_best]}
+        keep |= {e["file"] for e in self.ranked(entries)[: self.keep_best]}
         for e in entries:
             if e["file"] not in keep:
                 (self.directory / e["file"]).unlink(missing_ok=True)
+        for sidecar in self.directory.glob("ckpt-*.pt.sha256"):
+            if sidecar.name.removesuffix(".sha256") not in keep:
+                sidecar.unlink(missing_ok=True)
         return [e for e in by_step if e["file"] in keep]
 
     def best(self) -> Path | None:
-        ranked = self._ranked(self.index())
+        ranked = self.ranked(self.index())
         return self.directory / ranked[0]["file"] if ranked else None
 
     def latest(self) -> Path | None:
@@ -128,7 +229,7 @@ class Checkpointer:
         return files[-1] if files else None
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
-        """The newest checkpoint that loads; damaged ones are reported and skipped."""
+        """The newest checkpoint that loads and verifies; damaged ones are reported and skipped."""
         for path in reversed(self._files()):
             try:
                 return path, load_checkpoint(path, map_location)
@@ -136,12 +237,59 @@ class Checkpointer:
                 log.warning("%s; trying the previous checkpoint", exc)
         return None
 
+    def load_for_evaluation(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
+        """The best checkpoint by the monitored metric; failing that (none scored, or damaged)
+        the newest that loads, with a warning naming it. Raises when there is none: an
+        evaluation must never score weights that were not trained."""
+        ranked = [self.directory / e["file"] for e in self.ranked(self.index())]
+        for i, path in enumerate(ranked[:1] + list(reversed(self._files()))):
+            try:
+                state = load_checkpoint(path, map_location)
+            except CheckpointError as exc:
+                log.warning("%s; trying another checkpoint", exc)
+                continue
+            if i > 0 or not ranked:
+                log.warning("no checkpoint of %s scored by valid %s: using the newest, %s (step %s)", self.directory,
+                            self.monitor, path.name, state.get("step"))
+            return path, state
+        raise CheckpointError(
+            f"no usable checkpoint in {self.directory}: nothing trained to evaluate; train the run first "
+            "(or pass --checkpoint PATH)"
+        )
+
+
+def save_verified(state: dict[str, Any], path: Path, expected_bytes: int | None = None) -> str:
+    """``torch.save`` through a temporary file, with its SHA-256 written beside it before the
+    rename (so every checkpoint file has its checksum); returns the SHA-256."""
+
+    def write_sidecar(digest: str) -> None:
+        write_atomic(path.with_name(path.name + ".sha256"), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+
+    return write_atomic(path, lambda f: torch.save(state, f), write_sidecar, expected_bytes)
+
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Loads a checkpoint after verifying its recorded SHA-256 (when one was recorded)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file():
+        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+        if sha256_of(path) != expected:
+            raise CheckpointError(f"checkpoint {path} is damaged: its SHA-256 differs from the one recorded when it "
+                                  f"was written ({sidecar.name})")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, not a checkpoint at all
-        raise CheckpointError(f"checkpoint {path} is damaged or not a checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(_load_failure(path, exc)) from exc
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    text = str(exc)
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsafe:  # torch's message advises weights_only=False, which would run the file's code
+        return (f"checkpoint {path} holds objects other than tensors and plain values ({unsafe.group(1)}); it was "
+                "not written by this framework and is not loaded, since loading it could run arbitrary code")
+    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"checkpoint {path} is damaged or not a checkpoint ({type(exc).__name__}: {first_line})"

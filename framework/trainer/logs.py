@@ -60,6 +60,11 @@ class TensorBoardLogger:
             self.writer = None
 
 
+def format_metrics(metrics: dict[str, float]) -> str:
+    """``name=value`` pairs, 4 significant digits."""
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
 def progress(total: int, desc: str, enabled: bool) -> tqdm:
     """A tqdm bar on a terminal; silent under pipes, CI and on ranks other than 0."""
     return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, leave=False)

@@ -9,30 +9,42 @@ Run: python -m framework.train recipe=asr_ctc [overrides]
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections import Counter
 
 import torch
 from hydra.utils import instantiate
 from torch import nn
 
 from framework.brain import Brain, Stage
+from framework.errors import UserError
 from framework.text import CharTokenizer, ErrorRate, greedy_decode
+from framework.trainer import distributed
 from framework.trainer.distributed import all_reduce_sum
 
 log = logging.getLogger(__name__)
 
 
 class ASRBrain(Brain):
+    model_arguments = ("num_bins", "num_classes")
+
     def build_model(self, train_set) -> nn.Module:
-        # The alphabet comes from the training transcripts and is kept in the run dir,
-        # so evaluation and transcription decode with the same symbols.
+        # The alphabet comes from the training transcripts (in fit only) and is kept in the
+        # run dir, so evaluation and transcription decode with the same symbols.
         path = self.run_dir / "tokenizer.json"
-        if path.is_file():
-            self.tokenizer = CharTokenizer.load(path)
-        else:
-            self.tokenizer = CharTokenizer.from_texts(train_set.texts)
-            if self.dist.is_main:
-                self.tokenizer.save(path)
+        if train_set is not None:
+            if not any(train_set.texts):
+                raise UserError("the training set has no transcripts: speech recognition needs a text field in "
+                                "its manifest (words, text, ...; or name it with text_key=)")
+            if self.dist.is_main and not path.is_file():
+                CharTokenizer.from_texts(train_set.texts).save(path)
+            distributed.barrier()  # every rank, whether or not rank 0 had to write it
+        if not path.is_file():
+            raise UserError(f"{path} not found: the run's alphabet is saved there by framework.train; evaluation "
+                            "and transcription need the run directory of a training run")
+        self.tokenizer = CharTokenizer.load(path)
+        self.warned_unknown = False
         self.ctc_loss = nn.CTCLoss(blank=0, zero_infinity=True)
         return instantiate(self.cfg.model, num_bins=self.features.num_bins, num_classes=len(self.tokenizer))
 
@@ -43,6 +55,8 @@ class ASRBrain(Brain):
 
     def compute_objectives(self, outputs, batch, stage: Stage) -> torch.Tensor:
         log_probs, out_lens = outputs
+        if stage != Stage.TRAIN:  # evaluation transcripts may hold characters training never saw
+            self.unknown.update(c for t in batch.text for c in t.lower() if c not in self.tokenizer.index)
         targets, target_lens = self.tokenizer.encode_batch(batch.text, drop_unknown=stage != Stage.TRAIN)
         loss = self.ctc_loss(log_probs.transpose(0, 1), targets.to(self.device), out_lens, target_lens.to(self.device))
         if stage != Stage.TRAIN:
@@ -56,14 +70,20 @@ class ASRBrain(Brain):
     def on_stage_start(self, stage: Stage, epoch: int) -> None:
         self.cer, self.wer = ErrorRate("char"), ErrorRate("word")
         self.examples: list[tuple[str, str, str]] = []
+        self.unknown: Counter[str] = Counter()
 
     def on_stage_end(self, stage: Stage, loss: float, epoch: int) -> dict[str, float]:
         if stage == Stage.TRAIN:
             return {"loss": loss}
+        if self.unknown and not self.warned_unknown:
+            self.warned_unknown = True
+            chars = ", ".join(f"{c!r} x{n}" for c, n in self.unknown.most_common())
+            log.warning("%s transcripts hold characters outside the training alphabet, left out of the CTC targets "
+                        "(they still count as errors in CER/WER): %s", stage.value, chars)
         counts = torch.tensor([self.cer.edits, self.cer.total, self.wer.edits, self.wer.total], dtype=torch.float64)
         c_edits, c_total, w_edits, w_total = all_reduce_sum(counts.to(self.device)).tolist()
         shown = "\n".join(f"{uid}: ref={ref!r} hyp={hyp!r}" for uid, ref, hyp in self.examples[: self.cfg.decode_examples])
-        if shown:
+        if shown and not self.sanity_checking:
             log.info("%s examples:\n%s", stage.value, shown)
             self.logger.text(f"{stage.value}/examples", shown.replace("\n", "  \n"), self.step)
         return {"loss": loss, "cer": c_edits / max(c_total, 1), "wer": w_edits / max(w_total, 1)}
@@ -76,10 +96,11 @@ class ASRBrain(Brain):
 
         self.setup(None)
         self.load_weights(checkpoint)
-        self.model.eval()
-        self.features.eval()
+        self._set_mode(training=False)
         wavs = [read_audio(p, self.cfg.sample_rate) for p in paths]
         inputs, lengths = pad_sequences(wavs)
-        feats, feat_lens = self.features.extract(inputs.to(self.device), lengths.to(self.device))
-        logits, out_lens = self.model(feats, feat_lens)
+        averaged = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
+        with averaged:
+            feats, feat_lens = self.features.extract(inputs.to(self.device), lengths.to(self.device))
+            logits, out_lens = self.model(feats, feat_lens)
         return [self.tokenizer.decode(ids) for ids in greedy_decode(logits, out_lens)]

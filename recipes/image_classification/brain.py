@@ -30,6 +30,8 @@ def random_shift(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
 
 
 class ImageClassificationBrain(Brain):
+    model_arguments = ("in_channels", "num_classes")
+
     def build_model(self, train_set) -> nn.Module:
         return instantiate(self.cfg.model, in_channels=self.cfg.in_channels, num_classes=self.cfg.num_classes)
 

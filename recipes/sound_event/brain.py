@@ -18,6 +18,8 @@ from framework.metrics import ClassificationStats
 
 
 class SoundEventBrain(Brain):
+    model_arguments = ("in_channels", "num_classes")
+
     def build_model(self, train_set) -> nn.Module:
         return instantiate(self.cfg.model, in_channels=1, num_classes=2)
 

@@ -1,0 +1,7 @@
+"""The error every entry point reports in one line with exit status 2: a mistake in what
+the user gave (config, data, files, a run directory), never a fault of the framework."""
+
+
+class UserError(Exception):
+    """A mistake in the user's input; the message names the file, key or entry and says
+    what to do."""

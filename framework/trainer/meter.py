@@ -1,0 +1,92 @@
+"""Bookkeeping of one training epoch: loss, steps, examples, padding, throughput and the
+time spent waiting for data.
+
+Its state goes into mid-epoch checkpoints, so the figures of an interrupted and resumed
+epoch are those of the whole epoch, as if it had run straight through.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from framework.trainer import distributed
+
+
+class EpochMeter:
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)  # over applied steps; read once per log interval
+        self.applied_steps = 0  # optimizer steps applied (finite)
+        self.steps = 0  # optimizer steps attempted
+        self.micro_batches = 0
+        self.examples = 0
+        self.padded_elements = 0
+        self.real_elements = 0
+        self.lengths_s = 0.0  # sum of the examples' lengths (seconds of audio for audio datasets)
+        self.busy_s = 0.0  # wall time of this epoch's training so far
+        self.wait_s = 0.0  # of which waiting for the next batch
+        self._mark: float | None = None
+
+    # ------------------------------------------------------------------ timing
+    def start(self) -> None:
+        self._mark = time.perf_counter()
+
+    def waited(self, seconds: float) -> None:
+        self.wait_s += seconds
+
+    def pause(self) -> None:
+        """Stops the clock (the epoch's training is over, or interrupted)."""
+        if self._mark is not None:
+            self.busy_s += time.perf_counter() - self._mark
+            self._mark = None
+
+    # ----------------------------------------------------------------- counting
+    def add_step(self, sizes: list[int], padded: int, real: int, lengths_s: float, loss: torch.Tensor | None) -> None:
+        """One optimizer step over micro-batches of ``sizes`` examples; ``loss`` None when it
+        was not applied."""
+        self.steps += 1
+        self.micro_batches += len(sizes)
+        self.examples += sum(sizes)
+        self.padded_elements += padded
+        self.real_elements += real
+        self.lengths_s += lengths_s
+        if loss is not None:
+            self.loss_sum += loss
+            self.applied_steps += 1
+
+    def mean_loss(self) -> float:
+        """The epoch's training loss: the mean step loss over applied steps and all ranks."""
+        total = torch.stack([self.loss_sum.double(), torch.tensor(float(self.applied_steps), device=self.loss_sum.device,
+                                                                  dtype=torch.float64)])
+        total = distributed.all_reduce_sum(total)
+        return (total[0] / total[1].clamp(min=1)).item()
+
+    def summary(self) -> dict[str, float]:
+        busy = max(self.busy_s, 1e-9)
+        held = self.padded_elements
+        return {
+            "steps": self.steps,
+            "epoch_s": self.busy_s,
+            "examples_per_s": self.examples / busy,
+            "audio_s_per_s": self.lengths_s / busy,
+            "data_wait_fraction": self.wait_s / busy,
+            "padding_fraction": 1 - self.real_elements / held if held else 0.0,
+            "mean_batch_size": self.examples / max(self.micro_batches, 1),
+        }
+
+    # --------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        self.pause()
+        state = {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "loss_sum"}
+        state["loss_sum"] = float(self.loss_sum)
+        self.start()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            if key == "loss_sum":
+                self.loss_sum.fill_(value)
+            elif hasattr(self, key):
+                setattr(self, key, value)
