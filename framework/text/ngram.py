@@ -3,8 +3,9 @@
 No package on PyPI fits this job: ``kenlm`` ships only the query side (not ``lmplz``),
 ``nltk.lm`` writes no ARPA, and the small ARPA builders either normalise incorrectly or
 leave out ``<unk>``, which decoders need. The estimator is the textbook one (Chen & Goodman
-1998, as in KenLM's ``lmplz``), in pure Python, for corpora of transcripts (millions of
-words in a minute or two); for web-scale text use ``lmplz``, whose ARPA files load the same.
+1998, as in KenLM's ``lmplz``), in pure Python, for corpora of transcripts (a 3-gram of
+half a million words: about 40 s on one core, estimation and writing); for larger text use
+``lmplz``, whose ARPA files load the same.
 
 - Each sentence is ``<s> w1 .. wn </s>``; the vocabulary is every word seen, ``</s>`` and
   ``<unk>`` (the probability of unseen words; ``<s>`` is only a context, log10 p = -99).
