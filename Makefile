@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,optuna]"
+	$(PY) -m pip install --quiet -e ".[dev,optuna,lm]"
 	touch $(STAMP)
 
 train: $(STAMP)  ## the default recipe; pass overrides as ARGS="trainer.max_epochs=3"

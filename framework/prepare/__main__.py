@@ -4,6 +4,7 @@
   hdf5      pack a manifest's audio or features into one HDF5 file (N worker processes)
   stats     length histogram and summary of a manifest; with --batching, the batches a
             batching config makes of it (count, padding %, batch sizes), without training
+  lm        a word n-gram language model (ARPA file) of a manifest's transcripts, for beam search
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     h5.add_argument("--skip-bad", action="store_true", help="skip unreadable audio, report it at the end")
     h5.epilog = "Feature overrides follow as key=value, e.g. extractor.n_mels=80."
 
+    lm = sub.add_parser("lm", help="a word n-gram language model (ARPA) of transcripts, for beam search decoding")
+    lm.add_argument("transcripts", help="a manifest (.json, .jsonl, .csv) or a text file of one sentence per line")
+    lm.add_argument("out", help="the ARPA file to write")
+    lm.add_argument("--order", type=int, default=3, help="n of the n-grams")
+
     args, overrides = parse_with_overrides(parser, argv)
     exit_on_error(lambda: run(args, overrides))
     return 0
@@ -78,6 +84,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
         from framework.prepare.stats import run_stats
 
         run_stats(args.manifest, args.png, args.batching, overrides, args.epochs)
+    elif args.command == "lm":
+        from framework.prepare.lm import build_lm
+
+        build_lm(args.transcripts, args.out, args.order)
 
 
 if __name__ == "__main__":
