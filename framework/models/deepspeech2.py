@@ -2,7 +2,9 @@
 
 2 convolutions with batch norm -> N bidirectional recurrent layers with batch norm ->
 a fully connected layer with batch norm -> a linear layer over the alphabet (blank at 0),
-clipped ReLU (min(max(x, 0), 20)) everywhere.
+clipped ReLU (min(max(x, 0), 20)) everywhere: after the convolutions and the FC layer,
+inside the recurrence (every hidden state) and after each recurrent layer (the summed
+directions).
 
 Padded frames never reach the recurrence (sequences are packed) nor the batch-norm
 statistics (normalisation runs over valid frames only), and the convolutions' outputs
@@ -23,6 +25,42 @@ RNN_TYPES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
 def clipped_relu(x: torch.Tensor) -> torch.Tensor:
     return torch.clamp(x, 0.0, 20.0)
+
+
+def clipped_relu_rnn(x: torch.Tensor, rnn: nn.RNN, mask: torch.Tensor | None, identity_input: bool) -> torch.Tensor:
+    """The ReLU RNN of ``rnn``'s weights with the spec's clip inside the recurrence:
+    ``h_t = min(max(W x_t + U h_(t-1) + b, 0), 20)``. ``x [B, T, I]`` -> ``[B, T, D * H]``.
+
+    Both directions step together (one batched matmul per time step). The reverse
+    direction reads time backwards and restarts from zero at each sequence's own last
+    frame: its state is reset on padded frames (``mask [B, T]``), which also zeroes the
+    outputs there. ``identity_input``: the input weight is the frozen identity of a
+    shared projection, so the matmul with it is skipped.
+    """
+    suffixes = ["_l0", "_l0_reverse"][: 2 if rnn.bidirectional else 1]
+    w_hh = torch.stack([getattr(rnn, "weight_hh" + s) for s in suffixes]).transpose(1, 2)  # [D, H, H]
+    bias = torch.stack([getattr(rnn, "bias_ih" + s) + getattr(rnn, "bias_hh" + s) for s in suffixes])  # [D, H]
+    if identity_input:
+        xw = x.transpose(0, 1).unsqueeze(0) + bias[:, None, None, :]  # [D, T, B, H]
+    else:
+        w_ih = torch.stack([getattr(rnn, "weight_ih" + s) for s in suffixes])  # [D, H, I]
+        xw = torch.einsum("bti,dhi->dtbh", x, w_ih) + bias[:, None, None, :]
+    keep = None if mask is None else mask.transpose(0, 1)[None, :, :, None].to(x.dtype)  # [1, T, B, 1]
+    if len(suffixes) == 2:  # the reverse direction walks time backwards
+        xw = torch.stack([xw[0], xw[1].flip(0)])
+        if keep is not None:
+            keep = torch.cat([keep, keep.flip(1)])
+    h = xw.new_zeros(xw.shape[0], xw.shape[2], xw.shape[3])  # [D, B, H]
+    states = []
+    for t in range(xw.shape[1]):
+        h = torch.baddbmm(xw[:, t], h, w_hh).clamp(0.0, 20.0)
+        if keep is not None:
+            h = h * keep[:, t]
+        states.append(h)
+    out = torch.stack(states, 1)  # [D, T, B, H]
+    if len(suffixes) == 2:
+        out = torch.stack([out[0], out[1].flip(0)])
+    return out.permute(2, 1, 0, 3).reshape(x.shape[0], x.shape[1], -1)
 
 
 def time_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -69,6 +107,11 @@ class RecurrentLayer(nn.Module):
     projection as their input through a frozen identity input weight, which keeps
     cuDNN's fused kernels. Otherwise each direction has its own input weights and the
     batch norm acts on the layer's input.
+
+    ``clip_recurrence`` (vanilla RNN only): the spec's clipped ReLU inside the recurrence,
+    run as a step-by-step loop. Off, the RNN runs as one fused kernel (cuDNN on a GPU)
+    with a plain ReLU inside and the clip applied after the layer only: faster, but not
+    the spec's function (hidden states may exceed 20 within a layer).
     """
 
     def __init__(
@@ -79,6 +122,7 @@ class RecurrentLayer(nn.Module):
         bidirectional: bool = True,
         shared_projection: bool = True,
         merge: str = "sum",
+        clip_recurrence: bool = True,
     ) -> None:
         super().__init__()
         if rnn_type not in RNN_TYPES:
@@ -88,6 +132,7 @@ class RecurrentLayer(nn.Module):
         self.merge = merge
         self.bidirectional = bidirectional
         self.hidden_size = hidden_size
+        self.clip_recurrence = clip_recurrence and rnn_type == "rnn"
         kwargs = {"batch_first": True, "bidirectional": bidirectional}
         if rnn_type == "rnn":
             kwargs["nonlinearity"] = "relu"
@@ -116,7 +161,9 @@ class RecurrentLayer(nn.Module):
         if self.projection is not None:
             x = self.projection(x)
         x = self.bn(x, mask)
-        if mask is None:
+        if self.clip_recurrence:
+            out = clipped_relu_rnn(x, self.rnn, mask, identity_input=self.projection is not None)
+        elif mask is None:
             out, _ = self.rnn(x)
         else:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -125,7 +172,7 @@ class RecurrentLayer(nn.Module):
         if self.bidirectional and self.merge == "sum":
             out = out[..., : self.hidden_size] + out[..., self.hidden_size :]
         if isinstance(self.rnn, nn.RNN):
-            out = clipped_relu(out)  # the recurrence used ReLU; clip it as the spec does
+            out = clipped_relu(out)  # the spec's clip after each layer (the summed directions reach 40)
         return out
 
 
@@ -147,7 +194,9 @@ class DeepSpeech2(nn.Module):
 
     Defaults are the DeepMark spec: 161 input bins, convs (32, 5x20, stride 2x2) and
     (32, 5x10, stride 1x2) without padding, 7 bidirectional vanilla RNN layers of 1760 with
-    a shared input projection and summed directions, FC 1760, 29 output symbols.
+    a shared input projection and summed directions, FC 1760, 29 output symbols, clipped
+    ReLU inside the recurrence (``clip_recurrence=False``: cuDNN's fused ReLU RNN, clipped
+    after each layer only).
     """
 
     def __init__(
@@ -166,6 +215,7 @@ class DeepSpeech2(nn.Module):
         merge: str = "sum",
         lookahead: int = 0,
         fc_size: int | None = 1760,
+        clip_recurrence: bool = True,
     ) -> None:
         super().__init__()
         self.convs = nn.ModuleList()
@@ -180,7 +230,7 @@ class DeepSpeech2(nn.Module):
         self.rnn_input_size = size
         self.rnns = nn.ModuleList()
         for _ in range(num_layers):
-            layer = RecurrentLayer(size, hidden_size, rnn_type, bidirectional, shared_projection, merge)
+            layer = RecurrentLayer(size, hidden_size, rnn_type, bidirectional, shared_projection, merge, clip_recurrence)
             self.rnns.append(layer)
             size = layer.output_size
         self.lookahead = Lookahead(size, lookahead) if lookahead and not bidirectional else None
