@@ -90,12 +90,12 @@ def reference_clipped_rnn(layer: RecurrentLayer, x: torch.Tensor, length: int) -
     for suffix, steps in (("_l0", range(length)), ("_l0_reverse", reversed(range(length)))):
         w_ih, w_hh = getattr(rnn, "weight_ih" + suffix), getattr(rnn, "weight_hh" + suffix)
         b = getattr(rnn, "bias_ih" + suffix) + getattr(rnn, "bias_hh" + suffix)
-        h = torch.zeros(rnn.hidden_size)
-        out = torch.zeros(length, rnn.hidden_size)
+        h = x.new_zeros(rnn.hidden_size)
+        states = {}
         for t in steps:
             h = (w_ih @ x[t] + w_hh @ h + b).clamp(0, 20)
-            out[t] = h
-        outs.append(out)
+            states[t] = h
+        outs.append(torch.stack([states[t] for t in range(length)]))
     return outs
 
 
@@ -140,3 +140,29 @@ def test_fused_and_clipped_recurrence_agree_while_no_state_reaches_the_clip():
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     a.sum().backward()
     assert all(p.grad is not None for p in clipped.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_the_clipped_recurrence_backward_matches_autograd_through_the_spec(shared):
+    torch.manual_seed(0)
+    layer = RecurrentLayer(6, 5, "rnn", shared_projection=shared, merge="concat").double().eval()
+    with torch.no_grad():
+        layer.rnn.weight_hh_l0.mul_(4)  # states reach the clip at 20 on some steps
+    lengths = torch.tensor([9, 6])
+    x = (torch.randn(2, 9, 6, dtype=torch.double) * 6).requires_grad_()
+    mask = torch.arange(9)[None] < lengths[:, None]
+    probe = torch.randn(2, 9, 10, dtype=torch.double)
+    params = [p for p in layer.parameters() if p.requires_grad]
+
+    out = layer(x, lengths, mask)
+    assert (out == 20).any() and (out[out > 0] < 20).any()
+    ours = torch.autograd.grad((out * probe).sum(), [x, *params])
+
+    inner = layer.bn(layer.projection(x) if shared else x, mask)
+    total = 0
+    for i, n in enumerate(lengths.tolist()):
+        fwd, bwd = reference_clipped_rnn(layer, inner[i], n)
+        total = total + (torch.cat([fwd, bwd], -1).clamp(0, 20) * probe[i, :n]).sum()
+    reference = torch.autograd.grad(total, [x, *params], allow_unused=True)
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b)

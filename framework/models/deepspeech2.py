@@ -27,6 +27,44 @@ def clipped_relu(x: torch.Tensor) -> torch.Tensor:
     return torch.clamp(x, 0.0, 20.0)
 
 
+class _ClippedReLURecurrence(torch.autograd.Function):
+    """``h_t = min(max(xw_t + h_(t-1) @ w_hh, 0), 20) * keep_t`` over ``xw [D, T, B, H]``,
+    with a hand-written backward pass (one matmul per step, no autograd graph per step)."""
+
+    @staticmethod
+    def forward(ctx, xw: torch.Tensor, w_hh: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        device = xw.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else xw.dtype
+        with torch.autocast(device, enabled=False):
+            x, w = xw.to(dtype), w_hh.to(dtype)
+            out = torch.empty_like(x)
+            h = x.new_zeros(x.shape[0], x.shape[2], x.shape[3])
+            for t in range(x.shape[1]):
+                h = torch.baddbmm(x[:, t], h, w).clamp_(0.0, 20.0)
+                if keep is not None:
+                    h.mul_(keep[:, t].to(dtype))
+                out[:, t] = h
+        ctx.save_for_backward(out, w)
+        ctx.dtypes = (xw.dtype, w_hh.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        out, w = ctx.saved_tensors
+        grad_out = grad_out.to(out.dtype)
+        grad_x = torch.empty_like(out)
+        carry = torch.zeros_like(out[:, 0])  # d loss / d h_t through h_(t+1)
+        w_t = w.transpose(1, 2)
+        for t in range(out.shape[1] - 1, -1, -1):
+            h = out[:, t]
+            g = (grad_out[:, t] + carry) * ((h > 0) & (h < 20))  # the clip passes gradient inside (0, 20) only
+            grad_x[:, t] = g
+            carry = torch.bmm(g, w_t)
+        previous = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], 1)
+        grad_w = torch.einsum("dtbi,dtbj->dij", previous, grad_x)
+        return grad_x.to(ctx.dtypes[0]), grad_w.to(ctx.dtypes[1]), None
+
+
 def clipped_relu_rnn(x: torch.Tensor, rnn: nn.RNN, mask: torch.Tensor | None, identity_input: bool) -> torch.Tensor:
     """The ReLU RNN of ``rnn``'s weights with the spec's clip inside the recurrence:
     ``h_t = min(max(W x_t + U h_(t-1) + b, 0), 20)``. ``x [B, T, I]`` -> ``[B, T, D * H]``.
@@ -45,19 +83,12 @@ def clipped_relu_rnn(x: torch.Tensor, rnn: nn.RNN, mask: torch.Tensor | None, id
     else:
         w_ih = torch.stack([getattr(rnn, "weight_ih" + s) for s in suffixes])  # [D, H, I]
         xw = torch.einsum("bti,dhi->dtbh", x, w_ih) + bias[:, None, None, :]
-    keep = None if mask is None else mask.transpose(0, 1)[None, :, :, None].to(x.dtype)  # [1, T, B, 1]
+    keep = None if mask is None else mask.transpose(0, 1)[None, :, :, None].to(xw.dtype)  # [1, T, B, 1]
     if len(suffixes) == 2:  # the reverse direction walks time backwards
         xw = torch.stack([xw[0], xw[1].flip(0)])
         if keep is not None:
             keep = torch.cat([keep, keep.flip(1)])
-    h = xw.new_zeros(xw.shape[0], xw.shape[2], xw.shape[3])  # [D, B, H]
-    states = []
-    for t in range(xw.shape[1]):
-        h = torch.baddbmm(xw[:, t], h, w_hh).clamp(0.0, 20.0)
-        if keep is not None:
-            h = h * keep[:, t]
-        states.append(h)
-    out = torch.stack(states, 1)  # [D, T, B, H]
+    out = _ClippedReLURecurrence.apply(xw, w_hh, keep)  # [D, T, B, H]
     if len(suffixes) == 2:
         out = torch.stack([out[0], out[1].flip(0)])
     return out.permute(2, 1, 0, 3).reshape(x.shape[0], x.shape[1], -1)
