@@ -274,7 +274,7 @@ class Result:
         timed = "" if self.timed == self.minibatches else f" ({self.timed} timed)"
         return (f"| {self.label} | {self.minibatches}{timed} | {self.fwd_ms:.1f} | {self.bwd_ms:.1f} | "
                 f"{self.fwd_bwd_ms:.1f} | {self.step_ms:.1f} | {self.fwd_median_ms:.1f} / {self.bwd_median_ms:.1f} | "
-                f"{self.samples_per_s:.1f} | {self.audio_per_s:.1f} | {self.epoch_s:.1f} | {100 * self.padding:.2f} | "
+                f"{self.samples_per_s:.1f} | {self.audio_per_s:.1f} | {self.epoch_s:.2f} | {100 * self.padding:.2f} | "
                 f"{self.peak_mem_gb:.2f} |")
 
     def overhead_row(self) -> str:
