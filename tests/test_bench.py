@@ -168,3 +168,17 @@ def test_bench_batching_prints_the_side_by_side_table(tmp_path):
     row = next(line for line in out.splitlines() if line.startswith("| framework DynamicBatchSampler"))
     padding = float(row.split("|")[2])
     assert padding < 2.67  # lhotse's figure on this distribution
+
+
+def test_bench_loader_states_each_effect_and_they_multiply(tmp_path):
+    out = run_cli("framework.bench", ["loader", "--utterances", "48", "--workers", "0,2", "--min-seconds", "0.1",
+                                      "--root", str(tmp_path / "corpus")], cwd=tmp_path, env=ONE_THREAD).stdout
+    rows = table_rows(out, "| source | workers |")
+    assert len(rows) == 8 and {r["workers"] for r in rows} == {"0", "2"}
+    for r in rows:
+        assert close(float(r["utterances/s"]) * float(r["epoch s"]), 48, rel=0.02, abs_=0.5)
+    effects = {r["effect"].split(":")[0]: r for r in table_rows(out, "| effect |")}
+    for w in ("0 workers", "2 workers"):
+        ratio = {k: float(v[w].rstrip("x")) for k, v in effects.items()}
+        assert close(ratio["both"], ratio["precomputed features"] * ratio["file format, features"], rel=0.1)
+    assert re.search(r"per-item read .*: [\d.]+ ms", out)

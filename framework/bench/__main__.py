@@ -2,7 +2,7 @@
 
   batching   padding, batch count and speed of the batching strategies side by side
   ds2        DeepSpeech2 on the DeepMark corpus: fwd/bwd timing, throughput, framework overhead
-  loader     the same corpus read from per-file FLAC, HDF5 audio and HDF5 features
+  loader     the same corpus read from per-file FLAC, HDF5 audio, per-file .npy and HDF5 features
 """
 
 from __future__ import annotations
@@ -29,14 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--max-batches", type=int, help="time this many minibatches spread over the epoch")
     d.add_argument("--repeats", type=int, default=3, help="timed passes per loop (median reported)")
     d.add_argument("--no-compare", dest="compare", action="store_false", help="skip the framework-vs-plain comparison")
-    lo = sub.add_parser("loader", help="loader throughput: FLAC vs HDF5 audio vs HDF5 features")
-    lo.add_argument("--utterances", type=int, default=600)
+    lo = sub.add_parser("loader", help="loader throughput: FLAC vs HDF5 audio vs .npy vs HDF5 features")
+    lo.add_argument("--utterances", type=int, default=6000)
+    lo.add_argument("--workers", default="0,2,4", help="comma-separated DataLoader worker counts")
+    lo.add_argument("--min-seconds", type=float, default=3.0, help="time whole epochs for at least this long")
     lo.add_argument("--root", default="/tmp/loader-bench", help="where the benchmark corpus is written")
     args, overrides = parse_with_overrides(parser, argv)
     if args.benchmark == "loader":
         from framework.bench.loader import main as loader
 
-        loader(args.utterances, args.root)
+        loader(args.utterances, args.root, tuple(int(w) for w in args.workers.split(",")), args.min_seconds)
     elif args.benchmark == "ds2":
         from framework.bench.ds2 import main as ds2
 
