@@ -2,6 +2,9 @@
 
   batching   padding, batch count and speed of the batching strategies side by side
   ds2        DeepSpeech2 on the DeepMark corpus: fwd/bwd timing, throughput, framework overhead
+  vs-speechbrain  the whole training loop against SpeechBrain's Brain (SpeechBrain installed beside)
+  gpu        every GPU path in one command: DS2 precisions and batch sizes, memory tips, batch-budget
+             finder, OOM skip, mixed-precision CER, data loading; writes report.md and report.json
   loader     the same corpus read from per-file FLAC, HDF5 audio, per-file .npy and HDF5 features
 """
 
@@ -34,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     lo.add_argument("--workers", default="0,2,4", help="comma-separated DataLoader worker counts")
     lo.add_argument("--min-seconds", type=float, default=3.0, help="time whole epochs for at least this long")
     lo.add_argument("--root", default="/tmp/loader-bench", help="where the benchmark corpus is written")
+    v = sub.add_parser("vs-speechbrain", help="the whole loop against SpeechBrain's; overrides apply to both sides")
+    v.add_argument("--corpora", default="speech,tones", help="comma-separated: speech, tones")
+    v.add_argument("--repeats", type=int, default=2)
+    v.add_argument("--threads", type=int, default=2, help="intra-op threads on both sides")
+    v.add_argument("--out", help="folder for the runs (default runs/vs-speechbrain/<time>)")
     args, overrides = parse_with_overrides(parser, argv)
     if args.benchmark == "loader":
         from framework.bench.loader import main as loader
@@ -44,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sizes = [int(x) for x in args.sweep_batch.split(",")] if args.sweep_batch else [args.batch_size]
         ds2(overrides, sizes, args.batching, args.max_batches, args.repeats, args.compare)
+    elif args.benchmark == "vs-speechbrain":
+        from framework.bench.vs_speechbrain import main as vs_speechbrain
+
+        vs_speechbrain(args.corpora.split(","), args.repeats, args.threads, args.out, overrides)
     elif args.benchmark == "batching":
         from framework.bench.batching import main as batching
 
