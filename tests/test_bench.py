@@ -86,8 +86,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+# time strided 6x: fast, and still long enough for CTC on every length class
 TINY_DS2 = ["dataset.scale=0.0003", "model.hidden_size=16", "model.num_layers=1", "model.fc_size=16",
-            "model.conv_channels=[4,4]", "model.conv_strides=[[2,4],[2,4]]", "model.rnn_type=gru"]
+            "model.conv_channels=[4,4]", "model.conv_strides=[[2,2],[1,3]]", "model.rnn_type=gru"]
 
 
 def test_bench_ds2_fields_are_consistent_and_the_overhead_is_paired(tmp_path):

@@ -17,6 +17,11 @@ from framework.cli import parse_with_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu"]:  # its own options: python -m framework.bench gpu --help
+        from framework.bench.gpu import main as gpu
+
+        return gpu(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m framework.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="benchmark", required=True)
@@ -37,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     lo.add_argument("--workers", default="0,2,4", help="comma-separated DataLoader worker counts")
     lo.add_argument("--min-seconds", type=float, default=3.0, help="time whole epochs for at least this long")
     lo.add_argument("--root", default="/tmp/loader-bench", help="where the benchmark corpus is written")
+    sub.add_parser("gpu", help="every GPU path in one command (see: python -m framework.bench gpu --help)")
     v = sub.add_parser("vs-speechbrain", help="the whole loop against SpeechBrain's; overrides apply to both sides")
     v.add_argument("--corpora", default="speech,tones", help="comma-separated: speech, tones")
     v.add_argument("--repeats", type=int, default=2)

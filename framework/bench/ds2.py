@@ -297,13 +297,16 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 def measure(cfg: DictConfig, dataset: DeepMarkDataset, batch_size: int, batching: str, max_batches: int | None,
-            repeats: int, compare: bool) -> Result:
+            repeats: int, compare: bool, compile_backend: str | None = None) -> Result:
+    """One configuration's figures; ``compile_backend`` runs the model through torch.compile."""
     device = resolve_device(cfg.trainer.device)
     torch.manual_seed(cfg.seed)
     if cfg.trainer.tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     precision = Precision(cfg.trainer.precision, device)
     model = instantiate(cfg.model, num_bins=NUM_BINS, num_classes=len(ALPHABET) + 1).to(device)
+    if compile_backend:
+        model = torch.compile(model, backend=compile_backend)
     if batching == "equal":
         index_batches = equal_length_batches(dataset, batch_size)
     else:
@@ -314,11 +317,14 @@ def measure(cfg: DictConfig, dataset: DeepMarkDataset, batch_size: int, batching
     batches = Batches(maker, timed_batches)
     warm = Batches(maker, heaviest(index_batches, dataset.lengths))
     n = len(timed_batches)
-    optimizer, scheduler = make_optimizer(cfg, model, total_steps=len(warm) * 2 + n * repeats * (3 if compare else 1))
+    passes = repeats * (3 if compare else 1) + (1 if compile_backend else 0)
+    optimizer, scheduler = make_optimizer(cfg, model, total_steps=len(warm) * 2 + n * passes)
 
     with tempfile.TemporaryDirectory() as tmp:
         plain = PlainLoop(cfg, model, optimizer, scheduler, precision, f"{tmp}/plain")
         plain.run(warm, device)
+        if compile_backend:  # compile for every shape before timing
+            plain.run(batches, device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         per_pass: list[list[tuple[float, float, float]]] = []
