@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--repeats", type=int, default=3, help="timed passes per loop (median reported)")
     d.add_argument("--no-compare", dest="compare", action="store_false", help="skip the framework-vs-plain comparison")
     lo = sub.add_parser("loader", help="loader throughput: FLAC vs HDF5 audio vs .npy vs HDF5 features")
-    lo.add_argument("--utterances", type=int, default=6000)
+    lo.add_argument("--utterances", type=int, default=4000)
     lo.add_argument("--workers", default="0,2,4", help="comma-separated DataLoader worker counts")
     lo.add_argument("--min-seconds", type=float, default=3.0, help="time whole epochs for at least this long")
     lo.add_argument("--root", default="/tmp/loader-bench", help="where the benchmark corpus is written")

@@ -1,6 +1,6 @@
 """Loader throughput: the same corpus read four ways, through the trainer's own DataLoader.
 
-    python -m framework.bench loader [--utterances 6000] [--workers 0,2,4] [--root /tmp/loader-bench]
+    python -m framework.bench loader [--utterances 4000] [--workers 0,2,4] [--root /tmp/loader-bench]
 
 1. per-file FLAC from the manifest, fbank computed per example in the workers;
 2. raw audio from HDF5, fbank computed per example in the workers;
@@ -120,7 +120,7 @@ def epoch_rate(brain: Brain, dataset, min_seconds: float) -> tuple[float, float,
     return examples / elapsed, float(dataset.lengths.sum()) * epochs / elapsed, elapsed / epochs
 
 
-def main(utterances: int = 6000, root: str = "/tmp/loader-bench", workers: tuple[int, ...] = (0, 2, 4),
+def main(utterances: int = 4000, root: str = "/tmp/loader-bench", workers: tuple[int, ...] = (0, 2, 4),
          min_seconds: float = 3.0) -> dict:
     torch.set_num_threads(1)  # workers do the parallel work; 2 cores in all
     logging.getLogger("framework.brain").setLevel(logging.WARNING)
