@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -595,7 +596,7 @@ def orchestrate(out: Path, toy: bool, budget_s: float, only: list[str] | None) -
             remaining = budget_s - (time.time() - start)
             limit = min(allotted + slack, remaining)
             if limit < 10:
-                report["sections"][name] = {"status": "skipped: the budget was spent", "seconds": 0.0}
+                report["sections"][name] = {"status": "skipped: the budget was spent", "seconds": 0.0, "result": None}
                 write_report(out, report)
                 continue
             t0 = time.time()
@@ -603,10 +604,16 @@ def orchestrate(out: Path, toy: bool, budget_s: float, only: list[str] | None) -
                    "--deadline", str(t0 + limit - 3), *(["--toy"] if toy else [])]
             log_file.write(f"\n===== {name} (limit {limit:.0f} s)\n")
             log_file.flush()
+            # its own process group: at the limit the section goes with everything it started
+            # (training runs, DataLoader workers), so nothing lingers on the GPU
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                    start_new_session=True)
             try:
-                proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, timeout=limit, cwd=ROOT)
-                status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+                status = "ok" if proc.wait(timeout=limit) == 0 else f"failed (exit {proc.returncode})"
             except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
                 status = f"timed out after {limit:.0f} s (rows so far kept)"
             elapsed = time.time() - t0
             result_file = work / f"{name}.json"
