@@ -95,7 +95,7 @@ def test_bench_ds2_fields_are_consistent_and_the_overhead_is_paired(tmp_path):
     out = run_cli("framework.bench", ["ds2", *TINY_DS2, "--sweep-batch", "2,4", "--max-batches", "8", "--repeats", "2"],
                   cwd=tmp_path, env=ONE_THREAD).stdout
     utterances = int(re.search(r"DeepMark scale [\d.]+: (\d+) utterances", out).group(1))
-    assert "On in both loops: clipping at 5.0, OneCycleLR schedule stepped per step, TensorBoard every 10 steps" in out
+    assert "On in both loops: clipping at 5.0, OneCycleLR schedule stepped per step, TensorBoard every 10 steps; optimizer AdamW, lr 1e-05." in out
     rows = table_rows(out, "| batch | minibatches | fwd ms")
     assert [r["batch"] for r in rows] == ["2", "4"]
     for r in rows:

@@ -181,6 +181,7 @@ def ds2_cfg(s: Section, precision: str, extra: list[str] = ()):
 
 def measure_row(s: Section, key: str, cfg, dataset, label: str, batch: int, **kw):
     from framework.bench.ds2 import measure
+    from framework.brain import NonFiniteLossError
 
     try:
         r = measure(cfg, dataset, batch, "equal", s.scale["max_batches"], repeats=kw.pop("repeats", 1),
@@ -188,6 +189,9 @@ def measure_row(s: Section, key: str, cfg, dataset, label: str, batch: int, **kw
     except torch.OutOfMemoryError:
         s.row(key, label, batch, "out of memory", "", "", "", "", "", "", "")
         free_memory()
+        return None
+    except NonFiniteLossError as exc:
+        s.row(key, label, batch, f"diverged: {exc}"[:120], "", "", "", "", "", "", "")
         return None
     s.row(key, label, batch, f"{r.timed}/{r.minibatches}", r.fwd_ms, r.bwd_ms, r.step_ms, r.samples_per_s,
           r.audio_per_s, r.epoch_s, r.peak_mem_gb)
