@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test test-slow lint bench-batching bench-loader bench-ds2 clean
+.PHONY: setup train test test-slow lint bench-batching bench-loader bench-ds2 bench-vs-speechbrain bench-gpu gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,40 @@ bench-loader: $(STAMP)
 
 bench-ds2: $(STAMP)  ## e.g. ARGS="trainer.device=cuda trainer.precision=bf16 --sweep-batch 32,64,128"
 	$(PY) -m framework.bench ds2 $(ARGS)
+
+# SpeechBrain and lhotse beside the framework (not dependencies), for vs-speechbrain and batching.
+SB_SITE ?= /tmp/sbpkgs
+SB_PKGS := speechbrain==1.1.2 lhotse==1.33.0 hyperpyyaml ruamel.yaml ruamel.yaml.clib joblib cloudpickle \
+	sentencepiece huggingface_hub audioread cytoolz toolz intervaltree sortedcontainers tabulate click requests \
+	urllib3 idna certifi charset_normalizer
+
+$(SB_SITE)/speechbrain:
+	$(PY) -m pip install --quiet --no-deps --target $(SB_SITE) $(SB_PKGS)
+
+bench-vs-speechbrain: $(STAMP) $(SB_SITE)/speechbrain  ## e.g. ARGS="--corpora speech --repeats 2 --threads 2"
+	PYTHONPATH=.:$(SB_SITE) $(PY) -m framework.bench vs-speechbrain $(ARGS)
+
+# A bare GPU machine (Python 3.12, torch and torchaudio 2.11, no network) lacks these; `make gpu-wheels`
+# fetches them here into .whl/ (ignored), `make bench-gpu` there installs them without a network and runs
+# every GPU check: the report lands in $(GPU_OUT)/ (report.md, report.json, gpu.log).
+WHEELS := .whl
+WHEEL_SITE ?= /tmp/framework-site
+GPU_OUT ?= runs/gpu-check
+PY312 := --only-binary=:all: --python-version 3.12 --implementation cp
+MANYLINUX := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+
+gpu-wheels:
+	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
+	$(PYTHON) -m pip download --quiet --no-deps $(PY312) $(MANYLINUX) -d $(WHEELS) \
+		"hydra-core==1.3.*" "omegaconf==2.3.*" "soundfile>=0.12" cffi pycparser
+	$(PYTHON) -m pip download --quiet --no-deps $(PY312) --platform manylinux_2_24_x86_64 -d $(WHEELS) "bitsandbytes>=0.45"
+	$(PYTHON) -m pip wheel --quiet --no-deps -w $(WHEELS) "antlr4-python3-runtime==4.9.3"  # PyPI has only its sdist; pure Python
+	ls -l $(WHEELS)
+
+bench-gpu:  ## on the GPU machine, no setup: ARGS="--budget-s 540", GPU_OUT=$$OUT
+	test ! -d $(WHEELS) || $(PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
+		--upgrade --target $(WHEEL_SITE) $(WHEELS)/*.whl
+	PYTHONPATH=$(WHEEL_SITE):. PYTHONUNBUFFERED=1 $(PYTHON) -m framework.bench gpu --out $(GPU_OUT) $(ARGS)
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache

@@ -5,10 +5,23 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 import torch
+from hydra.utils import instantiate
 
-from framework.bench.ds2 import BatchMaker, equal_length_batches
-from framework.data.deepmark import COUNTS, LABEL_LENGTHS, DeepMarkDataset
+from framework.bench.ds2 import (
+    Batches,
+    BatchMaker,
+    DeepMarkBrain,
+    PlainLoop,
+    compose_bench,
+    equal_length_batches,
+    heaviest,
+    make_optimizer,
+    sample_per_class,
+)
+from framework.data.deepmark import ALPHABET, COUNTS, LABEL_LENGTHS, NUM_BINS, DeepMarkDataset
+from framework.trainer.precision import Precision
 from tests.conftest import run_cli
 
 
@@ -44,24 +57,110 @@ def test_equal_length_batches_and_device_batches_match_the_examples():
         assert torch.equal(batch.tokens[row], data[i]["tokens"])
 
 
-def test_bench_ds2_prints_every_field_and_compares_with_the_plain_loop(tmp_path):
-    proc = run_cli("framework.bench", ["ds2", "dataset.scale=0.0003", "model.hidden_size=16", "model.num_layers=1",
-                                       "model.fc_size=16", "--sweep-batch", "2,4", "--repeats", "1"], cwd=tmp_path)
-    out = proc.stdout
-    for field in ("fwd ms", "bwd ms", "fwd+bwd ms", "minibatches", "samples/s", "audio s/s", "epoch s", "padding %",
-                  "peak mem GB", "framework overhead per step"):
-        assert field in out, field
-    rows = [line for line in out.splitlines() if re.match(r"\| [24] \|", line)]
-    assert len(rows) == 2
-    assert all(re.search(r"[+-][\d.]+ ms \([+-][\d.]+%\) \|$", r) for r in rows)
+def table_rows(out: str, header_start: str) -> list[dict[str, str]]:
+    """The rows of the markdown table whose header starts with ``header_start``, as dicts."""
+    lines = out.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(header_start))
+    names = [c.strip() for c in lines[i].strip("|").split("|")]
+    rows = []
+    for line in lines[i + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(names, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
+def close(a: float, b: float, rel: float = 0.02, abs_: float = 0.11) -> bool:
+    return abs(a - b) <= max(rel * abs(b), abs_)
+
+
+# One intra-op thread: on a busy 2-core machine, two threads contending with other processes run ~10x slower.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture()
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# time strided 6x: fast, and still long enough for CTC on every length class
+TINY_DS2 = ["dataset.scale=0.0003", "model.hidden_size=16", "model.num_layers=1", "model.fc_size=16",
+            "model.conv_channels=[4,4]", "model.conv_strides=[[2,2],[1,3]]", "model.rnn_type=gru"]
+
+
+def test_bench_ds2_fields_are_consistent_and_the_overhead_is_paired(tmp_path):
+    out = run_cli("framework.bench", ["ds2", *TINY_DS2, "--sweep-batch", "2,4", "--max-batches", "8", "--repeats", "2"],
+                  cwd=tmp_path, env=ONE_THREAD).stdout
+    utterances = int(re.search(r"DeepMark scale [\d.]+: (\d+) utterances", out).group(1))
+    assert "On in both loops: clipping at 5.0, OneCycleLR schedule stepped per step, TensorBoard every 10 steps; optimizer AdamW, lr 1e-05." in out
+    rows = table_rows(out, "| batch | minibatches | fwd ms")
+    assert [r["batch"] for r in rows] == ["2", "4"]
+    for r in rows:
+        minibatches, timed = re.fullmatch(r"(\d+) \((\d+) timed\)", r["minibatches"]).groups()
+        assert 8 <= int(timed) <= 15 < int(minibatches)  # at least one per length class
+        fwd, bwd, both, step = (float(r[k]) for k in ("fwd ms", "bwd ms", "fwd+bwd ms", "step ms"))
+        assert close(both, fwd + bwd, abs_=0.15) and both <= step
+        assert close(float(r["epoch s"]), step * int(minibatches) / 1e3)
+        assert close(float(r["samples/s"]) * float(r["epoch s"]), utterances, rel=0.03)
+        assert float(r["padding %"]) == 0.0  # equal-length minibatches
     assert re.search(r"fastest: batch size [24] \(", out)
+    overhead = table_rows(out, "| batch | passes |")
+    assert [r["passes"] for r in overhead] == ["2", "2"]
+    for r in overhead:
+        lo, med, hi = (float(x) for x in r["framework - plain, ms/step: min / median / max"].split(" / "))
+        assert lo <= med <= hi
+        assert close(float(r["framework ms/step"]) - float(r["plain ms/step"]), med, rel=1.0, abs_=hi - lo + 0.02)
+
+
+def test_per_class_sample_extrapolates_the_epoch_by_audio_seconds():
+    data = DeepMarkDataset(scale=0.01)
+    batches = equal_length_batches(data, 32)
+    picked, weights = sample_per_class(batches, data.lengths, 20)
+    assert {int(data.lengths[b].max()) for b in picked} == set(range(1, 16))  # every length class
+    audio = sum(w * data.lengths[b].sum() for b, w in zip(picked, weights))
+    assert abs(audio - data.lengths.sum()) < 1e-6 * data.lengths.sum()
+    assert sample_per_class(batches, data.lengths, None) == (batches, [1.0] * len(batches))
+    costs = [len(b) * data.lengths[b].max() for b in batches]
+    assert [len(b) * data.lengths[b].max() for b in heaviest(batches, data.lengths)] == sorted(costs)[-2:][::-1]
+
+
+def test_the_plain_loop_and_the_brain_take_bitwise_identical_steps(tmp_path, one_thread):
+    cfg = compose_bench([*TINY_DS2, "trainer.device=cpu", "logger.log_every_n_steps=2"])
+    data = DeepMarkDataset(scale=0.0003)
+    index_batches = equal_length_batches(data, 4)[:6]
+    batches = Batches(BatchMaker(data, torch.device("cpu")), index_batches)
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(instantiate(cfg.model, num_bins=NUM_BINS, num_classes=len(ALPHABET) + 1))
+    assert cfg.trainer.max_grad_norm and cfg.scheduler  # the recipe's defaults are on
+    optimizer, scheduler = make_optimizer(cfg, models[0], total_steps=6)
+    plain = PlainLoop(cfg, models[0], optimizer, scheduler, Precision("fp32", torch.device("cpu")), str(tmp_path / "p"))
+    plain.run(batches, torch.device("cpu"))
+    plain.close()
+    brain = DeepMarkBrain(cfg, models[1], str(tmp_path / "b"))
+    brain.setup(None)
+    brain.optimizer, brain.scheduler = make_optimizer(cfg, models[1], total_steps=6)
+    brain.train_epoch(batches, 0)
+    brain.logger.close()
+    assert brain.step == plain.step == 6
+    a, b = models[0].state_dict(), models[1].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(0)
+    initial = instantiate(cfg.model, num_bins=NUM_BINS, num_classes=len(ALPHABET) + 1).state_dict()
+    assert not torch.equal(a["output.weight"], initial["output.weight"])  # the steps did move the weights
 
 
 def test_bench_ds2_with_dynamic_batching_reports_padding(tmp_path):
-    proc = run_cli("framework.bench", ["ds2", "dataset.scale=0.0003", "model.hidden_size=16", "model.num_layers=1",
-                                       "model.fc_size=16", "--batching", "config", "batching=dynamic",
-                                       "batching.max_batch_length=40", "--no-compare", "--repeats", "1"], cwd=tmp_path)
-    assert "batching DynamicBatchSampler" in proc.stdout
+    out = run_cli("framework.bench", ["ds2", *TINY_DS2, "--batching", "config", "batching=dynamic",
+                                      "batching.max_batch_length=40", "--no-compare", "--repeats", "1"],
+                  cwd=tmp_path, env=ONE_THREAD).stdout
+    assert "batching DynamicBatchSampler" in out
+    (row,) = table_rows(out, "| batch | minibatches | fwd ms")
+    assert row["batch"].startswith("dynamic, ") and row["padding %"] == "0.00"  # edges fitted on the 15 classes
 
 
 def test_bench_batching_prints_the_side_by_side_table(tmp_path):
@@ -70,3 +169,17 @@ def test_bench_batching_prints_the_side_by_side_table(tmp_path):
     row = next(line for line in out.splitlines() if line.startswith("| framework DynamicBatchSampler"))
     padding = float(row.split("|")[2])
     assert padding < 2.67  # lhotse's figure on this distribution
+
+
+def test_bench_loader_states_each_effect_and_they_multiply(tmp_path):
+    out = run_cli("framework.bench", ["loader", "--utterances", "48", "--workers", "0,2", "--min-seconds", "0.1",
+                                      "--root", str(tmp_path / "corpus")], cwd=tmp_path, env=ONE_THREAD).stdout
+    rows = table_rows(out, "| source | workers |")
+    assert len(rows) == 8 and {r["workers"] for r in rows} == {"0", "2"}
+    for r in rows:
+        assert close(float(r["utterances/s"]) * float(r["epoch s"]), 48, rel=0.02, abs_=0.5)
+    effects = {r["effect"].split(":")[0]: r for r in table_rows(out, "| effect |")}
+    for w in ("0 workers", "2 workers"):
+        ratio = {k: float(v[w].rstrip("x")) for k, v in effects.items()}
+        assert close(ratio["both"], ratio["precomputed features"] * ratio["file format, features"], rel=0.1)
+    assert re.search(r"per-item read .*: [\d.]+ ms", out)

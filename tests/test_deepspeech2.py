@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from framework.models import DeepSpeech2, count_parameters
+from framework.models.deepspeech2 import RecurrentLayer
 
 
 def small(**kw):
@@ -39,6 +40,7 @@ def test_too_short_input_gets_a_clear_error():
 
 @pytest.mark.parametrize("options", [
     dict(),
+    dict(clip_recurrence=False),
     dict(rnn_type="gru", shared_projection=True),
     dict(rnn_type="lstm", merge="concat"),
     dict(bidirectional=False, lookahead=3),
@@ -78,3 +80,89 @@ def test_invalid_options_are_named():
         small(rnn_type="transformer")
     with pytest.raises(ValueError, match="merge must be sum or concat"):
         small(merge="mean")
+
+
+def reference_clipped_rnn(layer: RecurrentLayer, x: torch.Tensor, length: int) -> torch.Tensor:
+    """The spec written out for one sequence: h_t = min(max(W x_t + U h_(t-1) + b, 0), 20)
+    per direction, the reverse direction from the sequence's own last frame."""
+    rnn = layer.rnn
+    outs = []
+    for suffix, steps in (("_l0", range(length)), ("_l0_reverse", reversed(range(length)))):
+        w_ih, w_hh = getattr(rnn, "weight_ih" + suffix), getattr(rnn, "weight_hh" + suffix)
+        b = getattr(rnn, "bias_ih" + suffix) + getattr(rnn, "bias_hh" + suffix)
+        h = x.new_zeros(rnn.hidden_size)
+        states = {}
+        for t in steps:
+            h = (w_ih @ x[t] + w_hh @ h + b).clamp(0, 20)
+            states[t] = h
+        outs.append(torch.stack([states[t] for t in range(length)]))
+    return outs
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_the_recurrence_is_clipped_inside_as_the_spec_says(shared):
+    torch.manual_seed(0)
+    layer = RecurrentLayer(6, 5, "rnn", shared_projection=shared, merge="concat").eval()
+    with torch.no_grad():  # every unit follows input 0 and remembers 90% of its state
+        for name, w in layer.rnn.named_parameters():
+            if name.startswith("weight_hh"):
+                w.copy_(torch.eye(5) * 0.9)
+            elif name.startswith("bias"):
+                w.zero_()
+        drive = layer.projection.weight if shared else layer.rnn.weight_ih_l0
+        drive.zero_()[:, 0] = 1.0
+        if not shared:
+            layer.rnn.weight_ih_l0_reverse.copy_(drive)
+    lengths = torch.tensor([9, 6])
+    x = torch.zeros(2, 9, 6)
+    x[:, :4, 0], x[:, 4:, 0] = 10.0, -6.0  # the state would reach 34 before it falls
+    mask = torch.arange(9)[None] < lengths[:, None]
+    out = layer(x, lengths, mask)
+    assert out.max() == 20.0  # the clip bites
+    inner = layer.bn(layer.projection(x) if shared else x, mask)
+    for i, n in enumerate(lengths.tolist()):
+        fwd, bwd = reference_clipped_rnn(layer, inner[i], n)
+        torch.testing.assert_close(out[i, :n], torch.cat([fwd, bwd], -1), rtol=1e-5, atol=1e-5)
+        assert not out[i, n:].any()
+    unclipped = RecurrentLayer(6, 5, "rnn", shared_projection=shared, merge="concat", clip_recurrence=False).eval()
+    unclipped.load_state_dict(layer.state_dict())
+    assert not torch.allclose(unclipped(x, lengths, mask), out)  # relu inside, clip only after the layer
+
+
+def test_fused_and_clipped_recurrence_agree_while_no_state_reaches_the_clip():
+    torch.manual_seed(0)
+    clipped = small(num_layers=2)
+    fused = small(num_layers=2, clip_recurrence=False)
+    fused.load_state_dict(clipped.state_dict())
+    x, lengths = torch.randn(3, 120, 40) * 0.1, torch.tensor([120, 90, 70])
+    a, _ = clipped(x, lengths)
+    b, _ = fused(x, lengths)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    a.sum().backward()
+    assert all(p.grad is not None for p in clipped.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_the_clipped_recurrence_backward_matches_autograd_through_the_spec(shared):
+    torch.manual_seed(0)
+    layer = RecurrentLayer(6, 5, "rnn", shared_projection=shared, merge="concat").double().eval()
+    with torch.no_grad():
+        layer.rnn.weight_hh_l0.mul_(4)  # states reach the clip at 20 on some steps
+    lengths = torch.tensor([9, 6])
+    x = (torch.randn(2, 9, 6, dtype=torch.double) * 6).requires_grad_()
+    mask = torch.arange(9)[None] < lengths[:, None]
+    probe = torch.randn(2, 9, 10, dtype=torch.double)
+    params = [p for p in layer.parameters() if p.requires_grad]
+
+    out = layer(x, lengths, mask)
+    assert (out == 20).any() and (out[out > 0] < 20).any()
+    ours = torch.autograd.grad((out * probe).sum(), [x, *params])
+
+    inner = layer.bn(layer.projection(x) if shared else x, mask)
+    total = 0
+    for i, n in enumerate(lengths.tolist()):
+        fwd, bwd = reference_clipped_rnn(layer, inner[i], n)
+        total = total + (torch.cat([fwd, bwd], -1).clamp(0, 20) * probe[i, :n]).sum()
+    reference = torch.autograd.grad(total, [x, *params], allow_unused=True)
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b)

@@ -2,7 +2,10 @@
 
   batching   padding, batch count and speed of the batching strategies side by side
   ds2        DeepSpeech2 on the DeepMark corpus: fwd/bwd timing, throughput, framework overhead
-  loader     the same corpus read from per-file FLAC, HDF5 audio and HDF5 features
+  vs-speechbrain  the whole training loop against SpeechBrain's Brain (SpeechBrain installed beside)
+  gpu        every GPU path in one command: DS2 precisions and batch sizes, memory tips, batch-budget
+             finder, OOM skip, mixed-precision CER, data loading; writes report.md and report.json
+  loader     the same corpus read from per-file FLAC, HDF5 audio, per-file .npy and HDF5 features
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ from framework.cli import parse_with_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["gpu"]:  # its own options: python -m framework.bench gpu --help
+        from framework.bench.gpu import main as gpu
+
+        return gpu(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m framework.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="benchmark", required=True)
@@ -29,19 +37,31 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--max-batches", type=int, help="time this many minibatches spread over the epoch")
     d.add_argument("--repeats", type=int, default=3, help="timed passes per loop (median reported)")
     d.add_argument("--no-compare", dest="compare", action="store_false", help="skip the framework-vs-plain comparison")
-    lo = sub.add_parser("loader", help="loader throughput: FLAC vs HDF5 audio vs HDF5 features")
-    lo.add_argument("--utterances", type=int, default=600)
+    lo = sub.add_parser("loader", help="loader throughput: FLAC vs HDF5 audio vs .npy vs HDF5 features")
+    lo.add_argument("--utterances", type=int, default=4000)
+    lo.add_argument("--workers", default="0,2,4", help="comma-separated DataLoader worker counts")
+    lo.add_argument("--min-seconds", type=float, default=3.0, help="time whole epochs for at least this long")
     lo.add_argument("--root", default="/tmp/loader-bench", help="where the benchmark corpus is written")
+    sub.add_parser("gpu", help="every GPU path in one command (see: python -m framework.bench gpu --help)")
+    v = sub.add_parser("vs-speechbrain", help="the whole loop against SpeechBrain's; overrides apply to both sides")
+    v.add_argument("--corpora", default="speech,tones", help="comma-separated: speech, tones")
+    v.add_argument("--repeats", type=int, default=2)
+    v.add_argument("--threads", type=int, default=2, help="intra-op threads on both sides")
+    v.add_argument("--out", help="folder for the runs (default runs/vs-speechbrain/<time>)")
     args, overrides = parse_with_overrides(parser, argv)
     if args.benchmark == "loader":
         from framework.bench.loader import main as loader
 
-        loader(args.utterances, args.root)
+        loader(args.utterances, args.root, tuple(int(w) for w in args.workers.split(",")), args.min_seconds)
     elif args.benchmark == "ds2":
         from framework.bench.ds2 import main as ds2
 
         sizes = [int(x) for x in args.sweep_batch.split(",")] if args.sweep_batch else [args.batch_size]
         ds2(overrides, sizes, args.batching, args.max_batches, args.repeats, args.compare)
+    elif args.benchmark == "vs-speechbrain":
+        from framework.bench.vs_speechbrain import main as vs_speechbrain
+
+        vs_speechbrain(args.corpora.split(","), args.repeats, args.threads, args.out, overrides)
     elif args.benchmark == "batching":
         from framework.bench.batching import main as batching
 

@@ -2,7 +2,9 @@
 
 2 convolutions with batch norm -> N bidirectional recurrent layers with batch norm ->
 a fully connected layer with batch norm -> a linear layer over the alphabet (blank at 0),
-clipped ReLU (min(max(x, 0), 20)) everywhere.
+clipped ReLU (min(max(x, 0), 20)) everywhere: after the convolutions and the FC layer,
+inside the recurrence (every hidden state) and after each recurrent layer (the summed
+directions).
 
 Padded frames never reach the recurrence (sequences are packed) nor the batch-norm
 statistics (normalisation runs over valid frames only), and the convolutions' outputs
@@ -23,6 +25,73 @@ RNN_TYPES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
 def clipped_relu(x: torch.Tensor) -> torch.Tensor:
     return torch.clamp(x, 0.0, 20.0)
+
+
+class _ClippedReLURecurrence(torch.autograd.Function):
+    """``h_t = min(max(xw_t + h_(t-1) @ w_hh, 0), 20) * keep_t`` over ``xw [D, T, B, H]``,
+    with a hand-written backward pass (one matmul per step, no autograd graph per step)."""
+
+    @staticmethod
+    def forward(ctx, xw: torch.Tensor, w_hh: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        device = xw.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else xw.dtype
+        with torch.autocast(device, enabled=False):
+            x, w = xw.to(dtype), w_hh.to(dtype)
+            out = torch.empty_like(x)
+            h = x.new_zeros(x.shape[0], x.shape[2], x.shape[3])
+            for t in range(x.shape[1]):
+                h = torch.baddbmm(x[:, t], h, w).clamp_(0.0, 20.0)
+                if keep is not None:
+                    h.mul_(keep[:, t].to(dtype))
+                out[:, t] = h
+        ctx.save_for_backward(out, w)
+        ctx.dtypes = (xw.dtype, w_hh.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        out, w = ctx.saved_tensors
+        grad_out = grad_out.to(out.dtype)
+        grad_x = torch.empty_like(out)
+        carry = torch.zeros_like(out[:, 0])  # d loss / d h_t through h_(t+1)
+        w_t = w.transpose(1, 2)
+        for t in range(out.shape[1] - 1, -1, -1):
+            h = out[:, t]
+            g = (grad_out[:, t] + carry) * ((h > 0) & (h < 20))  # the clip passes gradient inside (0, 20) only
+            grad_x[:, t] = g
+            carry = torch.bmm(g, w_t)
+        previous = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], 1)
+        grad_w = torch.einsum("dtbi,dtbj->dij", previous, grad_x)
+        return grad_x.to(ctx.dtypes[0]), grad_w.to(ctx.dtypes[1]), None
+
+
+def clipped_relu_rnn(x: torch.Tensor, rnn: nn.RNN, mask: torch.Tensor | None, identity_input: bool) -> torch.Tensor:
+    """The ReLU RNN of ``rnn``'s weights with the spec's clip inside the recurrence:
+    ``h_t = min(max(W x_t + U h_(t-1) + b, 0), 20)``. ``x [B, T, I]`` -> ``[B, T, D * H]``.
+
+    Both directions step together (one batched matmul per time step). The reverse
+    direction reads time backwards and restarts from zero at each sequence's own last
+    frame: its state is reset on padded frames (``mask [B, T]``), which also zeroes the
+    outputs there. ``identity_input``: the input weight is the frozen identity of a
+    shared projection, so the matmul with it is skipped.
+    """
+    suffixes = ["_l0", "_l0_reverse"][: 2 if rnn.bidirectional else 1]
+    w_hh = torch.stack([getattr(rnn, "weight_hh" + s) for s in suffixes]).transpose(1, 2)  # [D, H, H]
+    bias = torch.stack([getattr(rnn, "bias_ih" + s) + getattr(rnn, "bias_hh" + s) for s in suffixes])  # [D, H]
+    if identity_input:
+        xw = x.transpose(0, 1).unsqueeze(0) + bias[:, None, None, :]  # [D, T, B, H]
+    else:
+        w_ih = torch.stack([getattr(rnn, "weight_ih" + s) for s in suffixes])  # [D, H, I]
+        xw = torch.einsum("bti,dhi->dtbh", x, w_ih) + bias[:, None, None, :]
+    keep = None if mask is None else mask.transpose(0, 1)[None, :, :, None].to(xw.dtype)  # [1, T, B, 1]
+    if len(suffixes) == 2:  # the reverse direction walks time backwards
+        xw = torch.stack([xw[0], xw[1].flip(0)])
+        if keep is not None:
+            keep = torch.cat([keep, keep.flip(1)])
+    out = _ClippedReLURecurrence.apply(xw, w_hh, keep)  # [D, T, B, H]
+    if len(suffixes) == 2:
+        out = torch.stack([out[0], out[1].flip(0)])
+    return out.permute(2, 1, 0, 3).reshape(x.shape[0], x.shape[1], -1)
 
 
 def time_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -69,6 +138,11 @@ class RecurrentLayer(nn.Module):
     projection as their input through a frozen identity input weight, which keeps
     cuDNN's fused kernels. Otherwise each direction has its own input weights and the
     batch norm acts on the layer's input.
+
+    ``clip_recurrence`` (vanilla RNN only): the spec's clipped ReLU inside the recurrence,
+    run as a step-by-step loop. Off, the RNN runs as one fused kernel (cuDNN on a GPU)
+    with a plain ReLU inside and the clip applied after the layer only: faster, but not
+    the spec's function (hidden states may exceed 20 within a layer).
     """
 
     def __init__(
@@ -79,6 +153,7 @@ class RecurrentLayer(nn.Module):
         bidirectional: bool = True,
         shared_projection: bool = True,
         merge: str = "sum",
+        clip_recurrence: bool = True,
     ) -> None:
         super().__init__()
         if rnn_type not in RNN_TYPES:
@@ -88,6 +163,7 @@ class RecurrentLayer(nn.Module):
         self.merge = merge
         self.bidirectional = bidirectional
         self.hidden_size = hidden_size
+        self.clip_recurrence = clip_recurrence and rnn_type == "rnn"
         kwargs = {"batch_first": True, "bidirectional": bidirectional}
         if rnn_type == "rnn":
             kwargs["nonlinearity"] = "relu"
@@ -116,7 +192,9 @@ class RecurrentLayer(nn.Module):
         if self.projection is not None:
             x = self.projection(x)
         x = self.bn(x, mask)
-        if mask is None:
+        if self.clip_recurrence:
+            out = clipped_relu_rnn(x, self.rnn, mask, identity_input=self.projection is not None)
+        elif mask is None:
             out, _ = self.rnn(x)
         else:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -125,7 +203,7 @@ class RecurrentLayer(nn.Module):
         if self.bidirectional and self.merge == "sum":
             out = out[..., : self.hidden_size] + out[..., self.hidden_size :]
         if isinstance(self.rnn, nn.RNN):
-            out = clipped_relu(out)  # the recurrence used ReLU; clip it as the spec does
+            out = clipped_relu(out)  # the spec's clip after each layer (the summed directions reach 40)
         return out
 
 
@@ -147,7 +225,9 @@ class DeepSpeech2(nn.Module):
 
     Defaults are the DeepMark spec: 161 input bins, convs (32, 5x20, stride 2x2) and
     (32, 5x10, stride 1x2) without padding, 7 bidirectional vanilla RNN layers of 1760 with
-    a shared input projection and summed directions, FC 1760, 29 output symbols.
+    a shared input projection and summed directions, FC 1760, 29 output symbols, clipped
+    ReLU inside the recurrence (``clip_recurrence=False``: cuDNN's fused ReLU RNN, clipped
+    after each layer only).
     """
 
     def __init__(
@@ -166,6 +246,7 @@ class DeepSpeech2(nn.Module):
         merge: str = "sum",
         lookahead: int = 0,
         fc_size: int | None = 1760,
+        clip_recurrence: bool = True,
     ) -> None:
         super().__init__()
         self.convs = nn.ModuleList()
@@ -180,7 +261,7 @@ class DeepSpeech2(nn.Module):
         self.rnn_input_size = size
         self.rnns = nn.ModuleList()
         for _ in range(num_layers):
-            layer = RecurrentLayer(size, hidden_size, rnn_type, bidirectional, shared_projection, merge)
+            layer = RecurrentLayer(size, hidden_size, rnn_type, bidirectional, shared_projection, merge, clip_recurrence)
             self.rnns.append(layer)
             size = layer.output_size
         self.lookahead = Lookahead(size, lookahead) if lookahead and not bidirectional else None

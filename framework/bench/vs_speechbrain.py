@@ -1,0 +1,206 @@
+"""The whole training loop against SpeechBrain's: the same model, data, features, optimizer,
+schedule and epochs, trained by ``framework.train`` (its defaults) and by a SpeechBrain
+recipe (:mod:`framework.bench.speechbrain_recipe`), each in its own process.
+
+    python -m framework.bench vs-speechbrain [--corpora speech,tones] [--repeats 2] [--threads 2]
+                                             [--out DIR] [overrides for both sides...]
+
+Wall times on a busy machine swing with the other load; the processes' CPU seconds
+(user + system, from ``wait4``) do much less, so both are reported.
+
+Corpora: ``speech`` (the shipped espeak-ng corpus, ``+experiment=asr_speech``: 30 epochs)
+and ``tones`` (synthesised, the default recipe: 12 epochs). Runs are interleaved (framework
+first in odd repeats, SpeechBrain first in even ones) with the same intra-op thread count
+(``OMP_NUM_THREADS`` and ``torch.set_num_threads``). Reported per side: training seconds
+per epoch (mean over the epochs), whole epoch seconds (validation and checkpoint
+included), the process's wall time and peak RSS, padding %, optimizer steps, the last
+validation CER and the test CER (best checkpoint by validation CER, on both sides).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from framework import CONF_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPORA = {"speech": ["+experiment=asr_speech"], "tones": ["dataset=tones"]}
+SIDES = ("framework", "speechbrain")
+MISSING = ("vs-speechbrain needs SpeechBrain beside the framework: pip install --target /tmp/sbpkgs --no-deps "
+           "speechbrain==1.1.2 hyperpyyaml ruamel.yaml joblib cloudpickle sentencepiece huggingface_hub, then run with "
+           "PYTHONPATH=.:/tmp/sbpkgs (BENCHMARKS.md has the full line)")
+
+
+def speechbrain_available() -> bool:
+    return importlib.util.find_spec("speechbrain") is not None
+
+
+def corpus_overrides(corpus: str, data_dir: Path, extra: list[str]) -> list[str]:
+    """The overrides both sides compose: the corpus' own defaults, a shared data folder, the extras."""
+    overrides = list(CORPORA[corpus])
+    if corpus == "tones":
+        overrides.append(f"dataset.root={data_dir / 'tones'}")
+    return [*overrides, *extra]
+
+
+def compose_run(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose(config_name="train", overrides=overrides)
+
+
+def _stamp(line: str) -> float | None:
+    m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ", line)
+    if not m:
+        return None
+    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(m.group(2)) / 1e3
+
+
+def framework_history(run_dir: Path) -> list[dict]:
+    """Per epoch: training seconds, whole-epoch seconds, padding, steps; from metrics.json's
+    history when the run wrote one, else from train.log's timestamped lines."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if metrics.get("history") and "epoch_s" in metrics["history"][0]:
+        out, previous = [], 0.0
+        for h in metrics["history"]:
+            out.append({"train_s": h["epoch_s"], "epoch_s": h["elapsed_s"] - previous,
+                        "padding_fraction": h["padding_fraction"], "steps": h["steps"]})
+            previous = h["elapsed_s"]
+        return out
+    history, previous_end = [], None  # an epoch starts where the last one's validation and checkpoint ended
+    for line in (run_dir / "train.log").read_text().splitlines():
+        t = _stamp(line)
+        if t is None:
+            continue
+        if previous_end is None and "trainable parameters" in line:
+            previous_end = t
+        elif m := re.search(r"epoch \d+: (\d+) steps, padding ([\d.]+)%", line):
+            history.append({"start": previous_end, "train_s": t - previous_end, "epoch_s": t - previous_end,
+                            "padding_fraction": float(m.group(2)) / 100, "steps": int(m.group(1))})
+        elif history and re.search(r"epoch \d+/\d+: |checkpoint ckpt-", line):
+            history[-1]["epoch_s"] = t - history[-1]["start"]
+            previous_end = t
+    return history
+
+
+def run_side(side: str, overrides: list[str], run_dir: Path, threads: int) -> dict:
+    """One training run in a child process; its figures, wall time and peak RSS."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    if side == "framework":
+        cfg = compose_run(overrides)
+        threads_key = [f"trainer.num_threads={threads}"] if "num_threads" in cfg.trainer else []
+        cmd = [sys.executable, "-m", "framework.train", *overrides, *threads_key, f"hydra.run.dir={run_dir}"]
+    else:
+        cmd = [sys.executable, "-m", "framework.bench.speechbrain_recipe", str(run_dir), str(threads), *overrides]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir.parent / f"{run_dir.name}.out"
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=run_dir.parent)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        raise RuntimeError(f"{side} run failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+    if side == "framework":
+        metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+        history = framework_history(run_dir)
+        valid_cer, test_cer = metrics["valid_cer"], metrics["test_cer"]
+    else:
+        result = json.loads((run_dir / "result.json").read_text())
+        history, valid_cer, test_cer = result["history"], result["valid_cer"], result["test_cer"]
+    return {
+        "side": side,
+        "epochs": len(history),
+        "train_s_per_epoch": statistics.fmean(h["train_s"] for h in history),
+        "epoch_s": statistics.fmean(h["epoch_s"] for h in history),
+        "train_s": [h["train_s"] for h in history],
+        "padding_fraction": statistics.fmean(h["padding_fraction"] for h in history),
+        "steps": sum(h["steps"] for h in history),
+        "valid_cer": valid_cer,
+        "test_cer": test_cer,
+        "process_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,  # robust to other load on the machine, unlike wall time
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports KiB
+    }
+
+
+HEADER = ("| corpus | run | train s/epoch: framework / SpeechBrain | ratio | epoch s with validation | ratio | "
+          "process wall s | process CPU s | ratio | padding % | steps | valid CER | test CER | peak RSS MB |\n"
+          + "| --- " * 14 + "|")
+
+
+def _pair(a: dict, b: dict, key: str, fmt: str) -> str:
+    return f"{a[key]:{fmt}} / {b[key]:{fmt}}"
+
+
+def table_rows(corpus: str, runs: list[tuple[dict, dict]]) -> list[str]:
+    rows = []
+    means = {}
+    for side in (0, 1):
+        means[side] = {k: statistics.fmean(r[side][k] for r in runs) for k in runs[0][side] if k not in ("side", "train_s")}
+    labelled = [(str(i + 1), fw, sb) for i, (fw, sb) in enumerate(runs)] + [("mean", means[0], means[1])]
+    for label, fw, sb in labelled:
+        pad = f"{100 * fw['padding_fraction']:.1f} / {100 * sb['padding_fraction']:.1f}"
+        rows.append(
+            f"| {corpus} | {label} | {_pair(fw, sb, 'train_s_per_epoch', '.2f')} | "
+            f"{fw['train_s_per_epoch'] / sb['train_s_per_epoch']:.2f} | {_pair(fw, sb, 'epoch_s', '.2f')} | "
+            f"{fw['epoch_s'] / sb['epoch_s']:.2f} | {_pair(fw, sb, 'process_s', '.1f')} | "
+            f"{_pair(fw, sb, 'cpu_s', '.1f')} | {fw['cpu_s'] / sb['cpu_s']:.2f} | {pad} | "
+            f"{_pair(fw, sb, 'steps', '.0f')} | {_pair(fw, sb, 'valid_cer', '.3f')} | {_pair(fw, sb, 'test_cer', '.3f')} | "
+            f"{_pair(fw, sb, 'peak_rss_mb', '.0f')} |"
+        )
+    return rows
+
+
+def main(corpora: list[str], repeats: int = 2, threads: int = 2, out: str | None = None,
+         extra: list[str] | None = None) -> dict:
+    if not speechbrain_available():
+        print(MISSING, file=sys.stderr)
+        raise SystemExit(1)
+    import speechbrain
+
+    unknown = sorted(set(corpora) - set(CORPORA))
+    if unknown:
+        raise SystemExit(f"vs-speechbrain: unknown corpus {', '.join(unknown)}; choose from {', '.join(CORPORA)}")
+    out_dir = Path(out or f"runs/vs-speechbrain/{datetime.now():%Y-%m-%d_%H-%M-%S}").resolve()
+    data_dir = out_dir / "data"
+    extra = list(extra or [])
+    print(f"SpeechBrain {speechbrain.__version__} vs framework; {threads} intra-op thread(s) each "
+          f"(OMP_NUM_THREADS, torch.set_num_threads); {repeats} interleaved repeat(s); runs in {out_dir}"
+          + (f"; extra overrides: {' '.join(extra)}" if extra else ""), flush=True)
+    results: dict[str, list[tuple[dict, dict]]] = {}
+    lines = [HEADER]
+    for corpus in corpora:
+        overrides = corpus_overrides(corpus, data_dir, extra)
+        cfg = compose_run(overrides)
+        if cfg.dataset.get("prepare") is not None:  # synthesise once, before either side runs
+            instantiate(cfg.dataset.prepare)
+        results[corpus] = []
+        for r in range(repeats):
+            order = SIDES if r % 2 == 0 else SIDES[::-1]
+            pair = {side: run_side(side, overrides, out_dir / f"{corpus}-{side}-{r + 1}", threads) for side in order}
+            results[corpus].append((pair["framework"], pair["speechbrain"]))
+            print(f"{corpus} repeat {r + 1}: framework {pair['framework']['train_s_per_epoch']:.2f} s/epoch, "
+                  f"SpeechBrain {pair['speechbrain']['train_s_per_epoch']:.2f} s/epoch", flush=True)
+        lines += table_rows(corpus, results[corpus])
+    text = "\n".join(lines)
+    print("\n" + text)
+    summary = {"threads": threads, "repeats": repeats, "extra": extra, "speechbrain": speechbrain.__version__,
+               "runs": {c: [{"framework": fw, "speechbrain": sb} for fw, sb in runs] for c, runs in results.items()}}
+    (out_dir / "vs_speechbrain.json").write_text(json.dumps(summary, indent=1))
+    (out_dir / "vs_speechbrain.md").write_text(text + "\n")
+    return summary
