@@ -128,7 +128,7 @@ def test_per_class_sample_extrapolates_the_epoch_by_audio_seconds():
 
 
 def test_the_plain_loop_and_the_brain_take_bitwise_identical_steps(tmp_path, one_thread):
-    cfg = compose_bench([*TINY_DS2, "trainer.device=cpu", "logger.log_every_n_steps=2"])
+    cfg = compose_bench([*TINY_DS2, "trainer.device=cpu", "logger.log_every_n_steps=2", "trainer.num_threads=1"])
     data = DeepMarkDataset(scale=0.0003)
     index_batches = equal_length_batches(data, 4)[:6]
     batches = Batches(BatchMaker(data, torch.device("cpu")), index_batches)

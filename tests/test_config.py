@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
@@ -181,6 +183,7 @@ def test_validate_succeeds_on_every_new_recipe_template(tmp_path, source):
     run_cli("framework.new_recipe", ["mine", "--from", source], cwd=tmp_path)
     from framework.config.check import check_command_line
 
+    sys.modules.pop("brain", None)  # another template's brain.py, imported by an earlier case in this process
     check_command_line(["recipe=mine"], str(tmp_path / "mine"))  # the config check, in this process
     if source == "asr_ctc":  # and the whole command once (builds data, model, optimizer)
         out = run_cli("framework.validate", ["--config-dir", "mine", "recipe=mine"], cwd=tmp_path).stdout

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 
 import pytest
 
 from framework.bench.vs_speechbrain import run_side
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import ROOT, TINY, run_cli, run_result
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 HAS_SPEECHBRAIN = importlib.util.find_spec("speechbrain") is not None
@@ -34,8 +33,8 @@ def test_the_framework_side_reports_per_epoch_time_padding_steps_cer_and_memory(
     assert 0 < r["train_s_per_epoch"] <= r["epoch_s"] < r["process_s"]
     assert 0 < r["cpu_s"] and 200 < r["peak_rss_mb"] < 20000
     assert 0 <= r["padding_fraction"] < 0.5 and r["steps"] >= 2
-    log = (tmp_path / "run" / "train.log").read_text()
-    assert r["steps"] == sum(int(n) for n in re.findall(r"epoch \d+: (\d+) steps", log))
+    history = run_result(tmp_path / "run")["history"]
+    assert r["steps"] == sum(h["steps"] for h in history) and r["train_s"] == [h["epoch_s"] for h in history]
     assert 0 <= r["test_cer"] <= 1.5 and 0 <= r["valid_cer"] <= 1.5
 
 

@@ -34,12 +34,14 @@ from torch import nn
 
 from framework import CONF_DIR
 from framework.brain import Brain
+from framework.config.schema import trainer_options
 from framework.data.batching import DynamicBatchSampler, batch_stats
 from framework.data.collate import Batch
 from framework.data.deepmark import ALPHABET, FRAMES_PER_SECOND, LABEL_LENGTHS, NUM_BINS, DeepMarkDataset
 from framework.models import count_parameters
 from framework.trainer.distributed import resolve_device
 from framework.trainer.precision import Precision
+from framework.trainer.threads import set_num_threads
 
 # Random data and labels: a small learning rate keeps even the unclipped (fused) recurrence finite,
 # which at the recipe's 3e-3 diverged; clipping, the schedule and logging run as in the recipe.
@@ -401,6 +403,7 @@ def main(overrides: list[str], batch_sizes: list[int], batching: str = "equal", 
          repeats: int = 3, compare: bool = True) -> list[Result]:
     logging.getLogger("framework.brain").setLevel(logging.WARNING)  # the table is the output
     cfg = compose_bench(overrides)
+    set_num_threads(trainer_options(cfg.trainer).num_threads)  # as the Brain will: both loops run alike
     dataset = instantiate(cfg.dataset.train)
     device = resolve_device(cfg.trainer.device)
     print(describe(cfg, dataset, batching, max_batches))

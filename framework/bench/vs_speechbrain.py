@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -60,38 +59,15 @@ def compose_run(overrides: list[str]):
         return compose(config_name="train", overrides=overrides)
 
 
-def _stamp(line: str) -> float | None:
-    m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ", line)
-    if not m:
-        return None
-    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(m.group(2)) / 1e3
-
-
 def framework_history(run_dir: Path) -> list[dict]:
-    """Per epoch: training seconds, whole-epoch seconds, padding, steps; from metrics.json's
-    history when the run wrote one, else from train.log's timestamped lines."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    if metrics.get("history") and "epoch_s" in metrics["history"][0]:
-        out, previous = [], 0.0
-        for h in metrics["history"]:
-            out.append({"train_s": h["epoch_s"], "epoch_s": h["elapsed_s"] - previous,
-                        "padding_fraction": h["padding_fraction"], "steps": h["steps"]})
-            previous = h["elapsed_s"]
-        return out
-    history, previous_end = [], None  # an epoch starts where the last one's validation and checkpoint ended
-    for line in (run_dir / "train.log").read_text().splitlines():
-        t = _stamp(line)
-        if t is None:
-            continue
-        if previous_end is None and "trainable parameters" in line:
-            previous_end = t
-        elif m := re.search(r"epoch \d+: (\d+) steps, padding ([\d.]+)%", line):
-            history.append({"start": previous_end, "train_s": t - previous_end, "epoch_s": t - previous_end,
-                            "padding_fraction": float(m.group(2)) / 100, "steps": int(m.group(1))})
-        elif history and re.search(r"epoch \d+/\d+: |checkpoint ckpt-", line):
-            history[-1]["epoch_s"] = t - history[-1]["start"]
-            previous_end = t
-    return history
+    """Per epoch, from the run's metrics.json: training seconds, whole-epoch seconds
+    (validation and checkpoint included), padding, steps."""
+    out, previous = [], 0.0
+    for h in json.loads((run_dir / "metrics.json").read_text())["history"]:
+        out.append({"train_s": h["epoch_s"], "epoch_s": h["elapsed_s"] - previous,
+                    "padding_fraction": h["padding_fraction"], "steps": h["steps"]})
+        previous = h["elapsed_s"]
+    return out
 
 
 def run_side(side: str, overrides: list[str], run_dir: Path, threads: int) -> dict:

@@ -14,6 +14,7 @@ are re-masked, so an utterance gives the same output alone or batched with longe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -149,10 +150,10 @@ class RecurrentLayer(nn.Module):
         self,
         input_size: int,
         hidden_size: int,
-        rnn_type: str = "rnn",
+        rnn_type: Literal["rnn", "gru", "lstm"] = "rnn",
         bidirectional: bool = True,
         shared_projection: bool = True,
-        merge: str = "sum",
+        merge: Literal["sum", "concat"] = "sum",
         clip_recurrence: bool = True,
     ) -> None:
         super().__init__()
@@ -238,12 +239,12 @@ class DeepSpeech2(nn.Module):
         conv_kernels: Sequence[Sequence[int]] = ((5, 20), (5, 10)),
         conv_strides: Sequence[Sequence[int]] = ((2, 2), (1, 2)),
         conv_padding: Sequence[Sequence[int]] = ((0, 0), (0, 0)),
-        rnn_type: str = "rnn",
+        rnn_type: Literal["rnn", "gru", "lstm"] = "rnn",
         hidden_size: int = 1760,
         num_layers: int = 7,
         bidirectional: bool = True,
         shared_projection: bool = True,
-        merge: str = "sum",
+        merge: Literal["sum", "concat"] = "sum",
         lookahead: int = 0,
         fc_size: int | None = 1760,
         clip_recurrence: bool = True,
@@ -301,8 +302,3 @@ class DeepSpeech2(nn.Module):
         if self.fc is not None:
             x = clipped_relu(self.fc_bn(self.fc(x), mask))
         return self.output(x), lengths
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
