@@ -1,4 +1,5 @@
+from framework.models.conformer import ConformerCTC
 from framework.models.deepspeech2 import DeepSpeech2, count_parameters
 from framework.models.wideresnet import WideResNet
 
-__all__ = ["DeepSpeech2", "WideResNet", "count_parameters"]
+__all__ = ["ConformerCTC", "DeepSpeech2", "WideResNet", "count_parameters"]
