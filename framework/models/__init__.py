@@ -1,5 +1,6 @@
+from framework.models.conformer import ConformerCTC
 from framework.models.deepspeech2 import DeepSpeech2
 from framework.models.parameters import count_parameters, trainable_parameters
 from framework.models.wideresnet import WideResNet
 
-__all__ = ["DeepSpeech2", "WideResNet", "count_parameters", "trainable_parameters"]
+__all__ = ["ConformerCTC", "DeepSpeech2", "WideResNet", "count_parameters", "trainable_parameters"]
