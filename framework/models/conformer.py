@@ -21,9 +21,10 @@ from torchaudio.models.conformer import ConformerLayer
 from framework.models.deepspeech2 import MaskedBatchNorm
 
 
-def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
+def subsampled_lengths(lengths: torch.Tensor | int) -> torch.Tensor | int:
     """Frames left after two unpadded 3x3 stride-2 convolutions: T -> ((T - 1) // 2 - 1) // 2."""
-    return torch.div(torch.div(lengths - 1, 2, rounding_mode="floor") - 1, 2, rounding_mode="floor").clamp(min=0)
+    out = ((lengths - 1) // 2 - 1) // 2
+    return out.clamp(min=0) if isinstance(out, torch.Tensor) else max(out, 0)
 
 
 MIN_FRAMES = 7  # the shortest input that keeps one frame after the subsampling
@@ -36,7 +37,7 @@ class ConvSubsampling(nn.Module):
     def __init__(self, num_bins: int, channels: int, d_model: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, 2), nn.ReLU(), nn.Conv2d(channels, channels, 3, 2), nn.ReLU())
-        freq = ((num_bins - 1) // 2 - 1) // 2  # as subsampled_lengths
+        freq = subsampled_lengths(num_bins)
         if freq < 1:
             raise ValueError(f"num_bins={num_bins} is too few for the x4 subsampling; it needs at least {MIN_FRAMES}")
         self.linear = nn.Linear(channels * freq, d_model)
@@ -135,7 +136,7 @@ class ConformerCTC(nn.Module):
         t = x.shape[1]
         positions = sinusoidal_positions(t, self.d_model, x.device)
         x = self.dropout(x * math.sqrt(self.d_model) + positions.to(x.dtype))
-        padded = int(self.output_lengths(torch.tensor(shortest))) < t
+        padded = subsampled_lengths(shortest) < t
         padding_mask = torch.arange(t, device=x.device)[None, :] >= lengths[:, None] if padded else None
         x = x.transpose(0, 1)  # [T', B, D]: torchaudio's layers use a sequence-first attention
         for block in self.blocks:
