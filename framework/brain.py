@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import logging
 import math
@@ -112,7 +113,10 @@ class Brain:
         setup_file_logging(self.run_dir, self.dist.rank, self.dist.world_size, log_name)
         set_num_threads(opts.num_threads, opts.num_workers)
         self.precision = Precision(opts.precision, self.device, opts.eval_precision)
-        self.features: nn.Module | None = instantiate(cfg.features).to(self.device) if cfg.get("features") else None
+        self.features: nn.Module | None = None
+        if cfg.get("features"):  # the run's augmentation goes inside the pipeline that applies it
+            augmentation = instantiate(cfg.augment) if cfg.get("augment") else None
+            self.features = instantiate(cfg.features, augmentation=augmentation).to(self.device)
         ck = opts.checkpoint
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", ck.keep_last, ck.keep_best, ck.monitor, ck.mode)
         logger_opts = typed(LoggerConfig, cfg.get("logger") or {})
@@ -192,11 +196,16 @@ class Brain:
         """A DataLoader whose batches come from ``cfg.batching`` over ``dataset.lengths``.
         Evaluation stages keep the data order and shard without duplicates."""
         train = stage == Stage.TRAIN
-        if self.features is not None and self.features.where == "worker":
-            # a CPU copy of the pipeline runs in the workers; the batch arrives as features
-            dataset = MappedInputs(dataset, copy.deepcopy(self.features).cpu().per_example)
+        lengths = dataset.lengths
+        if self.features is not None:
+            if self.features.where == "worker":
+                # a CPU copy of the pipeline runs in the workers; the batch arrives as features
+                pipeline = copy.deepcopy(self.features).cpu()
+                dataset = MappedInputs(dataset, functools.partial(pipeline.per_example, augment=train))
+            if train and self.features.augmentation is not None:
+                lengths = lengths * self.features.augmentation.length_factor  # speed perturbation lengthens
         eval_overrides = {} if train else {"shuffle": False, "drop_last": False}
-        sampler: LengthBatchSampler = instantiate(self.cfg.batching, lengths=dataset.lengths, seed=self.cfg.seed,
+        sampler: LengthBatchSampler = instantiate(self.cfg.batching, lengths=lengths, seed=self.cfg.seed,
                                                   even=train, **eval_overrides)
         workers = self.options.num_workers
         return DataLoader(

@@ -57,13 +57,12 @@ def add_code_dir(path: str | None) -> None:
 
 
 def report(message: str) -> None:
-    """To stderr, and to the run's log file when one is open."""
-    if logging.getLogger().handlers:
-        log.error(message)
-        if not any(type(h) is logging.StreamHandler for h in logging.getLogger().handlers):
-            print(message, file=sys.stderr)
-    else:
-        print(message, file=sys.stderr)
+    """To stderr (as it is now: a test's capture or a redirect), and to the run's log files."""
+    print(message, file=sys.stderr)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def exit_on_error(main: Callable[[], T], reraise: bool = False) -> T:

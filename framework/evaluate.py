@@ -1,7 +1,8 @@
 """``python -m framework.evaluate RUN_DIR [key=value ...] [--checkpoint best|latest|PATH]``
 
 Loads the run's best checkpoint (by ``trainer.checkpoint.monitor``) and reports the
-test metrics as one JSON line. Works under torchrun: the test set is sharded and the
+test metrics as one JSON line. Overrides change the test set (``dataset.test.path=...``) or
+the decoding (``decoder=beam decoder.lm=lm.arpa decoder.lexicon=train``). Works under torchrun: the test set is sharded and the
 metrics are reduced over ranks.
 """
 

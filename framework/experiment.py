@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from framework.config.check import ConfigError, split_given, validate
 from framework.config.schema import trainer_options
+from framework.files import write_text_atomic
 from framework.run_dir import open_brain
 from framework.trainer import distributed
 from framework.trainer.logs import format_metrics, setup_file_logging
@@ -66,12 +67,6 @@ def take_recorded_features(cfg: DictConfig, dataset: object, where: str) -> None
                           "features=none to train on the file's features, or pack the data again with these")
 
 
-def write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def run(cfg: DictConfig) -> float | None:
     validate(cfg)  # before anything is built: typos, wrong types, values out of range
     env = distributed.init_distributed(trainer_options(cfg.trainer).device)
@@ -83,7 +78,7 @@ def run(cfg: DictConfig) -> float | None:
         setup_file_logging(run_dir, env.rank, env.world_size, "train")
         datasets = build_datasets(cfg, env.is_main)  # may take the features recorded in the data
         if env.is_main:  # what evaluation and transcription rebuild the run from
-            write_atomic_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         brain = open_brain(cfg, "train", run_dir, dist=env)
         try:
             metrics = brain.fit(datasets["train"], datasets.get("valid"))
@@ -96,7 +91,7 @@ def run(cfg: DictConfig) -> float | None:
         if env.is_main:  # for sweep summaries and scripts
             result = {"metrics": metrics, "monitor": monitor, "mode": cfg.trainer.checkpoint.mode,
                       "history": brain.history}
-            write_atomic_text(run_dir / "metrics.json", json.dumps(result, indent=1))
+            write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=1))
         return metrics.get(monitor)
     finally:
         if lock is not None:

@@ -2,7 +2,7 @@
 
 Copies a working recipe's Brain into ``NAME/brain.py`` and writes ``NAME/recipe/NAME.yaml``,
 an option of the ``recipe`` config group that starts from the chosen recipe's settings. It
-trains as is, and behaves like the built-in recipes (the command line, ``+experiment=``
+trains as is, and behaves like the built-in recipes (the command line, ``experiment=``
 files and ``debug=default`` override it):
 
     python -m framework.train --config-dir NAME recipe=NAME

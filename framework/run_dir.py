@@ -23,15 +23,37 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     if not path.is_file():
         raise UserError(f"{path} not found: {run_dir} is not a run directory of framework.train")
     cfg = OmegaConf.load(path)
+    values = []
+    for override in overrides or []:
+        choice = _group_choice(override)
+        if choice is None:
+            values.append(override)
+        else:
+            cfg[choice[0]] = choice[1]
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(values))
     except Exception as exc:
-        raise ConfigError(f"overrides {' '.join(overrides or [])}: {exc}") from None
+        raise ConfigError(f"overrides {' '.join(values)}: {exc}") from None
     cfg.run_dir = str(run_dir)
     cfg.trainer.resume = None
     add_code_dir(cfg.get("code_dir"))  # a recipe kept outside the package
     validate(cfg)
     return cfg
+
+
+def _group_choice(override: str) -> tuple[str, DictConfig] | None:
+    """``group=option`` (e.g. ``decoder=beam``): the option's node from the framework's
+    config groups; None for a ``key=value`` override."""
+    from framework import CONF_DIR
+    from framework.config.check import ConfigError, compose_command_line
+
+    key, _, value = override.partition("=")
+    if "." in key or not key.isidentifier() or not (CONF_DIR / key).is_dir():
+        return None
+    if not (CONF_DIR / key / f"{value}.yaml").is_file():
+        options = ", ".join(sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml")))
+        raise ConfigError(f"{key}={value}: no such option in conf/{key}/; available: {options}")
+    return key, compose_command_line([override])[key]
 
 
 def open_brain(cfg: DictConfig, log_name: str, run_dir: str | Path | None = None, dist: DistEnv | None = None) -> Brain:

@@ -42,6 +42,29 @@ def test_features_in_workers_with_global_normalisation_and_specaugment(train_cli
     assert loader.dataset.fn.__self__ is not brain.features  # a CPU copy of the pipeline, in the workers
 
 
+@pytest.mark.parametrize("where", ["device", "worker"])
+def test_training_with_speech_augmentation(train_cli, where):
+    """Speed perturbation, noise and SpecAugment on training batches only; the training
+    sampler budgets with lengths scaled by the speed bound, evaluation sees the audio as is."""
+    _, run_dir = train_cli("augment=speech", f"features.where={where}", "trainer.num_workers=2",
+                           "augment.speed.factors=[0.8,1.0]")
+    history = run_result(run_dir)["history"]
+    assert history[1]["train_loss"] < history[0]["train_loss"] and all(h["valid_cer"] < 1.2 for h in history)
+
+    from framework.brain import Stage
+    from framework.experiment import build_datasets
+    from framework.run_dir import load_run_config, open_brain
+
+    cfg = load_run_config(run_dir)
+    brain = open_brain(cfg, "inspect")
+    brain.setup(None)
+    datasets = build_datasets(cfg)
+    train = brain.make_dataloader(datasets["train"], Stage.TRAIN).batch_sampler
+    valid = brain.make_dataloader(datasets["valid"], Stage.VALID).batch_sampler
+    assert train.lengths == pytest.approx(datasets["train"].lengths / 0.8)
+    assert valid.lengths == pytest.approx(datasets["valid"].lengths)
+
+
 def test_evaluate_and_transcribe_commands(train_cli, tmp_path, data_dir):
     _, run_dir = train_cli("trainer.max_epochs=1")
     metrics = json.loads(run_cli("framework.evaluate", [str(run_dir)], cwd=tmp_path).stdout.strip().splitlines()[-1])
@@ -54,6 +77,26 @@ def test_evaluate_and_transcribe_commands(train_cli, tmp_path, data_dir):
 
     bad = run_cli("framework.evaluate", [str(tmp_path / "nowhere")], cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "is not a run directory" in bad.stderr
+
+
+def test_beam_search_with_a_language_model_in_evaluate_and_transcribe(train_cli, tmp_path, data_dir):
+    pytest.importorskip("flashlight.lib.text", reason="beam search needs flashlight-text (pip install '.[lm]')")
+    _, run_dir = train_cli("trainer.max_epochs=1")
+    corpus = data_dir / "tones-tiny"
+    assert (run_dir / "lexicon.txt").read_text().split() == sorted(
+        {w for e in json.loads((corpus / "train.json").read_text()).values() for w in e["words"].lower().split()})
+    run_cli("framework.prepare", ["lm", str(corpus / "train.json"), str(tmp_path / "lm.arpa"), "--order", "2"],
+            cwd=tmp_path)
+    beam = ["decoder=beam", f"decoder.lm={tmp_path / 'lm.arpa'}", "decoder.lexicon=train", "decoder.beam_size=8"]
+    proc = run_cli("framework.evaluate", [str(run_dir), *beam], cwd=tmp_path)
+    assert set(json.loads(proc.stdout)) == {"test_loss", "test_cer", "test_wer"}
+    wav = str(corpus / "test" / "test-00000.wav")
+    out = run_cli("framework.transcribe", [str(run_dir), wav, *beam], cwd=tmp_path).stdout.strip()
+    path, text = out.split("\t")
+    lexicon = set((run_dir / "lexicon.txt").read_text().split())
+    assert path == wav and set(text.split()) <= lexicon  # with a lexicon, only training words are spelled
+    bad = run_cli("framework.evaluate", [str(run_dir), "decoder=bean"], cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "decoder=bean: no such option in conf/decoder/; available: beam, greedy" in bad.stderr
 
 
 def test_evaluation_and_transcription_never_fit_on_their_own_data(train_cli, tmp_path, data_dir):

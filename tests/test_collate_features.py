@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from framework.augment import AddNoise, Augmentation, SpecAugment, SpeedPerturbation
 from framework.data.collate import SkippedExample, collate
 from framework.errors import UserError
-from framework.features import FeaturePipeline, SpecAugment, fbank, mfcc, raw, spectrogram
+from framework.features import FeaturePipeline, fbank, mfcc, spectrogram
 
 
 def test_collate_pads_and_returns_absolute_and_relative_lengths():
@@ -64,11 +65,26 @@ def test_global_normalisation_statistics_are_computed_once_and_reloaded(tmp_path
         again.load_stats(tmp_path / "stats.pt")
 
 
-def test_specaugment_masks_in_training_only():
-    pipe = FeaturePipeline(raw(), normalize="none", specaugment=SpecAugment(2, 5, 2, 10))
-    feats = torch.ones(4, 100, 40)
+def test_augmentation_runs_in_training_batches_only():
+    aug = Augmentation(speed=SpeedPerturbation(16000, factors=(0.9,)), noise=AddNoise(p=1.0),
+                       specaugment=SpecAugment(2, 5, 2, 10))
+    pipe = FeaturePipeline(fbank(n_mels=20), normalize="none", augmentation=aug)
+    wav, lengths = torch.randn(3, 8000), torch.tensor([8000, 6000, 4000])
+    clean, clean_lens = pipe(wav, lengths, augment=False)
     torch.manual_seed(0)
-    masked, _ = pipe(feats, torch.full((4,), 100), augment=True)
-    assert (masked == 0).any() and masked.shape == feats.shape
-    clean, _ = pipe(feats, torch.full((4,), 100), augment=False)
-    assert torch.equal(clean, feats)
+    augmented, aug_lens = pipe(wav, lengths, augment=True)
+    assert aug_lens.tolist() == [(n * 10 + 8) // 9 // 160 + 1 for n in (8000, 6000, 4000)]  # 1/0.9 times longer
+    assert clean_lens.tolist() == [51, 38, 26] and not torch.equal(augmented[:, :51], clean)
+    assert (augmented == 0).any()  # masked
+    pipe.eval()  # evaluation: the modules themselves are identities too
+    again, _ = pipe(wav, lengths, augment=True)
+    torch.testing.assert_close(again, clean)
+    assert aug.length_factor == pytest.approx(1 / 0.9) and aug.describe() == "speed + noise + specaugment"
+
+
+def test_waveform_augmentation_of_precomputed_features_is_refused():
+    pipe = FeaturePipeline(fbank(n_mels=20), normalize="none", augmentation=Augmentation(noise=AddNoise(p=1.0)))
+    with pytest.raises(UserError, match="augment=noise changes waveforms, but the training data arrive as features"):
+        pipe(torch.randn(2, 30, 20), torch.tensor([30, 20]), augment=True)
+
+

@@ -1,8 +1,11 @@
-"""Waveform augmentation for training: ``forward(wav [B, S], lengths [B]) -> (wav', lengths')``
-with zero padding beyond the lengths; identity in eval mode. Randomness comes from torch's
-global RNG only, so checkpointed RNG states make a resumed run draw the same augmentations."""
+"""Training-time augmentation (the ``augment=`` config group): speed perturbation and
+additive noise on waveforms, SpecAugment on features; identity in eval mode. Randomness
+comes from torch's RNG only, so checkpointed RNG states make a resumed run draw the same
+augmentations (``features.where=device``)."""
 
+from framework.augment.augmentation import Augmentation
 from framework.augment.noise import AddNoise
+from framework.augment.specaugment import SpecAugment
 from framework.augment.speed import SpeedPerturbation
 
-__all__ = ["AddNoise", "SpeedPerturbation"]
+__all__ = ["AddNoise", "Augmentation", "SpecAugment", "SpeedPerturbation"]

@@ -453,7 +453,7 @@ def section_precision(s: Section) -> None:
             base = ["dataset=tones", f"dataset.root={tmp}/tones", "dataset.prepare.splits={train:48,valid:16,test:16}",
                     *TINY_ASR, "trainer.device=cpu"]
         else:
-            base = ["+experiment=asr_speech", "trainer.device=cuda"]
+            base = ["experiment=asr_speech", "trainer.device=cuda"]
         s.note(f"the ASR recipe ({' '.join(base)}); fp16 and bf16 reach fp32 when |test CER - fp32's| <= {tolerance}")
         s.table("precision", ["precision", "test CER", "valid CER", "vs fp32", "within tolerance", "run s"])
         ref = None

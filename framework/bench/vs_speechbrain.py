@@ -8,7 +8,7 @@ recipe (:mod:`framework.bench.speechbrain_recipe`), each in its own process.
 Wall times on a busy machine swing with the other load; the processes' CPU seconds
 (user + system, from ``wait4``) do much less, so both are reported.
 
-Corpora: ``speech`` (the shipped espeak-ng corpus, ``+experiment=asr_speech``: 30 epochs)
+Corpora: ``speech`` (the shipped espeak-ng corpus, ``experiment=asr_speech``: 30 epochs)
 and ``tones`` (synthesised, the default recipe: 12 epochs). Runs are interleaved (framework
 first in odd repeats, SpeechBrain first in even ones) with the same intra-op thread count
 (``OMP_NUM_THREADS`` and ``torch.set_num_threads``). Reported per side: training seconds
@@ -35,7 +35,7 @@ from hydra.utils import instantiate
 from framework import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
-CORPORA = {"speech": ["+experiment=asr_speech"], "tones": ["dataset=tones"]}
+CORPORA = {"speech": ["experiment=asr_speech"], "tones": ["dataset=tones"]}
 SIDES = ("framework", "speechbrain")
 MISSING = ("vs-speechbrain needs SpeechBrain beside the framework: pip install --target /tmp/sbpkgs --no-deps "
            "speechbrain==1.1.2 hyperpyyaml ruamel.yaml joblib cloudpickle sentencepiece huggingface_hub, then run with "

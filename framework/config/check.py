@@ -41,7 +41,7 @@ CALLER_ARGS: dict[str, set[str]] = {
     "optimizer": {"params"},
     "scheduler": {"optimizer", "total_steps"},
     "decoder": {"tokenizer"},
-    "features": set(),
+    "features": {"augmentation"},
     "augment": set(),
     "dataset.train": set(),
     "dataset.valid": set(),

@@ -1,10 +1,9 @@
-"""Feature extraction on torchaudio: spectrogram, mel/fbank, MFCC or raw audio;
-normalisation; SpecAugment. See :mod:`framework.features.pipeline`."""
+"""Feature extraction on torchaudio: spectrogram, mel/fbank, MFCC or raw audio, and
+normalisation; the run's augmentation inside. See :mod:`framework.features.pipeline`."""
 
 from framework.features.pipeline import (
     FeaturePipeline,
     GlobalNorm,
-    SpecAugment,
     UtteranceNorm,
     fbank,
     mel,
@@ -13,4 +12,4 @@ from framework.features.pipeline import (
     spectrogram,
 )
 
-__all__ = ["FeaturePipeline", "GlobalNorm", "SpecAugment", "UtteranceNorm", "fbank", "mel", "mfcc", "raw", "spectrogram"]
+__all__ = ["FeaturePipeline", "GlobalNorm", "UtteranceNorm", "fbank", "mel", "mfcc", "raw", "spectrogram"]

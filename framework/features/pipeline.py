@@ -1,4 +1,4 @@
-"""Feature pipeline: extractor -> log -> normalisation, plus SpecAugment in training.
+"""Feature pipeline: extractor -> log -> normalisation, with the run's augmentation in training.
 
 Every piece works on padded batches ``[B, samples]`` with lengths, so the same pipeline
 runs per example in DataLoader workers (``where=worker``) or batch-wise on the training
@@ -15,6 +15,7 @@ import torch
 import torchaudio
 from torch import nn
 
+from framework.augment import Augmentation
 from framework.data.collate import SkippedExample
 from framework.errors import UserError
 
@@ -113,25 +114,10 @@ class GlobalNorm(nn.Module):
         return (feats - self.mean) / self.std * mask
 
 
-class SpecAugment(nn.Module):
-    """Frequency and time masking (torchaudio), a different mask per example."""
-
-    def __init__(self, freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2, time_width: int = 20) -> None:
-        super().__init__()
-        self.freq = nn.ModuleList(
-            torchaudio.transforms.FrequencyMasking(freq_width, iid_masks=True) for _ in range(freq_masks)
-        )
-        self.time = nn.ModuleList(torchaudio.transforms.TimeMasking(time_width, iid_masks=True) for _ in range(time_masks))
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        x = feats.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T] as torchaudio expects
-        for mask in (*self.freq, *self.time):
-            x = mask(x)
-        return x.squeeze(1).transpose(1, 2)
-
-
 class FeaturePipeline(nn.Module):
-    """extractor -> normalisation; ``augment`` applies SpecAugment (training only).
+    """[waveform augmentation] -> extractor -> normalisation -> [SpecAugment]; the
+    augmentation (``augment=``, :class:`framework.augment.Augmentation`) only when a
+    training batch asks for it.
 
     ``where="worker"``: :meth:`per_example` runs in DataLoader workers and batches arrive
     as features. ``where="device"``: :meth:`forward` runs on the training device.
@@ -141,8 +127,8 @@ class FeaturePipeline(nn.Module):
         self,
         extractor: Extractor,
         normalize: Literal["none", "utterance", "global"] = "utterance",
-        specaugment: SpecAugment | None = None,
         where: Literal["worker", "device"] = "device",
+        augmentation: Augmentation | None = None,
     ) -> None:
         super().__init__()
         if normalize not in ("none", "utterance", "global"):
@@ -152,43 +138,51 @@ class FeaturePipeline(nn.Module):
         self.extractor = extractor
         self.normalize = normalize
         self.norm = {"none": None, "utterance": UtteranceNorm(), "global": GlobalNorm(extractor.num_bins)}[normalize]
-        self.specaugment = specaugment
         self.where = where
+        self.augmentation = augmentation
 
     @property
     def num_bins(self) -> int:
         return self.extractor.num_bins
 
-    def extract(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Waveforms ``[B, S]`` -> normalised features ``[B, T, F]``. Features computed
-        earlier (``[B, T, F]``, e.g. read from an HDF5 file of features) are only normalised."""
+    def extract(self, inputs: torch.Tensor, lengths: torch.Tensor, augment: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms ``[B, S]`` -> normalised features ``[B, T, F]``, the waveforms augmented
+        first when ``augment``. Features computed earlier (``[B, T, F]``, e.g. read from an
+        HDF5 file of features) are only normalised."""
+        aug = self.augmentation if augment else None
         if inputs.dim() == 2 and self.extractor.transform is not None:
+            if aug is not None and aug.on_waveforms:
+                inputs, lengths = aug.waveform(inputs, lengths)
             inputs, lengths = self.extractor(inputs, lengths)
+        elif aug is not None and aug.on_waveforms:
+            raise UserError(f"augment={aug.describe()} changes waveforms, but the training data arrive as features; "
+                            "use augment=specaugment (or none), or train from audio")
         if self.norm is not None:
             inputs = self.norm(inputs, lengths)
         return inputs, lengths
 
-    def per_example(self, x: torch.Tensor) -> torch.Tensor:
+    def per_example(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
         """One waveform ``[S]`` (or feature matrix ``[T, F]``) to features ``[T, F]``, for
         DataLoader workers."""
-        feats, _ = self.extract(x[None], torch.tensor([x.shape[0]]))
+        feats, _ = self.extract(x[None], torch.tensor([x.shape[0]]), augment)
         return feats[0]
 
     def forward(
         self, inputs: torch.Tensor, lengths: torch.Tensor, augment: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features for a padded batch (complete already when ``where=worker``), with
-        SpecAugment when ``augment``."""
+        """Features for a padded batch (complete already when ``where=worker``), augmented
+        when ``augment`` (a training batch)."""
         if self.where == "device":
-            inputs, lengths = self.extract(inputs, lengths)
-        if augment and self.specaugment is not None:
-            inputs = self.specaugment(inputs)
+            inputs, lengths = self.extract(inputs, lengths, augment)
+        if augment and self.augmentation is not None:
+            inputs = self.augmentation.spectrogram(inputs)
         return inputs, lengths
 
     def describe(self) -> str:
         kind = type(self.extractor.transform).__name__ if self.extractor.transform is not None else "raw audio"
-        return (f"{kind}: {self.num_bins} bins, normalize={self.normalize}, where={self.where}, "
-                f"specaugment={'on' if self.specaugment is not None else 'off'}")
+        augmented = self.augmentation.describe() if self.augmentation is not None else "none"
+        return f"{kind}: {self.num_bins} bins, normalize={self.normalize}, where={self.where}, augment={augmented}"
 
     def load_stats(self, path: str | Path) -> None:
         """Global normalisation statistics from ``path`` (what :meth:`fit_stats` saved); a

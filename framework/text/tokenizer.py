@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from framework.files import write_text_atomic
 
 BLANK = "<blank>"
 
@@ -47,9 +48,7 @@ class CharTokenizer:
         return "".join(self.symbols[i] for i in ids if i != 0)
 
     def save(self, path: str | Path) -> None:
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(json.dumps({"symbols": self.symbols[1:]}, ensure_ascii=False))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps({"symbols": self.symbols[1:]}, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:

@@ -1,8 +1,9 @@
 """Speech recognition with CTC, the whole story in one file.
 
-features (conf/features) -> acoustic model (conf/model, DeepSpeech2 by default) ->
-log-probabilities over characters -> CTC loss in training; greedy decoding and
-character / word error rates in validation and test.
+features (conf/features, with conf/augment in training) -> acoustic model (conf/model,
+DeepSpeech2 by default, or a Conformer) -> log-probabilities over characters -> CTC loss in
+training; character / word error rates in validation (greedy decoding) and test
+(conf/decoder: greedy, or beam search with a lexicon and a word n-gram LM).
 
 Run: python -m framework.train recipe=asr_ctc [overrides]
 """
@@ -19,7 +20,9 @@ from torch import nn
 
 from framework.brain import Brain, Stage
 from framework.errors import UserError
-from framework.text import CharTokenizer, ErrorRate, greedy_decode
+from framework.files import write_text_atomic
+from framework.text import CharTokenizer, ErrorRate
+from framework.text.decoders import GreedyDecoder, training_words
 from framework.trainer import distributed
 from framework.trainer.distributed import all_reduce_sum
 
@@ -30,20 +33,24 @@ class ASRBrain(Brain):
     model_arguments = ("num_bins", "num_classes")
 
     def build_model(self, train_set) -> nn.Module:
-        # The alphabet comes from the training transcripts (in fit only) and is kept in the
-        # run dir, so evaluation and transcription decode with the same symbols.
-        path = self.run_dir / "tokenizer.json"
+        # The alphabet and the words of the training transcripts (in fit only) are kept in the
+        # run dir, so evaluation and transcription decode with the same symbols and lexicon.
+        path, words = self.run_dir / "tokenizer.json", self.run_dir / "lexicon.txt"
         if train_set is not None:
             if not any(train_set.texts):
                 raise UserError("the training set has no transcripts: speech recognition needs a text field in "
                                 "its manifest (words, text, ...; or name it with text_key=)")
             if self.dist.is_main and not path.is_file():
                 CharTokenizer.from_texts(train_set.texts).save(path)
+                write_text_atomic(words, "".join(f"{w}\n" for w in training_words(train_set.texts)))
             distributed.barrier()  # every rank, whether or not rank 0 had to write it
         if not path.is_file():
             raise UserError(f"{path} not found: the run's alphabet is saved there by framework.train; evaluation "
                             "and transcription need the run directory of a training run")
         self.tokenizer = CharTokenizer.load(path)
+        self.greedy = GreedyDecoder(self.tokenizer)  # validation decodes greedily: fast, and picks the checkpoint
+        lexicon = {"lexicon": str(words)} if self.cfg.decoder.get("lexicon") == "train" else {}
+        self.decoder = instantiate(self.cfg.decoder, tokenizer=self.tokenizer, **lexicon)  # test and transcription
         self.warned_unknown = False
         self.ctc_loss = nn.CTCLoss(blank=0, zero_infinity=True)
         return instantiate(self.cfg.model, num_bins=self.features.num_bins, num_classes=len(self.tokenizer))
@@ -60,7 +67,7 @@ class ASRBrain(Brain):
         targets, target_lens = self.tokenizer.encode_batch(batch.text, drop_unknown=stage != Stage.TRAIN)
         loss = self.ctc_loss(log_probs.transpose(0, 1), targets.to(self.device), out_lens, target_lens.to(self.device))
         if stage != Stage.TRAIN:
-            hyps = [self.tokenizer.decode(ids) for ids in greedy_decode(log_probs, out_lens)]
+            hyps = (self.decoder if stage == Stage.TEST else self.greedy).decode(log_probs, out_lens)
             refs = [t.lower() for t in batch.text]
             self.cer.update(refs, hyps)
             self.wer.update(refs, hyps)
@@ -103,4 +110,4 @@ class ASRBrain(Brain):
         with averaged:
             feats, feat_lens = self.features.extract(inputs.to(self.device), lengths.to(self.device))
             logits, out_lens = self.model(feats, feat_lens)
-        return [self.tokenizer.decode(ids) for ids in greedy_decode(logits, out_lens)]
+        return self.decoder.decode(logits.float().log_softmax(-1), out_lens)
