@@ -84,6 +84,8 @@ class DynamicBatchingConfig:
     batch_ordering: str = "random"
     too_long: str = "drop"
     drop_last: bool = False
+    mix_buckets: int = 1
+    budget: str = "rank"
 
 
 @dataclass
