@@ -1,6 +1,7 @@
 """``python -m framework.bench <benchmark>``: benchmarks that print markdown tables.
 
   batching   padding, batch count and speed of the batching strategies side by side
+  convergence  time to a target CER of the batching strategies: real runs, several seeds
   ds2        DeepSpeech2 on the DeepMark corpus: fwd/bwd timing, throughput, framework overhead
   loader     the same corpus read from per-file FLAC, HDF5 audio and HDF5 features
 """
@@ -32,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     lo = sub.add_parser("loader", help="loader throughput: FLAC vs HDF5 audio vs HDF5 features")
     lo.add_argument("--utterances", type=int, default=600)
     lo.add_argument("--root", default="/tmp/loader-bench", help="where the benchmark corpus is written")
+    c = sub.add_parser("convergence", help="time to accuracy of the batching strategies; overrides go to every run")
+    c.add_argument("--corpora", default="speech,tones", help="comma-separated: speech, tones")
+    c.add_argument("--variants", default="fitted,wide,duration,mix2,mix3,sorted,fixed", help="comma-separated")
+    c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    c.add_argument("--out", default="runs/convergence", help="run folders (cached), tables and plots")
+    c.add_argument("--jobs", type=int, default=1, help="training runs at a time")
+    c.add_argument("--threads", type=int, default=1, help="intra-op threads per run")
+    c.add_argument("--report-only", action="store_true", help="tables and plots from the runs already there")
     args, overrides = parse_with_overrides(parser, argv)
     if args.benchmark == "loader":
         from framework.bench.loader import main as loader
@@ -46,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         from framework.bench.batching import main as batching
 
         batching(args.budget, args.buckets, args.million)
+    elif args.benchmark == "convergence":
+        from pathlib import Path
+
+        from framework.bench.convergence import main as convergence
+
+        convergence(args.corpora.split(","), args.variants.split(","), [int(s) for s in args.seeds.split(",")],
+                    Path(args.out), args.jobs, args.threads, args.report_only, overrides)
     return 0
 
 

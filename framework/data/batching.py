@@ -310,12 +310,12 @@ class DynamicBatchSampler(LengthBatchSampler):
     bucket with ``(seed, epoch)``, and cut greedily into batches as full as the budget and
     ``max_batch_ex`` allow.
 
-    ``mix_buckets=k`` (k > 1) draws each batch from a band of ``k`` neighbouring buckets
-    instead of one: every example moves up by a random fraction of ``k`` buckets each
-    epoch and the examples, in that order, are cut into batches. Batches then mix
-    neighbouring lengths and change composition every epoch (narrow buckets alone give
-    nearly the same batches every epoch when a bucket holds about one batch), at the cost
-    of some padding.
+    ``mix_buckets=k`` (k > 1) draws each batch from a band of ``k`` neighbouring buckets:
+    every epoch each example moves up by 0 to k-1 buckets at random, so bucket ``j`` holds
+    examples of buckets ``j-k+1 .. j``. Batches then mix neighbouring lengths and change
+    composition every epoch (narrow buckets alone give the same batches every epoch when a
+    bucket holds about one batch) while keeping about the same sizes; padding grows about
+    as with k times wider buckets.
     """
 
     def __init__(
@@ -382,13 +382,16 @@ class DynamicBatchSampler(LengthBatchSampler):
         n = len(self.kept)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         if self.mix_buckets > 1:
-            # one stream through all buckets, each example shifted up by up to k buckets
-            key = self._bucket_of[order] + rng.uniform(0, self.mix_buckets, n)
-            by_bucket = order[np.argsort(key, kind="stable")]
-            counts = np.array([n])
+            batches, longest_of = self._mixed_batches(order)
         else:
-            by_bucket = order[np.argsort(self._bucket_of[order], kind="stable")]
-            counts = np.bincount(self._bucket_of, minlength=len(self.bucket_boundaries) + 1)
+            batches, longest_of = self._greedy_batches(order)
+        return _order_steps(batches, np.asarray(longest_of), self.batch_ordering, self.step_width, rng)
+
+    def _greedy_batches(self, order: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
+        """Each bucket, in ``order``, cut into batches as full as the budget allows."""
+        n = len(order)
+        by_bucket = order[np.argsort(self._bucket_of[order], kind="stable")]
+        counts = np.bincount(self._bucket_of, minlength=len(self.bucket_boundaries) + 1)
         cost_sorted = self.cost(self.lengths[self.kept[by_bucket]]).tolist()
         cap = self.max_batch_ex or n or 1
         budget = self.max_batch_length
@@ -412,11 +415,50 @@ class DynamicBatchSampler(LengthBatchSampler):
                 size = i - start
                 room_left = size < cap and (size + 1) * longest <= budget
                 if self.drop_last and i == end and room_left:
-                    break  # the bucket's (or stream's) last batch is not full
+                    break  # the bucket's last batch is not full
                 batches.append(self.kept[by_bucket[start:i]])
                 longest_of.append(longest)
             pos = end
-        return _order_steps(batches, np.asarray(longest_of), self.batch_ordering, self.step_width, rng)
+        return batches, longest_of
+
+    def _mixed_batches(self, order: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
+        """Bands of ``mix_buckets`` buckets, each cut into equal batches.
+
+        The i-th example of bucket b (in ``order``) joins band b + i mod k, so which examples
+        mix is random but how many is not: every band, and so every epoch, has the same
+        size. Band j holds buckets j-k+1..j, so its longest possible example is known and
+        fixes how many batches it needs; the count of batches never changes between epochs
+        (a learning-rate schedule planned from the first epoch holds for all)."""
+        k = self.mix_buckets
+        n = len(order)
+        bucket = self._bucket_of[order]
+        by_bucket = np.argsort(bucket, kind="stable")
+        counts = np.bincount(bucket, minlength=len(self.bucket_boundaries) + 1)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        place = np.empty(n, dtype=np.int64)
+        place[by_bucket] = np.arange(n) - first[bucket[by_bucket]]
+        band = bucket + place % k
+        by_band = order[np.argsort(band, kind="stable")]
+        band_counts = np.bincount(band, minlength=len(counts) + k - 1)
+
+        longest_in_bucket = np.zeros(len(counts))
+        np.maximum.at(longest_in_bucket, self._bucket_of, self.cost(self.lengths[self.kept]))
+        cap_ex = self.max_batch_ex or n or 1
+        batches, longest_of = [], []
+        pos = 0
+        for j, count in enumerate(band_counts.tolist()):
+            members = by_band[pos : pos + count]
+            pos += count
+            if not count:
+                continue
+            bound = longest_in_bucket[max(0, j - k + 1) : j + 1].max()
+            cap = max(1, min(cap_ex, int(self.max_batch_length // bound)))
+            if self.drop_last and count < cap:
+                continue  # the band cannot fill one batch
+            for part in np.array_split(members, -(-count // cap)):
+                batches.append(self.kept[part])
+                longest_of.append(float(self.cost(self.lengths[self.kept[part]]).max()))
+        return batches, longest_of
 
 
 def batch_stats(batches: Sequence[Sequence[int]], lengths: Sequence[float] | np.ndarray) -> dict[str, float]:
