@@ -113,8 +113,11 @@ def plan(out: Path, corpora: list[str], variants: list[str], seeds: list[int], o
                 template = VARIANTS[variant]
                 if any("{batch_size}" in t for t in template) and batch_size is None:
                     batch_size = default_batch_size(base, [*VARIANTS["fitted"], *overrides])
-                args = [*base, *(t.format(batch_size=batch_size) for t in template), f"seed={seed}", *overrides,
-                        f"hydra.run.dir={run_dir}"]
+                own = [t.format(batch_size=batch_size) for t in template]
+                # another batching group has other keys; its batch size already follows the budget
+                extra = [o for o in overrides if not (o.startswith("batching.") and any(
+                    t.startswith("batching=") for t in own))]
+                args = [*base, *own, f"seed={seed}", *extra, f"hydra.run.dir={run_dir}"]
                 jobs.append(Job(corpus, variant, seed, run_dir, args))
     return jobs
 
