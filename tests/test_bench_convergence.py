@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from framework.bench.convergence import epochs_to, fastest, history_from_log, summarise
 from tests.conftest import TINY, run_cli
 
 
+@pytest.mark.slow  # two tiny training runs and an interleaved epoch timing: ~20 s on 2 idle cores
 def test_convergence_runs_each_variant_once_and_reports_time_to_target(tmp_path, data_dir):
     out = tmp_path / "study"
     args = ["convergence", "--corpora", "tones", "--variants", "fitted,fixed", "--seeds", "0", "--out", str(out),
@@ -20,6 +23,9 @@ def test_convergence_runs_each_variant_once_and_reports_time_to_target(tmp_path,
     assert float(rows["fixed"][2]) > float(rows["fitted"][2])  # random batches pad more
     assert (out / "convergence-tones.png").stat().st_size > 1000
     assert (out / "convergence.md").read_text() in first
+    costs = json.loads((out / "tones" / "epoch-cpu.json").read_text())
+    assert set(costs) == {"fitted", "fixed"} and all(c > 0 for c in costs.values())
+    assert float(rows["fitted"][4]) == round(costs["fitted"], 2)
 
     # the fixed batches follow the budget through the mean batch size of the fitted buckets
     fitted_steps, fixed_steps = float(rows["fitted"][3]), float(rows["fixed"][3])

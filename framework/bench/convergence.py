@@ -11,11 +11,14 @@ interrupted one is started over): the study can be stopped and continued, and
 variant of a seed back to back, so machine load hits the variants alike. Extra
 ``key=value`` overrides go to every run.
 
-Times are core-seconds: wall seconds times the share of a core the run got (its CPU time
-over its wall time), about what the run takes on a core of its own; on a machine shared
-with other work, wall times alone swing several-fold with the load. A variant's epoch time
-is the median over all its epochs and seeds, and its time to a target is the epochs it took
-times that: the seeds' spread is then the spread of convergence, not of the load.
+On a machine shared with other work, wall times swing several-fold with the load, so
+time is measured as two factors. Convergence: the epochs each run took to reach a target.
+Cost: the CPU seconds of one training epoch of each variant, measured afterwards in one
+process on one model with the variants interleaved, three rounds, median (saved in
+``<out>/<corpus>/epoch-cpu.json``). Time to a target = epochs x epoch cost; the seeds'
+spread is then the spread of convergence, not of the load. The runs' own epoch times are
+shown beside, in core-seconds (wall seconds times the share of a core the run got, its CPU
+time over its wall time).
 
 Reported per variant (mean ± standard deviation over seeds): training time (validation
 excluded) until the validation CER first reaches each target, with the epochs it took in
@@ -105,24 +108,76 @@ class Job:
         return (self.run_dir / "bench-cpu.json").is_file()
 
 
+def variant_overrides(corpus: str, variants: list[str], overrides: list[str]) -> dict[str, list[str]]:
+    """Each variant's config overrides on the corpus, the user's ``overrides`` included."""
+    base = list(CORPORA[corpus].overrides)
+    batch_size = None
+    if any("{batch_size}" in t for v in variants for t in VARIANTS[v]):
+        batch_size = default_batch_size(base, [*VARIANTS["fitted"], *overrides])
+    result = {}
+    for variant in variants:
+        own = [t.format(batch_size=batch_size) for t in VARIANTS[variant]]
+        # another batching group has other keys; its batch size already follows the budget
+        other_group = any(t.startswith("batching=") for t in own)
+        result[variant] = [*base, *own, *(o for o in overrides if not (other_group and o.startswith("batching.")))]
+    return result
+
+
 def plan(out: Path, corpora: list[str], variants: list[str], seeds: list[int], overrides: list[str]) -> list[Job]:
     jobs = []
     for corpus in corpora:
-        base = list(CORPORA[corpus].overrides)
-        batch_size = None
+        args = variant_overrides(corpus, variants, overrides)
         for seed in seeds:
             for variant in variants:
                 run_dir = out / corpus / variant / f"seed{seed}"
-                template = VARIANTS[variant]
-                if any("{batch_size}" in t for t in template) and batch_size is None:
-                    batch_size = default_batch_size(base, [*VARIANTS["fitted"], *overrides])
-                own = [t.format(batch_size=batch_size) for t in template]
-                # another batching group has other keys; its batch size already follows the budget
-                extra = [o for o in overrides if not (o.startswith("batching.") and any(
-                    t.startswith("batching=") for t in own))]
-                args = [*base, *own, f"seed={seed}", *extra, f"hydra.run.dir={run_dir}"]
-                jobs.append(Job(corpus, variant, seed, run_dir, args))
+                jobs.append(Job(corpus, variant, seed, run_dir, [*args[variant], f"seed={seed}",
+                                                                 f"hydra.run.dir={run_dir}"]))
     return jobs
+
+
+def epoch_costs(corpus: str, variants: list[str], overrides: list[str], threads: int, rounds: int = 3) -> dict:
+    """CPU seconds of one training epoch per variant, all measured in this process on one
+    model with the variants interleaved (median of ``rounds``): what the variants cost,
+    without the load drifting between separate runs."""
+    import tempfile
+
+    import torch
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from framework import CONF_DIR
+    from framework.brain import Stage
+    from framework.experiment import build_datasets, seed_everything
+    from framework.run_dir import open_brain
+
+    torch.set_num_threads(threads)
+    args = variant_overrides(corpus, variants, overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfgs = {v: compose(config_name="train", overrides=a) for v, a in args.items()}
+    cfg = cfgs[variants[0]]
+    seed_everything(cfg.seed)
+    train = build_datasets(cfg)["train"]
+    with tempfile.TemporaryDirectory() as tmp:
+        with open_dict(cfg):
+            cfg.logger.tensorboard = False
+        brain = open_brain(cfg, "epoch-cost", tmp)
+        brain.setup(train)
+        loaders = {}
+        for v, variant_cfg in cfgs.items():
+            brain.cfg = variant_cfg
+            loaders[v] = brain.make_dataloader(train, Stage.TRAIN)
+        brain.cfg = cfg
+        seconds: dict[str, list[float]] = {v: [] for v in variants}
+        for r in range(rounds + 1):  # round 0 warms up
+            for v in variants[r % len(variants):] + variants[: r % len(variants)]:
+                loaders[v].batch_sampler.set_epoch(r)
+                start = time.process_time()
+                brain.train_epoch(loaders[v], r)
+                brain.batch_in_epoch = 0
+                if r:
+                    seconds[v].append(time.process_time() - start)
+        brain.logger.close()
+    return {v: float(np.median(t)) for v, t in seconds.items()}
 
 
 def run_jobs(jobs: list[Job], parallel: int, threads: int) -> None:
@@ -225,13 +280,15 @@ def _mean_sd(values: list[float], digits: int = 1) -> str:
     return f"{np.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
-def summarise(runs: list[dict], targets: tuple[float, ...]) -> dict[str, object]:
-    """One variant's row. Times are epochs times the variant's median epoch time over all
-    its runs: load that shifts during one run then does not count against that run."""
+def summarise(runs: list[dict], targets: tuple[float, ...], epoch_cpu_s: float | None = None) -> dict[str, object]:
+    """One variant's row. Times are epochs times the variant's epoch time: ``epoch_cpu_s``
+    when measured, else the median epoch time over all its runs."""
     hist = [r["history"] for r in runs]
-    epoch_s = float(np.median([h["epoch_s"] for hs in hist for h in hs]))
+    run_epoch_s = float(np.median([h["epoch_s"] for hs in hist for h in hs]))
+    epoch_s = epoch_cpu_s or run_epoch_s
     row: dict[str, object] = {
         "seeds": len(runs),
+        "run_epoch_s": run_epoch_s,
         "padding": 100 * float(np.mean([h["padding_fraction"] for hs in hist for h in hs])),
         "steps": float(np.mean([h["steps"] for hs in hist for h in hs])),
         "epoch_s": epoch_s,
@@ -247,12 +304,13 @@ def summarise(runs: list[dict], targets: tuple[float, ...]) -> dict[str, object]
 
 
 def table(rows: dict[str, dict], targets: tuple[float, ...]) -> str:
-    head = ["variant", "padding %", "steps/epoch", "epoch s"]
+    head = ["variant", "padding %", "steps/epoch", "epoch s", "epoch s in runs"]
     head += [f"s to CER ≤ {t:g} (epochs)" for t in targets]
     head += ["best valid CER", "s to best", "test CER", "test CER min-max", "core share"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, row in rows.items():
-        cells = [name, f"{row['padding']:.1f}", f"{row['steps']:.0f}", f"{row['epoch_s']:.2f}"]
+        cells = [name, f"{row['padding']:.1f}", f"{row['steps']:.0f}", f"{row['epoch_s']:.2f}",
+                 f"{row['run_epoch_s']:.2f}"]
         for t in targets:
             secs, epochs = row[t]
             cell = f"{_mean_sd(secs)} ({np.mean(epochs):.1f})" if secs else "-"
@@ -306,7 +364,9 @@ def report(out: Path, corpora: list[str], variants: list[str], seeds: list[int])
         if not runs:
             continue
         targets = CORPORA[corpus].targets
-        rows = {v: summarise(rs, targets) for v, rs in runs.items()}
+        costs_file = out / corpus / "epoch-cpu.json"
+        costs = json.loads(costs_file.read_text()) if costs_file.is_file() else {}
+        rows = {v: summarise(rs, targets, costs.get(v)) for v, rs in runs.items()}
         n = {len(rs) for rs in runs.values()}
         png = out / f"convergence-{corpus}.png"
         plot({v: (rows[v]["epoch_s"], [r["history"] for r in rs]) for v, rs in runs.items()},
@@ -330,4 +390,10 @@ def main(corpora: list[str], variants: list[str], seeds: list[int], out: Path, p
     out.mkdir(parents=True, exist_ok=True)
     if not report_only:
         run_jobs(plan(out, corpora, variants, seeds, overrides), parallel, threads)
+        for corpus in corpora:
+            path = out / corpus / "epoch-cpu.json"
+            known = json.loads(path.read_text()) if path.is_file() else {}
+            if not set(variants) <= set(known):
+                print(f"{corpus}: timing one epoch of each variant, interleaved", flush=True)
+                path.write_text(json.dumps(known | epoch_costs(corpus, variants, overrides, threads), indent=1))
     print(report(out, corpora, variants, seeds))
