@@ -44,6 +44,7 @@ from framework.data.batching import LengthBatchSampler
 from framework.data.collate import Batch, SkippedExample, collate
 from framework.data.mapped import MappedInputs
 from framework.errors import UserError
+from framework.files import write_text_atomic
 from framework.models import trainable_parameters
 from framework.trainer import distributed
 from framework.trainer.accumulation import loss_weights, windows
@@ -402,6 +403,9 @@ class Brain:
             valid_loader = valid_set if isinstance(valid_set, DataLoader) else self.make_dataloader(valid_set, Stage.VALID)
         self._make_scheduler(math.ceil(self._limited(len(self._train_sampler)) / self.options.grad_accumulation))
         self.resume()
+        if self.dist.is_main:  # what evaluation and transcription rebuild the run from; after a refused
+            # resume the run's config stays the one its checkpoints were written with
+            write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
         if valid_loader is not None:
             self.check_monitor(valid_loader)
         self._fit_started = time.perf_counter()

@@ -77,8 +77,6 @@ def run(cfg: DictConfig) -> float | None:
     try:
         setup_file_logging(run_dir, env.rank, env.world_size, "train")
         datasets = build_datasets(cfg, env.is_main)  # may take the features recorded in the data
-        if env.is_main:  # what evaluation and transcription rebuild the run from
-            write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         brain = open_brain(cfg, "train", run_dir, dist=env)
         try:
             metrics = brain.fit(datasets["train"], datasets.get("valid"))
@@ -92,6 +90,7 @@ def run(cfg: DictConfig) -> float | None:
             result = {"metrics": metrics, "monitor": monitor, "mode": cfg.trainer.checkpoint.mode,
                       "history": brain.history}
             write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=1))
+        distributed.shutdown()
         return metrics.get(monitor)
     finally:
         if lock is not None:

@@ -47,6 +47,16 @@ def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.fixture(scope="session")
+def one_epoch_run(tmp_path_factory, data_dir) -> Path:
+    """One epoch of the tiny config, trained once per session, for tests that only read a
+    finished run (evaluate, transcribe, decoders). Tests that change a run train their own."""
+    run_dir = tmp_path_factory.mktemp("one-epoch") / "run"
+    run_cli("framework.train", [*TINY, f"dataset.root={data_dir}/tones-tiny", "trainer.max_epochs=1",
+                                f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
+    return run_dir
+
+
 @pytest.fixture()
 def train_cli(tmp_path, data_dir):
     """Runs ``python -m framework.train`` with the tiny config; returns (proc, run_dir)."""

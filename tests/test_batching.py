@@ -1,4 +1,5 @@
-"""Invariants of the fixed, sorted and dynamic batch samplers."""
+"""Invariants of the fixed, sorted and dynamic batch samplers (``mixed``: dynamic with
+batches drawn from bands of neighbouring buckets)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from framework.data.batching import (
     fit_bucket_boundaries,
 )
 
+KINDS = ["fixed", "sorted", "dynamic", "mixed"]
+
 
 def skewed_lengths(n=3000, seed=0):
     rng = np.random.default_rng(seed)
@@ -30,10 +33,12 @@ def make(kind, lengths, **kw):
         return FixedBatchSampler(lengths, batch_size=kw.pop("batch_size", 16), **kw)
     if kind == "sorted":
         return SortedBatchSampler(lengths, batch_size=kw.pop("batch_size", 16), **kw)
+    if kind == "mixed":
+        kw.setdefault("mix_buckets", 3)
     return DynamicBatchSampler(lengths, max_batch_length=kw.pop("max_batch_length", 100.0), num_buckets=kw.pop("num_buckets", 10), **kw)
 
 
-@pytest.mark.parametrize("kind", ["fixed", "sorted", "dynamic"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_example_exactly_once_per_epoch(kind):
     lengths = skewed_lengths()
     sampler = make(kind, lengths)
@@ -44,7 +49,7 @@ def test_every_example_exactly_once_per_epoch(kind):
         assert len(batches) == len(sampler)
 
 
-@pytest.mark.parametrize("kind", ["fixed", "sorted", "dynamic"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_same_seed_and_epoch_same_batches_and_shuffle_changes_them(kind):
     lengths = skewed_lengths()
     a, b = make(kind, lengths, seed=3, shuffle=True), make(kind, lengths, seed=3, shuffle=True)
@@ -64,10 +69,12 @@ def test_dynamic_batch_composition_changes_across_epochs():
     assert len(first & second) < 0.1 * len(first)  # different groupings, not just a new order
 
 
+@pytest.mark.parametrize("mix_buckets", [1, 2])
 @pytest.mark.parametrize("quadratic", [None, 20.0])
-def test_dynamic_budget_counts_padded_cost_and_is_never_exceeded(quadratic):
+def test_dynamic_budget_counts_padded_cost_and_is_never_exceeded(quadratic, mix_buckets):
     lengths = skewed_lengths()
-    sampler = DynamicBatchSampler(lengths, max_batch_length=120.0, num_buckets=8, max_batch_ex=40, quadratic=quadratic)
+    sampler = DynamicBatchSampler(lengths, max_batch_length=120.0, num_buckets=8, max_batch_ex=40, quadratic=quadratic,
+                                  mix_buckets=mix_buckets)
     cost = sampler.cost
     for batch in sampler:
         longest = lengths[batch].max()
@@ -146,7 +153,7 @@ def test_padding_fit_is_optimal_on_a_small_case():
     assert cost(fit_bucket_boundaries(lengths, 2)) == best
 
 
-@pytest.mark.parametrize("kind", ["fixed", "sorted", "dynamic"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_state_dict_resumes_with_exactly_the_remaining_batches(kind):
     lengths = skewed_lengths()
     sampler = make(kind, lengths, shuffle=True, seed=1)
@@ -171,7 +178,7 @@ def test_state_from_another_configuration_is_refused():
         make("dynamic", lengths, max_batch_length=50.0).load_state_dict(state)
 
 
-@pytest.mark.parametrize("kind", ["fixed", "sorted", "dynamic"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("world", [2, 3])
 def test_ddp_ranks_get_equal_counts_and_no_duplicates_but_the_last_step(kind, world):
     lengths = skewed_lengths(1001)
@@ -208,3 +215,94 @@ def test_eval_sharding_has_no_duplicates():
 def test_bad_lengths_are_refused():
     with pytest.raises(ValueError, match="length of example 1 is nan"):
         FixedBatchSampler([1.0, float("nan")], batch_size=2)
+
+
+def test_mixed_batches_hold_neighbouring_buckets_and_change_every_epoch():
+    # 400 lengths in 20 buckets that mostly fit in one batch: unmixed batches are nearly the
+    # same groups every epoch (like the shipped speech corpus); mixing changes them, padding stays low
+    lengths = np.random.default_rng(0).uniform(0.5, 1.5, 400)
+
+    def groups(sampler, epoch):
+        sampler.set_epoch(epoch)
+        return {tuple(sorted(b)) for b in sampler}
+
+    plain = DynamicBatchSampler(lengths, max_batch_length=40.0, num_buckets=20)
+    mixed = DynamicBatchSampler(lengths, max_batch_length=40.0, num_buckets=20, mix_buckets=2)
+    assert len(groups(plain, 0) & groups(plain, 1)) >= 0.9 * len(plain)
+    assert len(groups(mixed, 0) & groups(mixed, 1)) == 0
+    spans = [np.ptp(mixed._bucket_of[np.searchsorted(mixed.kept, b)]) for b in mixed]
+    assert np.mean([s == 1 for s in spans]) > 0.8 and max(spans) == 1  # two neighbouring buckets
+    assert batch_stats(list(mixed), lengths)["padding_fraction"] < 0.1
+
+
+def test_mixed_epochs_all_have_the_same_number_of_batches():
+    # a learning-rate schedule sized from the first epoch must hold for every epoch
+    lengths = skewed_lengths(5000)
+    for budget in (30.0, 100.0, 400.0):
+        sampler = DynamicBatchSampler(lengths, max_batch_length=budget, num_buckets=20, mix_buckets=3)
+        counts = set()
+        for epoch in range(10):
+            sampler.set_epoch(epoch)
+            counts.add(len(sampler))
+        assert len(counts) == 1, (budget, counts)
+
+
+def test_duration_boundaries_hold_equal_total_length():
+    lengths = skewed_lengths(20000)
+    edges = fit_bucket_boundaries(lengths, 10, "duration")
+    assert len(edges) == 10 and edges[-1] == lengths.max()
+    totals = np.bincount(np.searchsorted(edges, lengths), weights=lengths)
+    assert np.allclose(totals, lengths.sum() / 10, rtol=0.01)
+    with pytest.raises(ValueError, match="one of .*'duration'"):
+        fit_bucket_boundaries(lengths, 10, "equal")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("world", [2, 3])
+def test_global_budget_splits_the_single_process_batches_across_ranks(kind, world):
+    lengths = skewed_lengths(1001)
+    single = list(make(kind, lengths, seed=2, epoch=1, budget="global"))
+    per_rank = [list(make(kind, lengths, seed=2, epoch=1, budget="global", num_replicas=world, rank=r))
+                for r in range(world)]
+    assert all(len(batches) == len(single) for batches in per_rank)  # same optimizer steps per epoch
+    for step, batch in enumerate(single):
+        parts = [per_rank[r][step] for r in range(world)]
+        assert {i for p in parts for i in p} == set(batch)
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+        if len(batch) >= world:  # smaller batches lend examples to the ranks they cannot fill
+            assert sum(map(len, parts)) == len(batch)
+
+
+def test_global_budget_lends_examples_to_ranks_a_batch_cannot_fill():
+    lengths = [1.0, 9.0, 9.0, 1.0]  # budget 10: the 9 s examples are batches of one
+    parts = [list(DynamicBatchSampler(lengths, max_batch_length=10.0, num_buckets=2, budget="global", num_replicas=2,
+                                      rank=r, shuffle=False, batch_ordering="ascending")) for r in range(2)]
+    assert parts == [[[0], [1], [2]], [[3], [1], [2]]]
+
+
+def test_rank_budget_takes_fewer_steps_per_epoch_with_more_ranks():
+    lengths = skewed_lengths(1001)
+    single = len(make("dynamic", lengths))
+    assert len(make("dynamic", lengths, num_replicas=2, rank=0)) == -(-single // 2)
+
+
+def test_global_budget_resumes_mid_epoch_and_evaluation_shards_whole_batches():
+    lengths = skewed_lengths(1001)
+    sampler = make("mixed", lengths, seed=1, budget="global", num_replicas=2, rank=1)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    it = iter(sampler)
+    consumed = [next(it) for _ in range(5)]
+    fresh = make("mixed", lengths, seed=1, budget="global", num_replicas=2, rank=1)
+    fresh.load_state_dict(sampler.state_dict())
+    assert consumed + list(fresh) == full
+    shards = [i for r in range(2) for b in make("mixed", lengths, budget="global", num_replicas=2, rank=r, even=False)
+              for i in b]
+    assert sorted(shards) == list(range(len(lengths)))
+
+
+def test_bad_budget_and_mix_are_refused():
+    with pytest.raises(ValueError, match="budget must be one of \\('rank', 'global'\\)"):
+        FixedBatchSampler([1.0], batch_size=1, budget="local")
+    with pytest.raises(ValueError, match="mix_buckets must be >= 1"):
+        DynamicBatchSampler([1.0], max_batch_length=5.0, mix_buckets=0)

@@ -91,6 +91,7 @@ TINY_DS2 = ["dataset.scale=0.0003", "model.hidden_size=16", "model.num_layers=1"
             "model.conv_channels=[4,4]", "model.conv_strides=[[2,2],[1,3]]", "model.rnn_type=gru"]
 
 
+@pytest.mark.slow  # a benchmark run end to end, ~15 s
 def test_bench_ds2_fields_are_consistent_and_the_overhead_is_paired(tmp_path):
     out = run_cli("framework.bench", ["ds2", *TINY_DS2, "--sweep-batch", "2,4", "--max-batches", "8", "--repeats", "2"],
                   cwd=tmp_path, env=ONE_THREAD).stdout
@@ -154,6 +155,7 @@ def test_the_plain_loop_and_the_brain_take_bitwise_identical_steps(tmp_path, one
     assert not torch.equal(a["output.weight"], initial["output.weight"])  # the steps did move the weights
 
 
+@pytest.mark.slow  # a benchmark run end to end, ~5 s
 def test_bench_ds2_with_dynamic_batching_reports_padding(tmp_path):
     out = run_cli("framework.bench", ["ds2", *TINY_DS2, "--batching", "config", "batching=dynamic",
                                       "batching.max_batch_length=40", "--no-compare", "--repeats", "1"],
@@ -171,6 +173,7 @@ def test_bench_batching_prints_the_side_by_side_table(tmp_path):
     assert padding < 2.67  # lhotse's figure on this distribution
 
 
+@pytest.mark.slow  # a benchmark run end to end, ~8 s
 def test_bench_loader_states_each_effect_and_they_multiply(tmp_path):
     out = run_cli("framework.bench", ["loader", "--utterances", "48", "--workers", "0,2", "--min-seconds", "0.1",
                                       "--root", str(tmp_path / "corpus")], cwd=tmp_path, env=ONE_THREAD).stdout

@@ -24,6 +24,7 @@ def rows(report, section, table):
     return [dict(zip(t["header"], r)) for r in t["rows"]]
 
 
+@pytest.mark.slow  # the GPU report on CPU, ~8 s
 def test_the_report_holds_each_sections_rows(tmp_path):
     proc, report, md, out = run_gpu_check(tmp_path, "--sections", "env,oom")
     assert sorted(p.name for p in out.iterdir()) == ["gpu.log", "report.json", "report.md"]  # 2 folders deep at most
@@ -37,6 +38,7 @@ def test_the_report_holds_each_sections_rows(tmp_path):
     assert "report:" in proc.stdout
 
 
+@pytest.mark.slow  # the GPU report on CPU, ~6 s
 def test_a_section_out_of_time_is_reported_and_the_rest_kept(tmp_path):
     _, report, md, _ = run_gpu_check(tmp_path, "--sections", "env,ds2", "--budget-s", "16")
     assert report["sections"]["env"]["status"] == "ok"

@@ -39,7 +39,7 @@ def test_train_from_manifest_formats(train_cli, tones, tmp_path, fmt):
     assert history[1]["train_loss"] < history[0]["train_loss"] and history[1]["valid_cer"] < 1
 
 
-@pytest.mark.parametrize("features", ["none", "fbank"])
+@pytest.mark.parametrize("features", [pytest.param("none", marks=pytest.mark.slow), "fbank"])  # one fast case
 def test_train_from_hdf5_with_workers(train_cli, tones, tmp_path, features):
     for split in ("train", "valid"):
         run_cli("framework.prepare", ["hdf5", str(tones / f"{split}.json"), str(tmp_path / f"{split}.h5"),

@@ -349,20 +349,7 @@ def test_a_failed_checkpoint_write_names_the_cause_and_leaves_no_partial_file(tm
 
 
 # -------------------------------------------------------------- 9. one line, exit status 2
-@pytest.mark.parametrize("override,message", [
-    ("trainer.device=gpu", "trainer.device='gpu': expected one of auto, cpu, cuda"),
-    ("trainer.precision=fp8", "trainer.precision='fp8': expected one of fp32, bf16, fp16"),
-    ("trainer.checkpoint.mode=maximum", "trainer.checkpoint.mode='maximum': expected one of min, max"),
-    ("trainer.max_epochs=-1", "trainer.max_epochs=-1: must be >= 1"),
-    ("trainer.resume=/missing.pt", "trainer.resume=/missing.pt: no such checkpoint file"),
-    ("optimizer.lr=0", "optimizer.lr=0: must be > 0"),
-])
-def test_bad_values_fail_in_one_line_before_a_run_dir_exists(tmp_path, override, message):
-    proc = run_cli("framework.train", [override, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, check=False)
-    assert proc.returncode == 2
-    assert one_line(proc.stderr).startswith(f"error: {message}")
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()
+# (bad values on the command line: tests/test_config.py, test_typos_wrong_types_and_bad_values_...)
 
 
 def test_every_command_fails_in_one_line_with_status_2(tmp_path):

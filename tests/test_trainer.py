@@ -276,6 +276,7 @@ def test_resume_with_another_model_config_is_refused(train_cli):
                         check=False)
     assert proc.returncode != 0
     assert "was written for another model config (differs in: hidden_size)" in proc.stderr
+    assert "hidden_size: 32" in (run_dir / "config.yaml").read_text()  # the run still evaluates as it was trained
 
 
 # ------------------------------------------------------------------------ exact resume

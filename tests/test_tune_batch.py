@@ -47,6 +47,7 @@ def tiny_overrides(data_dir):
     return [*TINY, f"dataset.root={data_dir}/tones-tiny"]
 
 
+@pytest.mark.slow  # a dozen trial steps, ~7 s
 def test_the_finder_finds_a_fake_limits_budget_within_ten_percent(tmp_path, data_dir):
     # The CPU estimate of a worst-case step for 1 and 2 examples gives the cost of one more
     # example; a limit set for 20 examples must come back as 20 (within 10%).

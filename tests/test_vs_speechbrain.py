@@ -25,6 +25,7 @@ def test_without_speechbrain_it_says_what_to_install_in_one_line(tmp_path):
     assert not proc.stdout
 
 
+@pytest.mark.slow  # two short training runs, ~5 s
 def test_the_framework_side_reports_per_epoch_time_padding_steps_cer_and_memory(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     overrides = ["dataset=tones", f"dataset.root={data_dir}/tones-tiny", *TINY]

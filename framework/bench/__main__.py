@@ -1,10 +1,12 @@
 """``python -m framework.bench <benchmark>``: benchmarks that print markdown tables.
 
   batching   padding, batch count and speed of the batching strategies side by side
+  convergence  time to a target CER of the batching strategies: real runs, several seeds
   ds2        DeepSpeech2 on the DeepMark corpus: fwd/bwd timing, throughput, framework overhead
   vs-speechbrain  the whole training loop against SpeechBrain's Brain (SpeechBrain installed beside)
   gpu        every GPU path in one command: DS2 precisions and batch sizes, memory tips, batch-budget
              finder, OOM skip, mixed-precision CER, data loading; writes report.md and report.json
+  threads    epoch time with PyTorch's thread count, num_threads=auto and 1; idle or beside busy processes
   loader     the same corpus read from per-file FLAC, HDF5 audio, per-file .npy and HDF5 features
 """
 
@@ -48,6 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--repeats", type=int, default=2)
     v.add_argument("--threads", type=int, default=2, help="intra-op threads on both sides")
     v.add_argument("--out", help="folder for the runs (default runs/vs-speechbrain/<time>)")
+    c = sub.add_parser("convergence", help="time to accuracy of the batching strategies; overrides go to every run")
+    c.add_argument("--corpora", default="speech,tones", help="comma-separated: speech, tones")
+    c.add_argument("--variants", default="fitted,wide,duration,mix2,mix3,sorted,fixed", help="comma-separated")
+    c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    c.add_argument("--out", default="runs/convergence", help="run folders (cached), tables and plots")
+    c.add_argument("--jobs", type=int, default=1, help="training runs at a time")
+    c.add_argument("--threads", type=int, default=1, help="intra-op threads per run")
+    c.add_argument("--report-only", action="store_true", help="tables and plots from the runs already there")
+    t = sub.add_parser("threads", help="epoch time with PyTorch's thread count vs num_threads=auto vs 1")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--repeats", type=int, default=2)
     args, overrides = parse_with_overrides(parser, argv)
     if args.benchmark == "loader":
         from framework.bench.loader import main as loader
@@ -66,6 +79,17 @@ def main(argv: list[str] | None = None) -> int:
         from framework.bench.batching import main as batching
 
         batching(args.budget, args.buckets, args.million)
+    elif args.benchmark == "threads":
+        from framework.bench.threads import main as threads
+
+        threads(args.epochs, args.repeats, overrides)
+    elif args.benchmark == "convergence":
+        from pathlib import Path
+
+        from framework.bench.convergence import main as convergence
+
+        convergence(args.corpora.split(","), args.variants.split(","), [int(s) for s in args.seeds.split(",")],
+                    Path(args.out), args.jobs, args.threads, args.report_only, overrides)
     return 0
 
 

@@ -474,27 +474,6 @@ def section_precision(s: Section) -> None:
                   "yes" if abs(diff) <= tolerance else "NO", m["seconds"])
 
 
-class DataWait:
-    """A sized iterable over a loader that adds up the time spent waiting for each batch."""
-
-    def __init__(self, loader) -> None:
-        self.loader, self.wait = loader, 0.0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        it = iter(self.loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            self.wait += time.perf_counter() - t0
-            yield batch
-
-
 def section_loader(s: Section) -> None:
     from framework.bench.loader import build
     from framework.brain import Stage
@@ -529,15 +508,15 @@ def section_loader(s: Section) -> None:
             brain.setup(dataset)
             loader = brain.make_dataloader(dataset, Stage.TRAIN)
             loader.pin_memory = pin and s.device.type == "cuda"
-            brain.train_epoch(DataWait(loader), 0)  # warm: workers start, allocator settles
+            brain.train_epoch(loader, 0)  # warm: workers start, allocator settles
             loader.batch_sampler.set_epoch(1)
-            timed = DataWait(loader)
+            brain.meter, brain.batch_in_epoch = None, 0  # the next epoch's own figures (data wait)
             sync(s.device)
             t0 = time.perf_counter()
-            brain.train_epoch(timed, 1)
+            brain.train_epoch(loader, 1)
             sync(s.device)
             elapsed = time.perf_counter() - t0
-            s.row("loader", name, w, "on" if loader.pin_memory else "off", 100 * timed.wait / elapsed,
+            s.row("loader", name, w, "on" if loader.pin_memory else "off", 100 * brain.meter.wait_s / elapsed,
                   1e3 * elapsed / len(loader), len(dataset) / elapsed)
             brain.logger.close()
             del loader, brain

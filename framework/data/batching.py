@@ -4,10 +4,14 @@ All three work on plain lengths (no dataset needed) and share one behaviour:
 
 * batches are a pure function of ``(seed, epoch)``, so every rank computes the same
   global list and a resumed run recomputes the interrupted epoch exactly;
-* under DDP (``num_replicas > 1``) the global list is cut into steps of
-  ``num_replicas`` batches of similar cost; rank ``r`` takes batch ``r`` of every step.
-  Every rank gets the same number of batches; only the very last step is filled with
-  batches from the start of the epoch (the sole duplicates);
+* under DDP (``num_replicas > 1``) with ``budget="rank"`` (the default) each batch is one
+  rank's: the global list is cut into steps of ``num_replicas`` batches of similar cost and
+  rank ``r`` takes batch ``r`` of every step, so an optimizer step holds ``num_replicas``
+  batches. Every rank gets the same number of batches; only the very last step is filled
+  with batches from the start of the epoch (the sole duplicates);
+* with ``budget="global"`` each batch is one optimizer step shared by all ranks: the list
+  is the one a single process makes and every batch is split into ``num_replicas`` parts,
+  so steps per epoch and examples per step do not depend on the number of ranks;
 * ``state_dict()`` / ``load_state_dict()`` record the epoch and how many batches of it
   were consumed, so iteration continues with exactly the next batch.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -24,7 +28,10 @@ from torch.utils.data import Sampler
 
 log = logging.getLogger(__name__)
 
-BATCH_ORDERINGS = ("random", "ascending", "descending")
+BatchOrdering = Literal["random", "ascending", "descending"]
+Budget = Literal["rank", "global"]
+BoundaryMethod = Literal["padding", "quantile", "duration"]
+BATCH_ORDERINGS, BUDGETS, BOUNDARY_METHODS = get_args(BatchOrdering), get_args(Budget), get_args(BoundaryMethod)
 
 
 def _world() -> tuple[int, int]:
@@ -51,6 +58,7 @@ class LengthBatchSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
         even: bool = True,
+        budget: Budget = "rank",
     ) -> None:
         self.lengths = np.asarray(lengths, dtype=np.float64)
         if self.lengths.ndim != 1:
@@ -58,6 +66,8 @@ class LengthBatchSampler(Sampler[list[int]]):
         if len(self.lengths) and (not np.all(np.isfinite(self.lengths)) or self.lengths.min() < 0):
             bad = int(np.flatnonzero(~np.isfinite(self.lengths) | (self.lengths < 0))[0])
             raise ValueError(f"length of example {bad} is {self.lengths[bad]}; lengths must be finite and >= 0")
+        if budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
         world, this_rank = _world()
         self.num_replicas = world if num_replicas is None else num_replicas
         self.rank = this_rank if rank is None else rank
@@ -73,6 +83,8 @@ class LengthBatchSampler(Sampler[list[int]]):
         # Training needs the same number of batches on every rank (DDP steps in lockstep);
         # evaluation passes even=False to shard without repeating any example.
         self.even = even
+        # evaluation shards whole batches: there is no optimizer step to keep the same
+        self.split = budget == "global" and even and self.num_replicas > 1
 
     # -- to implement ---------------------------------------------------------------
     def global_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
@@ -84,15 +96,23 @@ class LengthBatchSampler(Sampler[list[int]]):
             self._start = 0
         self.epoch = epoch
 
+    @property
+    def step_width(self) -> int:
+        """Batches per optimizer step in the global list: one per rank, or one when each
+        batch is split across the ranks."""
+        return 1 if self.split else self.num_replicas
+
     def _rng(self) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch])
 
     def rank_batches(self) -> list[np.ndarray]:
         """This rank's batches for the current epoch (cached per epoch)."""
         if self._cache is None or self._cache[0] != self.epoch:
-            batches = shard_batches(
-                self.global_batches(self._rng()), self.num_replicas, self.rank, self.drop_last, self.even
-            )
+            batches = self.global_batches(self._rng())
+            if self.split:
+                batches = [split_batch(b, self.lengths, self.num_replicas, self.rank) for b in batches]
+            else:
+                batches = shard_batches(batches, self.num_replicas, self.rank, self.drop_last, self.even)
             self._cache = (self.epoch, batches)
         return self._cache[1]
 
@@ -144,17 +164,25 @@ def shard_batches(
     return batches[rank::num_replicas]
 
 
+def split_batch(batch: np.ndarray, lengths: np.ndarray, num_replicas: int, rank: int) -> np.ndarray:
+    """Rank ``rank``'s part of one batch split across ``num_replicas`` ranks: every
+    ``num_replicas``-th example by length, so the parts cost about the same. A batch with
+    fewer examples than ranks lends its examples again to the ranks left without one (DDP
+    needs every rank in every step)."""
+    by_length = batch[np.argsort(lengths[batch], kind="stable")]
+    part = by_length[rank::num_replicas]
+    return part if len(part) else by_length[rank % len(by_length) : rank % len(by_length) + 1]
+
+
 def _order_steps(
     batches: list[np.ndarray],
     cost: np.ndarray,
-    ordering: str,
+    ordering: BatchOrdering,
     num_replicas: int,
     rng: np.random.Generator,
 ) -> list[np.ndarray]:
     """Order batches so that each step of ``num_replicas`` consecutive batches holds
     batches of similar cost, then order the steps as ``ordering`` says."""
-    if ordering not in BATCH_ORDERINGS:
-        raise ValueError(f"batch_ordering must be one of {BATCH_ORDERINGS}, got {ordering!r}")
     if ordering == "random" and num_replicas == 1:
         return [batches[i] for i in rng.permutation(len(batches))]
     by_cost = np.argsort(cost, kind="stable")
@@ -202,32 +230,39 @@ class SortedBatchSampler(LengthBatchSampler):
             batches.pop()
         cost = np.array([self.lengths[b].max() for b in batches])
         if self.shuffle:
-            return _order_steps(batches, cost, "random", self.num_replicas, rng)
-        if self.num_replicas > 1:  # keep the sorted order but let each step hold neighbours
-            return _order_steps(batches, cost, "descending" if self.descending else "ascending", self.num_replicas, rng)
+            return _order_steps(batches, cost, "random", self.step_width, rng)
+        if self.step_width > 1:  # keep the sorted order but let each step hold neighbours
+            return _order_steps(batches, cost, "descending" if self.descending else "ascending", self.step_width, rng)
         return batches
 
 
 def fit_bucket_boundaries(
-    lengths: np.ndarray, num_buckets: int, method: str = "padding", candidates: int = 512
+    lengths: np.ndarray, num_buckets: int, method: BoundaryMethod = "padding", candidates: int = 512
 ) -> np.ndarray:
     """Upper bucket edges fitted to ``lengths``.
 
-    ``quantile``: equal-count buckets. ``padding``: the edges that minimise the total
-    padding up to each bucket's edge, sum(edge(bucket(l)) - l), found exactly by dynamic
-    programming over at most ``candidates`` candidate edges (the distinct lengths, or
-    their quantiles when there are more).
+    ``quantile``: equal-count buckets. ``duration``: equal-duration buckets (each holds
+    about the same total length, as lhotse's ``DynamicBucketingSampler`` estimates them).
+    ``padding``: the edges that minimise the total padding up to each bucket's edge,
+    sum(edge(bucket(l)) - l), found exactly by dynamic programming over at most
+    ``candidates`` candidate edges (the distinct lengths, or their quantiles when there
+    are more).
     """
     lengths = np.asarray(lengths, dtype=np.float64)
     if len(lengths) == 0:
         return np.array([np.inf])
     if num_buckets < 1:
         raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+    if method not in BOUNDARY_METHODS:
+        raise ValueError(f"boundary method must be one of {BOUNDARY_METHODS}, got {method!r}")
     if method == "quantile":
         edges = np.quantile(lengths, np.linspace(0, 1, num_buckets + 1)[1:])
         return np.unique(edges)
-    if method != "padding":
-        raise ValueError(f"boundary method must be 'padding' or 'quantile', got {method!r}")
+    if method == "duration":
+        ordered = np.sort(lengths)
+        cumulative = np.cumsum(ordered)
+        shares = cumulative[-1] * np.arange(1, num_buckets) / num_buckets
+        return np.unique(np.append(ordered[np.searchsorted(cumulative, shares)], ordered[-1]))
 
     uniq = np.unique(lengths)
     if len(uniq) > candidates:
@@ -274,6 +309,13 @@ class DynamicBatchSampler(LengthBatchSampler):
     as upper edges, or ``num_buckets`` edges fitted to the data), shuffled inside each
     bucket with ``(seed, epoch)``, and cut greedily into batches as full as the budget and
     ``max_batch_ex`` allow.
+
+    ``mix_buckets=k`` (k > 1) draws each batch from a band of ``k`` neighbouring buckets:
+    every epoch each example moves up by 0 to k-1 buckets at random, so bucket ``j`` holds
+    examples of buckets ``j-k+1 .. j``. Batches then mix neighbouring lengths and change
+    composition every epoch (narrow buckets alone give the same batches every epoch when a
+    bucket holds about one batch) while keeping about the same sizes; padding grows about
+    as with k times wider buckets.
     """
 
     def __init__(
@@ -284,13 +326,16 @@ class DynamicBatchSampler(LengthBatchSampler):
         bucket_boundaries: Sequence[float] | None = None,
         max_batch_ex: int | None = None,
         shuffle: bool = True,
-        batch_ordering: Literal["random", "ascending", "descending"] = "random",
+        batch_ordering: BatchOrdering = "random",
         quadratic: float | None = None,
         too_long: Literal["drop", "error"] = "drop",
-        boundary_method: Literal["padding", "quantile"] = "padding",
+        boundary_method: BoundaryMethod = "padding",
+        mix_buckets: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(lengths, shuffle=shuffle, **kwargs)
+        if mix_buckets < 1:
+            raise ValueError(f"mix_buckets must be >= 1 (1: no mixing), got {mix_buckets}")
         if max_batch_length <= 0:
             raise ValueError(f"max_batch_length must be > 0, got {max_batch_length}")
         if batch_ordering not in BATCH_ORDERINGS:
@@ -301,6 +346,7 @@ class DynamicBatchSampler(LengthBatchSampler):
         self.max_batch_ex = max_batch_ex
         self.batch_ordering = batch_ordering
         self.quadratic = quadratic
+        self.mix_buckets = int(mix_buckets)
 
         cost = self.cost(self.lengths)
         too_long_idx = np.flatnonzero(cost > self.max_batch_length)
@@ -335,6 +381,15 @@ class DynamicBatchSampler(LengthBatchSampler):
     def global_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         n = len(self.kept)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.mix_buckets > 1:
+            batches, longest_of = self._mixed_batches(order)
+        else:
+            batches, longest_of = self._greedy_batches(order)
+        return _order_steps(batches, np.asarray(longest_of), self.batch_ordering, self.step_width, rng)
+
+    def _greedy_batches(self, order: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
+        """Each bucket, in ``order``, cut into batches as full as the budget allows."""
+        n = len(order)
         by_bucket = order[np.argsort(self._bucket_of[order], kind="stable")]
         counts = np.bincount(self._bucket_of, minlength=len(self.bucket_boundaries) + 1)
         cost_sorted = self.cost(self.lengths[self.kept[by_bucket]]).tolist()
@@ -364,7 +419,46 @@ class DynamicBatchSampler(LengthBatchSampler):
                 batches.append(self.kept[by_bucket[start:i]])
                 longest_of.append(longest)
             pos = end
-        return _order_steps(batches, np.asarray(longest_of), self.batch_ordering, self.num_replicas, rng)
+        return batches, longest_of
+
+    def _mixed_batches(self, order: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
+        """Bands of ``mix_buckets`` buckets, each cut into equal batches.
+
+        The i-th example of bucket b (in ``order``) joins band b + i mod k, so which examples
+        mix is random but how many is not: every band, and so every epoch, has the same
+        size. Band j holds buckets j-k+1..j, so its longest possible example is known and
+        fixes how many batches it needs; the count of batches never changes between epochs
+        (a learning-rate schedule planned from the first epoch holds for all)."""
+        k = self.mix_buckets
+        n = len(order)
+        bucket = self._bucket_of[order]
+        by_bucket = np.argsort(bucket, kind="stable")
+        counts = np.bincount(bucket, minlength=len(self.bucket_boundaries) + 1)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        place = np.empty(n, dtype=np.int64)
+        place[by_bucket] = np.arange(n) - first[bucket[by_bucket]]
+        band = bucket + place % k
+        by_band = order[np.argsort(band, kind="stable")]
+        band_counts = np.bincount(band, minlength=len(counts) + k - 1)
+
+        longest_in_bucket = np.zeros(len(counts))
+        np.maximum.at(longest_in_bucket, self._bucket_of, self.cost(self.lengths[self.kept]))
+        cap_ex = self.max_batch_ex or n or 1
+        batches, longest_of = [], []
+        pos = 0
+        for j, count in enumerate(band_counts.tolist()):
+            members = by_band[pos : pos + count]
+            pos += count
+            if not count:
+                continue
+            bound = longest_in_bucket[max(0, j - k + 1) : j + 1].max()
+            cap = max(1, min(cap_ex, int(self.max_batch_length // bound)))
+            if self.drop_last and count < cap:
+                continue  # the band cannot fill one batch
+            for part in np.array_split(members, -(-count // cap)):
+                batches.append(self.kept[part])
+                longest_of.append(float(self.cost(self.lengths[self.kept[part]]).max()))
+        return batches, longest_of
 
 
 def batch_stats(batches: Sequence[Sequence[int]], lengths: Sequence[float] | np.ndarray) -> dict[str, float]:

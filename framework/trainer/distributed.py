@@ -79,5 +79,8 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    """Ends the process group once every rank is done with it: a rank that tears gloo down
+    while another still talks to it can abort the whole job at exit."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

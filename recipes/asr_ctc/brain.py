@@ -49,8 +49,10 @@ class ASRBrain(Brain):
                             "and transcription need the run directory of a training run")
         self.tokenizer = CharTokenizer.load(path)
         self.greedy = GreedyDecoder(self.tokenizer)  # validation decodes greedily: fast, and picks the checkpoint
-        lexicon = {"lexicon": str(words)} if self.cfg.decoder.get("lexicon") == "train" else {}
-        self.decoder = instantiate(self.cfg.decoder, tokenizer=self.tokenizer, **lexicon)  # test and transcription
+        self.decoder = self.greedy  # test and transcription: the config's decoder group, if it has one
+        if self.cfg.get("decoder"):
+            lexicon = {"lexicon": str(words)} if self.cfg.decoder.get("lexicon") == "train" else {}
+            self.decoder = instantiate(self.cfg.decoder, tokenizer=self.tokenizer, **lexicon)
         self.warned_unknown = False
         self.ctc_loss = nn.CTCLoss(blank=0, zero_infinity=True)
         return instantiate(self.cfg.model, num_bins=self.features.num_bins, num_classes=len(self.tokenizer))

@@ -1,0 +1,66 @@
+"""Epoch time of the default recipe with PyTorch's thread count against ``num_threads=auto``.
+
+    python -m framework.bench threads [--epochs 3] [--repeats 2] [key=value ...]
+
+Each scenario (data workers, a competing busy process) trains the same short run with
+``trainer.num_threads`` set to the machine's core count (what PyTorch does on its own),
+to ``auto`` and to 1, interleaved, and reports the median time of the epochs after the
+first (the first pays for start-up). A competing process is one busy Python loop per
+core it should take, started before the runs and stopped after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from framework.trainer.threads import available_cores, resolve_num_threads
+
+
+@contextmanager
+def busy_processes(count: int):
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def epoch_seconds(threads: str, workers: int, epochs: int, overrides: list[str], out: Path) -> list[float]:
+    """Times of the epochs after the first, from the run's own history."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # auto would take it as given
+    subprocess.run([sys.executable, "-m", "framework.train", f"trainer.max_epochs={epochs}", "trainer.device=cpu",
+                    f"trainer.num_threads={threads}", f"trainer.num_workers={workers}", "logger.tensorboard=false",
+                    f"hydra.run.dir={out}", *overrides], check=True, capture_output=True, env=env)
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    return [h["epoch_s"] for h in history[1:]]
+
+
+def main(epochs: int, repeats: int, overrides: list[str]) -> None:
+    cores = int(available_cores())
+    settings = (str(cores), "auto", "1")
+    scenarios = ((0, 0), (2, 0), (0, 1), (0, cores))  # (data workers, busy processes)
+    print(f"{cores} cores available; default recipe, {epochs} epochs, median of epochs 2.. over {repeats} runs\n")
+    print(f"| data workers | busy processes | {cores} threads (PyTorch's default) s | auto s (threads) | 1 thread s "
+          "| default / auto |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers, busy in scenarios:
+            times: dict[str, list[float]] = {s: [] for s in settings}
+            with busy_processes(busy):
+                for r in range(repeats):
+                    for s in settings:  # interleaved, so a drift in the machine's load hits all alike
+                        times[s] += epoch_seconds(s, workers, epochs, overrides, Path(tmp) / f"{workers}-{busy}-{s}-{r}")
+            med = {s: float(np.median(t)) for s, t in times.items()}
+            auto = resolve_num_threads("auto", 1, workers)
+            print(f"| {workers} | {busy} | {med[str(cores)]:.2f} | {med['auto']:.2f} ({auto}) | {med['1']:.2f} | "
+                  f"{med[str(cores)] / med['auto']:.2f} |", flush=True)
