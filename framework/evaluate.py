@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("run_dir")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset.test.path=other.json")
     parser.add_argument("--checkpoint", default="best", help="best, latest, averaged (framework.average) or a checkpoint path")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow --checkpoint
     return exit_on_error(lambda: evaluate(args.run_dir, args.overrides, args.checkpoint))
 
 

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("run_dir")
     parser.add_argument("files", nargs="+", help="audio files, then any config overrides (decoder=beam decoder.lm=...)")
     parser.add_argument("--checkpoint", default="best", help="best, latest, averaged (framework.average) or a checkpoint path")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow --checkpoint
     files = [f for f in args.files if "=" not in f or Path(f).exists()]
     overrides = [f for f in args.files if f not in files]
     return exit_on_error(lambda: transcribe(args.run_dir, files, args.checkpoint, overrides))

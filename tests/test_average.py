@@ -38,6 +38,10 @@ def test_average_command_writes_a_checkpoint_evaluate_can_use(train_cli, tmp_pat
     proc = run_cli("framework.evaluate", [str(run_dir), "--checkpoint", "averaged"], cwd=tmp_path)
     assert f"weights from {run_dir / 'checkpoints' / 'averaged.pt'}" in proc.stderr
     assert 0 <= json.loads(proc.stdout)["test_cer"] <= 1.5
+    # overrides may come after the option, as in: evaluate RUN --checkpoint averaged decoder=beam ...
+    other_set = f"dataset.test.path={run_dir.parent / 'none.json'}"
+    moved = run_cli("framework.evaluate", [str(run_dir), "--checkpoint", "averaged", other_set], cwd=tmp_path, check=False)
+    assert moved.returncode == 2 and moved.stderr.strip().endswith("none.json: manifest not found")  # it reached the config
 
     too_many = run_cli("framework.average", [str(run_dir), "--best", "9"], cwd=tmp_path, check=False)
     assert too_many.returncode == 2 and "holds 1 checkpoint(s) for the 9 best by valid cer" in too_many.stderr

@@ -221,3 +221,25 @@ def test_every_recipe_composes_with_every_batching_and_dataset(recipe, batching)
 
     for dataset, paths in DATASETS.items():
         check_command_line([f"recipe={recipe}", f"batching={batching}", f"dataset={dataset}", *paths])
+
+
+@pytest.mark.parametrize("recipe,extra", [
+    ("asr_ctc", ["model=conformer_small", "batching.quadratic=30"]),
+    ("asr_ctc", ["model=conformer_m", "trainer.activation_checkpointing=[blocks]"]),
+    ("asr_ctc", ["decoder=beam", "decoder.lexicon=train"]),
+    ("sound_event", []),
+])
+@pytest.mark.parametrize("augment", ["none", "specaugment", "speech"])
+def test_augmentations_decoders_and_conformers_compose_with_the_recipes_they_apply_to(recipe, extra, augment):
+    from framework.config.check import ConfigError, check_command_line
+
+    check_command_line([f"recipe={recipe}", f"augment={augment}", *extra])
+    with pytest.raises(ConfigError, match="augment.specaugmnt"):  # and the check is live there
+        check_command_line([f"recipe={recipe}", f"augment={augment}", *extra, "augment.specaugmnt=1"])
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_every_shipped_experiment_passes_the_config_check(name):
+    from framework.config.check import check_command_line
+
+    check_command_line([f"experiment={name}"])

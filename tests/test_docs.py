@@ -77,3 +77,15 @@ def test_sweep_tutorial(tmp_path, data_dir):
     searched = [[line for line in t if "optimizer.lr" in line or "max_batch_length" in line or "hidden_size" in line]
                 for t in trials]
     assert searched[2] != searched[0] and searched[2] != searched[1]  # the resumed search draws new parameters
+
+
+@pytest.mark.slow  # seven commands on the speech corpus, ~1 min; each piece also has its own fast test
+def test_asr_tutorial(tmp_path, data_dir):
+    pytest.importorskip("flashlight.lib.text", reason="beam search needs flashlight-text (pip install '.[lm]')")
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")  # the commands run from the repository's root
+    out = run_doc("asr.md", tmp_path, data_dir)
+    assert len(re.findall(r'\{"test_loss": [\d.]+, "test_cer": [\d.]+, "test_wer": [\d.]+\}', out)) == 3
+    assert "recipes/asr_ctc/speech/test/test-0000.flac\t" in out  # transcribe's line
+    assert (tmp_path / "runs" / "aug" / "checkpoints" / "averaged.pt").is_file()
+    config = (tmp_path / "runs" / "aug" / "config.yaml").read_text()
+    assert "framework.augment.SpeedPerturbation" in config and "p: 0.3" in config
