@@ -112,7 +112,7 @@ class Brain:
         self.device = self.dist.device
         self.run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
         setup_file_logging(self.run_dir, self.dist.rank, self.dist.world_size, log_name)
-        set_num_threads(opts.num_threads, opts.num_workers)
+        set_num_threads(opts.num_threads)
         self.precision = Precision(opts.precision, self.device, opts.eval_precision)
         self.features: nn.Module | None = None
         if cfg.get("features"):  # the run's augmentation goes inside the pipeline that applies it

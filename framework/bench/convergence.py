@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -214,43 +213,6 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int) -> None:
 
 
 # --------------------------------------------------------------------------- results
-_STAMP = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
-
-
-def _seconds(stamp: str) -> float:
-    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-
-
-def history_from_log(log: str) -> list[dict[str, float]]:
-    """The per-epoch history rebuilt from ``train.log`` timestamps, for runs whose
-    ``metrics.json`` has none: training time of an epoch runs from the end of the previous
-    epoch's validation and checkpoint to the epoch's summary line."""
-    history: list[dict[str, float]] = []
-    start = train_s = None
-    entry: dict[str, float] = {}
-    for line in log.splitlines():
-        m = re.match(_STAMP + r" \S+ \S+ (.*)", line)
-        if not m:
-            continue
-        t, text = _seconds(m.group(1)), m.group(2)
-        if start is None and text.startswith("model "):
-            start, train_s, epoch_start = t, 0.0, t
-        elif start is None:
-            continue
-        elif s := re.match(r"epoch (\d+): (\d+) steps, padding ([\d.]+)%", text):
-            train_s += t - epoch_start
-            entry = {"epoch": int(s.group(1)), "steps": int(s.group(2)), "padding_fraction": float(s.group(3)) / 100,
-                     "epoch_s": t - epoch_start, "train_s": train_s}
-        elif v := re.match(r"epoch (\d+)/\d+: (.*)", text):
-            entry.update({k: float(x) for k, x in re.findall(r"(\w+)=([-\d.e+]+|nan|inf)", v.group(2))})
-            entry["elapsed_s"] = t - start
-            history.append(entry)
-            epoch_start = t
-        elif text.startswith("checkpoint ") and history:
-            epoch_start = t
-    return history
-
-
 def load_run(run_dir: Path) -> dict | None:
     """A finished run's metrics and history, its times in core-seconds: wall seconds times
     the share of a core the run got (its CPU time / wall time). On a shared machine that is
@@ -260,7 +222,7 @@ def load_run(run_dir: Path) -> dict | None:
     result = json.loads((run_dir / "metrics.json").read_text())
     usage = json.loads((run_dir / "bench-cpu.json").read_text())
     share = usage["cpu_s"] / usage["wall_s"]
-    history = result.get("history") or history_from_log((run_dir / "train.log").read_text())
+    history = result["history"]  # per epoch, written by the Brain
     history = [{**h, **{k: h[k] * share for k in ("train_s", "epoch_s", "elapsed_s") if k in h}} for h in history]
     return {"metrics": result["metrics"], "history": history, "share": share}
 

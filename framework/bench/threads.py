@@ -26,7 +26,8 @@ from framework.trainer.threads import available_cores, resolve_num_threads
 
 @contextmanager
 def busy_processes(count: int):
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"  # ends with the benchmark
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
     try:
         yield
     finally:
@@ -61,6 +62,6 @@ def main(epochs: int, repeats: int, overrides: list[str]) -> None:
                     for s in settings:  # interleaved, so a drift in the machine's load hits all alike
                         times[s] += epoch_seconds(s, workers, epochs, overrides, Path(tmp) / f"{workers}-{busy}-{s}-{r}")
             med = {s: float(np.median(t)) for s, t in times.items()}
-            auto = resolve_num_threads("auto", 1, workers)
+            auto = resolve_num_threads("auto")
             print(f"| {workers} | {busy} | {med[str(cores)]:.2f} | {med['auto']:.2f} ({auto}) | {med['1']:.2f} | "
                   f"{med[str(cores)] / med['auto']:.2f} |", flush=True)

@@ -55,7 +55,7 @@ class TrainerConfig:
     max_grad_norm: Optional[float] = option(5.0, "global-norm clipping; null turns it off", min=0, min_exclusive=True)
     num_workers: int = option(0, "DataLoader worker processes", min=0)
     num_threads: Any = option("auto", "torch CPU threads: auto (cores this process may use, shared among local "
-                                      "ranks, minus data workers) or a number")
+                                      "ranks) or a number")
     nonfinite_patience: int = option(10, "skipped non-finite steps tolerated before the run stops", min=0)
     resume: Optional[str] = option(None, "null, auto (the newest checkpoint of this run dir) or a checkpoint path")
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
