@@ -45,7 +45,7 @@ from framework.data.collate import Batch, SkippedExample, collate
 from framework.data.mapped import MappedInputs
 from framework.errors import UserError
 from framework.files import write_text_atomic
-from framework.models import trainable_parameters
+from framework.models import count_parameters, trainable_parameters
 from framework.trainer import distributed
 from framework.trainer.accumulation import loss_weights, windows
 from framework.trainer.activation_checkpointing import apply_activation_checkpointing
@@ -236,7 +236,7 @@ class Brain:
             torch.backends.cudnn.allow_tf32 = True
         model = self.build_model(train_set).to(self.device)
         params = trainable_parameters(model)
-        log.info("model %s: %.2f M trainable parameters", type(model).__name__, sum(p.numel() for p in params) / 1e6)
+        log.info("model %s: %.2f M trainable parameters", type(model).__name__, count_parameters(model) / 1e6)
         if opts.activation_checkpointing:
             wrapped = apply_activation_checkpointing(model, list(opts.activation_checkpointing))
             log.info("activation checkpointing: %s", ", ".join(wrapped))
@@ -304,10 +304,7 @@ class Brain:
         distributed.barrier()
 
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
-        self._check_model_config(state, path)
-        self.module.load_state_dict(state["model"])
-        if self.features is not None and state.get("features"):
-            self.features.load_state_dict(state["features"])
+        self._load_model_state(state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
             saved_sched = dict(state["scheduler"])
@@ -318,8 +315,6 @@ class Brain:
                 saved_sched["total_steps"] = planned
             self.scheduler.load_state_dict(saved_sched)
         self.precision.load_state_dict(state.get("scaler", {}))
-        if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
         self.history = list(state.get("history", []))
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
@@ -333,7 +328,9 @@ class Brain:
         log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", path, self.epoch, self.step,
                  self.batch_in_epoch)
 
-    def _check_model_config(self, state: dict[str, Any], path: Path) -> None:
+    def _load_model_state(self, state: dict[str, Any], path: Path) -> None:
+        """What training and evaluation both restore: the weights (after checking they were
+        written for this model config), the feature statistics and the weight average."""
         saved = state.get("model_config")
         current = OmegaConf.to_container(self.cfg.model, resolve=True)
         if saved is not None and saved != current:
@@ -342,6 +339,11 @@ class Brain:
                 f"checkpoint {path} was written for another model config (differs in: {', '.join(diff)}); "
                 "resume with the same model settings or start a new run"
             )
+        self.module.load_state_dict(state["model"])
+        if self.features is not None and state.get("features"):
+            self.features.load_state_dict(state["features"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
 
     def resume(self) -> None:
         """``trainer.resume``: null (start fresh), ``auto`` (latest in this run dir, if any)
@@ -376,15 +378,15 @@ class Brain:
         else:
             path = Path(which)
             state = load_checkpoint(path, self.device)
-        self._check_model_config(state, path)
-        self.module.load_state_dict(state["model"])
-        if self.features is not None and state.get("features"):
-            self.features.load_state_dict(state["features"])
-        if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
+        self._load_model_state(state, path)
         self.step = state.get("step", self.step)
         log.info("weights from %s (step %s%s)", path, state.get("step"), ", averaged" if self.ema else "")
         return path
+
+    def eval_weights(self) -> contextlib.AbstractContextManager:
+        """The weights evaluation uses: the weight average (``trainer.ema_decay``) swapped in
+        for the duration, or the model's own."""
+        return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
 
     def elapsed(self) -> float:
         """Wall time of training and validation in this run, over all its processes."""
@@ -696,8 +698,7 @@ class Brain:
         total = torch.zeros(2, device=self.device)  # sum of losses weighted by examples, examples
         limit = limit or self.options.limit_batches
         bar = progress(self._limited(len(loader), limit), stage.value, self.dist.is_main and record)
-        averaged = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
-        with averaged:
+        with self.eval_weights():
             for batch in itertools.islice(loader, limit) if limit else loader:
                 bar.update(1)
                 if not self._usable(batch):

@@ -1,18 +1,38 @@
 """Writing a file so that a crash never leaves half of it: a temporary name in the same
-folder, then a rename (atomic on POSIX file systems). Checkpoints add an fsync and a
-checksum on top (:mod:`framework.trainer.checkpoint`)."""
+folder, fsynced, then a rename (atomic on POSIX file systems), the folder fsynced so the
+rename survives too. Checkpoints add a checksum on top (:mod:`framework.trainer.checkpoint`)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any], before_rename: Callable[[], None] | None = None) -> Path:
+    """``write(f)`` fills a temporary file that then replaces ``path``; on any failure the
+    temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    finally:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))

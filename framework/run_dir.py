@@ -36,8 +36,7 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
         raise ConfigError(f"overrides {' '.join(values)}: {exc}") from None
     cfg.run_dir = str(run_dir)
     cfg.trainer.resume = None
-    add_code_dir(cfg.get("code_dir"))  # a recipe kept outside the package
-    validate(cfg)
+    validate(cfg)  # also makes a recipe kept outside the package importable (code_dir)
     return cfg
 
 

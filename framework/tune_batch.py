@@ -158,12 +158,14 @@ def make_probe(brain, batches: WorstCaseBatches, steps: int, fake_limit: int | N
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
                 for _ in range(steps):
+                    brain.batch_in_epoch = 0  # each probe is a fresh epoch: trainer.limit_batches counts from 0
                     brain.train_epoch([batch], 0)
                 torch.cuda.synchronize(device)
                 peak = torch.cuda.max_memory_allocated(device)
             else:
                 peak = 0
                 for _ in range(steps):
+                    brain.batch_in_epoch = 0
                     saved = SavedTensorBytes()
                     with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
                         brain.train_epoch([batch], 0)

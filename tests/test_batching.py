@@ -306,3 +306,12 @@ def test_bad_budget_and_mix_are_refused():
         FixedBatchSampler([1.0], batch_size=1, budget="local")
     with pytest.raises(ValueError, match="mix_buckets must be >= 1"):
         DynamicBatchSampler([1.0], max_batch_length=5.0, mix_buckets=0)
+
+
+@pytest.mark.parametrize("mix_buckets", [1, 2])
+def test_zero_length_examples_are_batched_within_the_budget(mix_buckets):
+    lengths = np.array([0.0] * 10 + [1.0] * 10)
+    sampler = DynamicBatchSampler(lengths, max_batch_length=4.0, num_buckets=2, mix_buckets=mix_buckets)
+    batches = list(sampler)
+    assert sorted(int(i) for b in batches for i in b) == list(range(20))
+    assert all(len(b) * lengths[b].max() <= 4.0 for b in batches)

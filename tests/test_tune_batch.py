@@ -65,8 +65,9 @@ def test_the_finder_finds_a_fake_limits_budget_within_ten_percent(tmp_path, data
     limit = int((one + (target - 1) * (two - one)) / 0.9)
 
     out = tmp_path / "budget.json"
-    proc = run_cli("framework.tune_batch", [*tiny_overrides(data_dir), f"--memory-limit={limit}", "--out", str(out)],
-                   cwd=tmp_path, env=ONE_THREAD)
+    # trainer.limit_batches (as debug=default sets it) must not end the probes after the first
+    proc = run_cli("framework.tune_batch", [*tiny_overrides(data_dir), "trainer.limit_batches=1",
+                                            f"--memory-limit={limit}", "--out", str(out)], cwd=tmp_path, env=ONE_THREAD)
     scan = json.loads(out.read_text())
     assert abs(scan["examples"] - target) <= 0.1 * target
     assert scan["peak_bytes"] <= 0.9 * limit and scan["limit_bytes"] == limit

@@ -54,8 +54,6 @@ class AddNoise(nn.Module):
         for e in entries:
             if not Path(e.path).is_file():
                 raise ManifestError(f"{path}: entry {e.id!r}: noise file {e.path} not found; fix the path or remove the entry")
-            if e.duration <= 0:
-                raise ManifestError(f"{path}: entry {e.id!r}: duration {e.duration} must be positive")
         return entries
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

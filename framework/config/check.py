@@ -32,6 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from framework.config.schema import LoggerConfig, TrainerConfig
 from framework.errors import UserError
+from framework.trainer.threads import resolve_num_threads
 
 SCHEMAS: dict[str, type] = {"trainer": TrainerConfig, "logger": LoggerConfig}
 HYDRA_KEYS = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
@@ -360,9 +361,10 @@ def _check_cross(cfg: DictConfig, problems: list[Problem]) -> None:
         problems.append(Problem("trainer.resume", f"trainer.resume={resume}: no such checkpoint file; give a "
                                                   "checkpoint path, auto (this run dir's newest) or null"))
     threads = _resolved(trainer, "num_threads")
-    if threads != "auto" and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
-        problems.append(Problem("trainer.num_threads", f"trainer.num_threads={threads!r}: expected auto or an "
-                                                       "integer >= 1"))
+    try:
+        resolve_num_threads(threads)  # the one rule: auto or a number >= 1
+    except ValueError as exc:
+        problems.append(Problem("trainer.num_threads", f"{exc}"))
     if _resolved(trainer, "precision") == "fp16" or _resolved(trainer, "eval_precision") == "fp16":
         import torch
 

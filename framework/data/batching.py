@@ -441,8 +441,9 @@ class DynamicBatchSampler(LengthBatchSampler):
         by_band = order[np.argsort(band, kind="stable")]
         band_counts = np.bincount(band, minlength=len(counts) + k - 1)
 
+        cost = self.cost(self.lengths[self.kept])  # by position in self.kept, as ``order`` is
         longest_in_bucket = np.zeros(len(counts))
-        np.maximum.at(longest_in_bucket, self._bucket_of, self.cost(self.lengths[self.kept]))
+        np.maximum.at(longest_in_bucket, self._bucket_of, cost)
         cap_ex = self.max_batch_ex or n or 1
         batches, longest_of = [], []
         pos = 0
@@ -452,12 +453,12 @@ class DynamicBatchSampler(LengthBatchSampler):
             if not count:
                 continue
             bound = longest_in_bucket[max(0, j - k + 1) : j + 1].max()
-            cap = max(1, min(cap_ex, int(self.max_batch_length // bound)))
+            cap = cap_ex if bound <= 0 else max(1, min(cap_ex, int(self.max_batch_length // bound)))
             if self.drop_last and count < cap:
                 continue  # the band cannot fill one batch
             for part in np.array_split(members, -(-count // cap)):
                 batches.append(self.kept[part])
-                longest_of.append(float(self.cost(self.lengths[self.kept[part]]).max()))
+                longest_of.append(float(cost[part].max()))
         return batches, longest_of
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import shutil
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from framework.errors import UserError
+from framework.files import write_atomic
 
 log = logging.getLogger(__name__)
 CKPT_NAME = re.compile(r"ckpt-(\d+)\.pt$")
@@ -68,32 +68,26 @@ class _HashingWriter:
             raise
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself must survive a crash
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, write: Callable[[BinaryIO], Any], before_rename: Callable[[str], None] | None = None,
+def write_hashed(path: Path, write: Callable[[BinaryIO], Any], before_rename: Callable[[str], None] | None = None,
                  expected_bytes: int | None = None) -> str:
-    """Writes ``path`` through a temporary file; returns its SHA-256 (hex). On failure the
-    temporary file is removed and an OS error becomes a one-line :class:`CheckpointWriteError`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer = None
-    try:
-        with open(tmp, "wb") as raw:
-            writer = _HashingWriter(raw)
-            write(writer)
-            writer.flush()
-            os.fsync(raw.fileno())
-        digest = writer.sha256.hexdigest()
+    """:func:`framework.files.write_atomic`, hashing what is written; returns the SHA-256
+    (hex), which ``before_rename`` receives first. An OS error (disk full, permissions)
+    becomes a one-line :class:`CheckpointWriteError`."""
+    writer: _HashingWriter | None = None
+
+    def hashed(raw: BinaryIO) -> None:
+        nonlocal writer
+        writer = _HashingWriter(raw)
+        write(writer)
+        writer.flush()
+
+    def sidecar() -> None:
         if before_rename is not None:
-            before_rename(digest)
-        os.replace(tmp, path)
+            before_rename(writer.sha256.hexdigest())
+
+    try:
+        write_atomic(path, hashed, sidecar)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         cause = writer.error if writer is not None and writer.error is not None else exc
         if isinstance(cause, OSError):
             free = shutil.disk_usage(path.parent).free
@@ -104,8 +98,7 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], Any], before_rename: Ca
                 "then resume with trainer.resume=auto"
             ) from None
         raise
-    _fsync_dir(path.parent)
-    return digest
+    return writer.sha256.hexdigest()
 
 
 def _mb(n: int) -> str:
@@ -201,7 +194,7 @@ class Checkpointer:
         entries.append({"file": path.name, "step": step, "epoch": state.get("epoch"), "metrics": dict(metrics or {}),
                         "sha256": digest})
         entries = self._prune(entries)
-        write_atomic(self.index_path, lambda f: f.write(json.dumps(entries, indent=1).encode()))
+        write_hashed(self.index_path, lambda f: f.write(json.dumps(entries, indent=1).encode()))
         return path
 
     def ranked(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -263,9 +256,9 @@ def save_verified(state: dict[str, Any], path: Path, expected_bytes: int | None 
     rename (so every checkpoint file has its checksum); returns the SHA-256."""
 
     def write_sidecar(digest: str) -> None:
-        write_atomic(path.with_name(path.name + ".sha256"), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+        write_hashed(path.with_name(path.name + ".sha256"), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
 
-    return write_atomic(path, lambda f: torch.save(state, f), write_sidecar, expected_bytes)
+    return write_hashed(path, lambda f: torch.save(state, f), write_sidecar, expected_bytes)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -275,7 +268,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} does not exist")
     sidecar = path.with_name(path.name + ".sha256")
     if sidecar.is_file():
-        expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
+        recorded = sidecar.read_text().split()
+        expected = recorded[0] if recorded else ""
         if sha256_of(path) != expected:
             raise CheckpointError(f"checkpoint {path} is damaged: its SHA-256 differs from the one recorded when it "
                                   f"was written ({sidecar.name})")

@@ -10,7 +10,6 @@ Run: python -m framework.train recipe=asr_ctc [overrides]
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import Counter
 
@@ -108,8 +107,7 @@ class ASRBrain(Brain):
         self._set_mode(training=False)
         wavs = [read_audio(p, self.cfg.sample_rate) for p in paths]
         inputs, lengths = pad_sequences(wavs)
-        averaged = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
-        with averaged:
+        with self.eval_weights():
             feats, feat_lens = self.features.extract(inputs.to(self.device), lengths.to(self.device))
             logits, out_lens = self.model(feats, feat_lens)
         return self.decoder.decode(logits.float().log_softmax(-1), out_lens)
