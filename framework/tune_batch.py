@@ -24,10 +24,12 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from framework.errors import UserError
+from framework.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -146,6 +148,29 @@ class WorstCaseBatches:
         return self.collate([self.cache[i] for i in idx])
 
 
+def train_peak(brain, batches, steps: int) -> int:
+    """Peak bytes of ``steps`` training passes over ``batches`` (each a fresh epoch, so
+    ``trainer.limit_batches`` counts from 0): the CUDA allocator's peak, or on a CPU the
+    estimate of the tensors a step holds."""
+    device = brain.device
+    peak = 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(steps):
+        brain.batch_in_epoch = 0
+        if device.type == "cuda":
+            brain.train_epoch(batches, 0)
+        else:
+            saved = SavedTensorBytes()
+            with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+                brain.train_epoch(batches, 0)
+            peak = max(peak, saved.total + state_bytes(brain.module, brain.optimizer))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    return peak
+
+
 def make_probe(brain, batches: WorstCaseBatches, steps: int, fake_limit: int | None) -> Callable[[int], int]:
     """Trains ``steps`` steps on the worst-case batch of ``n`` examples through the Brain;
     returns the peak bytes (CUDA allocator peak, or the CPU estimate)."""
@@ -156,20 +181,7 @@ def make_probe(brain, batches: WorstCaseBatches, steps: int, fake_limit: int | N
         try:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-                for _ in range(steps):
-                    brain.batch_in_epoch = 0  # each probe is a fresh epoch: trainer.limit_batches counts from 0
-                    brain.train_epoch([batch], 0)
-                torch.cuda.synchronize(device)
-                peak = torch.cuda.max_memory_allocated(device)
-            else:
-                peak = 0
-                for _ in range(steps):
-                    brain.batch_in_epoch = 0
-                    saved = SavedTensorBytes()
-                    with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-                        brain.train_epoch([batch], 0)
-                    peak = max(peak, saved.total + state_bytes(brain.module, brain.optimizer))
+            peak = train_peak(brain, [batch], steps)
         except torch.OutOfMemoryError:
             raise TooLarge from None
         finally:
@@ -206,7 +218,7 @@ def tune(cfg, memory_limit: int | None = None, safety: float = 0.9, steps: int =
                 torch.cuda.set_per_process_memory_fraction(min(1.0, memory_limit / total), device)
             fake = None
         elif memory_limit is None:
-            raise ValueError("on a CPU give --memory-limit (e.g. 8GB): the finder compares its estimate of a step's "
+            raise UserError("on a CPU give --memory-limit (e.g. 8GB): the finder compares its estimate of a step's "
                              "tensors (parameters, gradients, optimizer state, saved activations) with it")
         else:
             limit, fake = memory_limit, memory_limit
@@ -219,7 +231,7 @@ def tune(cfg, memory_limit: int | None = None, safety: float = 0.9, steps: int =
                                        max_examples=cap)
         brain.logger.close()
     if n == 0:
-        raise RuntimeError(f"one example of the longest length ({batches.longest:g} s) does not fit in "
+        raise UserError(f"one example of the longest length ({batches.longest:g} s) does not fit in "
                            f"{safety:g} x {limit / 1e9:.2f} GB; filter long utterances (max_duration) or use less memory "
                            "(trainer.precision=bf16, trainer.activation_checkpointing=[rnns])")
     return Scan(max_batch_length=n * cost, examples=n, longest_s=batches.longest, peak_bytes=peak, limit_bytes=int(limit),
@@ -227,10 +239,8 @@ def tune(cfg, memory_limit: int | None = None, safety: float = 0.9, steps: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hydra import compose, initialize_config_dir
-
-    from framework import CONF_DIR
-    from framework.cli import parse_with_overrides
+    from framework.cli import exit_on_error, parse_with_overrides
+    from framework.config.check import check_command_line, compose_command_line
 
     parser = argparse.ArgumentParser(prog="python -m framework.tune_batch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -247,18 +257,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("framework.brain", "recipes"):  # one line per probe is enough
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="train", overrides=[*overrides, "trainer.skip_oom=false", "logger.tensorboard=false"])
-    try:
-        scan = tune(cfg, limit, args.safety, args.steps, args.tolerance)
-    except (ValueError, RuntimeError) as exc:
-        print(f"tune_batch: {exc}", file=sys.stderr)
-        return 2
-    Path(args.out).write_text(json.dumps(asdict(scan), indent=1))
-    print(f"batching.max_batch_length={scan.max_batch_length:.4g}  ({scan.examples} examples of the longest, "
-          f"{scan.longest_s:g} s; peak {scan.peak_bytes / 1e9:.3f} GB <= {scan.safety:g} x {scan.limit_bytes / 1e9:.3f} GB; "
-          f"{len(scan.probes)} probes; recorded in {args.out})")
-    return 0
+
+    def run() -> int:
+        job = [*overrides, "trainer.skip_oom=false", "logger.tensorboard=false"]
+        check_command_line(job)
+        scan = tune(compose_command_line(job, hydra_runtime=True), limit, args.safety, args.steps, args.tolerance)
+        write_text_atomic(args.out, json.dumps(asdict(scan), indent=1))
+        print(f"batching.max_batch_length={scan.max_batch_length:.4g}  ({scan.examples} examples of the longest, "
+              f"{scan.longest_s:g} s; peak {scan.peak_bytes / 1e9:.3f} GB <= {scan.safety:g} x "
+              f"{scan.limit_bytes / 1e9:.3f} GB; {len(scan.probes)} probes; recorded in {args.out})")
+        return 0
+
+    return exit_on_error(run)
 
 
 if __name__ == "__main__":

@@ -272,7 +272,9 @@ def test_prepare_lm_missing_file_is_exit_2_and_one_line(tmp_path):
     assert proc.stderr.strip() == "error: train.json: transcripts file not found"
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"u1": {"wav": "a.wav"}}', ""], ids=["bad-json", "no-transcript", "empty"])
+@pytest.mark.parametrize("content", ["{not json", '{"u1": {"wav": "a.wav"}}', "",
+                                     '{"u1": {"text": "a cat"}, "u2": {"words": "the hat"}}'],
+                         ids=["bad-json", "no-transcript", "empty", "two-transcript-keys"])
 def test_prepare_lm_bad_input_is_exit_2_and_one_line(tmp_path, capsys, content):
     (tmp_path / "train.json").write_text(content)
     with pytest.raises(SystemExit) as exit_:

@@ -168,3 +168,14 @@ def test_the_clipped_recurrence_backward_matches_autograd_through_the_spec(share
     reference = torch.autograd.grad(total, [x, *params], allow_unused=True)
     for a, b in zip(ours, reference):
         torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b)
+
+
+def test_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    plain, dropped = small(), small(dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())  # dropout adds no parameters
+    x, lengths = torch.randn(2, 60, 40), torch.tensor([60, 45])
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain(x, lengths)[0], dropped(x, lengths)[0])
+    dropped.train()
+    assert not torch.allclose(dropped(x, lengths)[0], dropped(x, lengths)[0])

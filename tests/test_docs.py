@@ -89,3 +89,7 @@ def test_asr_tutorial(tmp_path, data_dir):
     assert (tmp_path / "runs" / "aug" / "checkpoints" / "averaged.pt").is_file()
     config = (tmp_path / "runs" / "aug" / "config.yaml").read_text()
     assert "framework.augment.SpeedPerturbation" in config and "p: 0.3" in config
+    best = tmp_path / "runs" / "best"
+    assert "test_cer" in json.loads((best / "metrics.json").read_text())["metrics"]
+    config = (best / "config.yaml").read_text()
+    assert "BeamSearchDecoder" in config and "lexicon: train" in config and "dropout: 0.2" in config

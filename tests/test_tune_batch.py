@@ -83,3 +83,12 @@ def test_the_finder_finds_a_fake_limits_budget_within_ten_percent(tmp_path, data
 def test_on_a_cpu_without_a_limit_it_says_so(tmp_path, data_dir):
     proc = run_cli("framework.tune_batch", tiny_overrides(data_dir), cwd=tmp_path, env=ONE_THREAD, check=False)
     assert proc.returncode == 2 and "give --memory-limit" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_config_typo_is_named_in_one_line_before_any_probe(tmp_path, data_dir):
+    proc = run_cli("framework.tune_batch", [*tiny_overrides(data_dir), "--memory-limit", "1GB", "trainer.max_epoch=3"],
+                   cwd=tmp_path, env=ONE_THREAD, check=False)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "trainer.max_epoch" in last and "max_epochs" in last, last  # did-you-mean from the config check
+    assert not (tmp_path / "batch_budget.json").exists()

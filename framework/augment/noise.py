@@ -12,6 +12,7 @@ import torchaudio.functional as AF
 from torch import nn
 
 from framework.data.audio import AudioError, read_audio
+from framework.data.collate import length_mask
 from framework.data.manifest import Entry, ManifestError, load_entries
 
 COLORS = ("white", "pink")
@@ -89,7 +90,7 @@ class AddNoise(nn.Module):
             for i, n in enumerate(lengths.tolist()):
                 noise[i, :n] = self._read_noise(n)
             noise = noise.to(device)
-        return noise * (torch.arange(width, device=device)[None, :] < lengths[:, None])
+        return noise * length_mask(lengths, width)
 
     def _read_noise(self, n: int) -> torch.Tensor:
         """``n`` samples of a random noise file: a random segment, or the file looped."""

@@ -291,26 +291,15 @@ def deepmark_brain(s: Section, overrides: list[str], tmp: str):
 
 def step_peak(brain, batches, steps: int) -> tuple[float, float]:
     """(ms per optimizer step, peak bytes) over ``steps`` passes of ``batches`` after a warm one."""
-    from framework.tune_batch import SavedTensorBytes, state_bytes
+    from framework.tune_batch import train_peak
 
     brain.train_epoch(batches, 0)
     sync(brain.device)
     free_memory()
     start_step = brain.step
-    peak = 0
     t0 = time.perf_counter()
-    for _ in range(steps):
-        if brain.device.type == "cuda":
-            brain.train_epoch(batches, 0)
-        else:
-            saved = SavedTensorBytes()
-            with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-                brain.train_epoch(batches, 0)
-            peak = max(peak, saved.total + state_bytes(brain.module, brain.optimizer))
-    sync(brain.device)
+    peak = train_peak(brain, batches, steps)
     elapsed = time.perf_counter() - t0
-    if brain.device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(brain.device)
     return 1e3 * elapsed / max(1, brain.step - start_step), peak
 
 

@@ -18,6 +18,11 @@ class SkippedExample:
     reason: str
 
 
+def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``[B, max_len]``, True on each example's valid positions (before its padding)."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
 class Batch(dict):
     """A dict with attribute access. Every padded tensor ``x`` comes with ``x_lens``
     (absolute lengths along dim 0 of each example) and ``x_rel_lens`` (lengths / longest,

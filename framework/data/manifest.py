@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -133,6 +133,12 @@ def fill_placeholders(value: str, replacements: Mapping[str, str]) -> str:
     return re.sub(r"\{(\w+)\}|\$(\w+)", sub, value)
 
 
+def transcript_key(rows: Sequence[tuple[str, Any]]) -> str | None:
+    """The manifest's transcript key: the first of ``TEXT_KEYS`` that any entry has. One
+    key for the whole manifest, so an entry without it is an error, not an empty transcript."""
+    return next((k for k in TEXT_KEYS if any(isinstance(row, Mapping) and k in row for _, row in rows)), None)
+
+
 def load_entries(
     path: str | Path,
     *,
@@ -151,8 +157,7 @@ def load_entries(
         raise ManifestError(f"{path}: manifest has no entries")
     replacements = dict(replacements or {})
     base = Path(path).parent
-    # one transcript key for the whole manifest: an entry without it is an error, not an empty transcript
-    t_key = text_key or next((k for k in TEXT_KEYS if any(k in row for _, row in rows)), None)
+    t_key = text_key or transcript_key(rows)
     entries, skipped = [], []
     for uid, row in rows:
         try:

@@ -16,7 +16,7 @@ import torchaudio
 from torch import nn
 
 from framework.augment import Augmentation
-from framework.data.collate import SkippedExample
+from framework.data.collate import SkippedExample, length_mask
 from framework.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -80,15 +80,11 @@ def raw() -> Extractor:
     return Extractor(None, 1, 1, 1, log_compress=False)
 
 
-def valid_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
 class UtteranceNorm(nn.Module):
     """Zero mean, unit variance per utterance and bin, over valid frames only."""
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        mask = valid_mask(lengths, feats.shape[1])[..., None].to(feats.dtype)
+        mask = length_mask(lengths, feats.shape[1])[..., None].to(feats.dtype)
         n = mask.sum(1, keepdim=True).clamp(min=1)
         mean = (feats * mask).sum(1, keepdim=True) / n
         var = ((feats - mean) ** 2 * mask).sum(1, keepdim=True) / n
@@ -110,7 +106,7 @@ class GlobalNorm(nn.Module):
             if not self.fitted:
                 raise RuntimeError("global normalisation statistics were not computed; call FeaturePipeline.fit_stats first")
             self._checked = True
-        mask = valid_mask(lengths, feats.shape[1])[..., None].to(feats.dtype)
+        mask = length_mask(lengths, feats.shape[1])[..., None].to(feats.dtype)
         return (feats - self.mean) / self.std * mask
 
 

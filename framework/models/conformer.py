@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torchaudio.models.conformer import ConformerLayer
 
-from framework.models.deepspeech2 import MaskedBatchNorm, time_mask
+from framework.data.collate import length_mask
+from framework.models.deepspeech2 import MaskedBatchNorm
 
 
 def subsampled_lengths(lengths: torch.Tensor | int) -> torch.Tensor | int:
@@ -137,7 +138,7 @@ class ConformerCTC(nn.Module):
         positions = sinusoidal_positions(t, self.d_model, x.device)
         x = self.dropout(x * math.sqrt(self.d_model) + positions.to(x.dtype))
         padded = subsampled_lengths(shortest) < t
-        padding_mask = ~time_mask(lengths, t) if padded else None
+        padding_mask = ~length_mask(lengths, t) if padded else None
         x = x.transpose(0, 1)  # [T', B, D]: torchaudio's layers use a sequence-first attention
         for block in self.blocks:
             x = block(x, padding_mask)

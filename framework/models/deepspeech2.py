@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from framework.data.collate import length_mask
+
 RNN_TYPES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
 
@@ -95,10 +97,6 @@ def clipped_relu_rnn(x: torch.Tensor, rnn: nn.RNN, mask: torch.Tensor | None, id
     return out.permute(2, 1, 0, 3).reshape(x.shape[0], x.shape[1], -1)
 
 
-def time_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
 class MaskedBatchNorm(nn.BatchNorm1d):
     """BatchNorm1d over the valid frames of ``[B, T, ..., C]`` (mask ``[B, T]``); padded
     frames stay zero. ``mask=None`` means every frame is valid (no gather needed)."""
@@ -126,7 +124,7 @@ class ConvBlock(nn.Module):
         # x: [B, C, F, T]; batch norm over channels, valid frames only
         x = self.conv(x)
         lengths = self.out_lengths(lengths)
-        mask = time_mask(lengths, x.shape[-1]) if padded else None
+        mask = length_mask(lengths, x.shape[-1]) if padded else None
         x = self.bn(x.permute(0, 3, 2, 1), mask).permute(0, 3, 2, 1)
         return clipped_relu(x), lengths
 
@@ -228,7 +226,8 @@ class DeepSpeech2(nn.Module):
     (32, 5x10, stride 1x2) without padding, 7 bidirectional vanilla RNN layers of 1760 with
     a shared input projection and summed directions, FC 1760, 29 output symbols, clipped
     ReLU inside the recurrence (``clip_recurrence=False``: cuDNN's fused ReLU RNN, clipped
-    after each layer only).
+    after each layer only). ``dropout`` (not in the spec, 0 there) drops activations between
+    layers in training: on the convolutions' output, each recurrent layer's and the FC layer's.
     """
 
     def __init__(
@@ -248,8 +247,10 @@ class DeepSpeech2(nn.Module):
         lookahead: int = 0,
         fc_size: int | None = 1760,
         clip_recurrence: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.dropout_p = dropout  # functional: not a block for activation checkpointing to list
         self.convs = nn.ModuleList()
         channels, freq = 1, num_bins
         for out_ch, kernel, stride, pad in zip(conv_channels, conv_kernels, conv_strides, conv_padding):
@@ -274,6 +275,9 @@ class DeepSpeech2(nn.Module):
             self.fc = None
         self.output = nn.Linear(size, num_classes)
 
+    def dropout(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.dropout_p, self.training)
+
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
             lengths = conv.out_lengths(lengths)
@@ -292,13 +296,14 @@ class DeepSpeech2(nn.Module):
             x, lengths = conv(x, lengths, padded)
         b, c, f, t = x.shape
         x = x.reshape(b, c * f, t).transpose(1, 2)  # [B, T, C*F]
-        mask = time_mask(lengths, t) if padded else None
+        mask = length_mask(lengths, t) if padded else None
         for rnn in self.rnns:
-            x = rnn(x, lengths, mask)
+            x = rnn(self.dropout(x), lengths, mask)
+        x = self.dropout(x)
         if self.lookahead is not None:
             x = self.lookahead(x)
             if mask is not None:
                 x = x * mask[..., None]
         if self.fc is not None:
-            x = clipped_relu(self.fc_bn(self.fc(x), mask))
+            x = self.dropout(clipped_relu(self.fc_bn(self.fc(x), mask)))
         return self.output(x), lengths

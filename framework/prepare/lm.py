@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from framework.data.manifest import TEXT_KEYS, ManifestError, read_manifest_rows
+from framework.data.manifest import TEXT_KEYS, ManifestError, read_manifest_rows, transcript_key
 from framework.errors import UserError
 from framework.text.ngram import estimate, write_arpa
 
@@ -23,11 +23,13 @@ def read_sentences(path: str | Path) -> list[list[str]]:
     if not path.is_file():
         raise ManifestError(f"{path}: transcripts file not found")
     if path.suffix.lower() in MANIFEST_SUFFIXES:
+        rows = read_manifest_rows(path)
+        key = transcript_key(rows)
         texts = []
-        for uid, row in read_manifest_rows(path):
-            key = next((k for k in TEXT_KEYS if isinstance(row, dict) and k in row), None)
-            if key is None:
-                raise ManifestError(f"{path}: entry {uid!r} has no transcript (looked for {' / '.join(TEXT_KEYS)})")
+        for uid, row in rows:
+            if key is None or not isinstance(row, dict) or key not in row:
+                raise ManifestError(f"{path}: entry {uid!r} has no transcript "
+                                    f"(looked for {key or ' / '.join(TEXT_KEYS)})")
             texts.append(str(row[key]))
     else:
         try:
