@@ -273,8 +273,9 @@ def test_prepare_lm_missing_file_is_exit_2_and_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"u1": {"wav": "a.wav"}}', "",
-                                     '{"u1": {"text": "a cat"}, "u2": {"words": "the hat"}}'],
-                         ids=["bad-json", "no-transcript", "empty", "two-transcript-keys"])
+                                     '{"u1": {"text": "a cat"}, "u2": {"words": "the hat"}}',
+                                     '{"u1": {"text": "a cat"}, "u2": {"text": null}}'],
+                         ids=["bad-json", "no-transcript", "empty", "two-transcript-keys", "null-transcript"])
 def test_prepare_lm_bad_input_is_exit_2_and_one_line(tmp_path, capsys, content):
     (tmp_path / "train.json").write_text(content)
     with pytest.raises(SystemExit) as exit_:

@@ -45,6 +45,7 @@ def test_too_short_input_gets_a_clear_error():
     dict(rnn_type="lstm", merge="concat"),
     dict(bidirectional=False, lookahead=3),
     dict(conv_padding=((0, 10), (0, 5))),
+    dict(rnn_type="gru", dropout=0.5),  # trained with dropout, evaluated without
 ])
 def test_a_sequence_gives_the_same_output_alone_or_batched_with_longer_ones(options):
     torch.manual_seed(0)
@@ -82,6 +83,8 @@ def test_invalid_options_are_named():
         small(rnn_type="transformer")
     with pytest.raises(ValueError, match="merge must be sum or concat"):
         small(merge="mean")
+    with pytest.raises(ValueError, match=r"dropout=1.5 must be in \[0, 1\)"):
+        small(dropout=1.5)
 
 
 def reference_clipped_rnn(layer: RecurrentLayer, x: torch.Tensor, length: int) -> torch.Tensor:

@@ -250,6 +250,8 @@ class DeepSpeech2(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout} must be in [0, 1): the probability of zeroing an activation")
         self.dropout_p = dropout  # functional: not a block for activation checkpointing to list
         self.convs = nn.ModuleList()
         channels, freq = 1, num_bins

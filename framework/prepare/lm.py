@@ -27,9 +27,11 @@ def read_sentences(path: str | Path) -> list[list[str]]:
         key = transcript_key(rows)
         texts = []
         for uid, row in rows:
-            if key is None or not isinstance(row, dict) or key not in row:
-                raise ManifestError(f"{path}: entry {uid!r} has no transcript "
-                                    f"(looked for {key or ' / '.join(TEXT_KEYS)})")
+            if key is None:
+                raise ManifestError(f"{path}: entry {uid!r} has no transcript (looked for {' / '.join(TEXT_KEYS)})")
+            if row.get(key) is None:
+                raise ManifestError(f"{path}: entry {uid!r} has no transcript (key {key!r}, which other entries have); "
+                                    "add it or remove the entry")
             texts.append(str(row[key]))
     else:
         try:
