@@ -95,9 +95,5 @@ def _user_error(exc: BaseException | None) -> UserError | None:
     while exc is not None:
         if isinstance(exc, UserError):
             return exc
-        if type(exc).__name__ == "InstantiationException" and type(exc.__cause__) is ValueError:
-            # a constructor refused a value of the config (model.dropout=1.5): name the node
-            node = str(exc).rpartition("full_key: ")[2].strip() if "full_key: " in str(exc) else "config"
-            return UserError(f"{node}: {exc.__cause__}")
         exc = exc.__cause__
     return None

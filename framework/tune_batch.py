@@ -153,21 +153,20 @@ def train_peak(brain, batches, steps: int) -> int:
     ``trainer.limit_batches`` counts from 0): the CUDA allocator's peak, or on a CPU the
     estimate of the tensors a step holds."""
     device = brain.device
-    peak = 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(steps):
+            brain.batch_in_epoch = 0
+            brain.train_epoch(batches, 0)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    peak = 0
     for _ in range(steps):
         brain.batch_in_epoch = 0
-        if device.type == "cuda":
+        saved = SavedTensorBytes()
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
             brain.train_epoch(batches, 0)
-        else:
-            saved = SavedTensorBytes()
-            with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-                brain.train_epoch(batches, 0)
-            peak = max(peak, saved.total + state_bytes(brain.module, brain.optimizer))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
+        peak = max(peak, saved.total + state_bytes(brain.module, brain.optimizer))
     return peak
 
 

@@ -245,7 +245,7 @@ def test_every_shipped_experiment_passes_the_config_check(name):
     check_command_line([f"experiment={name}"])
 
 
-def test_a_value_a_constructor_refuses_is_one_line_naming_the_node(tmp_path):
+def test_a_value_a_constructor_refuses_is_one_line_naming_the_key(tmp_path):
     proc = run_cli("framework.validate", ["model.dropout=1.5"], cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == "error: model: dropout=1.5 must be in [0, 1): the probability of zeroing an activation"
+    assert proc.stderr.strip().splitlines()[-1] == "error: dropout=1.5 must be in [0, 1): the probability of zeroing an activation"

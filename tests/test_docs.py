@@ -34,7 +34,7 @@ def run_doc(name: str, cwd: Path, data_dir: Path) -> str:
 
 
 def test_every_tutorial_has_commands():
-    for name in ("launch.md", "sweep.md", "extend.md"):
+    for name in ("launch.md", "sweep.md", "extend.md", "batching.md", "asr.md"):
         assert bash_blocks(DOCS / name), name
 
 

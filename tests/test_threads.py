@@ -21,10 +21,10 @@ def test_auto_shares_the_available_cores_among_local_ranks(monkeypatch):
     assert resolve_num_threads("auto") == 1
 
 
-@pytest.mark.parametrize("bad", ["many", 0, -2])
+@pytest.mark.parametrize("bad", ["many", 0, -2, True, 2.7, "1.5"])
 def test_a_number_is_taken_as_it_is_and_nonsense_is_refused(bad):
     assert resolve_num_threads(5) == 5 and resolve_num_threads("2") == 2
-    with pytest.raises(ValueError, match="trainer.num_threads must be auto or a number >= 1"):
+    with pytest.raises(ValueError, match="trainer.num_threads must be auto or a whole number >= 1"):
         resolve_num_threads(bad)
 
 

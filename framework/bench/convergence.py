@@ -81,15 +81,15 @@ DESCRIPTIONS = {
 
 
 def default_batch_size(corpus_overrides: list[str], overrides: list[str]) -> int:
-    """Mean batch size of the batching these overrides configure on the corpus' training set."""
-    from hydra import compose, initialize_config_dir
+    """Mean batch size of the batching these overrides configure on the corpus' training set.
+    The command line is checked here first, so a typo stops the study before any run."""
     from hydra.utils import instantiate
 
-    from framework import CONF_DIR
+    from framework.config.check import check_command_line, compose_command_line
     from framework.experiment import build_datasets
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="train", overrides=[*corpus_overrides, *overrides])
+    check_command_line([*corpus_overrides, *overrides])
+    cfg = compose_command_line([*corpus_overrides, *overrides])
     train = build_datasets(cfg)["train"]
     sampler = instantiate(cfg.batching, lengths=train.lengths, seed=cfg.seed)
     return max(1, round(len(train) / len(sampler)))
@@ -275,10 +275,13 @@ def table(rows: dict[str, dict], targets: tuple[float, ...]) -> str:
                  f"{row['run_epoch_s']:.2f}"]
         for t in targets:
             secs, epochs = row[t]
-            cell = f"{_mean_sd(secs)} ({np.mean(epochs):.1f})" if secs else "-"
-            if 0 < len(secs) < row["seeds"]:
+            if not secs:
+                cells.append(f"- (0/{row['seeds']})")
+                continue
+            cell = f"{_mean_sd(secs)} ({np.mean(epochs):.1f})"
+            if len(secs) < row["seeds"]:
                 cell += f" ({len(secs)}/{row['seeds']})"
-            cells.append(cell if secs else f"- (0/{row['seeds']})")
+            cells.append(cell)
         tests = row["test_cer"]
         cells += [_mean_sd(row["best"], 3), _mean_sd(row["time_to_best"]), _mean_sd(tests, 4),
                   f"{min(tests):.4f}-{max(tests):.4f}", f"{row['share']:.2f}"]

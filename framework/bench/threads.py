@@ -54,6 +54,11 @@ def main(epochs: int, repeats: int, overrides: list[str]) -> None:
     print(f"| data workers | busy processes | {cores} threads (PyTorch's default) s | auto s (threads) | 1 thread s "
           "| default / auto |")
     print("| --- | --- | --- | --- | --- | --- |")
+    # what `auto` resolves to in the runs, which start without OMP_NUM_THREADS
+    omp = os.environ.pop("OMP_NUM_THREADS", None)
+    auto = resolve_num_threads("auto")
+    if omp is not None:
+        os.environ["OMP_NUM_THREADS"] = omp
     with tempfile.TemporaryDirectory() as tmp:
         for workers, busy in scenarios:
             times: dict[str, list[float]] = {s: [] for s in settings}
@@ -62,6 +67,5 @@ def main(epochs: int, repeats: int, overrides: list[str]) -> None:
                     for s in settings:  # interleaved, so a drift in the machine's load hits all alike
                         times[s] += epoch_seconds(s, workers, epochs, overrides, Path(tmp) / f"{workers}-{busy}-{s}-{r}")
             med = {s: float(np.median(t)) for s, t in times.items()}
-            auto = resolve_num_threads("auto")
             print(f"| {workers} | {busy} | {med[str(cores)]:.2f} | {med['auto']:.2f} ({auto}) | {med['1']:.2f} | "
                   f"{med[str(cores)] / med['auto']:.2f} |", flush=True)

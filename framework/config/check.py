@@ -362,7 +362,7 @@ def _check_cross(cfg: DictConfig, problems: list[Problem]) -> None:
                                                   "checkpoint path, auto (this run dir's newest) or null"))
     threads = _resolved(trainer, "num_threads")
     try:
-        resolve_num_threads(threads)  # the one rule: auto or a number >= 1
+        resolve_num_threads(threads)  # the one rule: auto or a whole number >= 1
     except ValueError as exc:
         problems.append(Problem("trainer.num_threads", f"{exc}"))
     if _resolved(trainer, "precision") == "fp16" or _resolved(trainer, "eval_precision") == "fp16":

@@ -139,6 +139,13 @@ def transcript_key(rows: Sequence[tuple[str, Any]]) -> str | None:
     return next((k for k in TEXT_KEYS if any(isinstance(row, Mapping) and k in row for _, row in rows)), None)
 
 
+def transcript_of(row: Mapping[str, Any], key: str, where: str, remedy: str) -> str:
+    """The entry's transcript under the manifest's ``key``; an entry without one is an error."""
+    if row.get(key) is None:
+        raise ManifestError(f"{where} has no transcript (key {key!r}, which other entries have); {remedy}")
+    return str(row[key])
+
+
 def load_entries(
     path: str | Path,
     *,
@@ -211,12 +218,7 @@ def _entry(uid: str, row: Mapping[str, Any], where: str, base: Path, replacement
     if duration is None or not math.isfinite(duration) or duration <= 0:
         raise ManifestError(f"{where}: {named} is not a positive length; fix the entry or remove it "
                             "(skip_bad=true leaves such entries out)")
-    text = None
-    if text_key is not None:
-        if row.get(text_key) is None:
-            raise ManifestError(f"{where} has no transcript (key {text_key!r}, which other entries have); add it, "
-                                "remove the entry, or pass skip_bad=true")
-        text = str(row[text_key])
+    text = None if text_key is None else transcript_of(row, text_key, where, "add it, remove the entry, or pass skip_bad=true")
     used = {a_key, text_key, d_key, s_key, "start", "stop", "end", *ID_KEYS}
     fields = {k: v for k, v in row.items() if k not in used}
     return Entry(uid, audio, float(duration), text, start, stop, fields)

@@ -19,6 +19,7 @@ from torch import nn
 from torchaudio.models.conformer import ConformerLayer
 
 from framework.data.collate import length_mask
+from framework.errors import BadValue
 from framework.models.deepspeech2 import MaskedBatchNorm
 
 
@@ -40,7 +41,7 @@ class ConvSubsampling(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, 2), nn.ReLU(), nn.Conv2d(channels, channels, 3, 2), nn.ReLU())
         freq = subsampled_lengths(num_bins)
         if freq < 1:
-            raise ValueError(f"num_bins={num_bins} is too few for the x4 subsampling; it needs at least {MIN_FRAMES}")
+            raise BadValue(f"num_bins={num_bins} is too few for the x4 subsampling; it needs at least {MIN_FRAMES}")
         self.linear = nn.Linear(channels * freq, d_model)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -110,9 +111,9 @@ class ConformerCTC(nn.Module):
     ) -> None:
         super().__init__()
         if d_model % num_heads:
-            raise ValueError(f"d_model={d_model} must be a multiple of num_heads={num_heads}")
+            raise BadValue(f"d_model={d_model} must be a multiple of num_heads={num_heads}")
         if conv_kernel % 2 == 0:
-            raise ValueError(f"conv_kernel={conv_kernel} must be odd, so the convolution keeps the frame count")
+            raise BadValue(f"conv_kernel={conv_kernel} must be odd, so the convolution keeps the frame count")
         self.d_model = d_model
         self.subsampling = ConvSubsampling(num_bins, subsampling_channels, d_model)
         self.dropout = nn.Dropout(dropout)

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from framework.data.collate import length_mask
+from framework.errors import BadValue
 
 RNN_TYPES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -156,9 +157,9 @@ class RecurrentLayer(nn.Module):
     ) -> None:
         super().__init__()
         if rnn_type not in RNN_TYPES:
-            raise ValueError(f"rnn_type must be one of {sorted(RNN_TYPES)}, got {rnn_type!r}")
+            raise BadValue(f"rnn_type must be one of {sorted(RNN_TYPES)}, got {rnn_type!r}")
         if merge not in ("sum", "concat"):
-            raise ValueError(f"merge must be sum or concat, got {merge!r}")
+            raise BadValue(f"merge must be sum or concat, got {merge!r}")
         self.merge = merge
         self.bidirectional = bidirectional
         self.hidden_size = hidden_size
@@ -251,7 +252,7 @@ class DeepSpeech2(nn.Module):
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout} must be in [0, 1): the probability of zeroing an activation")
+            raise BadValue(f"dropout={dropout} must be in [0, 1): the probability of zeroing an activation")
         self.dropout_p = dropout  # functional: not a block for activation checkpointing to list
         self.convs = nn.ModuleList()
         channels, freq = 1, num_bins
@@ -260,7 +261,7 @@ class DeepSpeech2(nn.Module):
             channels = out_ch
             freq = (freq + 2 * pad[0] - kernel[0]) // stride[0] + 1
             if freq < 1:
-                raise ValueError(f"num_bins={num_bins} is too few for the convolution kernels {conv_kernels}")
+                raise BadValue(f"num_bins={num_bins} is too few for the convolution kernels {conv_kernels}")
         size = channels * freq
         self.rnn_input_size = size
         self.rnns = nn.ModuleList()

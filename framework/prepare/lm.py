@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from framework.data.manifest import TEXT_KEYS, ManifestError, read_manifest_rows, transcript_key
+from framework.data.manifest import TEXT_KEYS, ManifestError, read_manifest_rows, transcript_key, transcript_of
 from framework.errors import UserError
 from framework.text.ngram import estimate, write_arpa
 
@@ -25,14 +25,9 @@ def read_sentences(path: str | Path) -> list[list[str]]:
     if path.suffix.lower() in MANIFEST_SUFFIXES:
         rows = read_manifest_rows(path)
         key = transcript_key(rows)
-        texts = []
-        for uid, row in rows:
-            if key is None:
-                raise ManifestError(f"{path}: entry {uid!r} has no transcript (looked for {' / '.join(TEXT_KEYS)})")
-            if row.get(key) is None:
-                raise ManifestError(f"{path}: entry {uid!r} has no transcript (key {key!r}, which other entries have); "
-                                    "add it or remove the entry")
-            texts.append(str(row[key]))
+        if key is None:
+            raise ManifestError(f"{path}: no entry has a transcript (looked for {' / '.join(TEXT_KEYS)})")
+        texts = [transcript_of(row, key, f"{path}: entry {uid!r}", "add it or remove the entry") for uid, row in rows]
     else:
         try:
             texts = path.read_text(encoding="utf-8").splitlines()

@@ -47,7 +47,6 @@ class _HashingWriter:
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
         self.sha256 = hashlib.sha256()
-        self.written = 0
         self.error: OSError | None = None
 
     def write(self, data) -> int:
@@ -57,7 +56,6 @@ class _HashingWriter:
             self.error = self.error or exc
             raise
         self.sha256.update(data)
-        self.written += len(data)
         return n
 
     def flush(self) -> None:

@@ -16,8 +16,6 @@ import math
 import os
 from pathlib import Path
 
-import torch
-
 log = logging.getLogger(__name__)
 
 
@@ -55,18 +53,17 @@ def resolve_num_threads(setting: int | str, local_ranks: int = 1) -> int:
         if from_env.isdigit() and int(from_env) >= 1:
             return int(from_env)
         return max(1, math.floor(available_cores() / max(local_ranks, 1)))
-    try:
-        threads = int(setting)
-    except (TypeError, ValueError):
-        raise ValueError(f"trainer.num_threads must be auto or a number >= 1, got {setting!r}") from None
-    if threads < 1:
-        raise ValueError(f"trainer.num_threads must be auto or a number >= 1, got {setting!r}")
-    return threads
+    whole = (isinstance(setting, int) and not isinstance(setting, bool)) or (isinstance(setting, str) and setting.isdigit())
+    if not whole or int(setting) < 1:
+        raise ValueError(f"trainer.num_threads must be auto or a whole number >= 1, got {setting!r}")
+    return int(setting)
 
 
 def set_num_threads(setting: int | str) -> int:
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     threads = resolve_num_threads(setting, local_ranks)
+    import torch  # here, not at the top: the config check uses resolve_num_threads without torch
+
     torch.set_num_threads(threads)
     log.info("torch uses %d CPU thread(s) (trainer.num_threads=%s; %.3g cores available, %d local rank(s))",
              threads, setting, available_cores(), local_ranks)
