@@ -515,6 +515,15 @@ class Brain:
         self.on_stage_end(Stage.TRAIN, loss, epoch)
         return loss
 
+    def train_pass(self, loader: Iterable[Batch], epoch: int = 0) -> float:
+        """One whole training pass over ``loader`` from its first batch, measured on its own:
+        for probes and benchmarks that train outside :meth:`fit`. Returns the mean loss."""
+        self.batch_in_epoch, self.meter = 0, None
+        try:
+            return self.train_epoch(loader, epoch)
+        finally:
+            self.batch_in_epoch = 0
+
     def _windows(self, loader: Iterable[Batch]) -> Iterator[Window]:
         """The epoch's remaining micro-batches in optimizer-step groups, timing the waits."""
         limit = self.options.limit_batches

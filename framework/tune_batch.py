@@ -149,23 +149,21 @@ class WorstCaseBatches:
 
 
 def train_peak(brain, batches, steps: int) -> int:
-    """Peak bytes of ``steps`` training passes over ``batches`` (each a fresh epoch, so
+    """Peak bytes of ``steps`` training passes over ``batches`` (each a fresh pass, so
     ``trainer.limit_batches`` counts from 0): the CUDA allocator's peak, or on a CPU the
     estimate of the tensors a step holds."""
     device = brain.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         for _ in range(steps):
-            brain.batch_in_epoch = 0
-            brain.train_epoch(batches, 0)
+            brain.train_pass(batches)
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device)
     peak = 0
     for _ in range(steps):
-        brain.batch_in_epoch = 0
         saved = SavedTensorBytes()
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-            brain.train_epoch(batches, 0)
+            brain.train_pass(batches)
         peak = max(peak, saved.total + state_bytes(brain.module, brain.optimizer))
     return peak
 

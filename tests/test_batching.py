@@ -99,6 +99,21 @@ def test_batch_ordering_is_honoured(ordering):
     assert longest == sorted(longest, reverse=ordering == "descending")
 
 
+def test_sortagrad_orders_only_the_first_epochs_shortest_first():
+    lengths = skewed_lengths()
+    sampler = DynamicBatchSampler(lengths, max_batch_length=100.0, num_buckets=10, sortagrad=2)
+    plain = DynamicBatchSampler(lengths, max_batch_length=100.0, num_buckets=10)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        longest = [lengths[b].max() for b in sampler]
+        assert (longest == sorted(longest)) == (epoch < 2)
+        # the same batches either way: SortaGrad changes their order, not their content
+        assert sorted(map(tuple, sampler)) == sorted(map(tuple, plain))
+    with pytest.raises(ValueError, match="sortagrad"):
+        DynamicBatchSampler(lengths, max_batch_length=100.0, sortagrad=-1)
+
+
 def test_sorted_sampler_sorts_and_shuffles_only_the_order():
     lengths = skewed_lengths()
     plain = list(SortedBatchSampler(lengths, batch_size=8, shuffle=False))

@@ -145,7 +145,7 @@ def test_the_plain_loop_and_the_brain_take_bitwise_identical_steps(tmp_path, one
     brain = DeepMarkBrain(cfg, models[1], str(tmp_path / "b"))
     brain.setup(None)
     brain.optimizer, brain.scheduler = make_optimizer(cfg, models[1], total_steps=6)
-    brain.train_epoch(batches, 0)
+    brain.train_pass(batches)
     brain.logger.close()
     assert brain.step == plain.step == 6
     a, b = models[0].state_dict(), models[1].state_dict()

@@ -249,3 +249,16 @@ def test_a_value_a_constructor_refuses_is_one_line_naming_the_key(tmp_path):
     proc = run_cli("framework.validate", ["model.dropout=1.5"], cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "error: dropout=1.5 must be in [0, 1): the probability of zeroing an activation"
+
+
+def test_settings_for_an_option_that_builds_nothing_are_refused_naming_their_file():
+    from framework.config.check import ConfigError, check_command_line
+
+    # the experiment tunes the OneCycle warm-up; scheduler=constant has nothing to take it
+    with pytest.raises(ConfigError) as err:
+        check_command_line(["experiment=asr_speech_best", "scheduler=constant"])
+    assert str(err.value) == ("scheduler.pct_start: the chosen scheduler option builds nothing, so nothing takes "
+                              "pct_start; add ~scheduler.pct_start or choose another scheduler option "
+                              "(set in conf/experiment/asr_speech_best.yaml)")
+    check_command_line(["experiment=asr_speech_best", "scheduler=constant", "~scheduler.pct_start"])
+    check_command_line(["scheduler=constant"])

@@ -171,8 +171,7 @@ def epoch_costs(corpus: str, variants: list[str], overrides: list[str], threads:
             for v in variants[r % len(variants):] + variants[: r % len(variants)]:
                 loaders[v].batch_sampler.set_epoch(r)
                 start = time.process_time()
-                brain.train_epoch(loaders[v], r)
-                brain.batch_in_epoch = 0
+                brain.train_pass(loaders[v], r)
                 if r:
                     seconds[v].append(time.process_time() - start)
         brain.logger.close()

@@ -343,13 +343,13 @@ def measure(cfg: DictConfig, dataset: DeepMarkDataset, batch_size: int, batching
             brain.setup(None)
             # the same model, optimizer, schedule and precision objects as the plain loop
             brain.optimizer, brain.scheduler, brain.precision = optimizer, scheduler, precision
-            brain.train_epoch(warm, 0)
+            brain.train_pass(warm)
             for _ in range(repeats):  # interleaved, so drift affects both alike
                 t0 = time.perf_counter()
                 plain.run(batches, device)
                 plain_ms.append(1e3 * (time.perf_counter() - t0) / n)
                 t0 = time.perf_counter()
-                brain.train_epoch(batches, 0)
+                brain.train_pass(batches)
                 sync(device)
                 fw_ms.append(1e3 * (time.perf_counter() - t0) / n)
             brain.logger.close()

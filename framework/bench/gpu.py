@@ -293,7 +293,7 @@ def step_peak(brain, batches, steps: int) -> tuple[float, float]:
     """(ms per optimizer step, peak bytes) over ``steps`` passes of ``batches`` after a warm one."""
     from framework.tune_batch import train_peak
 
-    brain.train_epoch(batches, 0)
+    brain.train_pass(batches)
     sync(brain.device)
     free_memory()
     start_step = brain.step
@@ -368,7 +368,7 @@ def section_tune_batch(s: Section) -> None:
             limits = [("toy fake limit 40 MB", 40 * 10**6, None)]
         s.note(f"DeepSpeech2 as in ds2, {precision}, worst case: batches of the longest ({batches.longest:g} s) "
                "utterances; one training step per probe after a warm one (optimizer state allocated)")
-        brain.train_epoch([batches(1)], 0)
+        brain.train_pass([batches(1)])
         for label, limit, enforce in limits:
             if s.left() < 15:
                 s.note(f"{label}: skipped, the section's time ran out")
@@ -412,7 +412,7 @@ def section_oom(s: Section) -> None:
             hook = brain.module.register_forward_pre_hook(fake_oom)
             how = f"a batch of {huge_n} raising torch.OutOfMemoryError (CPU stand-in)"
         try:
-            loss = brain.train_epoch(Batches(maker, [small, huge, small]), 0)
+            loss = brain.train_pass(Batches(maker, [small, huge, small]))
             s.table("oom", ["provoked", "steps taken", "batches skipped", "loss after", "went on"])
             s.row("oom", how, brain.step, brain.oom_skipped, loss,
                   "yes" if brain.step == 2 and brain.oom_skipped == 1 else "NO")
@@ -497,12 +497,11 @@ def section_loader(s: Section) -> None:
             brain.setup(dataset)
             loader = brain.make_dataloader(dataset, Stage.TRAIN)
             loader.pin_memory = pin and s.device.type == "cuda"
-            brain.train_epoch(loader, 0)  # warm: workers start, allocator settles
+            brain.train_pass(loader)  # warm: workers start, allocator settles
             loader.batch_sampler.set_epoch(1)
-            brain.meter, brain.batch_in_epoch = None, 0  # the next epoch's own figures (data wait)
             sync(s.device)
             t0 = time.perf_counter()
-            brain.train_epoch(loader, 1)
+            brain.train_pass(loader, 1)
             sync(s.device)
             elapsed = time.perf_counter() - t0
             s.row("loader", name, w, "on" if loader.pin_memory else "off", 100 * brain.meter.wait_s / elapsed,

@@ -52,7 +52,7 @@ CALLER_ARGS: dict[str, set[str]] = {
 # ranges of common parameters, by name: (lowest, lowest allowed itself)
 RANGES: dict[str, tuple[float, bool]] = {
     "lr": (0, False), "max_lr": (0, False), "max_batch_length": (0, False), "batch_size": (1, True),
-    "num_buckets": (1, True), "max_batch_ex": (1, True), "weight_decay": (0, True), "momentum": (0, True),
+    "num_buckets": (1, True), "max_batch_ex": (1, True), "sortagrad": (0, True), "weight_decay": (0, True), "momentum": (0, True),
     "sample_rate": (1, True), "hidden_size": (1, True), "num_layers": (1, True), "n_mels": (1, True),
 }
 TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -93,8 +93,26 @@ def find_problems(cfg: DictConfig) -> list[Problem]:
         known_caller = path in CALLER_ARGS or path == "model" or _nested(path, cfg)
         provided = model_args if path == "model" else CALLER_ARGS.get(path, set())
         _check_target_node(node, path, provided if known_caller else None, problems)
+    _check_settings_without_target(cfg, problems)
     _check_cross(cfg, problems)
     return problems
+
+
+# groups the framework builds itself whenever their node is not empty (a recipe may build its
+# own ``model`` from plain settings; a dataset split is left out with ``dataset.<split>=null``)
+BUILT_GROUPS = ("batching", "optimizer", "scheduler", "features", "augment", "decoder")
+
+
+def _check_settings_without_target(cfg: DictConfig, problems: list[Problem]) -> None:
+    """A group option that builds nothing (``scheduler=constant``) given settings, e.g. by an
+    experiment file written for another option: they would reach no constructor."""
+    for path in BUILT_GROUPS:
+        node = OmegaConf.select(cfg, path, throw_on_missing=False)
+        if isinstance(node, DictConfig) and len(node) and "_target_" not in node:
+            keys = [str(k) for k in node.keys()]
+            drop = " ".join(f"~{path}.{k}" for k in keys)
+            problems.append(Problem(f"{path}.{keys[0]}", f"{path}.{keys[0]}: the chosen {path} option builds nothing, "
+                                    f"so nothing takes {', '.join(keys)}; add {drop} or choose another {path} option"))
 
 
 def split_given(cfg: DictConfig, split: str) -> bool:

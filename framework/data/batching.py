@@ -316,6 +316,10 @@ class DynamicBatchSampler(LengthBatchSampler):
     composition every epoch (narrow buckets alone give the same batches every epoch when a
     bucket holds about one batch) while keeping about the same sizes; padding grows about
     as with k times wider buckets.
+
+    ``sortagrad=n`` orders the batches of the first ``n`` epochs shortest first, whatever
+    ``batch_ordering`` says (DeepSpeech2's SortaGrad: short utterances first steady early
+    CTC training).
     """
 
     def __init__(
@@ -331,9 +335,12 @@ class DynamicBatchSampler(LengthBatchSampler):
         too_long: Literal["drop", "error"] = "drop",
         boundary_method: BoundaryMethod = "padding",
         mix_buckets: int = 1,
+        sortagrad: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(lengths, shuffle=shuffle, **kwargs)
+        if sortagrad < 0:
+            raise ValueError(f"sortagrad must be >= 0 (epochs ordered shortest first), got {sortagrad}")
         if mix_buckets < 1:
             raise ValueError(f"mix_buckets must be >= 1 (1: no mixing), got {mix_buckets}")
         if max_batch_length <= 0:
@@ -347,6 +354,7 @@ class DynamicBatchSampler(LengthBatchSampler):
         self.batch_ordering = batch_ordering
         self.quadratic = quadratic
         self.mix_buckets = int(mix_buckets)
+        self.sortagrad = int(sortagrad)
 
         cost = self.cost(self.lengths)
         too_long_idx = np.flatnonzero(cost > self.max_batch_length)
@@ -385,7 +393,8 @@ class DynamicBatchSampler(LengthBatchSampler):
             batches, longest_of = self._mixed_batches(order)
         else:
             batches, longest_of = self._greedy_batches(order)
-        return _order_steps(batches, np.asarray(longest_of), self.batch_ordering, self.step_width, rng)
+        ordering = "ascending" if self.epoch < self.sortagrad else self.batch_ordering
+        return _order_steps(batches, np.asarray(longest_of), ordering, self.step_width, rng)
 
     def _greedy_batches(self, order: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
         """Each bucket, in ``order``, cut into batches as full as the budget allows."""
