@@ -517,7 +517,8 @@ class Brain:
 
     def train_pass(self, loader: Iterable[Batch], epoch: int = 0) -> float:
         """One whole training pass over ``loader`` from its first batch, measured on its own:
-        for probes and benchmarks that train outside :meth:`fit`. Returns the mean loss."""
+        for probes and benchmarks that train outside :meth:`fit`. Returns the mean loss; the
+        pass's figures stay in ``self.meter`` until the next pass (not for a Brain that then fits)."""
         self.batch_in_epoch, self.meter = 0, None
         try:
             return self.train_epoch(loader, epoch)
