@@ -85,11 +85,10 @@ def default_batch_size(corpus_overrides: list[str], overrides: list[str]) -> int
     The command line is checked here first, so a typo stops the study before any run."""
     from hydra.utils import instantiate
 
-    from framework.config.check import check_command_line, compose_command_line
+    from framework.config.check import check_command_line
     from framework.experiment import build_datasets
 
-    check_command_line([*corpus_overrides, *overrides])
-    cfg = compose_command_line([*corpus_overrides, *overrides])
+    cfg = check_command_line([*corpus_overrides, *overrides])
     train = build_datasets(cfg)["train"]
     sampler = instantiate(cfg.batching, lengths=train.lengths, seed=cfg.seed)
     return max(1, round(len(train) / len(sampler)))

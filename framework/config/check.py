@@ -507,9 +507,10 @@ def _has_key(node: Any, dotted: str) -> bool:
 
 
 def check_command_line(overrides: list[str], config_dir: str | None = None, config_name: str = "train",
-                       multirun: bool = False) -> None:
+                       multirun: bool = False) -> DictConfig | None:
     """Raises :class:`ConfigError` for a command line whose config has a mistake, naming
-    where each bad key was set."""
+    where each bad key was set; returns the checked job config (``hydra.*`` overrides left
+    out; None for a multirun), so a command that needs no run directory composes once."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -519,7 +520,7 @@ def check_command_line(overrides: list[str], config_dir: str | None = None, conf
     if multirun:
         job = first_job(job)
         if job is None:
-            return
+            return None
     with hydra_for(config_dir) as hydra:
         try:
             cfg = hydra.compose_config(config_name, job, run_mode=RunMode.RUN, with_log_configuration=False)
@@ -549,6 +550,7 @@ def check_command_line(overrides: list[str], config_dir: str | None = None, conf
             p.text += f" (set in {where})"
     if problems:
         raise ConfigError(problems)
+    return cfg
 
 
 def explain(exc: BaseException, hydra: Any, config_name: str, overrides: list[str]) -> str:

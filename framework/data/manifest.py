@@ -136,7 +136,7 @@ def fill_placeholders(value: str, replacements: Mapping[str, str]) -> str:
 def transcript_key(rows: Sequence[tuple[str, Any]]) -> str | None:
     """The manifest's transcript key: the first of ``TEXT_KEYS`` that any entry has. One
     key for the whole manifest, so an entry without it is an error, not an empty transcript."""
-    return next((k for k in TEXT_KEYS if any(isinstance(row, Mapping) and k in row for _, row in rows)), None)
+    return next((k for k in TEXT_KEYS if any(k in row for _, row in rows)), None)
 
 
 def transcript_of(row: Mapping[str, Any], key: str, where: str, remedy: str) -> str:

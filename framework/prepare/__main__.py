@@ -70,12 +70,11 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
             from hydra.utils import instantiate
             from omegaconf import OmegaConf
 
-            from framework.config.check import check_command_line, compose_command_line
+            from framework.config.check import check_command_line
 
             job = [f"features={args.features}", f"sample_rate={args.sample_rate}",
                    *[f"features.{o.lstrip('+')}" for o in overrides]]
-            check_command_line(job)
-            cfg = compose_command_line(job)
+            cfg = check_command_line(job)
             extractor = instantiate(cfg.features.extractor)
             features_config = OmegaConf.to_container(cfg.features.extractor, resolve=True)
         pack_hdf5(args.manifest, args.out, data_root=args.data_root, sample_rate=args.sample_rate, extractor=extractor,

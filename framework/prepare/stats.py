@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from hydra.utils import instantiate
 
-from framework.config.check import check_command_line, compose_command_line
+from framework.config.check import check_command_line
 from framework.data.batching import DynamicBatchSampler, LengthBatchSampler, batch_stats
 from framework.data.manifest import load_entries
 
@@ -16,8 +16,7 @@ def batching_sampler(lengths: np.ndarray, batching: str, overrides: list[str]) -
     """The sampler ``conf/batching/<batching>.yaml`` (with ``key=value`` overrides of its
     keys) builds, checked like a training config."""
     job = [f"batching={batching}", *[f"batching.{o.lstrip('+')}" for o in overrides]]
-    check_command_line(job)
-    return instantiate(compose_command_line(job).batching, lengths=lengths)
+    return instantiate(check_command_line(job).batching, lengths=lengths)
 
 
 def length_summary(lengths: np.ndarray) -> dict[str, float]:
