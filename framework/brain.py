@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -266,7 +267,18 @@ class Brain:
         if not self.cfg.get("scheduler") or self.scheduler is not None:
             return
         total = max(1, steps_per_epoch * self.options.max_epochs)
-        self.scheduler = instantiate(self.cfg.scheduler, optimizer=self.optimizer, total_steps=total)
+        try:
+            self.scheduler = instantiate(self.cfg.scheduler, optimizer=self.optimizer, total_steps=total)
+        except InstantiationException as exc:
+            # e.g. OneCycleLR divides by zero when its warm-up (pct_start x total steps) is exactly one step
+            if not isinstance(exc.__cause__, (ZeroDivisionError, ValueError)):
+                raise
+            raise UserError(
+                f"scheduler {self.cfg.scheduler.get('_target_')} cannot schedule {total} optimizer steps "
+                f"({steps_per_epoch} per epoch x trainer.max_epochs={self.options.max_epochs}): "
+                f"{type(exc.__cause__).__name__}: {exc.__cause__}; train for more steps or change the scheduler's "
+                "settings (scheduler.pct_start, or scheduler=constant)"
+            ) from exc
 
     def _limited(self, n: int, limit: int | None = None) -> int:
         """``n`` batches, or fewer under ``limit`` (default ``trainer.limit_batches``)."""

@@ -65,6 +65,37 @@ def test_training_with_speech_augmentation(train_cli, where):
     assert valid.lengths == pytest.approx(datasets["valid"].lengths)
 
 
+def test_intermediate_ctc_trains_with_its_weight_and_leaves_evaluation_alone(train_cli, tmp_path):
+    _, run_dir = train_cli("model.num_layers=2", "model.intermediate_layer=1", "intermediate_ctc_weight=0.4")
+    history = run_result(run_dir)["history"]
+    assert history[1]["train_loss"] < history[0]["train_loss"] and "test_cer" in run_result(run_dir)["metrics"]
+    metrics = json.loads(run_cli("framework.evaluate", [str(run_dir)], cwd=tmp_path).stdout.strip().splitlines()[-1])
+    assert f"test_cer={metrics['test_cer']:.4g}" in (run_dir / "train.log").read_text()
+
+    # a training batch's loss: 0.6 x CTC of the output + 0.4 x CTC of the first layer's head
+    from framework.brain import Stage
+    from framework.experiment import build_datasets
+    from framework.run_dir import load_run_config, open_brain
+
+    brain = open_brain(load_run_config(run_dir), "inspect")
+    brain.setup(None)
+    brain.load_weights("best")
+    batch = next(iter(brain.make_dataloader(build_datasets(brain.cfg)["train"], Stage.TRAIN)))
+    brain.model.train()
+    with torch.no_grad():
+        log_probs, lengths, lower = brain.compute_forward(batch, Stage.TRAIN)
+        loss = brain.compute_objectives((log_probs, lengths, lower), batch, Stage.TRAIN)
+    targets, target_lens = brain.tokenizer.encode_batch(batch.text)
+    final, first = (torch.nn.functional.ctc_loss(p.transpose(0, 1), targets, lengths, target_lens, zero_infinity=True)
+                    .item() for p in (log_probs, lower[0]))
+    assert abs(final - first) > 0.01 and loss.item() == pytest.approx(0.6 * final + 0.4 * first, rel=1e-5)
+
+    proc, _ = train_cli("model.num_layers=2", "model.intermediate_layer=1", "intermediate_ctc_weight=0",
+                        run_dir=tmp_path / "bad", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: intermediate_ctc_weight=0.0: must be in (0, 1)")
+
+
 def test_evaluate_and_transcribe_commands(one_epoch_run, tmp_path, data_dir):
     run_dir = one_epoch_run
     metrics = json.loads(run_cli("framework.evaluate", [str(run_dir)], cwd=tmp_path).stdout.strip().splitlines()[-1])

@@ -1,4 +1,5 @@
-"""DeepSpeech2: the DeepMark spec's sizes, output lengths, and padding that never leaks."""
+"""DeepSpeech2: the DeepMark spec's sizes, output lengths, padding that never leaks, and the
+intermediate CTC head (of both CTC models)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from framework.models import DeepSpeech2, count_parameters
 from framework.models.deepspeech2 import RecurrentLayer
+from tests.test_conformer import tiny as tiny_conformer
 
 
 def small(**kw):
@@ -182,3 +184,21 @@ def test_dropout_acts_in_training_only():
     assert torch.equal(plain(x, lengths)[0], dropped(x, lengths)[0])
     dropped.train()
     assert not torch.allclose(dropped(x, lengths)[0], dropped(x, lengths)[0])
+
+
+@pytest.mark.parametrize("build, last", [
+    (lambda **kw: small(rnn_type="gru", dropout=0.2, **kw), lambda m: m.rnns[1]),
+    (tiny_conformer, lambda m: m.blocks[1]),
+], ids=["deepspeech2", "conformer"])
+def test_an_intermediate_ctc_head_reads_the_chosen_layer_in_training_only(build, last):
+    torch.manual_seed(0)
+    model = build(intermediate_layer=1)  # 2 layers: the head on the first
+    x, lengths = torch.randn(3, 120, 40), torch.tensor([120, 90, 70])
+    logits, out_lens, lower = model.train()(x, lengths)
+    assert lower.shape == logits.shape and not torch.allclose(lower, logits)
+    lower.sum().backward()  # the head's gradient reaches the layers below it, not the last one
+    assert all(p.grad is None or not p.grad.any() for p in last(model).parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.intermediate_output.parameters())
+    assert len(model.eval()(x, lengths)) == 2  # evaluation, decoding and export see logits and lengths only
+    with pytest.raises(ValueError, match=r"intermediate_layer=2: must be one of the .* layers 1\.\.1"):
+        build(intermediate_layer=2)

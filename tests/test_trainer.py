@@ -279,6 +279,16 @@ def test_resume_with_another_model_config_is_refused(train_cli):
     assert "hidden_size: 32" in (run_dir / "config.yaml").read_text()  # the run still evaluates as it was trained
 
 
+def test_a_schedule_too_short_for_its_warm_up_is_one_line_exit_2(train_cli):
+    # OneCycleLR divides by zero when pct_start x total steps is exactly one step
+    proc, _ = train_cli("trainer.max_epochs=1", "trainer.limit_batches=4", "scheduler.pct_start=0.25", check=False)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: scheduler torch.optim.lr_scheduler.OneCycleLR cannot schedule 4 optimizer steps "
+                           "(4 per epoch x trainer.max_epochs=1): ZeroDivisionError"), last
+    assert "Traceback" not in proc.stderr
+
+
 # ------------------------------------------------------------------------ exact resume
 def final_state(run_dir):
     index = json.loads((run_dir / "checkpoints" / "index.json").read_text())

@@ -20,7 +20,7 @@ from torchaudio.models.conformer import ConformerLayer
 
 from framework.data.collate import length_mask
 from framework.errors import BadValue
-from framework.models.deepspeech2 import MaskedBatchNorm
+from framework.models.deepspeech2 import MaskedBatchNorm, check_intermediate_layer
 
 
 def subsampled_lengths(lengths: torch.Tensor | int) -> torch.Tensor | int:
@@ -91,7 +91,9 @@ class ConformerBlock(ConformerLayer):
 
 class ConformerCTC(nn.Module):
     """``forward(features [B, T, F], lengths [B]) -> (logits [B, T', C], lengths' [B])`` with
-    ``T' = ((T - 1) // 2 - 1) // 2``; inputs need at least 7 frames.
+    ``T' = ((T - 1) // 2 - 1) // 2``; inputs need at least 7 frames. In training with
+    ``intermediate_layer=k``, a third item: logits of a linear head on block k's output, for
+    an intermediate CTC loss (Lee & Watanabe, 2021).
 
     Defaults are a ~30 M parameter model (NeMo Conformer-CTC medium: d_model 256, 18 layers,
     4 heads, kernel 31). The blocks are ``model.blocks`` (one per activation-checkpointing unit).
@@ -108,8 +110,10 @@ class ConformerCTC(nn.Module):
         conv_kernel: int = 31,
         dropout: float = 0.1,
         subsampling_channels: int = 256,
+        intermediate_layer: int | None = None,
     ) -> None:
         super().__init__()
+        check_intermediate_layer(intermediate_layer, num_layers, "conformer")
         if d_model % num_heads:
             raise BadValue(f"d_model={d_model} must be a multiple of num_heads={num_heads}")
         if conv_kernel % 2 == 0:
@@ -121,12 +125,15 @@ class ConformerCTC(nn.Module):
             ConformerBlock(d_model, ffn_expansion * d_model, num_heads, conv_kernel, dropout) for _ in range(num_layers)
         )
         self.output = nn.Linear(d_model, num_classes)
+        self.intermediate_layer = intermediate_layer
+        if intermediate_layer:
+            self.intermediate_output = nn.Linear(d_model, num_classes)
 
     @staticmethod
     def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
         return subsampled_lengths(lengths)
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
         shortest = int(lengths.min())  # one host sync, to name a too-short input before the convolutions fail
         if shortest < MIN_FRAMES:
             raise ValueError(
@@ -141,6 +148,11 @@ class ConformerCTC(nn.Module):
         padded = subsampled_lengths(shortest) < t
         padding_mask = ~length_mask(lengths, t) if padded else None
         x = x.transpose(0, 1)  # [T', B, D]: torchaudio's layers use a sequence-first attention
-        for block in self.blocks:
+        intermediate = None
+        for i, block in enumerate(self.blocks, 1):
             x = block(x, padding_mask)
-        return self.output(x.transpose(0, 1)), lengths
+            if i == self.intermediate_layer and self.training:
+                intermediate = x
+        if intermediate is None:
+            return self.output(x.transpose(0, 1)), lengths
+        return self.output(x.transpose(0, 1)), lengths, self.intermediate_output(intermediate.transpose(0, 1))

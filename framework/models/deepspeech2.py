@@ -221,7 +221,9 @@ class Lookahead(nn.Module):
 
 
 class DeepSpeech2(nn.Module):
-    """``forward(features [B, T, F], lengths [B]) -> (logits [B, T', C], lengths' [B])``.
+    """``forward(features [B, T, F], lengths [B]) -> (logits [B, T', C], lengths' [B])``, and in
+    training with ``intermediate_layer=k`` a third item: logits ``[B, T', C]`` of a linear head
+    on the k-th recurrent layer's output, for an intermediate CTC loss (Lee & Watanabe, 2021).
 
     Defaults are the DeepMark spec: 161 input bins, convs (32, 5x20, stride 2x2) and
     (32, 5x10, stride 1x2) without padding, 7 bidirectional vanilla RNN layers of 1760 with
@@ -249,10 +251,12 @@ class DeepSpeech2(nn.Module):
         fc_size: int | None = 1760,
         clip_recurrence: bool = True,
         dropout: float = 0.0,
+        intermediate_layer: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise BadValue(f"dropout={dropout} must be in [0, 1): the probability of zeroing an activation")
+        check_intermediate_layer(intermediate_layer, num_layers, "recurrent")
         self.dropout_p = dropout  # functional: not a block for activation checkpointing to list
         self.convs = nn.ModuleList()
         channels, freq = 1, num_bins
@@ -277,6 +281,9 @@ class DeepSpeech2(nn.Module):
         else:
             self.fc = None
         self.output = nn.Linear(size, num_classes)
+        self.intermediate_layer = intermediate_layer
+        if intermediate_layer:
+            self.intermediate_output = nn.Linear(self.rnns[intermediate_layer - 1].output_size, num_classes)
 
     def dropout(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x, self.dropout_p, self.training)
@@ -286,7 +293,7 @@ class DeepSpeech2(nn.Module):
             lengths = conv.out_lengths(lengths)
         return lengths
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
         shortest = int(lengths.min())  # one host sync; packing needs lengths on the host anyway
         if int(self.output_lengths(lengths.new_tensor([shortest]))) < 1:
             raise ValueError(
@@ -300,8 +307,11 @@ class DeepSpeech2(nn.Module):
         b, c, f, t = x.shape
         x = x.reshape(b, c * f, t).transpose(1, 2)  # [B, T, C*F]
         mask = length_mask(lengths, t) if padded else None
-        for rnn in self.rnns:
+        intermediate = None
+        for i, rnn in enumerate(self.rnns, 1):
             x = rnn(self.dropout(x), lengths, mask)
+            if i == self.intermediate_layer and self.training:
+                intermediate = x
         x = self.dropout(x)
         if self.lookahead is not None:
             x = self.lookahead(x)
@@ -309,4 +319,13 @@ class DeepSpeech2(nn.Module):
                 x = x * mask[..., None]
         if self.fc is not None:
             x = self.dropout(clipped_relu(self.fc_bn(self.fc(x), mask)))
-        return self.output(x), lengths
+        if intermediate is None:
+            return self.output(x), lengths
+        return self.output(x), lengths, self.intermediate_output(self.dropout(intermediate))
+
+
+def check_intermediate_layer(layer: int | None, num_layers: int, kind: str) -> None:
+    """An intermediate CTC head sits after one of the layers below the last (the last has the output)."""
+    if layer is not None and not 1 <= layer < num_layers:
+        raise BadValue(f"intermediate_layer={layer}: must be one of the {kind} layers 1..{num_layers - 1} "
+                       "(below the last, which feeds the output), or null for none")

@@ -2,8 +2,9 @@
 
 features (conf/features, with conf/augment in training) -> acoustic model (conf/model,
 DeepSpeech2 by default, or a Conformer) -> log-probabilities over characters -> CTC loss in
-training; character / word error rates in validation (greedy decoding) and test
-(conf/decoder: greedy, or beam search with a lexicon and a word n-gram LM).
+training (with ``model.intermediate_layer`` set, mixed with the CTC loss of a lower layer's
+head by ``intermediate_ctc_weight``); character / word error rates in validation (greedy
+decoding) and test (conf/decoder: greedy, or beam search with a lexicon and a word n-gram LM).
 
 Run: python -m framework.train recipe=asr_ctc [overrides]
 """
@@ -54,19 +55,28 @@ class ASRBrain(Brain):
             self.decoder = instantiate(self.cfg.decoder, tokenizer=self.tokenizer, **lexicon)
         self.warned_unknown = False
         self.ctc_loss = nn.CTCLoss(blank=0, zero_infinity=True)
-        return instantiate(self.cfg.model, num_bins=self.features.num_bins, num_classes=len(self.tokenizer))
+        model = instantiate(self.cfg.model, num_bins=self.features.num_bins, num_classes=len(self.tokenizer))
+        self.intermediate_weight = float(self.cfg.get("intermediate_ctc_weight", 0.3))
+        if getattr(model, "intermediate_layer", None) and not 0.0 < self.intermediate_weight < 1.0:
+            raise UserError(f"intermediate_ctc_weight={self.intermediate_weight}: must be in (0, 1) when "
+                            f"model.intermediate_layer is set (the loss is (1 - w) x CTC + w x intermediate CTC)")
+        return model
 
     def compute_forward(self, batch, stage: Stage):
         feats, feat_lens = self.features(batch.inputs, batch.inputs_lens, augment=stage == Stage.TRAIN)
-        logits, out_lens = self.model(feats, feat_lens)
-        return logits.float().log_softmax(-1), out_lens
+        logits, out_lens, *intermediate = self.model(feats, feat_lens)  # intermediate logits in training only
+        return logits.float().log_softmax(-1), out_lens, [i.float().log_softmax(-1) for i in intermediate]
 
     def compute_objectives(self, outputs, batch, stage: Stage) -> torch.Tensor:
-        log_probs, out_lens = outputs
+        log_probs, out_lens, intermediate = outputs
         if stage != Stage.TRAIN:  # evaluation transcripts may hold characters training never saw
             self.unknown.update(c for t in batch.text for c in t.lower() if c not in self.tokenizer.index)
         targets, target_lens = self.tokenizer.encode_batch(batch.text, drop_unknown=stage != Stage.TRAIN)
-        loss = self.ctc_loss(log_probs.transpose(0, 1), targets.to(self.device), out_lens, target_lens.to(self.device))
+        targets, target_lens = targets.to(self.device), target_lens.to(self.device)
+        loss = self.ctc_loss(log_probs.transpose(0, 1), targets, out_lens, target_lens)
+        if intermediate:  # the model has an intermediate layer, and this is training
+            lower = self.ctc_loss(intermediate[0].transpose(0, 1), targets, out_lens, target_lens)
+            loss = (1 - self.intermediate_weight) * loss + self.intermediate_weight * lower
         if stage != Stage.TRAIN:
             hyps = (self.decoder if stage == Stage.TEST else self.greedy).decode(log_probs, out_lens)
             refs = [t.lower() for t in batch.text]
