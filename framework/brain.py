@@ -270,14 +270,15 @@ class Brain:
         try:
             self.scheduler = instantiate(self.cfg.scheduler, optimizer=self.optimizer, total_steps=total)
         except InstantiationException as exc:
-            # e.g. OneCycleLR divides by zero when its warm-up (pct_start x total steps) is exactly one step
+            # OneCycleLR refuses settings with a ValueError, and divides by zero when its warm-up
+            # (pct_start x total steps) is exactly one step
             if not isinstance(exc.__cause__, (ZeroDivisionError, ValueError)):
                 raise
             raise UserError(
-                f"scheduler {self.cfg.scheduler.get('_target_')} cannot schedule {total} optimizer steps "
+                f"scheduler {self.cfg.scheduler.get('_target_')} over {total} optimizer steps "
                 f"({steps_per_epoch} per epoch x trainer.max_epochs={self.options.max_epochs}): "
-                f"{type(exc.__cause__).__name__}: {exc.__cause__}; train for more steps or change the scheduler's "
-                "settings (scheduler.pct_start, or scheduler=constant)"
+                f"{type(exc.__cause__).__name__}: {exc.__cause__}; change the scheduler's settings "
+                "(scheduler.pct_start, ...; or scheduler=constant) or train for more steps"
             ) from exc
 
     def _limited(self, n: int, limit: int | None = None) -> int:
@@ -345,8 +346,9 @@ class Brain:
         written for this model config), the feature statistics and the weight average."""
         saved = state.get("model_config")
         current = OmegaConf.to_container(self.cfg.model, resolve=True)
-        if saved is not None and saved != current:
-            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        # a key that one side lacks and the other leaves null is an option added since, left off: no difference
+        diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)) if saved is not None else []
+        if diff:
             raise CheckpointError(
                 f"checkpoint {path} was written for another model config (differs in: {', '.join(diff)}); "
                 "resume with the same model settings or start a new run"

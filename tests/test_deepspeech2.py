@@ -186,19 +186,24 @@ def test_dropout_acts_in_training_only():
     assert not torch.allclose(dropped(x, lengths)[0], dropped(x, lengths)[0])
 
 
-@pytest.mark.parametrize("build, last", [
-    (lambda **kw: small(rnn_type="gru", dropout=0.2, **kw), lambda m: m.rnns[1]),
-    (tiny_conformer, lambda m: m.blocks[1]),
+@pytest.mark.parametrize("build, layers", [
+    (lambda **kw: small(rnn_type="gru", dropout=0.2, **kw), lambda m: m.rnns),
+    (tiny_conformer, lambda m: m.blocks),
 ], ids=["deepspeech2", "conformer"])
-def test_an_intermediate_ctc_head_reads_the_chosen_layer_in_training_only(build, last):
+def test_an_intermediate_ctc_head_reads_the_chosen_layer_in_training_only(build, layers):
     torch.manual_seed(0)
     model = build(intermediate_layer=1)  # 2 layers: the head on the first
     x, lengths = torch.randn(3, 120, 40), torch.tensor([120, 90, 70])
     logits, out_lens, lower = model.train()(x, lengths)
     assert lower.shape == logits.shape and not torch.allclose(lower, logits)
     lower.sum().backward()  # the head's gradient reaches the layers below it, not the last one
-    assert all(p.grad is None or not p.grad.any() for p in last(model).parameters())
+    first, last = layers(model)
+    assert all(p.grad is None or not p.grad.any() for p in last.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in first.parameters())
     assert any(p.grad is not None and p.grad.any() for p in model.intermediate_output.parameters())
     assert len(model.eval()(x, lengths)) == 2  # evaluation, decoding and export see logits and lengths only
-    with pytest.raises(ValueError, match=r"intermediate_layer=2: must be one of the .* layers 1\.\.1"):
-        build(intermediate_layer=2)
+    for bad in (2, 1.5, True):
+        with pytest.raises(ValueError, match=rf"intermediate_layer={bad!r}: must be one of the .* layers 1\.\.1"):
+            build(intermediate_layer=bad)
+    with pytest.raises(ValueError, match="has no layer below the last"):
+        build(intermediate_layer=1, num_layers=1)

@@ -23,7 +23,7 @@ from framework.trainer.accumulation import loss_weights, windows
 from framework.trainer.activation_checkpointing import apply_activation_checkpointing
 from framework.trainer.checkpoint import Checkpointer, CheckpointError, load_checkpoint
 from framework.trainer.precision import Precision
-from tests.conftest import ROOT, TINY, run_result
+from tests.conftest import ROOT, TINY, run_cli, run_result
 from tests.toy import ToyBrain, ToyData, ToyModel, toy_cfg
 
 
@@ -278,14 +278,24 @@ def test_resume_with_another_model_config_is_refused(train_cli):
     assert "was written for another model config (differs in: hidden_size)" in proc.stderr
     assert "hidden_size: 32" in (run_dir / "config.yaml").read_text()  # the run still evaluates as it was trained
 
+    # a model option added since (null by default) is no difference: a config without it still loads the weights
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("  intermediate_layer: null\n", "", 1))
+    assert "intermediate_layer" not in config.read_text()
+    run_cli("framework.evaluate", [str(run_dir)], cwd=run_dir.parent)
 
-def test_a_schedule_too_short_for_its_warm_up_is_one_line_exit_2(train_cli):
-    # OneCycleLR divides by zero when pct_start x total steps is exactly one step
-    proc, _ = train_cli("trainer.max_epochs=1", "trainer.limit_batches=4", "scheduler.pct_start=0.25", check=False)
+
+@pytest.mark.parametrize("pct_start, cause", [
+    ("0.25", "ZeroDivisionError"),  # OneCycleLR divides by zero when pct_start x total steps is exactly one step
+    ("1.5", "ValueError: Expected float between 0 and 1 pct_start"),
+])
+def test_a_schedule_its_scheduler_refuses_is_one_line_exit_2(train_cli, pct_start, cause):
+    proc, _ = train_cli("trainer.max_epochs=1", "trainer.limit_batches=4", f"scheduler.pct_start={pct_start}",
+                        check=False)
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: scheduler torch.optim.lr_scheduler.OneCycleLR cannot schedule 4 optimizer steps "
-                           "(4 per epoch x trainer.max_epochs=1): ZeroDivisionError"), last
+    assert last.startswith("error: scheduler torch.optim.lr_scheduler.OneCycleLR over 4 optimizer steps "
+                           f"(4 per epoch x trainer.max_epochs=1): {cause}"), last
     assert "Traceback" not in proc.stderr
 
 

@@ -120,7 +120,7 @@ class BatchMaker:
 
 
 def forward(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    logits, out_lens = model(batch["inputs"], batch["inputs_lens"].to(batch["inputs"].device))
+    logits, out_lens = model(batch["inputs"], batch["inputs_lens"].to(batch["inputs"].device))[:2]  # no intermediate head
     return logits.float().log_softmax(-1), out_lens
 
 

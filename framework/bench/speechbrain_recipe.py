@@ -50,7 +50,7 @@ class CTCBrain(sb.Brain):
             self.padded += wavs.shape[0] * wavs.shape[1]
             self.real += int(lengths.sum())
         feats, feat_lens = self.modules.features(wavs, lengths)
-        logits, out_lens = self.modules.model(feats, feat_lens)
+        logits, out_lens = self.modules.model(feats, feat_lens)[:2]  # an intermediate CTC head is not compared
         return logits.float().log_softmax(-1), out_lens
 
     def compute_objectives(self, predictions, batch, stage):

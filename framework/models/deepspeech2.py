@@ -326,6 +326,11 @@ class DeepSpeech2(nn.Module):
 
 def check_intermediate_layer(layer: int | None, num_layers: int, kind: str) -> None:
     """An intermediate CTC head sits after one of the layers below the last (the last has the output)."""
-    if layer is not None and not 1 <= layer < num_layers:
-        raise BadValue(f"intermediate_layer={layer}: must be one of the {kind} layers 1..{num_layers - 1} "
+    if layer is None:
+        return
+    if num_layers < 2:
+        raise BadValue(f"intermediate_layer={layer}: a model of {num_layers} {kind} layer has no layer below the "
+                       "last to put it on; use num_layers >= 2 or intermediate_layer=null")
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer < num_layers:
+        raise BadValue(f"intermediate_layer={layer!r}: must be one of the {kind} layers 1..{num_layers - 1} "
                        "(below the last, which feeds the output), or null for none")
