@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from framework.text import edit_distance
 from tests.conftest import run_cli, run_result
 
 
@@ -102,6 +103,15 @@ def test_evaluate_and_transcribe_commands(one_epoch_run, tmp_path, data_dir):
     assert set(metrics) == {"test_loss", "test_cer", "test_wer"}
     log = (run_dir / "train.log").read_text()
     assert f"test_cer={metrics['test_cer']:.4g}" in log  # same checkpoint, same numbers as after training
+    # every test utterance, once, with its reference and the errors the CER counted
+    header, *rows = [line.split("\t") for line in (run_dir / "test_transcripts.tsv").read_text().splitlines()]
+    assert header == ["id", "char_errors", "chars", "reference", "hypothesis"]
+    manifest = json.loads((data_dir / "tones-tiny" / "test.json").read_text())
+    assert [r[0] for r in rows] == sorted(manifest) and len(rows) == 16
+    assert all(r[3] == manifest[r[0]]["words"].lower() and int(r[2]) == len(r[3]) for r in rows)
+    assert all(int(r[1]) == edit_distance(r[3], r[4]) for r in rows)
+    errors, chars = sum(int(r[1]) for r in rows), sum(int(r[2]) for r in rows)
+    assert errors > 0 and abs(errors / chars - metrics["test_cer"]) < 1e-9  # one epoch: some errors left
     wavs = sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:2]
     out = run_cli("framework.transcribe", [str(run_dir), *map(str, wavs)], cwd=tmp_path).stdout.strip().splitlines()
     assert [line.split("\t")[0] for line in out] == [str(w) for w in wavs]

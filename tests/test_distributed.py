@@ -33,9 +33,14 @@ def test_torchrun_training_uneven_data_keeps_ranks_in_step_and_evaluation_matche
 
     # the same checkpoint evaluated by one process and by two (sharded) gives the same metrics
     single = json.loads(run_cli("framework.evaluate", [str(run_dir)], cwd=tmp_path).stdout.strip().splitlines()[-1])
+    transcripts = run_dir / "test_transcripts.tsv"
+    single_rows = transcripts.read_text()
+    transcripts.unlink()
     sharded = torchrun(["-m", "framework.evaluate", str(run_dir)], cwd=tmp_path)
     sharded = json.loads(sharded.stdout.strip().splitlines()[-1])
     assert (run_dir / "evaluate-rank1.log").is_file()  # rank 1 took part
+    # both ranks' utterances, in one file written by rank 0: the same as one process wrote
+    assert transcripts.read_text() == single_rows and len(single_rows.splitlines()) == 1 + 17
     assert single.keys() == sharded.keys()
     for key in single:
         assert abs(single[key] - sharded[key]) < 1e-5, (key, single[key], sharded[key])

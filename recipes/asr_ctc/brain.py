@@ -4,7 +4,8 @@ features (conf/features, with conf/augment in training) -> acoustic model (conf/
 DeepSpeech2 by default, or a Conformer) -> log-probabilities over characters -> CTC loss in
 training (with ``model.intermediate_layer`` set, mixed with the CTC loss of a lower layer's
 head by ``intermediate_ctc_weight``); character / word error rates in validation (greedy
-decoding) and test (conf/decoder: greedy, or beam search with a lexicon and a word n-gram LM).
+decoding) and test (conf/decoder: greedy, or beam search with a lexicon and a word n-gram LM;
+every test utterance's transcript and errors go to ``test_transcripts.tsv`` in the run dir).
 
 Run: python -m framework.train recipe=asr_ctc [overrides]
 """
@@ -21,10 +22,10 @@ from torch import nn
 from framework.brain import Brain, Stage
 from framework.errors import UserError
 from framework.files import write_text_atomic
-from framework.text import CharTokenizer, ErrorRate
+from framework.text import CharTokenizer, ErrorRate, edit_distance
 from framework.text.decoders import GreedyDecoder, training_words
 from framework.trainer import distributed
-from framework.trainer.distributed import all_reduce_sum
+from framework.trainer.distributed import all_reduce_sum, gather_objects
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,21 @@ class ASRBrain(Brain):
         if shown and not self.sanity_checking:
             log.info("%s examples:\n%s", stage.value, shown)
             self.logger.text(f"{stage.value}/examples", shown.replace("\n", "  \n"), self.step)
+        if stage == Stage.TEST:
+            self.write_test_transcripts()
         return {"loss": loss, "cer": c_edits / max(c_total, 1), "wer": w_edits / max(w_total, 1)}
+
+    def write_test_transcripts(self) -> None:
+        """One line per test utterance (every rank's), sorted by id: where the errors are, and
+        what to compare between runs. Each test (the end of training, every evaluate) rewrites it."""
+        rows = sorted(row for rank_rows in gather_objects(self.examples) for row in rank_rows)
+        if not self.dist.is_main:
+            return
+        path = self.run_dir / "test_transcripts.tsv"
+        lines = [f"{uid}\t{edit_distance(ref, hyp)}\t{len(ref)}\t{ref}\t{hyp}\n" for uid, ref, hyp in rows]
+        write_text_atomic(path, "id\tchar_errors\tchars\treference\thypothesis\n" + "".join(lines))
+        log.info("test transcripts, one line per utterance: %s (%d wrong of %d)", path,
+                 sum(ref != hyp for _, ref, hyp in rows), len(rows))
 
     @torch.no_grad()
     def transcribe(self, paths: list[str], checkpoint: str = "best") -> list[str]:
