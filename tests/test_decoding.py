@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from framework import CONF_DIR
 from framework.prepare.__main__ import main as prepare_main
 from framework.prepare.lm import read_sentences
-from framework.text import CharTokenizer
+from framework.text import CharTokenizer, ErrorRate
 from framework.text.decoders import MISSING_FLASHLIGHT, BeamSearchDecoder, GreedyDecoder, training_words
 from framework.text.ngram import BOS, EOS, UNK, discounts, estimate, read_arpa, write_arpa
 from tests.conftest import ROOT, run_cli
@@ -284,3 +284,10 @@ def test_prepare_lm_bad_input_is_exit_2_and_one_line(tmp_path, capsys, content):
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and message.startswith(f"error: {tmp_path / 'train.json'}: "), message
     assert list(tmp_path.iterdir()) == [tmp_path / "train.json"]
+
+
+def test_error_rates_count_edits_over_reference_length_and_return_each_pairs_edits():
+    cer, wer = ErrorRate("char"), ErrorRate("word")
+    refs, hyps = ["see", "for she what"], ["she", "for she we out"]
+    assert cer.update(refs, hyps) == [1, 4] and (cer.edits, cer.total) == (5, 15)
+    assert wer.update(refs, hyps) == [1, 2] and wer.value == pytest.approx(3 / 4)

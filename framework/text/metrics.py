@@ -31,11 +31,15 @@ class ErrorRate:
     def _split(self, text: str) -> Sequence[str]:
         return text.split() if self.unit == "word" else text
 
-    def update(self, refs: Sequence[str], hyps: Sequence[str]) -> None:
+    def update(self, refs: Sequence[str], hyps: Sequence[str]) -> list[int]:
+        """Adds the pairs; returns each pair's edits (for per-utterance reports)."""
+        edits = []
         for ref, hyp in zip(refs, hyps):
             r = self._split(ref)
-            self.edits += edit_distance(r, self._split(hyp))
+            edits.append(edit_distance(r, self._split(hyp)))
             self.total += len(r)
+        self.edits += sum(edits)
+        return edits
 
     @property
     def value(self) -> float:

@@ -22,7 +22,7 @@ from torch import nn
 from framework.brain import Brain, Stage
 from framework.errors import UserError
 from framework.files import write_text_atomic
-from framework.text import CharTokenizer, ErrorRate, edit_distance
+from framework.text import CharTokenizer, ErrorRate
 from framework.text.decoders import GreedyDecoder, training_words
 from framework.trainer import distributed
 from framework.trainer.distributed import all_reduce_sum, gather_objects
@@ -81,14 +81,14 @@ class ASRBrain(Brain):
         if stage != Stage.TRAIN:
             hyps = (self.decoder if stage == Stage.TEST else self.greedy).decode(log_probs, out_lens)
             refs = [t.lower() for t in batch.text]
-            self.cer.update(refs, hyps)
+            char_edits = self.cer.update(refs, hyps)
             self.wer.update(refs, hyps)
-            self.examples.extend(zip(batch.id, refs, hyps))
+            self.examples.extend(zip(batch.id, refs, hyps, char_edits))
         return loss
 
     def on_stage_start(self, stage: Stage, epoch: int) -> None:
         self.cer, self.wer = ErrorRate("char"), ErrorRate("word")
-        self.examples: list[tuple[str, str, str]] = []
+        self.examples: list[tuple[str, str, str, int]] = []  # id, reference, hypothesis, character edits
         self.unknown: Counter[str] = Counter()
 
     def on_stage_end(self, stage: Stage, loss: float, epoch: int) -> dict[str, float]:
@@ -101,7 +101,7 @@ class ASRBrain(Brain):
                         "(they still count as errors in CER/WER): %s", stage.value, chars)
         counts = torch.tensor([self.cer.edits, self.cer.total, self.wer.edits, self.wer.total], dtype=torch.float64)
         c_edits, c_total, w_edits, w_total = all_reduce_sum(counts.to(self.device)).tolist()
-        shown = "\n".join(f"{uid}: ref={ref!r} hyp={hyp!r}" for uid, ref, hyp in self.examples[: self.cfg.decode_examples])
+        shown = "\n".join(f"{uid}: ref={ref!r} hyp={hyp!r}" for uid, ref, hyp, _ in self.examples[: self.cfg.decode_examples])
         if shown and not self.sanity_checking:
             log.info("%s examples:\n%s", stage.value, shown)
             self.logger.text(f"{stage.value}/examples", shown.replace("\n", "  \n"), self.step)
@@ -116,10 +116,10 @@ class ASRBrain(Brain):
         if not self.dist.is_main:
             return
         path = self.run_dir / "test_transcripts.tsv"
-        lines = [f"{uid}\t{edit_distance(ref, hyp)}\t{len(ref)}\t{ref}\t{hyp}\n" for uid, ref, hyp in rows]
+        lines = [f"{uid}\t{edits}\t{len(ref)}\t{ref}\t{hyp}\n" for uid, ref, hyp, edits in rows]
         write_text_atomic(path, "id\tchar_errors\tchars\treference\thypothesis\n" + "".join(lines))
         log.info("test transcripts, one line per utterance: %s (%d wrong of %d)", path,
-                 sum(ref != hyp for _, ref, hyp in rows), len(rows))
+                 sum(edits > 0 for *_, edits in rows), len(rows))
 
     @torch.no_grad()
     def transcribe(self, paths: list[str], checkpoint: str = "best") -> list[str]:
