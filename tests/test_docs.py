@@ -92,8 +92,9 @@ def test_asr_tutorial(tmp_path, data_dir):
     best = tmp_path / "runs" / "best"
     assert "test_cer" in json.loads((best / "metrics.json").read_text())["metrics"]
     config = (best / "config.yaml").read_text()
-    assert "BeamSearchDecoder" in config and "lexicon: train" in config and "dropout: 0.2" in config
-    assert "intermediate_layer: 2" in config
+    assert "GreedyDecoder" in config and "dropout: 0.2" in config
+    assert "intermediate_layer: 2" in config and "normalize: global" in config
+    assert (best / "feature_stats.pt").is_file()  # fitted on the training set, used by the test
     interctc = tmp_path / "runs" / "interctc"
     assert "intermediate_layer: 2" in (interctc / "config.yaml").read_text()
     assert "test_cer" in json.loads((interctc / "metrics.json").read_text())["metrics"]
