@@ -18,7 +18,8 @@ train: $(STAMP)  ## the default recipe; pass overrides as ARGS="trainer.max_epoc
 	$(PY) -m framework.train $(ARGS)
 
 # Two pytest workers: most of the suite's time is subprocesses starting (imports, config
-# composition), which two workers overlap on 2 cores (665 s -> 515-565 s). TEST_WORKERS=0: serial.
+# composition), which two workers overlap on 2 cores (665 s -> 515-616 s over five fresh clones; the
+# slowest on a day when training epochs also ran ~12% slower). TEST_WORKERS=0: serial.
 # Each worker builds its own session fixtures (the synthetic corpora, one_epoch_run): seconds.
 TEST_WORKERS ?= 2
 
