@@ -1,17 +1,29 @@
 # `make train` and `make test` set up .venv on first use (Python >= 3.10 needed).
+# The environment is installed from uv.lock, exactly as the test suite last passed with it:
+# `make setup` never re-resolves; `make lock` does (then run `make test` and commit uv.lock).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+UV_VERSION := 0.13.9
+UV := .tools/uv/bin/uv
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup train test test-slow lint bench-batching bench-loader bench-ds2 bench-vs-speechbrain bench-gpu gpu-wheels clean
+.PHONY: setup lock train test test-slow lint bench-batching bench-loader bench-ds2 bench-vs-speechbrain bench-gpu gpu-wheels clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,optuna,lm]"
+$(UV):
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools/uv uv==$(UV_VERSION)
+
+# Every extra: the test suite exercises them all (MLflow, W&B, ONNX, SentencePiece, ...).
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --all-extras --python $(PYTHON) --quiet
+	touch $(STAMP)
+
+lock: $(UV)  ## re-resolve every dependency to the newest allowed versions (a deliberate upgrade)
+	$(UV) lock --upgrade --python $(PYTHON)
+	$(UV) sync --frozen --all-extras --python $(PYTHON) --quiet
 	touch $(STAMP)
 
 train: $(STAMP)  ## the default recipe; pass overrides as ARGS="trainer.max_epochs=3"
