@@ -4,29 +4,25 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 UV := .tools/uv/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 
 .PHONY: setup lock train test test-slow lint bench-batching bench-loader bench-ds2 bench-vs-speechbrain bench-gpu gpu-wheels clean
 
-setup: $(STAMP)
-
 $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools/uv uv==$(UV_VERSION)
 
-# Every extra: the test suite exercises them all (MLflow, W&B, ONNX, SentencePiece, ...).
-$(STAMP): pyproject.toml uv.lock | $(UV)
+# Every extra: the test suite exercises them all (MLflow, W&B, ONNX, SentencePiece, ...). Run before
+# every command (under a second when nothing changed), so an environment changed by hand is repaired.
+setup: | $(UV)
 	$(UV) sync --frozen --all-extras --python $(PYTHON) --quiet
-	touch $(STAMP)
 
 lock: $(UV)  ## re-resolve every dependency to the newest allowed versions (a deliberate upgrade)
 	$(UV) lock --upgrade --python $(PYTHON)
 	$(UV) sync --frozen --all-extras --python $(PYTHON) --quiet
-	touch $(STAMP)
 
-train: $(STAMP)  ## the default recipe; pass overrides as ARGS="trainer.max_epochs=3"
+train: setup  ## the default recipe; pass overrides as ARGS="trainer.max_epochs=3"
 	$(PY) -m framework.train $(ARGS)
 
 # Two pytest workers: most of the suite's time is subprocesses starting (imports, config
@@ -35,23 +31,23 @@ train: $(STAMP)  ## the default recipe; pass overrides as ARGS="trainer.max_epoc
 # Each worker builds its own session fixtures (the synthetic corpora, one_epoch_run): seconds.
 TEST_WORKERS ?= 2
 
-test: $(STAMP)  ## lint, then the test suite (slow cases excluded)
+test: setup  ## lint, then the test suite (slow cases excluded)
 	$(VENV)/bin/ruff check framework recipes tests
 	$(PY) -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
-test-slow: $(STAMP)
+test-slow: setup
 	$(PY) -m pytest -q -m slow $(ARGS)
 
-lint: $(STAMP)
+lint: setup
 	$(VENV)/bin/ruff check framework recipes tests
 
-bench-batching: $(STAMP)
+bench-batching: setup
 	$(PY) -m framework.bench batching
 
-bench-loader: $(STAMP)
+bench-loader: setup
 	$(PY) -m framework.bench loader
 
-bench-ds2: $(STAMP)  ## e.g. ARGS="trainer.device=cuda trainer.precision=bf16 --sweep-batch 32,64,128"
+bench-ds2: setup  ## e.g. ARGS="trainer.device=cuda trainer.precision=bf16 --sweep-batch 32,64,128"
 	$(PY) -m framework.bench ds2 $(ARGS)
 
 # SpeechBrain and lhotse beside the framework (not dependencies), for vs-speechbrain and batching.
@@ -61,9 +57,9 @@ SB_PKGS := speechbrain==1.1.2 lhotse==1.33.0 hyperpyyaml ruamel.yaml ruamel.yaml
 	urllib3 idna certifi charset_normalizer
 
 $(SB_SITE)/speechbrain:
-	$(PY) -m pip install --quiet --no-deps --target $(SB_SITE) $(SB_PKGS)
+	$(UV) pip install --quiet --no-deps --python $(PY) --target $(SB_SITE) $(SB_PKGS)
 
-bench-vs-speechbrain: $(STAMP) $(SB_SITE)/speechbrain  ## e.g. ARGS="--corpora speech --repeats 2 --threads 2"
+bench-vs-speechbrain: setup $(SB_SITE)/speechbrain  ## e.g. ARGS="--corpora speech --repeats 2 --threads 2"
 	PYTHONPATH=.:$(SB_SITE) $(PY) -m framework.bench vs-speechbrain $(ARGS)
 
 # A bare GPU machine (Python 3.12, torch and torchaudio 2.11, no network) lacks these; `make gpu-wheels`

@@ -4,7 +4,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from framework.config.schema import register as _register_schemas
+from framework.environment import check_torch
+
+check_torch()  # one clear line when torch and torchaudio do not load together
+
+from framework.config.schema import register as _register_schemas  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"

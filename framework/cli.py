@@ -48,14 +48,6 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
     return args, overrides
 
 
-def add_code_dir(path: str | None) -> None:
-    """Makes the modules of a recipe kept outside the package importable."""
-    if path:
-        path = os.path.abspath(path)
-        if path not in sys.path:
-            sys.path.insert(0, path)
-
-
 def report(message: str) -> None:
     """To stderr (as it is now: a test's capture or a redirect), and to the run's log files."""
     print(message, file=sys.stderr)

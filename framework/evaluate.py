@@ -12,7 +12,7 @@ import argparse
 import json
 
 from framework.cli import exit_on_error
-from framework.config.check import split_given
+from framework.config import split_given
 from framework.errors import UserError
 from framework.experiment import build_datasets
 from framework.run_dir import load_run_config, open_brain

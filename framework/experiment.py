@@ -16,12 +16,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from framework.config.check import ConfigError, split_given, validate
+from framework.config import ConfigError, split_given, validate
+from framework.config.compose import add_code_dir
 from framework.config.schema import trainer_options
 from framework.files import write_text_atomic
+from framework.process import start_process
 from framework.run_dir import open_brain
 from framework.trainer import distributed
-from framework.trainer.logs import format_metrics, setup_file_logging
+from framework.trainer.logs import format_metrics
 from framework.trainer.run_lock import RunLock
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,8 @@ def take_recorded_features(cfg: DictConfig, dataset: object, where: str) -> None
                           "features=none to train on the file's features, or pack the data again with these")
 
 
-def run(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig, sweep_job: bool = False) -> float | None:
+    add_code_dir(cfg.get("code_dir"))  # a recipe kept outside the package
     validate(cfg)  # before anything is built: typos, wrong types, values out of range
     env = distributed.init_distributed(trainer_options(cfg.trainer).device)
     # rank 0 chose the run directory (Hydra); every rank uses that one
@@ -75,9 +78,12 @@ def run(cfg: DictConfig) -> float | None:
     seed_everything(cfg.seed)
     lock = RunLock(run_dir).acquire() if env.is_main else None  # one training run per run directory
     try:
-        setup_file_logging(run_dir, env.rank, env.world_size, "train")
+        start_process(cfg, run_dir, "train")
         datasets = build_datasets(cfg, env.is_main)  # may take the features recorded in the data
         brain = open_brain(cfg, "train", run_dir, dist=env)
+        if sweep_job:
+            brain.resume_hint = (f"rerun this job alone with trainer.resume=auto hydra.run.dir={run_dir} and its "
+                                 f"overrides ({run_dir}/.hydra/overrides.yaml)")
         try:
             metrics = brain.fit(datasets["train"], datasets.get("valid"))
             if "test" in datasets:

@@ -8,15 +8,16 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from framework.brain import Brain
-from framework.cli import add_code_dir
+from framework.config.compose import add_code_dir
 from framework.errors import UserError
+from framework.process import start_process
 from framework.trainer.distributed import DistEnv
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
     """A training run's saved config with ``key=value`` overrides applied, checked like a
     training config."""
-    from framework.config.check import ConfigError, validate
+    from framework.config import ConfigError, validate
 
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
@@ -36,7 +37,8 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
         raise ConfigError(f"overrides {' '.join(values)}: {exc}") from None
     cfg.run_dir = str(run_dir)
     cfg.trainer.resume = None
-    validate(cfg)  # also makes a recipe kept outside the package importable (code_dir)
+    add_code_dir(cfg.get("code_dir"))  # a recipe kept outside the package
+    validate(cfg)
     return cfg
 
 
@@ -44,7 +46,7 @@ def _group_choice(override: str) -> tuple[str, DictConfig] | None:
     """``group=option`` (e.g. ``decoder=beam``): the option's node from the framework's
     config groups; None for a ``key=value`` override."""
     from framework import CONF_DIR
-    from framework.config.check import ConfigError, compose_command_line
+    from framework.config import ConfigError, compose_command_line
 
     key, _, value = override.partition("=")
     if "." in key or not key.isidentifier() or not (CONF_DIR / key).is_dir():
@@ -56,6 +58,11 @@ def _group_choice(override: str) -> tuple[str, DictConfig] | None:
 
 
 def open_brain(cfg: DictConfig, log_name: str, run_dir: str | Path | None = None, dist: DistEnv | None = None) -> Brain:
-    """The run's Brain subclass, built for ``run_dir`` (default ``cfg.run_dir``)."""
+    """The run's Brain subclass, built for ``run_dir`` (default ``cfg.run_dir``). Without
+    ``dist`` the process is set up first (:func:`framework.process.start_process`: log file
+    ``<log_name>.log``, threads, the process group under torchrun)."""
+    run_dir = Path(run_dir or cfg.run_dir)
+    if dist is None:
+        dist = start_process(cfg, run_dir, log_name)
     add_code_dir(cfg.get("code_dir"))  # a recipe kept outside the package
-    return get_class(cfg.brain._target_)(cfg, run_dir=run_dir or cfg.run_dir, log_name=log_name, dist=dist)
+    return get_class(cfg.brain._target_)(cfg, run_dir=run_dir, dist=dist)

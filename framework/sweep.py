@@ -20,6 +20,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from framework.config.validate import missing_search_keys
+from framework.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -97,22 +100,6 @@ def _four_digits(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def missing_search_keys(params: Any, cfg: DictConfig) -> list[str]:
-    """The keys of a sweeper's search space (``hydra.sweeper.params``) that the job's config
-    does not have: a search over them would only run failing jobs."""
-    missing = []
-    for key in (params or {}):
-        key = str(key)
-        if key.startswith("+"):
-            continue  # added on purpose
-        if OmegaConf.select(cfg, key.lstrip("~"), default=_ABSENT, throw_on_missing=False) is _ABSENT:
-            missing.append(key)
-    return missing
-
-
-_ABSENT = object()
-
-
 def plot(rows: list[dict[str, Any]], swept: list[str], monitor: str, path: Path) -> None:
     import matplotlib
 
@@ -165,7 +152,6 @@ if OptunaSweeper is not None:
         def sweep(self, arguments: list[str]) -> None:
             import optuna
 
-            from framework.config.check import ConfigError
 
             impl = self.sweeper
             missing = missing_search_keys(impl.params, impl.config)

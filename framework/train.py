@@ -18,12 +18,14 @@ def main(cfg: DictConfig) -> float | None:
     from framework.experiment import run
 
     # a sweep's job reports its error and re-raises it, so the sweeper records a failed job
-    return exit_on_error(lambda: run(cfg), reraise=HydraConfig.get().mode == RunMode.MULTIRUN)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    return exit_on_error(lambda: run(cfg, sweep_job=multirun), reraise=multirun)
 
 
 def cli() -> None:
-    from framework.cli import add_code_dir, hydra_overrides, option
-    from framework.config.check import ConfigError, check_command_line
+    from framework.cli import hydra_overrides, option
+    from framework.config import ConfigError, check_command_line
+    from framework.config.compose import add_code_dir
 
     argv = sys.argv[1:]
     config_dir = option(argv, "--config-dir", "-cd")

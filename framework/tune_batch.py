@@ -156,16 +156,23 @@ def train_peak(brain, batches, steps: int) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         for _ in range(steps):
-            brain.train_pass(batches)
+            train_once(brain, batches)
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device)
     peak = 0
     for _ in range(steps):
         saved = SavedTensorBytes()
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-            brain.train_pass(batches)
+            train_once(brain, batches)
         peak = max(peak, saved.total + state_bytes(brain.module, brain.optimizer))
     return peak
+
+
+def train_once(brain, batches) -> None:
+    """One optimizer step per batch through the Brain's own step (outside ``fit``)."""
+    brain.set_mode(training=True)
+    for batch in batches:
+        brain.train_step([batch.to(brain.device)], [1.0])
 
 
 def make_probe(brain, batches: WorstCaseBatches, steps: int, fake_limit: int | None) -> Callable[[int], int]:
@@ -237,7 +244,7 @@ def tune(cfg, memory_limit: int | None = None, safety: float = 0.9, steps: int =
 
 def main(argv: list[str] | None = None) -> int:
     from framework.cli import exit_on_error, parse_with_overrides
-    from framework.config.check import check_command_line, compose_command_line
+    from framework.config import check_command_line, compose_command_line
 
     parser = argparse.ArgumentParser(prog="python -m framework.tune_batch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -11,11 +11,12 @@ import sys
 import tempfile
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from framework.cli import add_code_dir, exit_on_error, hydra_overrides, option
-from framework.config.check import check_command_line, compose_command_line
+from framework.brain import Stage
+from framework.cli import exit_on_error, hydra_overrides, option
+from framework.config import check_command_line, compose_command_line
+from framework.config.compose import add_code_dir
 from framework.data.batching import batch_stats
 from framework.experiment import build_datasets
 from framework.models import count_parameters
@@ -31,11 +32,6 @@ def summary(overrides: list[str], config_dir: str | None = None, config_name: st
     for split, ds in datasets.items():
         lines.append(f"{'dataset.' + split:<16}{type(ds).__name__}: {len(ds)} examples, {ds.lengths.sum() / 3600:.2f} h")
     train = datasets["train"]
-    sampler = instantiate(cfg.batching, lengths=train.lengths, seed=cfg.seed)
-    stats = batch_stats(list(sampler), train.lengths)
-    lines.append(f"{'batching':<16}{type(sampler).__name__}: {stats['num_batches']} batches per epoch, padding "
-                 f"{100 * stats['padding_fraction']:.1f}%, batch size {stats['mean_batch_size']:.1f} on average "
-                 f"({stats['min_batch_size']}-{stats['max_batch_size']})")
     with tempfile.TemporaryDirectory() as tmp:
         with open_dict(cfg):
             cfg.run_dir = tmp
@@ -44,6 +40,11 @@ def summary(overrides: list[str], config_dir: str | None = None, config_name: st
         if brain.features is not None:
             lines.append(f"{'features':<16}{brain.features.describe()}")
         brain.setup(train)
+        sampler = brain.make_dataloader(train, Stage.TRAIN).batch_sampler  # the batches training makes
+        stats = batch_stats(list(sampler), sampler.lengths)
+        lines.append(f"{'batching':<16}{type(sampler).__name__}: {stats['num_batches']} batches per epoch, padding "
+                     f"{100 * stats['padding_fraction']:.1f}%, batch size {stats['mean_batch_size']:.1f} on average "
+                     f"({stats['min_batch_size']}-{stats['max_batch_size']})")
         n = count_parameters(brain.module)
         lines.append(f"{'model':<16}{type(brain.module).__name__}: {n / 1e6:.2f} M trainable parameters")
         lines.append(f"{'optimizer':<16}{type(brain.optimizer).__name__}, lr {cfg.optimizer.lr:g}; scheduler "

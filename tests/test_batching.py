@@ -134,9 +134,14 @@ def test_too_long_examples_dropped_with_a_counted_warning_or_raise(caplog):
     lengths = [1.0, 2.0, 50.0, 3.0, 60.0]
     with caplog.at_level(logging.WARNING):
         sampler = DynamicBatchSampler(lengths, max_batch_length=10.0, num_buckets=2)
-    assert "2 example(s) cost more than max_batch_length=10.0" in caplog.text
+    assert "2 of 5 example(s) cost more than max_batch_length=10.0 on their own (first: 2, 4; longest 60)" in caplog.text
     assert all_indices(list(sampler)) == [0, 1, 3]
-    with pytest.raises(ValueError, match="2 example.*raise max_batch_length"):
+    evaluation = DynamicBatchSampler(lengths, max_batch_length=10.0, num_buckets=2, even=False, shuffle=False)
+    assert all_indices(list(evaluation)) == [0, 1, 2, 3, 4]  # evaluation scores every example
+    assert sorted(len(b) for b in evaluation if max(lengths[i] for i in b) > 10) == [1, 1]  # alone
+    with pytest.raises(ValueError, match="every example: 2 of 2 .* nothing is left to train on"):
+        DynamicBatchSampler([50.0, 60.0], max_batch_length=10.0, num_buckets=2, ids=["a", "b"])
+    with pytest.raises(ValueError, match="2 of 5 example.*raise batching.max_batch_length"):
         DynamicBatchSampler(lengths, max_batch_length=10.0, num_buckets=2, too_long="error")
 
 
@@ -189,8 +194,25 @@ def test_state_dict_resumes_with_exactly_the_remaining_batches(kind):
 def test_state_from_another_configuration_is_refused():
     lengths = skewed_lengths()
     state = make("dynamic", lengths).state_dict()
-    with pytest.raises(ValueError, match="batching config or number of ranks changed"):
+    with pytest.raises(ValueError, match="would plan differently"):
         make("dynamic", lengths, max_batch_length=50.0).load_state_dict(state)
+    with pytest.raises(ValueError, match="with 1 rank.*this run has 2"):
+        make("dynamic", lengths, num_replicas=2, rank=0).load_state_dict(state)
+
+
+def test_state_of_other_batches_of_the_same_count_is_refused():
+    """Other settings that happen to plan as many batches (not only the count is compared)."""
+    lengths = skewed_lengths()
+    counts = {n: len(make("dynamic", lengths, num_buckets=n)) for n in range(10, 40)}
+    same = [(a, b) for a in counts for b in counts if a < b and counts[a] == counts[b]]
+    assert same, counts
+    a, b = same[0]
+    sampler = make("dynamic", lengths, num_buckets=a)
+    iter_ = iter(sampler)
+    next(iter_)
+    with pytest.raises(ValueError, match="would plan differently"):
+        make("dynamic", lengths, num_buckets=b).load_state_dict(sampler.state_dict())
+    make("dynamic", lengths, num_buckets=a).load_state_dict(sampler.state_dict())  # the same plan continues
 
 
 @pytest.mark.parametrize("kind", KINDS)

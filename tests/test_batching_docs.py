@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.test_docs import run_doc
+from tests.helpers import run_doc
 
 
 def test_batching_guide(tmp_path, data_dir):

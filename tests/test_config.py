@@ -106,7 +106,7 @@ def test_a_typo_in_a_sweep_fails_before_the_first_job(tmp_path):
 
 
 def test_validate_in_code_catches_keys_added_after_composition():
-    from framework.config.check import ConfigError, validate
+    from framework.config import ConfigError, validate
 
     cfg = OmegaConf.create(OmegaConf.to_container(compose_train([])))  # untyped, as a program might build it
     validate(cfg)
@@ -128,7 +128,7 @@ def test_validate_in_code_catches_keys_added_after_composition():
 
 # ------------------------------------------------ every _target_ node, against its signature
 def test_every_target_node_is_checked_against_its_signature():
-    from framework.config.check import ConfigError, validate
+    from framework.config import ConfigError, validate
 
     cfg = compose_train(["dataset=manifest", "dataset.train.path=t.json", "dataset.valid.path=v.json"])
     with open_dict(cfg):
@@ -178,7 +178,7 @@ def test_a_typo_anywhere_fails_validate_with_exit_2_naming_where(user_configs, a
 def test_top_level_keys_a_recipe_declares_are_accepted(user_configs):
     (user_configs / "recipe" / "ok.yaml").write_text("# @package _global_\ndefaults:\n  - asr_ctc\n  - _self_\n"
                                                       "my_threshold: 0.5\n")
-    from framework.config.check import check_command_line
+    from framework.config import check_command_line
 
     check_command_line(["recipe=ok"], str(user_configs))
     check_command_line(["recipe=ok", "my_threshold=0.7"], str(user_configs))
@@ -187,7 +187,7 @@ def test_top_level_keys_a_recipe_declares_are_accepted(user_configs):
 @pytest.mark.parametrize("source", ["asr_ctc", "image_classification", "sound_event"])
 def test_validate_succeeds_on_every_new_recipe_template(tmp_path, source):
     run_cli("framework.new_recipe", ["mine", "--from", source], cwd=tmp_path)
-    from framework.config.check import check_command_line
+    from framework.config import check_command_line
 
     sys.modules.pop("brain", None)  # another template's brain.py, imported by an earlier case in this process
     check_command_line(["recipe=mine"], str(tmp_path / "mine"))  # the config check, in this process
@@ -197,7 +197,7 @@ def test_validate_succeeds_on_every_new_recipe_template(tmp_path, source):
 
 
 def test_debug_mode_wins_over_a_recipes_own_settings(tmp_path):
-    from framework.config.check import compose_command_line
+    from framework.config import compose_command_line
 
     run_cli("framework.new_recipe", ["mine", "--from", "image_classification"], cwd=tmp_path)
     with open(tmp_path / "mine" / "recipe" / "mine.yaml", "a") as f:
@@ -217,7 +217,7 @@ DATASETS = {"tones": [], "speech": [], "deepmark": [], "digits": [], "recording"
 @pytest.mark.parametrize("recipe", ["asr_ctc", "image_classification", "sound_event"])
 @pytest.mark.parametrize("batching", ["fixed", "sorted", "dynamic"])
 def test_every_recipe_composes_with_every_batching_and_dataset(recipe, batching):
-    from framework.config.check import check_command_line
+    from framework.config import check_command_line
 
     for dataset, paths in DATASETS.items():
         check_command_line([f"recipe={recipe}", f"batching={batching}", f"dataset={dataset}", *paths])
@@ -231,7 +231,7 @@ def test_every_recipe_composes_with_every_batching_and_dataset(recipe, batching)
 ])
 @pytest.mark.parametrize("augment", ["none", "specaugment", "speech"])
 def test_augmentations_decoders_and_conformers_compose_with_the_recipes_they_apply_to(recipe, extra, augment):
-    from framework.config.check import ConfigError, check_command_line
+    from framework.config import ConfigError, check_command_line
 
     check_command_line([f"recipe={recipe}", f"augment={augment}", *extra])
     with pytest.raises(ConfigError, match="augment.specaugmnt"):  # and the check is live there
@@ -240,7 +240,7 @@ def test_augmentations_decoders_and_conformers_compose_with_the_recipes_they_app
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
 def test_every_shipped_experiment_passes_the_config_check(name):
-    from framework.config.check import check_command_line
+    from framework.config import check_command_line
 
     check_command_line([f"experiment={name}"])
 
@@ -252,7 +252,7 @@ def test_a_value_a_constructor_refuses_is_one_line_naming_the_key(tmp_path):
 
 
 def test_settings_for_an_option_that_builds_nothing_are_refused_naming_their_file():
-    from framework.config.check import ConfigError, check_command_line
+    from framework.config import ConfigError, check_command_line
 
     # the experiment tunes the OneCycle warm-up; scheduler=constant has nothing to take it
     with pytest.raises(ConfigError) as err:

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from framework.models import ConformerCTC, count_parameters
 from framework.trainer.activation_checkpointing import apply_activation_checkpointing
 from tests.conftest import ROOT
+from tests.helpers import tiny_conformer
 
 
 @pytest.fixture(autouse=True)
@@ -24,11 +25,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny(**kw) -> ConformerCTC:
-    args = dict(num_bins=40, num_classes=11, d_model=32, num_layers=2, num_heads=2, conv_kernel=7,
-                subsampling_channels=8, dropout=0.0)
-    args.update(kw)
-    return ConformerCTC(**args)
+tiny = tiny_conformer
 
 
 def zero_padded(lengths: list[int], bins: int = 40) -> torch.Tensor:

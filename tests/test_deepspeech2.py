@@ -8,7 +8,7 @@ import torch
 
 from framework.models import DeepSpeech2, count_parameters
 from framework.models.deepspeech2 import RecurrentLayer
-from tests.test_conformer import tiny as tiny_conformer
+from tests.helpers import tiny_conformer
 
 
 def small(**kw):

@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
 
 from tests.conftest import TINY, run_cli
-
-
-def torchrun(args, cwd):
-    return run_cli("torch.distributed.run", ["--standalone", "--nproc_per_node=2", *args], cwd=cwd, timeout=900)
-
-
-def steps_per_epoch(log_text):
-    return [int(n) for n in re.findall(r"epoch \d+/\d+: (\d+) steps", log_text)]
+from tests.helpers import steps_per_epoch, torchrun
 
 
 def test_torchrun_training_uneven_data_keeps_ranks_in_step_and_evaluation_matches(tmp_path, data_dir):

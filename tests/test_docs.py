@@ -4,33 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
-
-DOCS = ROOT / "docs"
-
-
-def bash_blocks(path: Path) -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", path.read_text(), re.S)
-
-
-def run_doc(name: str, cwd: Path, data_dir: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
-           "FRAMEWORK_DATA_DIR": str(data_dir)}
-    output = []
-    for block in bash_blocks(DOCS / name):
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=cwd, env=env, capture_output=True,
-                              text=True, timeout=900)
-        assert proc.returncode == 0, f"{name}: this block failed:\n{block}\n{proc.stdout}\n{proc.stderr}"
-        output.append(proc.stdout + proc.stderr)
-    return "\n".join(output)
+from tests.helpers import DOCS, bash_blocks, run_doc
 
 
 def test_every_tutorial_has_commands():

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -24,44 +23,8 @@ import torch
 from framework.data.collate import SkippedExample
 from framework.data.hdf5 import HDF5Dataset, HDF5FormatError, HDF5Writer
 from framework.trainer.checkpoint import Checkpointer, CheckpointWriteError
-from tests.conftest import ROOT, TINY, run_cli
-
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
-
-
-def tiny_args(data_dir: Path, run_dir: Path, *overrides: str) -> list[str]:
-    return [*TINY, f"dataset.root={data_dir}/tones-tiny", f"hydra.run.dir={run_dir}", *overrides]
-
-
-def start_training(data_dir: Path, run_dir: Path, *overrides: str, cwd: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "framework.train", *tiny_args(data_dir, run_dir, *overrides)]
-    return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while not path.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert path.exists(), f"{path} never appeared (process ended with {proc.poll()})"
-
-
-def index_of(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "checkpoints" / "index.json").read_text())
-
-
-def newest_state(run_dir: Path) -> dict:
-    last = max(index_of(run_dir), key=lambda e: e["step"])
-    return torch.load(run_dir / "checkpoints" / last["file"], weights_only=True)
-
-
-def metrics_of(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
-
-
-def one_line(stderr: str) -> str:
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    return lines[-1]
+from tests.conftest import run_cli
+from tests.helpers import ENV, metrics_of, newest_state, one_line, start_training, tiny_args, wait_for
 
 
 # ------------------------------------------------------- 1. never score untrained weights
@@ -107,14 +70,15 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_resume_is_bitwise_equal(trai
     assert proc.returncode == 143, stderr
     assert "SIGTERM received: finishing the current step" in stderr and "Traceback" not in stderr
     state = newest_state(run_dir)
-    assert state["epoch"] == 1 and state["batch_in_epoch"] == state["step"] - steps_per_epoch > 0  # mid-epoch
-    assert state["meter"]["steps"] == state["batch_in_epoch"]  # the epoch's figures so far travel with it
+    done = state["progress"]
+    assert done["epoch"] == 1 and done["batch_in_epoch"] == done["step"] - steps_per_epoch > 0  # mid-epoch
+    assert state["meter"][0]["steps"] == done["batch_in_epoch"]  # the epoch's figures so far travel with it
     assert not list(run_dir.rglob(".*.tmp"))
 
     train_cli(*args, "trainer.resume=auto", run_dir=run_dir)
     assert f"resumed from {run_dir / 'checkpoints'}" in (run_dir / "train.log").read_text()
     a, b = newest_state(straight), newest_state(run_dir)
-    assert a["step"] == b["step"]
+    assert a["progress"]["step"] == b["progress"]["step"]
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     # the interrupted epoch's figures are those of the whole epoch
@@ -133,7 +97,7 @@ def test_ctrl_c_stops_after_the_step_with_status_130_and_no_traceback(data_dir, 
     assert proc.returncode == 130, stderr
     assert "SIGINT received" in stderr and "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     state = newest_state(run_dir)
-    assert state["step"] >= 4 and state["batch_in_epoch"] == state["step"]
+    assert state["progress"]["step"] >= 4 and state["progress"]["batch_in_epoch"] == state["progress"]["step"]
     assert "stopped by a signal" in (run_dir / "train.log").read_text()
 
 
@@ -155,7 +119,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resumes_exactly(da
     proc.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
     assert proc.wait(timeout=120) != 0
     state = newest_state(run_dir)
-    assert 4 <= state["step"] < newest_state(tmp_path / "straight")["step"]
+    assert 4 <= state["progress"]["step"] < newest_state(tmp_path / "straight")["progress"]["step"]
     ranks = [line for line in (run_dir / "train-rank1.log").read_text().splitlines() if "stopped by a signal" in line]
     main = [line for line in (run_dir / "train.log").read_text().splitlines() if "stopped by a signal" in line]
     assert ranks and main and ranks[0].split("at step ")[1] == main[0].split("at step ")[1]  # the same step
@@ -163,7 +127,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resumes_exactly(da
     resumed = torchrun(run_dir, "trainer.resume=auto")
     assert resumed.wait(timeout=600) == 0, (tmp_path / "stopped1.out").read_text()
     a, b = newest_state(tmp_path / "straight"), newest_state(run_dir)
-    assert a["step"] == b["step"]
+    assert a["progress"]["step"] == b["progress"]["step"]
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
 

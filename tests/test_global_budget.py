@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import TINY, run_cli
-from tests.test_distributed import steps_per_epoch, torchrun
+from tests.helpers import steps_per_epoch, torchrun
 
 
 @pytest.mark.slow  # two training runs and a torchrun start: ~30 s on 2 idle cores

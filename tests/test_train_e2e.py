@@ -33,10 +33,11 @@ def test_fit_and_test_write_a_complete_run_dir(train_cli):
     assert [e["epoch"] for e in index] == [1, 2]
     state = torch.load(run_dir / "checkpoints" / index[-1]["file"], weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "sampler", "history"} <= set(state)
-    assert state["epoch"] == 2 and state["step"] == index[-1]["step"] > 0
+    done = state["progress"]
+    assert state["format_version"] == 2 and done["epoch"] == 2 and done["step"] == index[-1]["step"] > 0
 
     history = result["history"]
-    assert [h["epoch"] for h in history] == [1, 2] and history[-1]["step"] == state["step"]
+    assert [h["epoch"] for h in history] == [1, 2] and history[-1]["step"] == done["step"]
     for h in history:  # the epoch's timing and throughput, also in train.log and TensorBoard
         assert h["epoch_s"] > 0 and h["examples_per_s"] > 0 and h["audio_s_per_s"] > 0
         assert 0 <= h["data_wait_fraction"] < 1 and 0 <= h["padding_fraction"] < 0.5
@@ -47,7 +48,7 @@ def test_fit_and_test_write_a_complete_run_dir(train_cli):
     assert f"epoch 2/2: {history[1]['steps']} steps in {history[1]['epoch_s']:.1f} s" in log
 
     losses = scalars(run_dir, "train/loss")
-    assert len(losses) == state["step"]  # logged every step in this config
+    assert len(losses) == done["step"]  # logged every step in this config
     assert all(v == v and v > 0 for _, v in losses)
     assert scalars(run_dir, "train/lr") and scalars(run_dir, "train/examples_per_s")
     valid = scalars(run_dir, "epoch/valid_cer")

@@ -135,7 +135,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops_with_the_checkpoint_inta
     brain.fail = {2: "nan", 3: "nan"}  # two NaN batches...
     data = ToyData(40)
     brain.fit(data)  # two skips are within patience
-    assert brain.nonfinite_steps == 2
+    assert brain.progress.nonfinite_steps == 2
     assert all(torch.isfinite(p).all() for p in brain.module.parameters())
 
     brain2 = ToyBrain(toy_cfg(tmp_path / "b", "trainer.nonfinite_patience=2", "trainer.checkpoint.every_n_steps=1"))
@@ -144,7 +144,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops_with_the_checkpoint_inta
                                                  "ckpt-000000001.pt, holds the weights before"):
         brain2.fit(data)
     path, state = brain2.checkpointer.load_latest()
-    assert state["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert state["progress"]["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 def test_a_skipped_nonfinite_step_leaves_the_model_exactly_as_before(tmp_path):
@@ -159,7 +159,7 @@ def test_a_skipped_nonfinite_step_leaves_the_model_exactly_as_before(tmp_path):
     optimizer_before = copy.deepcopy(brain.optimizer.state_dict())
     brain.fail = {0: "nan"}
     loss, _ = brain.train_step([batch], [1.0])
-    assert loss is None and brain.nonfinite_steps == 1 and brain.step == 0
+    assert loss is None and brain.progress.nonfinite_steps == 1 and brain.step == 0
     for key, value in brain.module.state_dict().items():
         assert torch.equal(value, before[key]), key  # running_mean / running_var / num_batches_tracked too
     assert brain.optimizer.state_dict()["state"] == optimizer_before["state"]
@@ -232,7 +232,7 @@ def test_out_of_memory_batches_are_skipped_and_counted(tmp_path, caplog):
     brain.fail = {1: torch.OutOfMemoryError("CUDA out of memory (simulated)")}
     with caplog.at_level(logging.WARNING):
         brain.fit(ToyData(40))
-    assert brain.oom_skipped == 1
+    assert brain.skips.oom_steps == 1
     assert "out of memory on a batch of inputs [(8," in caplog.text
     assert brain.step == 4  # 5 batches, one skipped
 
@@ -294,7 +294,7 @@ def test_a_schedule_its_scheduler_refuses_is_one_line_exit_2(train_cli, pct_star
                         check=False)
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: scheduler torch.optim.lr_scheduler.OneCycleLR over 4 optimizer steps "
+    assert last.startswith("error: scheduler framework.trainer.schedule.OneCycle over 4 optimizer steps "
                            f"(4 per epoch x trainer.max_epochs=1): {cause}"), last
     assert "Traceback" not in proc.stderr
 
@@ -328,7 +328,7 @@ def test_sigkill_mid_epoch_then_resume_ends_bitwise_equal(tmp_path, data_dir, tr
     proc.wait()
     assert target.exists(), "the run ended before it could be killed mid-epoch"
     killed_at, _ = final_state(run_dir)
-    assert killed_at["step"] < last_a["step"] and killed_at["batch_in_epoch"] > 0  # really mid-epoch
+    assert killed_at["progress"]["step"] < last_a["step"] and killed_at["progress"]["batch_in_epoch"] > 0  # mid-epoch
 
     train_cli(*args, "trainer.resume=auto", run_dir=run_dir)
     assert "resumed from" in (run_dir / "train.log").read_text()

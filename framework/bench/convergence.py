@@ -85,7 +85,7 @@ def default_batch_size(corpus_overrides: list[str], overrides: list[str]) -> int
     The command line is checked here first, so a typo stops the study before any run."""
     from hydra.utils import instantiate
 
-    from framework.config.check import check_command_line
+    from framework.config import check_command_line
     from framework.experiment import build_datasets
 
     cfg = check_command_line([*corpus_overrides, *overrides])

@@ -18,6 +18,7 @@ All three work on plain lengths (no dataset needed) and share one behaviour:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Literal, get_args
@@ -26,7 +27,13 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from framework.errors import BadValue, UserError
+
 log = logging.getLogger(__name__)
+
+
+class ResumeMismatch(UserError, ValueError):
+    """A mid-epoch position that this sampler cannot continue (other batches, other ranks)."""
 
 BatchOrdering = Literal["random", "ascending", "descending"]
 Budget = Literal["rank", "global"]
@@ -67,7 +74,7 @@ class LengthBatchSampler(Sampler[list[int]]):
             bad = int(np.flatnonzero(~np.isfinite(self.lengths) | (self.lengths < 0))[0])
             raise ValueError(f"length of example {bad} is {self.lengths[bad]}; lengths must be finite and >= 0")
         if budget not in BUDGETS:
-            raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
+            raise BadValue(f"budget must be one of {BUDGETS}, got {budget!r}")
         world, this_rank = _world()
         self.num_replicas = world if num_replicas is None else num_replicas
         self.rank = this_rank if rank is None else rank
@@ -127,20 +134,39 @@ class LengthBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return len(self.rank_batches())
 
-    def state_dict(self, consumed: int | None = None) -> dict[str, int]:
-        """Position in the epoch. ``consumed`` overrides the count of batches handed out,
-        for a caller behind a prefetching DataLoader that knows how many it actually used."""
-        position = self._position if consumed is None else consumed
-        return {"epoch": self.epoch, "position": position, "num_batches": len(self)}
+    def plan_fingerprint(self) -> str:
+        """A digest of the batches this rank plans for the current epoch: two samplers with
+        the same fingerprint hand out exactly the same batches."""
+        digest = hashlib.sha256(f"{self.num_replicas}:{self.rank}".encode())
+        for batch in self.rank_batches():
+            digest.update(np.asarray(batch, dtype=np.int64).tobytes() + b";")
+        return digest.hexdigest()[:16]
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def state_dict(self, consumed: int | None = None) -> dict[str, int | str]:
+        """Position in the epoch and the fingerprint of its batches. ``consumed`` overrides the
+        count of batches handed out, for a caller behind a prefetching DataLoader that knows
+        how many it actually used."""
+        position = self._position if consumed is None else consumed
+        return {"epoch": self.epoch, "position": position, "num_batches": len(self),
+                "plan": self.plan_fingerprint(), "num_replicas": self.num_replicas}
+
+    def load_state_dict(self, state: dict[str, int | str]) -> None:
+        """Continues the epoch at the saved position; refuses (:class:`ResumeMismatch`) when
+        this sampler would plan other batches for it than the saved one did."""
         self.set_epoch(int(state["epoch"]))
-        if "num_batches" in state and state["num_batches"] != len(self):
-            raise ValueError(
-                f"sampler state is for an epoch of {state['num_batches']} batches but this sampler "
-                f"makes {len(self)}: the data, batching config or number of ranks changed since the "
-                "checkpoint was written"
-            )
+        saved_world = int(state.get("num_replicas", self.num_replicas))
+        if saved_world != self.num_replicas:
+            raise ResumeMismatch(
+                f"the checkpoint stopped in the middle of epoch {self.epoch + 1} with {saved_world} rank(s); this run "
+                f"has {self.num_replicas}: resume mid-epoch with {saved_world} rank(s) (the number of ranks may "
+                "change at an epoch boundary)")
+        planned = state.get("plan")
+        if (planned is not None and planned != self.plan_fingerprint()) or state["num_batches"] != len(self):
+            raise ResumeMismatch(
+                f"the checkpoint stopped in the middle of epoch {self.epoch + 1}, whose {state['num_batches']} batches "
+                f"this run would plan differently ({len(self)} batches, other contents): the data, the batching "
+                "settings or the seed changed; resume with the settings the run had (they may change at an epoch "
+                "boundary)")
         self._start = int(state["position"])
 
 
@@ -200,7 +226,7 @@ class FixedBatchSampler(LengthBatchSampler):
     def __init__(self, lengths, batch_size: int, **kwargs) -> None:
         super().__init__(lengths, **kwargs)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise BadValue(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
 
     def global_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
@@ -219,7 +245,7 @@ class SortedBatchSampler(LengthBatchSampler):
     def __init__(self, lengths, batch_size: int, descending: bool = False, shuffle: bool = False, **kwargs) -> None:
         super().__init__(lengths, shuffle=shuffle, **kwargs)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise BadValue(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.descending = descending
 
@@ -252,9 +278,9 @@ def fit_bucket_boundaries(
     if len(lengths) == 0:
         return np.array([np.inf])
     if num_buckets < 1:
-        raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+        raise BadValue(f"num_buckets must be >= 1, got {num_buckets}")
     if method not in BOUNDARY_METHODS:
-        raise ValueError(f"boundary method must be one of {BOUNDARY_METHODS}, got {method!r}")
+        raise BadValue(f"boundary method must be one of {BOUNDARY_METHODS}, got {method!r}")
     if method == "quantile":
         edges = np.quantile(lengths, np.linspace(0, 1, num_buckets + 1)[1:])
         return np.unique(edges)
@@ -336,19 +362,22 @@ class DynamicBatchSampler(LengthBatchSampler):
         boundary_method: BoundaryMethod = "padding",
         mix_buckets: int = 1,
         sortagrad: int = 0,
+        ids: Sequence[str] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(lengths, shuffle=shuffle, **kwargs)
         if sortagrad < 0:
-            raise ValueError(f"sortagrad must be >= 0 (epochs ordered shortest first), got {sortagrad}")
+            raise BadValue(f"sortagrad must be >= 0 (epochs ordered shortest first), got {sortagrad}")
         if mix_buckets < 1:
-            raise ValueError(f"mix_buckets must be >= 1 (1: no mixing), got {mix_buckets}")
+            raise BadValue(f"mix_buckets must be >= 1 (1: no mixing), got {mix_buckets}")
+        if max_batch_ex is not None and max_batch_ex < 1:
+            raise BadValue(f"max_batch_ex must be >= 1 (or null: no cap), got {max_batch_ex}")
         if max_batch_length <= 0:
-            raise ValueError(f"max_batch_length must be > 0, got {max_batch_length}")
+            raise BadValue(f"max_batch_length must be > 0, got {max_batch_length}")
         if batch_ordering not in BATCH_ORDERINGS:
-            raise ValueError(f"batch_ordering must be one of {BATCH_ORDERINGS}, got {batch_ordering!r}")
+            raise BadValue(f"batch_ordering must be one of {BATCH_ORDERINGS}, got {batch_ordering!r}")
         if too_long not in ("drop", "error"):
-            raise ValueError(f"too_long must be 'drop' or 'error', got {too_long!r}")
+            raise BadValue(f"too_long must be 'drop' or 'error', got {too_long!r}")
         self.max_batch_length = float(max_batch_length)
         self.max_batch_ex = max_batch_ex
         self.batch_ordering = batch_ordering
@@ -358,16 +387,20 @@ class DynamicBatchSampler(LengthBatchSampler):
 
         cost = self.cost(self.lengths)
         too_long_idx = np.flatnonzero(cost > self.max_batch_length)
-        if len(too_long_idx):
-            msg = (
-                f"{len(too_long_idx)} example(s) cost more than max_batch_length={max_batch_length} "
-                f"on their own (first indices: {too_long_idx[:5].tolist()}, longest length "
-                f"{self.lengths[too_long_idx].max():g})"
-            )
+        # evaluation scores every example: one that exceeds the budget becomes a batch of its own
+        self.alone = too_long_idx if not self.even else np.array([], dtype=np.int64)
+        self.dropped = too_long_idx if self.even else np.array([], dtype=np.int64)
+        if len(self.dropped):
+            names = [str(ids[i]) for i in self.dropped[:5]] if ids is not None else self.dropped[:5].tolist()
+            msg = (f"{len(self.dropped)} of {len(self.lengths)} example(s) cost more than "
+                   f"max_batch_length={max_batch_length} on their own (first: {', '.join(map(str, names))}; longest "
+                   f"{self.lengths[self.dropped].max():g})")
+            if len(self.dropped) == len(self.lengths):
+                raise BadValue(f"every example: {msg}; nothing is left to train on: raise batching.max_batch_length "
+                               f"above {self.cost(self.lengths.min()):g} (or filter the data by duration)")
             if too_long == "error":
-                raise ValueError(msg + "; raise max_batch_length or filter the data by duration")
-            log.warning("%s; they are dropped", msg)
-        self.dropped = too_long_idx
+                raise BadValue(msg + "; raise batching.max_batch_length or filter the data by duration")
+            log.warning("%s: they are left out of training (batching.too_long=drop)", msg)
         self.kept = np.flatnonzero(cost <= self.max_batch_length)
 
         kept_lengths = self.lengths[self.kept]
@@ -376,7 +409,7 @@ class DynamicBatchSampler(LengthBatchSampler):
         elif num_buckets is not None:
             edges = fit_bucket_boundaries(kept_lengths, num_buckets, boundary_method)
         else:
-            raise ValueError("give num_buckets or bucket_boundaries")
+            raise BadValue("give num_buckets or bucket_boundaries")
         self.bucket_boundaries = edges
         # examples above the last given edge go to one more bucket
         self._bucket_of = np.searchsorted(edges, kept_lengths, side="left")
@@ -393,6 +426,8 @@ class DynamicBatchSampler(LengthBatchSampler):
             batches, longest_of = self._mixed_batches(order)
         else:
             batches, longest_of = self._greedy_batches(order)
+        batches += [np.array([i]) for i in self.alone]
+        longest_of = list(longest_of) + self.cost(self.lengths[self.alone]).tolist()
         ordering = "ascending" if self.epoch < self.sortagrad else self.batch_ordering
         return _order_steps(batches, np.asarray(longest_of), ordering, self.step_width, rng)
 

@@ -12,4 +12,16 @@ from framework.features.pipeline import (
     spectrogram,
 )
 
-__all__ = ["FeaturePipeline", "GlobalNorm", "UtteranceNorm", "fbank", "mel", "mfcc", "raw", "spectrogram"]
+
+def build_features(cfg, device):
+    """``cfg.features`` with the run's augmentation (``cfg.augment``) inside, on ``device``;
+    None for a run without features."""
+    from hydra.utils import instantiate
+
+    if not cfg.get("features"):
+        return None
+    augmentation = instantiate(cfg.augment) if cfg.get("augment") else None
+    return instantiate(cfg.features, augmentation=augmentation).to(device)
+
+
+__all__ = ["FeaturePipeline", "build_features", "GlobalNorm", "UtteranceNorm", "fbank", "mel", "mfcc", "raw", "spectrogram"]

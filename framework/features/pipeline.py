@@ -7,7 +7,10 @@ device (``where=device``). Features are ``[B, frames, bins]``.
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -174,6 +177,16 @@ class FeaturePipeline(nn.Module):
         if augment and self.augmentation is not None:
             inputs = self.augmentation.spectrogram(inputs)
         return inputs, lengths
+
+    def for_loader(self, train: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, float]:
+        """What a DataLoader of this run needs from the pipeline: the per-example transform
+        its workers run (a CPU copy; None when features are computed on the device), and the
+        factor by which augmentation lengthens examples (speed perturbation), for the batch budget."""
+        transform = None
+        if self.where == "worker":
+            transform = functools.partial(copy.deepcopy(self).cpu().per_example, augment=train)
+        stretch = self.augmentation.length_factor if train and self.augmentation is not None else 1.0
+        return transform, stretch
 
     def describe(self) -> str:
         kind = type(self.extractor.transform).__name__ if self.extractor.transform is not None else "raw audio"

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
             from hydra.utils import instantiate
             from omegaconf import OmegaConf
 
-            from framework.config.check import check_command_line
+            from framework.config import check_command_line
 
             job = [f"features={args.features}", f"sample_rate={args.sample_rate}",
                    *[f"features.{o.lstrip('+')}" for o in overrides]]

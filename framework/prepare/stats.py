@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from hydra.utils import instantiate
 
-from framework.config.check import check_command_line
+from framework.config import check_command_line
 from framework.data.batching import DynamicBatchSampler, LengthBatchSampler, batch_stats
+from framework.data.loader import make_sampler
 from framework.data.manifest import load_entries
 
 
@@ -16,7 +16,8 @@ def batching_sampler(lengths: np.ndarray, batching: str, overrides: list[str]) -
     """The sampler ``conf/batching/<batching>.yaml`` (with ``key=value`` overrides of its
     keys) builds, checked like a training config."""
     job = [f"batching={batching}", *[f"batching.{o.lstrip('+')}" for o in overrides]]
-    return instantiate(check_command_line(job).batching, lengths=lengths)
+    cfg = check_command_line(job)
+    return make_sampler(cfg.batching, lengths, cfg.seed)
 
 
 def length_summary(lengths: np.ndarray) -> dict[str, float]:

@@ -9,8 +9,11 @@ stepped, not dropped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -33,3 +36,41 @@ def loss_weights(sizes: list[int], global_total: int | None = None, world_size: 
     """Weights for the micro-batch losses of one step (see the module doc)."""
     total = global_total if global_total is not None else sum(sizes)
     return [n * world_size / total for n in sizes]
+
+
+@dataclass
+class Window:
+    """The micro-batches of one optimizer step."""
+
+    batches: list[Any]  # the usable ones (examples the dataset could not read left out)
+    fetched: int  # micro-batches taken from the loader, for the epoch position
+    lengths_s: float  # sum of the examples' lengths, for throughput
+
+
+def step_windows(loader: Iterable[Any], size: int, start: int, limit: int | None,
+                 waited: Callable[[float], None], usable: Callable[[Any], bool]) -> Iterator[Window]:
+    """The rest of an epoch from micro-batch ``start`` (up to ``limit`` in all), in windows of
+    ``size`` micro-batches; ``waited`` receives the seconds spent waiting for each batch."""
+    batches = itertools.islice(loader, max(0, limit - start)) if limit else loader
+    sampler = getattr(loader, "batch_sampler", None)
+    lengths = getattr(getattr(loader, "dataset", None), "lengths", None)
+    plan = sampler.rank_batches()[start:] if hasattr(sampler, "rank_batches") else None
+    position = 0
+    for raw in windows(_timed(batches, waited), size):
+        seconds = 0.0
+        if plan is not None and lengths is not None:
+            seconds = float(sum(lengths[plan[position + i]].sum() for i in range(len(raw))))
+        position += len(raw)
+        yield Window([b for b in raw if usable(b)], len(raw), seconds)
+
+
+def _timed(batches: Iterable[T], waited: Callable[[float], None]) -> Iterator[T]:
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        waited(time.perf_counter() - t0)
+        yield batch

@@ -189,7 +189,8 @@ class Checkpointer:
         previous = self._files()
         digest = save_verified(state, path, previous[-1].stat().st_size if previous else None)
         entries = [e for e in self.index() if e["file"] != path.name]
-        entries.append({"file": path.name, "step": step, "epoch": state.get("epoch"), "metrics": dict(metrics or {}),
+        epoch = (state.get("progress") or {}).get("epoch", state.get("epoch"))
+        entries.append({"file": path.name, "step": step, "epoch": epoch, "metrics": dict(metrics or {}),
                         "sha256": digest})
         entries = self._prune(entries)
         write_hashed(self.index_path, lambda f: f.write(json.dumps(entries, indent=1).encode()))
@@ -227,6 +228,19 @@ class Checkpointer:
             except CheckpointError as exc:
                 log.warning("%s; trying the previous checkpoint", exc)
         return None
+
+    def load_named(self, which: str, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
+        """``best`` (:meth:`load_for_evaluation`), ``latest``, ``averaged`` (what
+        ``framework.average`` wrote) or a checkpoint path. Raises when there is none."""
+        if which == "best":
+            return self.load_for_evaluation(map_location)
+        if which == "latest":
+            found = self.load_latest(map_location)
+            if found is None:
+                raise CheckpointError(f"no usable checkpoint in {self.directory}: nothing trained to use")
+            return found
+        path = self.directory / AVERAGED if which == "averaged" else Path(which)
+        return path, load_checkpoint(path, map_location)
 
     def load_for_evaluation(self, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
         """The best checkpoint by the monitored metric; failing that (none scored, or damaged)

@@ -60,6 +60,16 @@ class TensorBoardLogger:
             self.writer = None
 
 
+def make_logger(node, run_dir: Path, is_main: bool) -> TensorBoardLogger:
+    """The run's logger from ``cfg.logger`` (:class:`framework.config.schema.LoggerConfig`);
+    silent off rank 0."""
+    from framework.config.schema import LoggerConfig, typed
+
+    options = typed(LoggerConfig, node or {})
+    return TensorBoardLogger(run_dir, enabled=is_main and options.tensorboard,
+                             log_every_n_steps=options.log_every_n_steps)
+
+
 def format_metrics(metrics: dict[str, float]) -> str:
     """``name=value`` pairs, 4 significant digits."""
     return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())

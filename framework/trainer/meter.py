@@ -90,3 +90,14 @@ class EpochMeter:
                 self.loss_sum.fill_(value)
             elif hasattr(self, key):
                 setattr(self, key, value)
+
+
+def padding(batches: list[Any]) -> tuple[int, int]:
+    """(elements held, real elements) of the micro-batches' inputs."""
+    held = real = 0
+    for batch in batches:
+        lens = batch.get("inputs_lens")
+        if lens is not None:
+            held += int(lens.max()) * len(lens)
+            real += int(lens.sum())
+    return held, real

@@ -51,6 +51,22 @@ class Precision:
             return None
         return torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_grad_norm)
 
+    def apply_step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                   max_grad_norm: float | None, step_loss: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
+        """Clips, then steps unless the loss or the gradients are not finite. Returns
+        (whether the step was applied, the gradient norm before clipping)."""
+        norm = self.clip(optimizer, params, max_grad_norm)
+        if self.scaler is not None:
+            # fp16: GradScaler skips steps with inf/nan gradients itself and lowers its
+            # scale; only a non-finite loss is a fault
+            self.step(optimizer)
+            return bool(torch.isfinite(step_loss)), norm
+        ok = torch.isfinite(step_loss) if norm is None else torch.isfinite(norm) & torch.isfinite(step_loss)
+        finite = bool(ok)  # the one host sync per step: a non-finite step must not be applied
+        if finite:
+            self.step(optimizer)
+        return finite, norm
+
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler:
             self.scaler.step(optimizer)
@@ -64,3 +80,20 @@ class Precision:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler and state:
             self.scaler.load_state_dict(state)
+
+
+class BufferSnapshot:
+    """The model's buffers (batch-norm statistics) copied aside before a step and put back
+    after a step that is not applied, so such a step leaves the model exactly as before."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.buffers = list(module.buffers())
+        self.copy = [b.clone() for b in self.buffers]
+
+    def take(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.copy, self.buffers)
+
+    def restore(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.buffers, self.copy)

@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -68,3 +69,57 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     being loaded."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+class StopAgreement:
+    """Every rank stops at the same optimizer step. Before each step one all-reduce gives
+    every rank the step's total example count (for the loss weights of gradient accumulation)
+    and whether any rank received a stop signal; at the end of an epoch one more tells
+    whether any did meanwhile. In a single process no collective is needed."""
+
+    def __init__(self, dist: Any) -> None:
+        self.dist = dist
+        self.signals = StopSignals()
+        self.stopping = False  # a stop signal reached some rank: stop at this step
+
+    def plan_step(self, sizes: list[int]) -> list[float] | None:
+        """The micro-batch loss weights of a step over micro-batches of ``sizes`` examples
+        (empty when no rank has an example), or None to stop before it."""
+        import torch
+
+        from framework.trainer import distributed
+        from framework.trainer.accumulation import loss_weights
+
+        if not self.dist.enabled:
+            if self.signals.requested:
+                self.stopping = True
+                return None
+            return loss_weights(sizes)
+        flags = torch.tensor([sum(sizes), int(self.signals.requested)], device=self.dist.device)
+        total, stops = (int(x) for x in distributed.all_reduce_sum(flags).tolist())
+        if stops:
+            self.stopping = True
+            return None
+        if not sizes and total:  # DDP cannot skip a step on one rank: the others would wait for it
+            raise RuntimeError(
+                f"rank {self.dist.rank}: every example of a step was unreadable (skip_bad) while other ranks had "
+                "data. Clean the manifest (python -m framework.prepare manifest ... --skip-bad) before a "
+                "distributed run")
+        if total == 0:
+            return []
+        return loss_weights(sizes, total, self.dist.world_size)
+
+    def agreed(self) -> bool:
+        """Whether any rank received a stop signal (one collective under DDP)."""
+        if not self.dist.enabled:
+            return self.signals.requested
+        import torch
+
+        from framework.trainer import distributed
+
+        flag = torch.tensor([int(self.signals.requested)], device=self.dist.device)
+        return bool(distributed.all_reduce_sum(flag).item())
+
+    @property
+    def signum(self) -> int:
+        return self.signals.received or signal.SIGTERM  # another rank got the signal

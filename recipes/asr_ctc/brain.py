@@ -129,7 +129,7 @@ class ASRBrain(Brain):
 
         self.setup(None)
         self.load_weights(checkpoint)
-        self._set_mode(training=False)
+        self.set_mode(training=False)
         wavs = [read_audio(p, self.cfg.sample_rate) for p in paths]
         inputs, lengths = pad_sequences(wavs)
         with self.eval_weights():

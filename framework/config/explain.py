@@ -1,0 +1,87 @@
+"""Hydra's refusals of a command line, explained in the framework's one-line form.
+
+Hydra reports an unknown key, a wrong type or a missing group option through OmegaConf's
+exceptions and message strings; this module turns them into the same lines the config
+check (:mod:`framework.config.validate`) writes: the key, a did-you-mean taken from the
+node's signature or schema, the file that set it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from framework.config.signature import signature_parameters, type_name
+from framework.config.validate import HYDRA_KEYS, import_target, suggest
+
+
+def explain(exc: BaseException, hydra: Any, config_name: str, overrides: list[str]) -> str:
+    """One line for Hydra's refusal of a command line: an unknown key (with a suggestion
+    taken from the node's signature or schema), a wrong type, an unknown group option."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(exc, MissingConfigException):
+        return _missing_config(exc)
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__ or cause.__context__
+    in_file = _in_file(str(exc))
+    suffix = f" (set in {in_file})" if in_file else ""
+    full_key = getattr(cause, "full_key", None) if cause is not None else None
+    if cause is None or not full_key:
+        text = str(exc).strip().splitlines()
+        return "; ".join(line.strip() for line in text[:3] if line.strip()) or type(exc).__name__
+    parent, _, key = full_key.rpartition(".")
+    text = str(cause)
+    schema = getattr(cause, "object_type", None)
+    if "not in" in text or "Could not override" in str(exc) or "is not in struct" in text:
+        valid = _valid_keys(parent, schema, hydra, config_name, overrides)
+        return f"{full_key}: unknown key; {suggest(key, valid, parent + '.' if parent else '')}{suffix}"
+    if "could not be converted" in text or "Value '" in text:
+        hint = typing.get_type_hints(schema).get(key) if dataclasses.is_dataclass(schema) else None
+        expected = type_name(hint) if hint is not None else "another type"
+        value = text.split("'")[1] if "'" in text else "?"
+        return f"{full_key}={value!r}: expected {expected}{suffix}"
+    return f"{full_key}: {text.splitlines()[0]}{suffix}"
+
+
+def _valid_keys(parent: str, schema: Any, hydra: Any, config_name: str, overrides: list[str]) -> list[str]:
+    if dataclasses.is_dataclass(schema):
+        return [f.name for f in dataclasses.fields(schema)]
+    from hydra.types import RunMode
+
+    others = [o for o in overrides if not o.lstrip("+~").startswith(parent + ".")]  # without the refused one
+    try:
+        cfg = hydra.compose_config(config_name, others, run_mode=RunMode.RUN, with_log_configuration=False)
+    except Exception:
+        return []
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return []
+    keys = [str(k) for k in node.keys() if k not in HYDRA_KEYS]
+    if "_target_" in node:
+        obj = import_target(node._target_, parent, [])
+        if obj is not None:
+            keys = sorted(set(keys) | set(signature_parameters(obj)[0]))
+    return keys
+
+
+def _in_file(message: str) -> str | None:
+    match = re.search(r"In '([^']+)'", message)
+    return f"{match.group(1)}.yaml" if match else None
+
+
+def _missing_config(exc: BaseException) -> str:
+    options = getattr(exc, "options", None)
+    missing = getattr(exc, "missing_cfg_file", None) or ""
+    if missing and "/" in missing:
+        group, _, name = missing.rpartition("/")
+        available = ", ".join(options) if options else "none"
+        return f"{group}={name}: no such option in conf/{group}/ (or the --config-dir); available: {available}"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first

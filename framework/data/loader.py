@@ -1,0 +1,59 @@
+"""The one way the framework turns a dataset into batches: ``cfg.batching``'s sampler over
+the dataset's lengths, the collate function, the DataLoader settings. Training, the config
+summary (``framework.validate``), ``prepare stats`` and the benchmarks all build their
+samplers and loaders here, so what they report is what training does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from framework.data.batching import LengthBatchSampler
+from framework.data.collate import collate
+from framework.trainer.stopping import ignore_stop_signals
+
+
+def make_sampler(batching: DictConfig, lengths: np.ndarray, seed: int, train: bool = True,
+                 ids: list[str] | None = None) -> LengthBatchSampler:
+    """``batching``'s sampler over ``lengths``. Evaluation (``train=False``) keeps the data in
+    order, drops nothing and shards without repeating examples across ranks."""
+    overrides: dict[str, Any] = {} if train else {"shuffle": False, "drop_last": False}
+    if ids is not None and "DynamicBatchSampler" in str(batching.get("_target_", "")):
+        overrides["ids"] = ids  # examples left out are named by id
+    return instantiate(batching, lengths=lengths, seed=seed, even=train, **overrides)
+
+
+def make_loader(dataset: Dataset, sampler: LengthBatchSampler, num_workers: int, seed: int,
+                pin_memory: bool = False, transform: Callable | None = None) -> DataLoader:
+    """A DataLoader of ``sampler``'s batches of ``dataset`` (each example through
+    ``transform`` in the workers, when given), padded by :func:`framework.data.collate.collate`."""
+    if transform is not None:
+        from framework.data.mapped import MappedInputs
+
+        dataset = MappedInputs(dataset, transform)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        # a private generator keeps the global RNG untouched, which exact resume needs
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def dataset_ids(dataset: Any) -> list[str] | None:
+    """The examples' ids, where the dataset knows them without reading audio."""
+    ids = getattr(dataset, "ids", None)
+    if ids is None and hasattr(dataset, "entries"):  # a manifest's entries
+        ids = [entry.id for entry in dataset.entries]
+    return [str(i) for i in ids] if ids is not None else None

@@ -1,0 +1,67 @@
+"""Learning-rate schedules that can follow a run whose length changes on resume.
+
+:class:`OneCycle` is torch's ``OneCycleLR`` (warm-up, then cosine annealing; momentum
+cycled the other way) planned over ``total_steps``. A run resumed with more or fewer steps
+to go (``trainer.max_epochs`` raised, another world size or batching at an epoch boundary)
+does not restart or stretch the plan from its beginning: from the step reached, the rest of
+the plan is mapped onto the steps that remain, so the learning rate continues exactly where
+it was and reaches the plan's end on the run's new last step. A run extended after its plan
+ended keeps the final learning rate (the schedule never climbs back up); train a new run
+from its weights (``trainer.init_from``) for a new schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import OneCycleLR
+
+from framework.errors import UserError
+
+
+class OneCycle(OneCycleLR):
+    """``OneCycleLR`` with a re-plannable end (:meth:`plan_run`). Until the run's length
+    changes, its learning rates are exactly ``OneCycleLR``'s."""
+
+    def __init__(self, optimizer: Optimizer, total_steps: int, **kwargs: Any) -> None:
+        # Set before the base class takes its first step: real steps -> planned steps.
+        self.run_steps = total_steps  # optimizer steps the run takes in all
+        self.anchor = (0, 0.0)  # (real step, planned step) the mapping starts from
+        super().__init__(optimizer, total_steps=total_steps, **kwargs)
+
+    def planned_step(self, real_step: int) -> float:
+        """Where in the plan (0 .. total_steps - 1) real step ``real_step`` is."""
+        r0, p0 = self.anchor
+        last_planned = self.total_steps - 1
+        if self.run_steps - 1 <= r0:
+            return min(p0, last_planned)
+        mapped = p0 + (real_step - r0) * (last_planned - p0) / (self.run_steps - 1 - r0)
+        return min(mapped, last_planned)
+
+    def get_lr(self) -> list[float]:
+        real = self.last_epoch
+        self.last_epoch = self.planned_step(real)  # OneCycleLR reads its position from last_epoch
+        try:
+            return super().get_lr()
+        finally:
+            self.last_epoch = real
+
+    def plan_run(self, run_steps: int) -> None:
+        """The run now takes ``run_steps`` optimizer steps in all: the rest of the plan is
+        mapped onto the steps from here to there."""
+        if run_steps == self.run_steps:
+            return
+        step = self.last_epoch
+        if run_steps < step:
+            raise UserError(f"the scheduler is at optimizer step {step}, but the resumed run takes only {run_steps} "
+                            "steps in all: raise trainer.max_epochs, or keep the settings it was trained with")
+        self.anchor = (step, self.planned_step(step))
+        self.run_steps = run_steps
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        wanted = self.run_steps  # what this run was built for
+        state = {"run_steps": state_dict["total_steps"], "anchor": (0, 0.0), **state_dict}  # also torch's OneCycleLR
+        super().load_state_dict(state)
+        self.anchor = tuple(self.anchor)
+        self.plan_run(wanted)

@@ -1,0 +1,108 @@
+"""What the loop reports beside the epoch meter: the training scalars every
+``logger.log_every_n_steps`` steps, and the steps and examples it had to skip (unreadable
+examples, out-of-memory batches, non-finite steps), with the patience for the last."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from framework.data.collate import Batch, SkippedExample
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class StepLog:
+    """Training scalars averaged over the steps since the last report: loss, learning rate,
+    examples per second, gradient norm. The loss stays on the device until a report, so
+    steps between reports do not wait for it."""
+
+    def __init__(self, logger: Any, every_n_steps: int, device: torch.device) -> None:
+        self.logger, self.every = logger, every_n_steps
+        self.loss = torch.zeros((), device=device)
+        self.steps = self.examples = 0
+        self.since = time.perf_counter()
+
+    def add(self, step: int, loss: torch.Tensor, norm: torch.Tensor | None, examples: int, lr: float,
+            bar: Any) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.examples += examples
+        if step % self.every:
+            return
+        now = time.perf_counter()
+        value = (self.loss / self.steps).item()
+        rate = self.examples / max(now - self.since, 1e-9)
+        values = {"train/loss": value, "train/lr": lr, "train/examples_per_s": rate}
+        if norm is not None:
+            values["train/grad_norm"] = float(norm)
+        self.logger.scalars(values, step)
+        bar.set_postfix(loss=f"{value:.3f}", ex_s=f"{rate:.0f}")
+        self.loss.zero_()
+        self.steps = self.examples = 0
+        self.since = now
+
+
+class Skips:
+    """Examples and steps the loop left out, counted over the run and reported per epoch."""
+
+    def __init__(self, nonfinite_patience: int, precision: str) -> None:
+        self.patience = nonfinite_patience
+        self.precision = precision
+        self.examples: list[SkippedExample] = []
+        self.oom_steps = 0
+
+    def usable(self, batch: Batch) -> bool:
+        """Counts the batch's unreadable examples (``skip_bad``); whether any example is left."""
+        self.examples.extend(batch.skipped)
+        return len(batch) > 0
+
+    def out_of_memory(self, window: list[Batch], device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.oom_steps += 1
+        shapes = [tuple(b["inputs"].shape) for b in window if "inputs" in b]
+        log.warning("out of memory on a batch of inputs %s: skipped (%d so far, trainer.skip_oom=true)", shapes,
+                    self.oom_steps)
+
+    def nonfinite(self, step: int, count: int, latest_checkpoint: Any) -> None:
+        """A step with a non-finite loss or gradient was not applied (``count`` so far); past
+        the patience the run stops."""
+        log.warning("non-finite loss or gradient at step %d: step skipped (%d so far)", step, count)
+        if count <= self.patience:
+            return
+        where = (f"the newest checkpoint, {latest_checkpoint}, holds the weights before" if latest_checkpoint
+                 else "no checkpoint was written")
+        remedy = {"fp16": "use bf16 instead of fp16",
+                  "bf16": "train in fp32 (trainer.precision=fp32)"}.get(self.precision, "check the data for "
+                                                                                       "non-finite values")
+        raise NonFiniteLossError(
+            f"{count} steps had a non-finite loss or gradient (trainer.nonfinite_patience={self.patience}); "
+            f"stopping ({where}): lower the learning rate, set trainer.max_grad_norm, or {remedy}")
+
+    def report(self) -> None:
+        if self.oom_steps:
+            log.warning("%d step(s) skipped for running out of memory so far", self.oom_steps)
+        if self.examples:
+            log.warning("%d example(s) skipped as unreadable so far (skip_bad); first: %s", len(self.examples),
+                        "; ".join(f"{s.id}: {s.reason}" for s in self.examples[:3]))
+
+    @property
+    def last_skipped_id(self) -> str:
+        return self.examples[-1].id if self.examples else "?"
+
+
+def log_epoch(entry: dict[str, float], max_epochs: int, metrics: dict[str, float]) -> None:
+    from framework.trainer.logs import format_metrics
+
+    log.info("epoch %d/%d: %d steps in %.1f s (%.0f examples/s, %.0f audio s/s, data wait %.0f%%), padding %.1f%%, "
+             "batch size %.1f; %s", entry["epoch"], max_epochs, entry["steps"], entry["epoch_s"],
+             entry["examples_per_s"], entry["audio_s_per_s"], 100 * entry["data_wait_fraction"],
+             100 * entry["padding_fraction"], entry["mean_batch_size"], format_metrics(metrics))
