@@ -209,7 +209,7 @@ def test_debug_mode_wins_over_a_recipes_own_settings(tmp_path):
         assert compose_command_line([f"recipe={recipe}", "debug=default"]).trainer.max_epochs == 2
 
 
-DATASETS = {"tones": [], "speech": [], "deepmark": [], "digits": [], "recording": [],
+DATASETS = {"tones": [], "speech": [], "sentences": [], "deepmark": [], "digits": [], "recording": [],
             "manifest": ["dataset.train.path=t.json", "dataset.valid.path=v.json"],
             "hdf5": ["dataset.train.path=t.h5", "dataset.valid.path=v.h5"]}
 
