@@ -2,10 +2,8 @@
 
 A recipe subclasses :class:`Brain` and implements ``compute_forward`` and
 ``compute_objectives`` (and, for its metrics, ``on_stage_start`` / ``on_stage_end``).
-The mechanics live in :mod:`framework.trainer` (precision, accumulation, checkpoints and
-their registry, stopping, telemetry) and are driven from here by the typed trainer options,
-``self.options`` (:class:`framework.config.schema.TrainerConfig`). The entry point sets the
-process up first (:func:`framework.process.start_process`).
+The mechanics live in :mod:`framework.trainer`, driven from here by the typed trainer
+options, ``self.options`` (:class:`framework.config.schema.TrainerConfig`).
 
 One run, top to bottom::
 
@@ -51,28 +49,26 @@ from framework.trainer.checkpoint import (
 )
 from framework.trainer.distributed import DistEnv
 from framework.trainer.ema import WeightEMA
+from framework.trainer.freeze import Freezer
+from framework.trainer.init import copy_run_files, initialise, write_report
 from framework.trainer.logs import format_metrics, make_logger, progress
 from framework.trainer.meter import EpochMeter, padding
 from framework.trainer.optim import ScheduleState, build_optimizer, build_scheduler
 from framework.trainer.precision import BufferSnapshot, Precision
-from framework.trainer.resume import RunSettings, checkpoint_to_resume
+from framework.trainer.resume import RunSettings
 from framework.trainer.state import MidEpoch, ModelConfig, PerRank, Progress, RNGs, TrainState
 from framework.trainer.stopping import StopAgreement, StopRequested
-from framework.trainer.strategy import wrap_model
+from framework.trainer.strategy import checkpoint_activations, wrap_model
 from framework.trainer.telemetry import NonFiniteLossError, Skips, StepLog, log_epoch
 
 log = logging.getLogger(__name__)
-__all__ = ["Brain", "MonitorError", "NonFiniteLossError", "Stage"]
+__all__ = ["Brain", "NonFiniteLossError", "Stage"]
 
 
 class Stage(Enum):
     TRAIN = "train"
     VALID = "valid"
     TEST = "test"
-
-
-class MonitorError(UserError):
-    pass
 
 
 class Brain:
@@ -183,28 +179,49 @@ class Brain:
         directory; otherwise it is loaded from there."""
         if self.model is not None:
             return
+        init_from = self.options.init_from if train_set is not None else None  # fine-tuning starts a fit only
+        taken = self.take_source_files(init_from)
         if self.features is not None:
             self.prepare_features(train_set)
-        model = self.build_model(train_set).to(self.device)
+        model = self.module = self.build_model(train_set).to(self.device)
+        if init_from:
+            init = self.options.init
+            report = initialise(model, init_from, list(init.include), list(init.exclude), dict(init.rename),
+                                init.ignore_mismatched)
+            if self.dist.is_main:
+                write_report(report, self.run_dir, taken)
+        self.freezer = Freezer(model, list(self.options.freeze), self.options.unfreeze_at, self.unfrozen)
         log.info("model %s: %.2f M trainable parameters", type(model).__name__, count_parameters(model) / 1e6)
-        self.module, self.model = model, wrap_model(model, self.options, self.dist)
-        self.params = trainable_parameters(self.module)
-        self.optimizer = build_optimizer(self.cfg.optimizer, self.params)
-        self.ema = WeightEMA(self.module, self.options.ema_decay) if self.options.ema_decay else None
-        self.buffers = BufferSnapshot(self.module)
+        checkpoint_activations(model, self.options)
+        self.model, self.params = wrap_model(model, self.options, self.dist), trainable_parameters(model)
+        self.optimizer = self.freezer.optimizer = build_optimizer(self.cfg.optimizer, model)
+        self.ema = WeightEMA(model, self.options.ema_decay) if self.options.ema_decay else None
+        self.buffers = BufferSnapshot(model)
         self.state.model_config = ModelConfig(self.cfg.model)
-        self.state.add_recoverable("model", self.module, weights=True)
+        self.state.add_recoverable("model", model, weights=True)
         if self.features is not None:
             self.state.add_recoverable("features", self.features, weights=True)
         if self.ema is not None:
             self.state.add_recoverable("ema", self.ema, weights=True)
+        self.state.add_recoverable("freeze", self.freezer)  # before the optimizer: unfreezing adds it a group
         self.state.add_recoverable("optimizer", self.optimizer)
         self.state.add_recoverable("scaler", self.precision)
 
+    def take_source_files(self, init_from: str | None) -> list[str]:
+        """``trainer.init.take_files`` of the run ``init_from`` names, copied into this run
+        directory (rank 0), where the run then finds them instead of fitting them anew."""
+        taken = copy_run_files(init_from, self.run_dir, list(self.options.init.take_files)) \
+            if init_from and self.dist.is_main else []
+        distributed.barrier()
+        return taken
+
+    def unfrozen(self) -> None:
+        """The frozen modules joined training: the clipped parameters and the DDP wrapper follow."""
+        self.model, self.params = wrap_model(self.module, self.options, self.dist), trainable_parameters(self.module)
+
     def prepare_features(self, train_set) -> None:
-        """Global normalisation statistics: fitted once on the training set by rank 0 and
-        saved in the run directory; read from there by every rank, by resumed runs and by
-        evaluation (which never fits them on its own data)."""
+        """Global normalisation statistics: fitted on the training set by rank 0, read from
+        the run directory by every rank, resumed runs and evaluation (which never fits)."""
         path = self.run_dir / "feature_stats.pt"
         if train_set is not None and self.dist.is_main and not path.is_file():
             self.features.fit_stats(train_set, path)
@@ -218,6 +235,7 @@ class Brain:
 
     def set_mode(self, training: bool) -> None:
         self.model.train(training)
+        self.freezer.hold_statistics()
         if self.features is not None:
             self.features.train(training)
 
@@ -265,19 +283,15 @@ class Brain:
         self.state.add_recoverable("rng", PerRank(RNGs(), self.dist.rank))
 
     def _restore_meter(self, state: dict[str, Any]) -> None:
-        self.meter = EpochMeter(self.device)
-        self.meter.load_state_dict(state)
+        self.meter = EpochMeter.restored(self.device, state)
 
     def resume(self) -> None:
         """From ``trainer.resume``: null (start fresh), ``auto`` (this run dir's newest
         checkpoint, if any) or a checkpoint path."""
-        found = checkpoint_to_resume(self.options.resume, self.checkpointer, self.device)
-        if found is None:
-            return
-        path, state = found
-        self.state.load_state_dict(state, path)
-        log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", path, self.epoch, self.step,
-                 self.progress.batch_in_epoch)
+        path = self.state.resume(self.options.resume, self.checkpointer, self.device)
+        if path is not None:
+                log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", path, self.epoch, self.step,
+                     self.progress.batch_in_epoch)
 
     def check_monitor(self, valid_loader) -> None:
         """Validates one batch before training (a failing validation is found now, not after
@@ -291,8 +305,8 @@ class Brain:
         set_rng_state(rng)
         monitor = self.options.checkpoint.monitor
         if f"valid_{monitor}" not in metrics:
-            produced = ", ".join(k.removeprefix("valid_") for k in metrics)
-            raise MonitorError(f"trainer.checkpoint.monitor={monitor}: validation reports no such metric; it reports "
+            produced = ", ".join(k.removeprefix("valid_") for k in metrics if k != "valid_examples")
+            raise UserError(f"trainer.checkpoint.monitor={monitor}: validation reports no such metric; it reports "
                                f"{produced}")
 
     def run_epoch(self, train_loader, valid_loader, epoch: int) -> None:
@@ -301,17 +315,13 @@ class Brain:
         train_loss = self.train_epoch(train_loader, epoch)
         if self.stop.stopping:
             self.stop_now("in epoch %d at step %d" % (epoch + 1, self.step))
-        if self.meter.steps == 0:
-            raise UserError(f"epoch {epoch + 1} made no optimizer step: every batch of the training set was empty "
-                            f"or left out ({len(self.skips.examples)} unreadable example(s), see the warnings "
-                            "above); check the data and the batching settings")
+        self.skips.check_epoch(epoch, self.meter.steps)
         metrics = {"train_loss": train_loss}
         if valid_loader is not None:  # a stop signal now lets validation finish first
             metrics.update(self.run_eval(valid_loader, Stage.VALID, epoch))
         self.progress.epoch, self.progress.batch_in_epoch = epoch + 1, 0
         entry = {"epoch": self.epoch, "step": self.step, "elapsed_s": self.elapsed(),
-                 "train_s": sum(h["epoch_s"] for h in self.history) + self.meter.busy_s, **metrics,
-                 **self.meter.summary()}
+                 "train_s": sum(h["epoch_s"] for h in self.history) + self.meter.busy_s, **metrics, **self.meter.summary()}
         self.history.append(entry)
         self.meter = None
         self.logger.scalars({f"epoch/{k}": v for k, v in entry.items() if k not in ("epoch", "step")}, self.step)
@@ -404,6 +414,8 @@ class Brain:
             if self.scheduler is not None:
                 self.scheduler.step()
             self.progress.step += 1
+            if self.freezer.due(self.step):
+                self.freezer.unfreeze()
         else:
             self.progress.nonfinite_steps += 1
             self.skips.nonfinite(self.step, self.progress.nonfinite_steps, self.checkpointer.latest())
@@ -471,15 +483,7 @@ class Brain:
                 total[0] += loss.float() * len(batch)
                 total[1] += len(batch)
         bar.close()
-        distributed.all_reduce_sum(total)
-        if total[1] == 0:
-            raise UserError(f"no example of the {stage.value} set was scored: every batch was empty or unreadable "
-                            f"({len(self.skips.examples)} unreadable example(s) so far); check the {stage.value} data")
-        loss = (total[0] / total[1]).item()
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(f"the {stage.value} loss is {loss}: the model's outputs are not finite (its "
-                                     "weights or batch-norm statistics are damaged, or the data holds non-finite "
-                                     "values); this result is not reported")
+        loss = self.skips.checked_eval_loss(stage.value, *distributed.all_reduce_sum(total).tolist())
         metrics = self.on_stage_end(stage, loss, epoch)
         return {**{f"{stage.value}_{k}": float(v) for k, v in metrics.items()}, f"{stage.value}_examples": int(total[1])}
 

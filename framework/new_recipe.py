@@ -20,9 +20,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from framework import REPO_ROOT
 from framework.cli import exit_on_error
 from framework.errors import UserError
+from framework.paths import REPO_ROOT
 
 TEMPLATE = """\
 # @package _global_

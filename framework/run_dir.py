@@ -45,8 +45,8 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
 def _group_choice(override: str) -> tuple[str, DictConfig] | None:
     """``group=option`` (e.g. ``decoder=beam``): the option's node from the framework's
     config groups; None for a ``key=value`` override."""
-    from framework import CONF_DIR
     from framework.config import ConfigError, compose_command_line
+    from framework.paths import CONF_DIR
 
     key, _, value = override.partition("=")
     if "." in key or not key.isidentifier() or not (CONF_DIR / key).is_dir():

@@ -100,7 +100,7 @@ def test_intermediate_ctc_trains_with_its_weight_and_leaves_evaluation_alone(tra
 def test_evaluate_and_transcribe_commands(one_epoch_run, tmp_path, data_dir):
     run_dir = one_epoch_run
     metrics = json.loads(run_cli("framework.evaluate", [str(run_dir)], cwd=tmp_path).stdout.strip().splitlines()[-1])
-    assert set(metrics) == {"test_loss", "test_cer", "test_wer"}
+    assert set(metrics) == {"test_loss", "test_cer", "test_wer", "test_examples"}
     log = (run_dir / "train.log").read_text()
     assert f"test_cer={metrics['test_cer']:.4g}" in log  # same checkpoint, same numbers as after training
     # every test utterance, once, with its reference and the errors the CER counted
@@ -132,7 +132,7 @@ def test_beam_search_with_a_language_model_in_evaluate_and_transcribe(one_epoch_
     beam = ["decoder=beam", f"decoder.lm={tmp_path / 'lm.arpa'}", "decoder.lexicon=train", "decoder.beam_size=8",
             "decoder.word_score=2"]
     proc = run_cli("framework.evaluate", [str(run_dir), *beam], cwd=tmp_path)
-    assert set(json.loads(proc.stdout)) == {"test_loss", "test_cer", "test_wer"}
+    assert set(json.loads(proc.stdout)) == {"test_loss", "test_cer", "test_wer", "test_examples"}
     wavs = [str(w) for w in sorted((corpus / "test").glob("*.wav"))[:5]]
 
     def transcripts(*overrides):

@@ -55,7 +55,7 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path):
     proc = run_cli("framework.train", ["model=ds3"], cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: model=ds3: no such option in conf/model/ (or the --config-dir); available: "
-                                   "conformer_m, conformer_small, ds2, ds2_small, wideresnet, wrn_small")
+                                   "conformer_m, conformer_small, ds2, ds2_small, wav2vec2_ctc, wideresnet, wrn_small")
 
 
 def test_missing_required_value_names_the_key(tmp_path):

@@ -13,7 +13,7 @@ from tests.helpers import DOCS, bash_blocks, run_doc
 
 
 def test_every_tutorial_has_commands():
-    for name in ("launch.md", "sweep.md", "extend.md", "batching.md", "asr.md"):
+    for name in ("launch.md", "sweep.md", "extend.md", "batching.md", "asr.md", "finetune.md"):
         assert bash_blocks(DOCS / name), name
 
 
@@ -63,7 +63,7 @@ def test_asr_tutorial(tmp_path, data_dir):
     pytest.importorskip("flashlight.lib.text", reason="beam search needs flashlight-text (pip install '.[lm]')")
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")  # the commands run from the repository's root
     out = run_doc("asr.md", tmp_path, data_dir)
-    assert len(re.findall(r'\{"test_loss": [\d.]+, "test_cer": [\d.]+, "test_wer": [\d.]+\}', out)) == 3
+    assert len(re.findall(r'\{"test_loss": [\d.]+, "test_cer": [\d.]+, "test_wer": [\d.]+, "test_examples": \d+\}', out)) == 3
     assert "recipes/asr_ctc/speech/test/test-0000.flac\t" in out  # transcribe's line
     assert (tmp_path / "runs" / "aug" / "checkpoints" / "averaged.pt").is_file()
     config = (tmp_path / "runs" / "aug" / "config.yaml").read_text()
@@ -77,3 +77,16 @@ def test_asr_tutorial(tmp_path, data_dir):
     interctc = tmp_path / "runs" / "interctc"
     assert "intermediate_layer: 2" in (interctc / "config.yaml").read_text()
     assert "test_cer" in json.loads((interctc / "metrics.json").read_text())["metrics"]
+
+
+@pytest.mark.slow  # a HuBERT-base step on the CPU, ~1 min
+def test_finetune_tutorial(tmp_path, data_dir):
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    out = run_doc("finetune.md", tmp_path, data_dir)
+    assert '"source"' in out  # the init report's head
+    tuned = json.loads((tmp_path / "runs" / "tuned" / "init_report.json").read_text())
+    assert tuned["loaded"] and tuned["source"].startswith(str(tmp_path / "runs" / "pre"))
+    log = (tmp_path / "runs" / "frozen" / "train.log").read_text()
+    assert "frozen: convs, rnns" in log and "unfrozen:" in log
+    assert "optimizer group convs.* " in (tmp_path / "runs" / "groups" / "train.log").read_text()
+    assert "test_cer" in json.loads((tmp_path / "runs" / "hubert" / "metrics.json").read_text())["metrics"]

@@ -130,6 +130,11 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resumes_exactly(da
     assert a["progress"]["step"] == b["progress"]["step"]
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    # every rank's running sums of the interrupted epoch were saved and restored: its figures are
+    # those of the uninterrupted run, not rank 0's sums counted on every rank
+    for ha, hb in zip(metrics_of(tmp_path / "straight")["history"], metrics_of(run_dir)["history"]):
+        for key in ("train_loss", "valid_loss", "steps", "padding_fraction"):
+            assert ha[key] == hb[key], key
 
 
 # ------------------------------------------------------------------- 3. non-finite input

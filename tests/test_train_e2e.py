@@ -21,8 +21,9 @@ def scalars(run_dir, tag):
 def test_fit_and_test_write_a_complete_run_dir(train_cli):
     proc, run_dir = train_cli()
     result = run_result(run_dir)
-    assert set(result["metrics"]) == {"train_loss", "valid_loss", "valid_cer", "valid_wer", "test_loss", "test_cer",
-                                      "test_wer"}
+    assert set(result["metrics"]) == {"train_loss", "valid_loss", "valid_cer", "valid_wer", "valid_examples",
+                                      "test_loss", "test_cer", "test_wer", "test_examples"}
+    assert result["metrics"]["valid_examples"] == 16 and result["metrics"]["test_examples"] == 16  # every one
     assert result["monitor"] == "valid_cer" and result["mode"] == "min"
     cfg = OmegaConf.load(run_dir / "config.yaml")
     assert cfg.trainer.max_epochs == 2 and cfg.model.hidden_size == 32

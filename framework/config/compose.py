@@ -40,7 +40,7 @@ def hydra_for(config_dir: str | None) -> Iterator[Any]:
     from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
 
-    from framework import CONF_DIR
+    from framework.paths import CONF_DIR
 
     search_path = create_config_search_path(str(CONF_DIR))
     if config_dir:
@@ -96,7 +96,7 @@ class Sources:
 
     @staticmethod
     def _display(provider_path: str, config_path: str) -> str:
-        from framework import REPO_ROOT
+        from framework.paths import REPO_ROOT
 
         path = (Path(provider_path.removeprefix("file://")) / f"{config_path}.yaml").resolve()
         for base in (Path.cwd(), REPO_ROOT):

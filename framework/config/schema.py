@@ -41,6 +41,19 @@ class CheckpointConfig:
 
 
 @dataclass
+class InitConfig:
+    include: list[str] = option([], "parameter-name patterns taken from trainer.init_from (empty: all), e.g. "
+                                    "[encoder.*]")
+    exclude: list[str] = option([], "parameter-name patterns left at their initialisation, e.g. [classifier.*]")
+    rename: dict[str, str] = option({}, "prefix map from the source's parameter names to this model's, e.g. "
+                                        "{encoder.: model.encoder.}")
+    ignore_mismatched: bool = option(False, "parameters of another shape (a new output layer) stay at their "
+                                            "initialisation instead of being refused")
+    take_files: list[str] = option([], "files of the source run used instead of fitting them anew, e.g. "
+                                       "[tokenizer.json, lexicon.txt] (keeps the output layer) or [feature_stats.pt]")
+
+
+@dataclass
 class TrainerConfig:
     """The trainer's options: the one place their defaults live (conf/trainer/default.yaml
     extends this schema). The Brain reads them as this dataclass (``brain.options``)."""
@@ -58,6 +71,11 @@ class TrainerConfig:
                                       "ranks) or a number")
     nonfinite_patience: int = option(10, "skipped non-finite steps tolerated before the run stops", min=0)
     resume: Optional[str] = option(None, "null, auto (the newest checkpoint of this run dir) or a checkpoint path")
+    init_from: Optional[str] = option(None, "start from another run's weights (fine-tuning): a checkpoint, a run dir "
+                                            "(its best checkpoint) or <run dir>/checkpoints/averaged.pt")
+    init: InitConfig = field(default_factory=InitConfig)
+    freeze: list[str] = option([], "module-name patterns not trained, e.g. [encoder.conv*]")
+    unfreeze_at: Optional[int] = option(None, "optimizer step at which the frozen modules join training", min=1)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     ema_decay: Optional[float] = option(None, "exponential moving average of the weights, used for validation, "
                                               "test and inference; e.g. 0.999", min=0, min_exclusive=True, max=1,
@@ -72,6 +90,13 @@ class TrainerConfig:
 class LoggerConfig:
     tensorboard: bool = option(True, "write TensorBoard events to <run dir>/tensorboard")
     log_every_n_steps: int = option(10, "training scalars every N optimizer steps", min=1)
+
+
+def check_num_threads(setting: Any) -> None:
+    """``trainer.num_threads``: ``auto`` or a whole number >= 1 (ValueError otherwise)."""
+    whole = (isinstance(setting, int) and not isinstance(setting, bool)) or (isinstance(setting, str) and setting.isdigit())
+    if setting != "auto" and (not whole or int(setting) < 1):
+        raise ValueError(f"trainer.num_threads must be auto or a whole number >= 1, got {setting!r}")
 
 
 def register() -> None:

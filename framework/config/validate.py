@@ -30,10 +30,9 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework.config.schema import LoggerConfig, TrainerConfig
+from framework.config.schema import LoggerConfig, TrainerConfig, check_num_threads
 from framework.config.signature import expected, matches, signature_parameters, type_name
 from framework.errors import ConfigError, Problem
-from framework.trainer.threads import resolve_num_threads
 
 SCHEMAS: dict[str, type] = {"trainer": TrainerConfig, "logger": LoggerConfig}
 HYDRA_KEYS = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
@@ -170,6 +169,9 @@ def _check_target_node(node: DictConfig, path: str, provided: set[str] | None, p
         key = str(key)
         if key in HYDRA_KEYS:
             continue
+        if path == "optimizer" and key == "groups":  # the framework's own key: parameter groups by name
+            _check_groups(node.get("groups"), problems)
+            continue
         if key not in params:
             if not accepts_any:
                 problems.append(Problem(f"{path}.{key}", f"{path}.{key}: unknown key; "
@@ -183,6 +185,32 @@ def _check_target_node(node: DictConfig, path: str, provided: set[str] | None, p
         if required and pname not in node and pname not in provided:
             problems.append(Problem(f"{path}.{pname}", f"{path}.{pname}: missing; {name} requires it "
                                                        f"(set {path}.{pname}=...)"))
+
+
+GROUP_KEYS = {"match": str, "lr_scale": (int, float), "layer_decay": (int, float)}
+
+
+def _check_groups(groups: Any, problems: list[Problem]) -> None:
+    """``optimizer.groups``: a list of ``{match, lr_scale, layer_decay}`` (the last two optional, > 0)."""
+    if groups is None:
+        return
+    if not isinstance(groups, ListConfig):
+        problems.append(Problem("optimizer.groups", "optimizer.groups: expected a list of {match: pattern, lr_scale: "
+                                                    "number}"))
+        return
+    for i, entry in enumerate(groups):
+        key = f"optimizer.groups[{i}]"
+        if not isinstance(entry, DictConfig) or "match" not in entry:
+            problems.append(Problem(key, f"{key}: expected {{match: pattern, lr_scale: number}}"))
+            continue
+        for name in entry:
+            kind = GROUP_KEYS.get(str(name))
+            value = entry[name]
+            if kind is None:
+                problems.append(Problem(key, f"{key}.{name}: unknown key; {suggest(str(name), list(GROUP_KEYS), key + '.')}"))
+            elif not isinstance(value, kind) or isinstance(value, bool) or (kind is not str and value <= 0):
+                problems.append(Problem(key, f"{key}.{name}={value!r}: expected "
+                                             f"{'a pattern' if kind is str else 'a number > 0'}"))
 
 
 def _ranges(target: str) -> dict[str, tuple[float, bool]]:
@@ -265,9 +293,13 @@ def _check_cross(cfg: DictConfig, problems: list[Problem]) -> None:
     if resume not in (None, "auto") and isinstance(resume, str) and not Path(resume).is_file():
         problems.append(Problem("trainer.resume", f"trainer.resume={resume}: no such checkpoint file; give a "
                                                   "checkpoint path, auto (this run dir's newest) or null"))
+    init_from = _resolved(trainer, "init_from")
+    if isinstance(init_from, str) and not Path(init_from).exists():
+        problems.append(Problem("trainer.init_from", f"trainer.init_from={init_from}: no such checkpoint file or run "
+                                                     "directory"))
     threads = _resolved(trainer, "num_threads")
     try:
-        resolve_num_threads(threads)  # the one rule: auto or a whole number >= 1
+        check_num_threads(threads)
     except ValueError as exc:
         problems.append(Problem("trainer.num_threads", f"{exc}"))
     if _resolved(trainer, "precision") == "fp16" or _resolved(trainer, "eval_precision") == "fp16":

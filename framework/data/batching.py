@@ -87,6 +87,7 @@ class LengthBatchSampler(Sampler[list[int]]):
         self._start = 0  # batches of self.epoch already consumed (set by load_state_dict)
         self._position = 0  # batches handed out by the running iterator
         self._cache: tuple[int, list[np.ndarray]] | None = None
+        self._fingerprint = ""
         # Training needs the same number of batches on every rank (DDP steps in lockstep);
         # evaluation passes even=False to shard without repeating any example.
         self.even = even
@@ -116,6 +117,7 @@ class LengthBatchSampler(Sampler[list[int]]):
         """This rank's batches for the current epoch (cached per epoch)."""
         if self._cache is None or self._cache[0] != self.epoch:
             batches = self.global_batches(self._rng())
+            self._fingerprint = _fingerprint(batches, self.num_replicas)
             if self.split:
                 batches = [split_batch(b, self.lengths, self.num_replicas, self.rank) for b in batches]
             else:
@@ -135,12 +137,10 @@ class LengthBatchSampler(Sampler[list[int]]):
         return len(self.rank_batches())
 
     def plan_fingerprint(self) -> str:
-        """A digest of the batches this rank plans for the current epoch: two samplers with
-        the same fingerprint hand out exactly the same batches."""
-        digest = hashlib.sha256(f"{self.num_replicas}:{self.rank}".encode())
-        for batch in self.rank_batches():
-            digest.update(np.asarray(batch, dtype=np.int64).tobytes() + b";")
-        return digest.hexdigest()[:16]
+        """A digest of the batches all ranks plan for the current epoch (the same on every
+        rank): two samplers with the same fingerprint hand out exactly the same batches."""
+        self.rank_batches()
+        return self._fingerprint
 
     def state_dict(self, consumed: int | None = None) -> dict[str, int | str]:
         """Position in the epoch and the fingerprint of its batches. ``consumed`` overrides the
@@ -168,6 +168,13 @@ class LengthBatchSampler(Sampler[list[int]]):
                 "settings or the seed changed; resume with the settings the run had (they may change at an epoch "
                 "boundary)")
         self._start = int(state["position"])
+
+
+def _fingerprint(batches: list[np.ndarray], num_replicas: int) -> str:
+    digest = hashlib.sha256(str(num_replicas).encode())
+    for batch in batches:
+        digest.update(np.asarray(batch, dtype=np.int64).tobytes() + b";")
+    return digest.hexdigest()[:16]
 
 
 def shard_batches(

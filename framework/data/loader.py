@@ -6,6 +6,7 @@ samplers and loaders here, so what they report is what training does.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from framework.data.batching import LengthBatchSampler
 from framework.data.collate import collate
-from framework.trainer.stopping import ignore_stop_signals
 
 
 def make_sampler(batching: DictConfig, lengths: np.ndarray, seed: int, train: bool = True,
@@ -27,7 +27,7 @@ def make_sampler(batching: DictConfig, lengths: np.ndarray, seed: int, train: bo
     overrides: dict[str, Any] = {} if train else {"shuffle": False, "drop_last": False}
     if ids is not None and "DynamicBatchSampler" in str(batching.get("_target_", "")):
         overrides["ids"] = ids  # examples left out are named by id
-    return instantiate(batching, lengths=lengths, seed=seed, even=train, **overrides)
+    return instantiate(batching, lengths=lengths, seed=seed, even=train, _convert_="all", **overrides)
 
 
 def make_loader(dataset: Dataset, sampler: LengthBatchSampler, num_workers: int, seed: int,
@@ -49,6 +49,14 @@ def make_loader(dataset: Dataset, sampler: LengthBatchSampler, num_workers: int,
         # a private generator keeps the global RNG untouched, which exact resume needs
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the main process decides when to stop; a worker killed by
+    a Ctrl-C or a scheduler's SIGTERM to the whole process group would only break the batch
+    being loaded."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def dataset_ids(dataset: Any) -> list[str] | None:

@@ -84,6 +84,12 @@ class EpochMeter:
         self.start()
         return state
 
+    @classmethod
+    def restored(cls, device: torch.device, state: dict[str, Any]) -> EpochMeter:
+        meter = cls(device)
+        meter.load_state_dict(state)
+        return meter
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             if key == "loss_sum":

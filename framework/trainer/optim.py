@@ -4,19 +4,75 @@ that need more than a ``_target_``."""
 
 from __future__ import annotations
 
+import fnmatch
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import UserError
 
+log = logging.getLogger(__name__)
 
-def build_optimizer(node: DictConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    return instantiate(node, params=list(params))
+
+def build_optimizer(node: DictConfig, module: torch.nn.Module) -> torch.optim.Optimizer:
+    """``node``'s optimizer over ``module``'s trainable parameters, in the parameter groups of
+    ``node.groups`` (the rest in a group of their own at the optimizer's learning rate)."""
+    settings = OmegaConf.to_container(node, resolve=True)
+    spec = settings.pop("groups", None) or []
+    named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    factory = instantiate(settings, _partial_=True)
+    if not spec:
+        return factory([p for _, p in named])
+    groups = param_groups(named, spec, float(settings["lr"]))
+    for group in groups:
+        log.info("optimizer group %s: %d tensors, lr x %.3g", group["name"], len(group["params"]), group["lr_scale"])
+    return factory(groups)
+
+
+def param_groups(named: list[tuple[str, torch.nn.Parameter]], spec: list[dict[str, Any]],
+                 lr: float) -> list[dict[str, Any]]:
+    """Parameter groups by name pattern (``optimizer.groups``): each ``{match, lr_scale}``
+    takes the parameters its fnmatch pattern matches (the first matching entry wins), with
+    ``lr x lr_scale``. With ``layer_decay: d`` the matched parameters are split by the layer
+    index that follows the pattern's fixed part (``encoder.layers.3.*`` -> 3) and layer ``i``
+    of ``L`` gets ``lr_scale x d^(L - 1 - i)``: the top layer moves most (layer-wise decay)."""
+    assigned: dict[str, list[torch.nn.Parameter]] = {}
+    scales: dict[str, float] = {}
+    taken: set[str] = set()
+    for entry in spec:
+        pattern, scale, decay = entry["match"], float(entry.get("lr_scale", 1.0)), entry.get("layer_decay")
+        matched = [(n, p) for n, p in named if fnmatch.fnmatchcase(n, pattern) and n not in taken]
+        taken.update(n for n, _ in matched)
+        if not matched:
+            raise UserError(f"optimizer.groups: {pattern!r} matches no trainable parameter (their names look like "
+                            f"{', '.join(n for n, _ in named[:3])}, ...)")
+        if decay is None:
+            assigned[pattern], scales[pattern] = [p for _, p in matched], scale
+            continue
+        prefix = pattern.split("*")[0]
+        layers = sorted({_layer_index(n, prefix, pattern) for n, _ in matched})
+        for i in layers:
+            key = f"{prefix}{i}"
+            assigned[key] = [p for n, p in matched if _layer_index(n, prefix, pattern) == i]
+            scales[key] = scale * float(decay) ** (layers[-1] - i)
+    rest = [p for n, p in named if n not in taken]
+    groups = [{"name": key, "params": ps, "lr": lr * scales[key], "lr_scale": scales[key]} for key, ps in assigned.items()]
+    if rest:
+        groups.append({"name": "other", "params": rest, "lr": lr, "lr_scale": 1.0})
+    return groups
+
+
+def _layer_index(name: str, prefix: str, pattern: str) -> int:
+    head = name[len(prefix):].split(".")[0]
+    if not head.isdigit():
+        raise UserError(f"optimizer.groups: layer_decay needs {pattern!r} to end where a layer number follows "
+                        f"(e.g. encoder.layers.*); {name} has {head!r} there")
+    return int(head)
 
 
 def build_scheduler(node: DictConfig | None, optimizer: torch.optim.Optimizer, steps_per_epoch: int,

@@ -28,7 +28,10 @@ class OneCycle(OneCycleLR):
         # Set before the base class takes its first step: real steps -> planned steps.
         self.run_steps = total_steps  # optimizer steps the run takes in all
         self.anchor = (0, 0.0)  # (real step, planned step) the mapping starts from
-        super().__init__(optimizer, total_steps=total_steps, **kwargs)
+        max_lr = kwargs.pop("max_lr")
+        if isinstance(max_lr, (int, float)):  # parameter groups with their own scale (optimizer.groups)
+            max_lr = [max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+        super().__init__(optimizer, total_steps=total_steps, max_lr=max_lr, **kwargs)
 
     def planned_step(self, real_step: int) -> float:
         """Where in the plan (0 .. total_steps - 1) real step ``real_step`` is."""

@@ -154,7 +154,8 @@ class TrainState:
         state = upgrade(state, path)
         if self.model_config is not None:
             self.model_config.check(state.get("model_config"), path)
-        for name in names if names is not None else list(self.parts):
+        # the run's settings first: a refused setting is named before any part fails to fit
+        for name in sorted(names if names is not None else list(self.parts), key=lambda n: n != "settings"):
             if name in state and state[name] is not None and name in self.parts:
                 try:
                     self.parts[name].load_state_dict(state[name])
@@ -168,6 +169,18 @@ class TrainState:
     def load_weights(self, state: dict[str, Any], path: Path) -> None:
         """What evaluation restores: the parts registered with ``weights=True``."""
         self.load_state_dict(state, path, self.weight_parts)
+
+
+    def resume(self, target: str | None, checkpointer: Any, device: Any) -> Path | None:
+        """Restores every part from the checkpoint ``trainer.resume`` names (null: none;
+        ``auto``: this run dir's newest, if any; or a path). Returns its path."""
+        from framework.trainer.resume import checkpoint_to_resume
+
+        found = checkpoint_to_resume(target, checkpointer, device)
+        if found is None:
+            return None
+        self.load_state_dict(found[1], found[0])
+        return found[0]
 
 
 def upgrade(state: dict[str, Any], path: Path) -> dict[str, Any]:

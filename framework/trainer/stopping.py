@@ -63,14 +63,6 @@ class StopSignals:
         return self.received is not None
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: the main process decides when to stop; a worker killed by
-    a Ctrl-C or a scheduler's SIGTERM to the whole process group would only break the batch
-    being loaded."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-
-
 class StopAgreement:
     """Every rank stops at the same optimizer step. Before each step one all-reduce gives
     every rank the step's total example count (for the loss weights of gradient accumulation)

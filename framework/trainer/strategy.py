@@ -15,13 +15,17 @@ from framework.trainer.distributed import DistEnv
 log = logging.getLogger(__name__)
 
 
-def wrap_model(module: nn.Module, options: TrainerConfig, dist: DistEnv) -> nn.Module:
-    """What runs forward in training: ``module`` (changed in place by activation
-    checkpointing) inside DistributedDataParallel when there are several ranks, compiled
-    when ``trainer.compile``. State dicts are taken from ``module`` itself."""
+def checkpoint_activations(module: nn.Module, options: TrainerConfig) -> None:
+    """Recomputes ``trainer.activation_checkpointing``'s blocks in the backward pass (in place, once)."""
     if options.activation_checkpointing:
         wrapped = apply_activation_checkpointing(module, list(options.activation_checkpointing))
         log.info("activation checkpointing: %s", ", ".join(wrapped))
+
+
+def wrap_model(module: nn.Module, options: TrainerConfig, dist: DistEnv) -> nn.Module:
+    """What runs forward in training: ``module`` inside DistributedDataParallel when there are
+    several ranks (over the parameters that train now), compiled when ``trainer.compile``.
+    State dicts are taken from ``module`` itself."""
     model = module
     if dist.enabled:
         ids = [dist.device.index] if dist.device.type == "cuda" else None

@@ -5,12 +5,14 @@ examples, out-of-memory batches, non-finite steps), with the patience for the la
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
 import torch
 
 from framework.data.collate import Batch, SkippedExample
+from framework.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +96,25 @@ class Skips:
             log.warning("%d example(s) skipped as unreadable so far (skip_bad); first: %s", len(self.examples),
                         "; ".join(f"{s.id}: {s.reason}" for s in self.examples[:3]))
 
-    @property
-    def last_skipped_id(self) -> str:
-        return self.examples[-1].id if self.examples else "?"
+    def check_epoch(self, epoch: int, steps: int) -> None:
+        """An epoch that made no optimizer step is an error, not a result."""
+        if steps == 0:
+            raise UserError(f"epoch {epoch + 1} made no optimizer step: every batch of the training set was empty "
+                            f"or left out ({len(self.examples)} unreadable example(s), see the warnings above); "
+                            "check the data and the batching settings")
+
+    def checked_eval_loss(self, stage: str, loss_sum: float, examples: float) -> float:
+        """The mean loss of an evaluation; no example scored, or a loss that is not finite, is
+        an error: such a result must not be reported."""
+        if examples == 0:
+            raise UserError(f"no example of the {stage} set was scored: every batch was empty or unreadable "
+                            f"({len(self.examples)} unreadable example(s) so far); check the {stage} data")
+        loss = loss_sum / examples
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"the {stage} loss is {loss}: the model's outputs are not finite (its weights "
+                                     "or batch-norm statistics are damaged, or the data holds non-finite values); "
+                                     "this result is not reported")
+        return loss
 
 
 def log_epoch(entry: dict[str, float], max_epochs: int, metrics: dict[str, float]) -> None:

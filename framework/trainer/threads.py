@@ -16,6 +16,8 @@ import math
 import os
 from pathlib import Path
 
+from framework.config.schema import check_num_threads
+
 log = logging.getLogger(__name__)
 
 
@@ -48,21 +50,19 @@ def resolve_num_threads(setting: int | str, local_ranks: int = 1) -> int:
     """``auto``: ``OMP_NUM_THREADS`` when it is set (the user, or a launcher such as
     torchrun, decided); otherwise the available cores shared among this machine's ranks, at
     least 1. A number is taken as it is."""
+    check_num_threads(setting)
     if setting == "auto":
         from_env = os.environ.get("OMP_NUM_THREADS", "")
         if from_env.isdigit() and int(from_env) >= 1:
             return int(from_env)
         return max(1, math.floor(available_cores() / max(local_ranks, 1)))
-    whole = (isinstance(setting, int) and not isinstance(setting, bool)) or (isinstance(setting, str) and setting.isdigit())
-    if not whole or int(setting) < 1:
-        raise ValueError(f"trainer.num_threads must be auto or a whole number >= 1, got {setting!r}")
     return int(setting)
 
 
 def set_num_threads(setting: int | str) -> int:
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     threads = resolve_num_threads(setting, local_ranks)
-    import torch  # here, not at the top: the config check uses resolve_num_threads without torch
+    import torch
 
     torch.set_num_threads(threads)
     log.info("torch uses %d CPU thread(s) (trainer.num_threads=%s; %.3g cores available, %d local rank(s))",
