@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from enum import Enum
 from pathlib import Path
@@ -33,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from framework.config.schema import TrainerConfig, trainer_options
+from framework.config.schema import TrainerConfig, parse_duration, trainer_options
 from framework.data.collate import Batch
 from framework.data.loader import dataset_ids, make_loader, make_sampler
 from framework.errors import UserError
@@ -60,6 +61,7 @@ from framework.trainer.state import MidEpoch, ModelConfig, PerRank, Progress, RN
 from framework.trainer.stopping import StopAgreement, StopRequested
 from framework.trainer.strategy import checkpoint_activations, wrap_model
 from framework.trainer.telemetry import NonFiniteLossError, Skips, StepLog, log_epoch
+from framework.trainer.threads import ThreadTuner, measures, resolve_num_threads
 
 log = logging.getLogger(__name__)
 __all__ = ["Brain", "NonFiniteLossError", "Stage"]
@@ -99,6 +101,9 @@ class Brain:
         self.progress = Progress()
         self.stop = StopAgreement(self.dist)
         self.skips = Skips(self.options.nonfinite_patience, self.options.precision)
+        self.max_time_s = parse_duration(self.options.max_time) if self.options.max_time else None
+        cores = resolve_num_threads("auto", int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        self.threads = ThreadTuner(cores) if measures(self.options.num_threads) and self.device.type == "cpu" else None
         self.model: nn.Module | None = None  # what runs forward: DDP- and compile-wrapped
         self.module: nn.Module | None = None  # the plain model, for state dicts
         self.optimizer: torch.optim.Optimizer | None = None
@@ -251,6 +256,8 @@ class Brain:
         self.train_sampler = train_loader.batch_sampler
         steps = math.ceil(self.limited(len(self.train_sampler)) / self.options.grad_accumulation)
         self.scheduler = build_scheduler(self.cfg.get("scheduler"), self.optimizer, steps, self.options.max_epochs)
+        if getattr(self.scheduler, "over", "steps") == "time":  # the schedule follows trainer.max_time
+            self.scheduler.clock = lambda: self.elapsed() / self.max_time_s
         self.register_training_state()
         self.resume()
         if self.dist.is_main:  # what evaluation and transcription rebuild the run from; after a refused
@@ -262,6 +269,8 @@ class Brain:
         self.on_fit_start()
         with self.stop.signals:
             for epoch in range(self.progress.epoch, self.options.max_epochs):
+                if self.stop.out_of_time or (self.max_time_s and self.elapsed() >= self.max_time_s):
+                    break
                 self.run_epoch(train_loader, valid_loader, epoch)
         self.on_fit_end()
         self.logger.flush()
@@ -278,9 +287,11 @@ class Brain:
         sampler = self.train_sampler
         self.state.add_recoverable("sampler", MidEpoch(self.progress, lambda: sampler.state_dict(
             consumed=self.progress.batch_in_epoch), sampler.load_state_dict))
-        self.state.add_recoverable("meter", PerRank(MidEpoch(self.progress, lambda: self.meter.state_dict(),
+        self.state.add_recoverable("meter", PerRank(MidEpoch(self.progress, lambda: self.meter and self.meter.state_dict(),
                                                              self._restore_meter), self.dist.rank))
         self.state.add_recoverable("rng", PerRank(RNGs(), self.dist.rank))
+        if self.threads is not None:
+            self.state.add_recoverable("threads", PerRank(self.threads, self.dist.rank))
 
     def _restore_meter(self, state: dict[str, Any]) -> None:
         self.meter = EpochMeter.restored(self.device, state)
@@ -319,15 +330,21 @@ class Brain:
         metrics = {"train_loss": train_loss}
         if valid_loader is not None:  # a stop signal now lets validation finish first
             metrics.update(self.run_eval(valid_loader, Stage.VALID, epoch))
-        self.progress.epoch, self.progress.batch_in_epoch = epoch + 1, 0
-        entry = {"epoch": self.epoch, "step": self.step, "elapsed_s": self.elapsed(),
+        if self.stop.out_of_time:  # the epoch stays where it stopped: a larger budget continues it
+            log.info("stopped on time: trainer.max_time=%s spent (%.1f s) at epoch %d, step %d", self.options.max_time,
+                     self.elapsed(), epoch + 1, self.step)
+        else:
+            self.progress.epoch, self.progress.batch_in_epoch = epoch + 1, 0
+        entry = {"epoch": epoch + 1, "step": self.step, "elapsed_s": self.elapsed(),
                  "train_s": sum(h["epoch_s"] for h in self.history) + self.meter.busy_s, **metrics, **self.meter.summary()}
         self.history.append(entry)
         self.meter = None
         self.logger.scalars({f"epoch/{k}": v for k, v in entry.items() if k not in ("epoch", "step")}, self.step)
         log_epoch(entry, self.options.max_epochs, metrics)
+        if self.stop.out_of_time:
+            entry["stopped_on_time"] = 1
         stop = self.stop.agreed()
-        if self.options.checkpoint.every_epoch or stop:
+        if self.options.checkpoint.every_epoch or stop or self.stop.out_of_time:
             self.save_checkpoint({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
         if stop:
             self.stop_now("after epoch %d" % self.epoch)
@@ -343,15 +360,19 @@ class Brain:
         bar = progress(self.limited(len(loader)) - start, f"epoch {epoch + 1}", self.dist.is_main)
         for window in step_windows(loader, self.options.grad_accumulation, start, self.options.limit_batches,
                                    self.meter.waited, self.skips.usable):
-            weights = self.stop.plan_step([len(b) for b in window.batches])
-            if weights is None:  # a stop signal: this window is left for the resumed run
+            time_up = self.max_time_s is not None and self.elapsed() >= self.max_time_s
+            weights = self.stop.plan_step([len(b) for b in window.batches], time_up)
+            if weights is None:  # a stop signal or the time budget: this window is left for later
                 break
             self.progress.batch_in_epoch += window.fetched
             bar.update(window.fetched)
             if not window.batches:
                 continue
             try:
+                started = time.perf_counter()
                 loss, norm = self.train_step(window.batches, weights)
+                if self.threads is not None:
+                    self.threads.step_done(time.perf_counter() - started)
             except torch.OutOfMemoryError:
                 if not self.options.skip_oom or self.dist.enabled:
                     raise
@@ -423,6 +444,7 @@ class Brain:
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self, metrics: dict[str, float] | None = None) -> None:
+        self.progress.elapsed_s, self._fit_started = self.elapsed(), time.perf_counter()
         state = self.state.state_dict()  # on every rank: per-rank parts gather
         if self.dist.is_main:
             path = self.checkpointer.save(state, self.step, metrics)

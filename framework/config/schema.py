@@ -70,6 +70,8 @@ class TrainerConfig:
     num_threads: Any = option("auto", "torch CPU threads: auto (cores this process may use, shared among local "
                                       "ranks) or a number")
     nonfinite_patience: int = option(10, "skipped non-finite steps tolerated before the run stops", min=0)
+    max_time: Optional[str] = option(None, "stop training once this wall time (training and validation) is spent, "
+                                           "e.g. 10m, 1h30m, 90s; then validate, checkpoint and test")
     resume: Optional[str] = option(None, "null, auto (the newest checkpoint of this run dir) or a checkpoint path")
     init_from: Optional[str] = option(None, "start from another run's weights (fine-tuning): a checkpoint, a run dir "
                                             "(its best checkpoint) or <run dir>/checkpoints/averaged.pt")
@@ -90,6 +92,24 @@ class TrainerConfig:
 class LoggerConfig:
     tensorboard: bool = option(True, "write TensorBoard events to <run dir>/tensorboard")
     log_every_n_steps: int = option(10, "training scalars every N optimizer steps", min=1)
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``10m``, ``1h30m``, ``2h`` (or a number of seconds) -> seconds; ValueError otherwise."""
+    import re
+
+    spec = str(text).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", spec):
+        seconds = float(spec)
+    else:
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", spec)
+        if not spec or parts is None:
+            raise ValueError(f"trainer.max_time={text!r}: expected a duration such as 90s, 10m or 1h30m")
+        h, m, s = (float(x or 0) for x in parts.groups())
+        seconds = 3600 * h + 60 * m + s
+    if seconds <= 0:
+        raise ValueError(f"trainer.max_time={text!r}: must be longer than 0")
+    return seconds
 
 
 def check_num_threads(setting: Any) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework.config.schema import LoggerConfig, TrainerConfig, check_num_threads
+from framework.config.schema import LoggerConfig, TrainerConfig, check_num_threads, parse_duration
 from framework.config.signature import expected, matches, signature_parameters, type_name
 from framework.errors import ConfigError, Problem
 
@@ -293,6 +293,16 @@ def _check_cross(cfg: DictConfig, problems: list[Problem]) -> None:
     if resume not in (None, "auto") and isinstance(resume, str) and not Path(resume).is_file():
         problems.append(Problem("trainer.resume", f"trainer.resume={resume}: no such checkpoint file; give a "
                                                   "checkpoint path, auto (this run dir's newest) or null"))
+    max_time = _resolved(trainer, "max_time")
+    if max_time is not None:
+        try:
+            parse_duration(max_time)
+        except ValueError as exc:
+            problems.append(Problem("trainer.max_time", str(exc)))
+    scheduler = cfg.get("scheduler")
+    if isinstance(scheduler, DictConfig) and _resolved(scheduler, "over") == "time" and max_time is None:
+        problems.append(Problem("scheduler.over", "scheduler.over=time follows the time budget: set trainer.max_time "
+                                                  "(e.g. trainer.max_time=10m)"))
     init_from = _resolved(trainer, "init_from")
     if isinstance(init_from, str) and not Path(init_from).exists():
         problems.append(Problem("trainer.init_from", f"trainer.init_from={init_from}: no such checkpoint file or run "

@@ -12,20 +12,30 @@ from its weights (``trainer.init_from``) for a new schedule.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
-from framework.errors import UserError
+from framework.errors import BadValue, UserError
 
 
 class OneCycle(OneCycleLR):
     """``OneCycleLR`` with a re-plannable end (:meth:`plan_run`). Until the run's length
-    changes, its learning rates are exactly ``OneCycleLR``'s."""
+    changes, its learning rates are exactly ``OneCycleLR``'s.
 
-    def __init__(self, optimizer: Optimizer, total_steps: int, **kwargs: Any) -> None:
+    ``over="time"``: the position in the plan is the fraction of the run's time budget
+    (``trainer.max_time``) spent, read from ``clock`` (set by the Brain), so warm-up and
+    annealing end when the budget does, whatever the speed of the machine."""
+
+    def __init__(self, optimizer: Optimizer, total_steps: int, over: Literal["steps", "time"] = "steps",
+                 **kwargs: Any) -> None:
+        if over not in ("steps", "time"):
+            raise BadValue(f"scheduler.over={over!r}: expected steps or time")
         # Set before the base class takes its first step: real steps -> planned steps.
+        self.over = over
+        self.clock: Callable[[], float] = lambda: 0.0  # fraction of the time budget spent (over="time")
         self.run_steps = total_steps  # optimizer steps the run takes in all
         self.anchor = (0, 0.0)  # (real step, planned step) the mapping starts from
         max_lr = kwargs.pop("max_lr")
@@ -35,12 +45,17 @@ class OneCycle(OneCycleLR):
 
     def planned_step(self, real_step: int) -> float:
         """Where in the plan (0 .. total_steps - 1) real step ``real_step`` is."""
-        r0, p0 = self.anchor
         last_planned = self.total_steps - 1
+        if self.over == "time":
+            return min(max(self.clock(), 0.0), 1.0) * last_planned
+        r0, p0 = self.anchor
         if self.run_steps - 1 <= r0:
             return min(p0, last_planned)
         mapped = p0 + (real_step - r0) * (last_planned - p0) / (self.run_steps - 1 - r0)
         return min(mapped, last_planned)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().state_dict().items() if k != "clock"}
 
     def get_lr(self) -> list[float]:
         real = self.last_epoch
@@ -53,7 +68,7 @@ class OneCycle(OneCycleLR):
     def plan_run(self, run_steps: int) -> None:
         """The run now takes ``run_steps`` optimizer steps in all: the rest of the plan is
         mapped onto the steps from here to there."""
-        if run_steps == self.run_steps:
+        if run_steps == self.run_steps or self.over == "time":
             return
         step = self.last_epoch
         if run_steps < step:

@@ -73,24 +73,24 @@ class StopAgreement:
         self.dist = dist
         self.signals = StopSignals()
         self.stopping = False  # a stop signal reached some rank: stop at this step
+        self.out_of_time = False  # the time budget is spent on some rank: training ends at this step
 
-    def plan_step(self, sizes: list[int]) -> list[float] | None:
+    def plan_step(self, sizes: list[int], time_up: bool = False) -> list[float] | None:
         """The micro-batch loss weights of a step over micro-batches of ``sizes`` examples
-        (empty when no rank has an example), or None to stop before it."""
+        (empty when no rank has an example), or None to stop before it: a stop signal, or the
+        time budget spent (``time_up``) on any rank."""
         import torch
 
         from framework.trainer import distributed
         from framework.trainer.accumulation import loss_weights
 
         if not self.dist.enabled:
-            if self.signals.requested:
-                self.stopping = True
-                return None
-            return loss_weights(sizes)
-        flags = torch.tensor([sum(sizes), int(self.signals.requested)], device=self.dist.device)
-        total, stops = (int(x) for x in distributed.all_reduce_sum(flags).tolist())
-        if stops:
-            self.stopping = True
+            self.stopping, self.out_of_time = self.signals.requested, time_up and not self.signals.requested
+            return None if self.stopping or self.out_of_time else loss_weights(sizes)
+        flags = torch.tensor([sum(sizes), int(self.signals.requested), int(time_up)], device=self.dist.device)
+        total, stops, late = (int(x) for x in distributed.all_reduce_sum(flags).tolist())
+        if stops or late:
+            self.stopping, self.out_of_time = bool(stops), not stops
             return None
         if not sizes and total:  # DDP cannot skip a step on one rank: the others would wait for it
             raise RuntimeError(

@@ -1,12 +1,16 @@
-"""How many CPU threads torch should use: the cores this process may really run on.
+"""How many CPU threads torch uses: the cores this process may use, and, with ``auto``, what
+measurement shows to be fastest.
 
 PyTorch's default is the machine's core count. Under a CPU quota (containers, SLURM's
 cgroups) or with several local ranks that oversubscribes the cores, and OpenMP threads spin
-waiting for one another. ``auto`` divides what is available instead. It does not leave cores
-to DataLoader workers: on 2 cores with 2 workers, 2 threads trained 1.1-1.3x faster than 1,
-with the features computed in the workers or on the device (``python -m framework.bench
-threads``, BENCHMARKS.md). Other busy processes are not seen: the thread count stays a
-function of the machine and the launch, so a resumed run computes as the first did.
+waiting for one another; beside another busy process, two threads on two cores can be several
+times slower than one. ``auto`` starts from the cores available to this rank (its CPU
+affinity, capped by a cgroup quota, shared among the local ranks) and then measures
+(:class:`ThreadTuner`): the first training steps run with each candidate count (1, half, all)
+and the fastest is kept; the step time is watched, and the candidates are timed again when it
+degrades markedly (another process started). The choice is logged, saved with checkpoints
+and taken up by a resumed run. Thread counts change floating-point summation order: a run
+that must be bitwise reproducible across processes sets a fixed ``trainer.num_threads``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ def _cgroup_quota() -> float | None:
     return None
 
 
+def measures(setting: int | str) -> bool:
+    """Whether ``auto`` measures: not when OMP_NUM_THREADS fixed the count (the user or a launcher)."""
+    from_env = os.environ.get("OMP_NUM_THREADS", "")
+    return setting == "auto" and not (from_env.isdigit() and int(from_env) >= 1)
+
+
 def resolve_num_threads(setting: int | str, local_ranks: int = 1) -> int:
     """``auto``: ``OMP_NUM_THREADS`` when it is set (the user, or a launcher such as
     torchrun, decided); otherwise the available cores shared among this machine's ranks, at
@@ -60,6 +70,7 @@ def resolve_num_threads(setting: int | str, local_ranks: int = 1) -> int:
 
 
 def set_num_threads(setting: int | str) -> int:
+    """Sets torch's thread count from ``trainer.num_threads`` (the starting count for ``auto``)."""
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     threads = resolve_num_threads(setting, local_ranks)
     import torch
@@ -68,3 +79,70 @@ def set_num_threads(setting: int | str) -> int:
     log.info("torch uses %d CPU thread(s) (trainer.num_threads=%s; %.3g cores available, %d local rank(s))",
              threads, setting, available_cores(), local_ranks)
     return threads
+
+
+class ThreadTuner:
+    """Times the candidate thread counts on real training steps and keeps the fastest (see
+    the module doc). ``step_done(seconds)`` after every optimizer step."""
+
+    WARMUP = 2  # first steps (allocations, caches) are not timed
+    STEPS_EACH = 3  # steps timed per candidate; the median counts
+    DEGRADED = 1.5  # re-measure when the recent step time exceeds the chosen one's by this factor
+    RECHECK_AFTER = 50  # steps between re-measurements at most
+
+    def __init__(self, cores: int) -> None:
+        self.candidates = sorted({1, max(1, cores // 2), cores})
+        self.chosen: int | None = None
+        self.reference = 0.0  # seconds per step of the chosen count when measured
+        self.recent = 0.0  # moving average of the step time since
+        self.steps_since = 0
+        self._plan: list[int] = []
+        self._times: dict[int, list[float]] = {}
+        self._start_measuring()
+
+    def _start_measuring(self) -> None:
+        self._plan = [self.candidates[-1]] * self.WARMUP + [c for c in self.candidates for _ in range(self.STEPS_EACH)]
+        self._times = {c: [] for c in self.candidates}
+        self._apply(self._plan[0])
+
+    def _apply(self, threads: int) -> None:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    def step_done(self, seconds: float) -> None:
+        if self._plan:
+            threads = self._plan.pop(0)
+            if len(self._plan) < len(self.candidates) * self.STEPS_EACH:  # past the warm-up
+                self._times[threads].append(seconds)
+            if self._plan:
+                self._apply(self._plan[0])
+            else:
+                self._choose()
+            return
+        self.steps_since += 1
+        self.recent = 0.8 * self.recent + 0.2 * seconds if self.recent else seconds
+        if self.steps_since >= self.RECHECK_AFTER and self.recent > self.DEGRADED * self.reference:
+            log.info("threads: steps take %.3g s against %.3g s when %d thread(s) were chosen; timing the candidates "
+                     "again", self.recent, self.reference, self.chosen)
+            self._start_measuring()
+
+    def _choose(self) -> None:
+        medians = {c: sorted(t)[len(t) // 2] for c, t in self._times.items() if t}
+        self.chosen = min(medians, key=medians.get)
+        self.reference, self.recent, self.steps_since = medians[self.chosen], 0.0, 0
+        self._apply(self.chosen)
+        log.info("threads: %s; using %d (trainer.num_threads=auto)",
+                 ", ".join(f"{c} -> {s:.3g} s/step" for c, s in sorted(medians.items())), self.chosen)
+
+    def state_dict(self) -> dict[str, float | int | None]:
+        return {"chosen": self.chosen, "reference": self.reference}
+
+    def load_state_dict(self, state: dict[str, float | int | None]) -> None:
+        """A resumed run continues with the count chosen before (no new measurement)."""
+        if state.get("chosen") in self.candidates:
+            self.chosen, self.reference = int(state["chosen"]), float(state["reference"])
+            self._plan = []
+            self._apply(self.chosen)
+            log.info("threads: %d, as chosen before the resume", self.chosen)

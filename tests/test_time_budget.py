@@ -1,0 +1,78 @@
+"""A time budget instead of a number of epochs, schedules that follow it, and thread counts
+chosen by measurement: through the real commands."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import run_cli
+from tests.helpers import metrics_of, start_training, tiny_args, wait_for
+
+BUDGET = ["trainer.max_epochs=1000", "scheduler.over=time"]
+
+
+def learning_rates(run_dir) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("train/lr")]
+
+
+def stop_time(log: str) -> float:
+    return float(re.findall(r"stopped on time: trainer.max_time=\S+ spent \(([\d.]+) s\)", log)[-1])
+
+
+def test_max_time_stops_within_a_step_then_validates_checkpoints_and_tests(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    run_cli("framework.train", tiny_args(data_dir, run_dir, *BUDGET, "trainer.max_time=6s"), cwd=tmp_path)
+    result = metrics_of(run_dir)
+    last = result["history"][-1]
+    assert last["stopped_on_time"] == 1 and "valid_cer" in last and "test_cer" in result["metrics"]
+    step_s = sum(h["epoch_s"] for h in result["history"]) / sum(h["steps"] for h in result["history"])
+    stopped = stop_time((run_dir / "train.log").read_text())
+    assert 6.0 <= stopped <= 6.0 + 3 * step_s + 0.5  # the step that crossed the budget was the last
+    index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
+    assert index[-1]["step"] == last["step"] and "cer" in index[-1]["metrics"]  # a scored checkpoint at the stop
+    rates = learning_rates(run_dir)
+    peak = max(range(len(rates)), key=lambda i: rates[i][1])
+    assert all(b[1] <= a[1] for a, b in zip(rates[peak:], rates[peak + 1:]))  # annealing after the warm-up
+    assert rates[-1][1] < 0.01 * rates[peak][1]  # the schedule's end reached at the budget
+
+
+def test_a_stopped_time_budgeted_run_resumes_for_the_same_total_budget(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    args = [*BUDGET, "trainer.max_time=10s", "trainer.checkpoint.every_n_steps=5"]
+    proc = start_training(data_dir, run_dir, *args, cwd=tmp_path)
+    wait_for(run_dir / "checkpoints" / "ckpt-000000020.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr
+    first = learning_rates(run_dir)
+    run_cli("framework.train", tiny_args(data_dir, run_dir, *args, "trainer.resume=auto"), cwd=tmp_path)
+    stopped = stop_time((run_dir / "train.log").read_text())
+    assert 10.0 <= stopped < 13.0  # the total over both processes, not 10 s more
+    rates = learning_rates(run_dir)
+    resumed = [r for s, r in rates if s > first[-1][0]]
+    assert resumed and resumed[0] <= first[-1][1] * 1.05  # continues where it was, no restart of the warm-up
+    assert rates[-1][1] < 0.01 * max(r for _, r in rates)
+
+
+def test_auto_threads_picks_one_thread_beside_a_busy_process_and_logs_its_measurements(tmp_path, data_dir):
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        run_dir = tmp_path / "run"
+        args = [a for a in tiny_args(data_dir, run_dir, "trainer.max_epochs=1") if a != "trainer.num_threads=1"]
+        run_cli("framework.train", [*args, "model.hidden_size=256", "model.fc_size=256", "trainer.num_threads=auto"],
+                cwd=tmp_path, env={"OMP_NUM_THREADS": ""})
+    finally:
+        busy.kill()
+        busy.wait()
+    log = (run_dir / "train.log").read_text()
+    measured = re.search(r"threads: 1 -> ([\d.e-]+) s/step, 2 -> ([\d.e-]+) s/step; using (\d)", log)
+    assert measured, log
+    assert measured.group(3) == "1" and float(measured.group(1)) < float(measured.group(2))
