@@ -62,7 +62,7 @@ class ToyBrain(Brain):
 def toy_cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose(config_name="train", overrides=["batching=fixed", "batching.batch_size=8", "trainer.device=cpu",
-                                                      "scheduler=constant", "features=none", "trainer.checkpoint.monitor=loss",
+                                                      "scheduler=constant", "features=none", "trainer.checkpoint.monitor=loss", "trainer.num_threads=1",
                                                       *overrides])
     cfg.features = None
     cfg.run_dir = str(tmp_path)
