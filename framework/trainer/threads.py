@@ -4,7 +4,7 @@ PyTorch's default is the machine's core count. Under a CPU quota (containers, SL
 cgroups) or with several local ranks that oversubscribes the cores, and OpenMP threads spin
 waiting for one another. ``auto`` divides what is available instead. It does not leave cores
 to DataLoader workers: on 2 cores with 2 workers, 2 threads trained 1.1-1.3x faster than 1,
-with the features computed in the workers or on the device (``python -m framework.bench
+with the features computed in the workers or on the device (``python -m benchmarks
 threads``, BENCHMARKS.md). Other busy processes are not seen: the thread count stays a
 function of the machine and the launch, so a resumed run computes as the first did.
 """
