@@ -32,23 +32,23 @@ train: setup  ## the default recipe; pass overrides as ARGS="trainer.max_epochs=
 TEST_WORKERS ?= 2
 
 test: setup  ## lint, then the test suite (slow cases excluded)
-	$(VENV)/bin/ruff check framework recipes tests
+	$(VENV)/bin/ruff check framework recipes tests benchmarks
 	$(PY) -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check framework recipes tests
+	$(VENV)/bin/ruff check framework recipes tests benchmarks
 
 bench-batching: setup
-	$(PY) -m framework.bench batching
+	$(PY) -m benchmarks batching
 
 bench-loader: setup
-	$(PY) -m framework.bench loader
+	$(PY) -m benchmarks loader
 
 bench-ds2: setup  ## e.g. ARGS="trainer.device=cuda trainer.precision=bf16 --sweep-batch 32,64,128"
-	$(PY) -m framework.bench ds2 $(ARGS)
+	$(PY) -m benchmarks ds2 $(ARGS)
 
 # SpeechBrain and lhotse beside the framework (not dependencies), for vs-speechbrain and batching.
 SB_SITE ?= /tmp/sbpkgs
@@ -60,7 +60,7 @@ $(SB_SITE)/speechbrain:
 	$(UV) pip install --quiet --no-deps --python $(PY) --target $(SB_SITE) $(SB_PKGS)
 
 bench-vs-speechbrain: setup $(SB_SITE)/speechbrain  ## e.g. ARGS="--corpora speech --repeats 2 --threads 2"
-	PYTHONPATH=.:$(SB_SITE) $(PY) -m framework.bench vs-speechbrain $(ARGS)
+	PYTHONPATH=.:$(SB_SITE) $(PY) -m benchmarks vs-speechbrain $(ARGS)
 
 # A bare GPU machine (Python 3.12, torch and torchaudio 2.11, no network) lacks these; `make gpu-wheels`
 # fetches them here into .whl/ (ignored), `make bench-gpu` there installs them without a network and runs
@@ -82,7 +82,7 @@ gpu-wheels:
 bench-gpu:  ## on the GPU machine, no setup: ARGS="--budget-s 540", GPU_OUT=$$OUT
 	test ! -d $(WHEELS) || $(PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
 		--upgrade --target $(WHEEL_SITE) $(WHEELS)/*.whl
-	PYTHONPATH=$(WHEEL_SITE):. PYTHONUNBUFFERED=1 $(PYTHON) -m framework.bench gpu --out $(GPU_OUT) $(ARGS)
+	PYTHONPATH=$(WHEEL_SITE):. PYTHONUNBUFFERED=1 $(PYTHON) -m benchmarks gpu --out $(GPU_OUT) $(ARGS)
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache

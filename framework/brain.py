@@ -254,10 +254,7 @@ class Brain:
         valid_loader = valid_set if valid_set is None or isinstance(valid_set, DataLoader) else \
             self.make_dataloader(valid_set, Stage.VALID)
         self.train_sampler = train_loader.batch_sampler
-        steps = math.ceil(self.limited(len(self.train_sampler)) / self.options.grad_accumulation)
-        self.scheduler = build_scheduler(self.cfg.get("scheduler"), self.optimizer, steps, self.options.max_epochs)
-        if getattr(self.scheduler, "over", "steps") == "time":  # the schedule follows trainer.max_time
-            self.scheduler.clock = lambda: self.elapsed() / self.max_time_s
+        self.plan_schedule(math.ceil(self.limited(len(self.train_sampler)) / self.options.grad_accumulation))
         self.register_training_state()
         self.resume()
         if self.dist.is_main:  # what evaluation and transcription rebuild the run from; after a refused
@@ -276,6 +273,15 @@ class Brain:
         self.logger.flush()
         last = self.history[-1] if self.history else {}
         return {k: v for k, v in last.items() if k == "train_loss" or k.startswith("valid_")}
+
+    def plan_schedule(self, steps_per_epoch: int) -> None:
+        """The learning-rate schedule (``cfg.scheduler``) over ``steps_per_epoch`` x
+        ``trainer.max_epochs`` optimizer steps. ``fit`` plans it from its training loader;
+        training outside ``fit`` (a benchmark) plans its own after :meth:`setup`."""
+        self.scheduler = build_scheduler(self.cfg.get("scheduler"), self.optimizer, steps_per_epoch,
+                                         self.options.max_epochs)
+        if getattr(self.scheduler, "over", "steps") == "time":  # the schedule follows trainer.max_time
+            self.scheduler.clock = lambda: self.elapsed() / self.max_time_s
 
     def register_training_state(self) -> None:
         """The checkpoint parts that only training has: the schedule, the run's progress and
@@ -391,6 +397,13 @@ class Brain:
         loss = self.meter.mean_loss()
         self.on_stage_end(Stage.TRAIN, loss, epoch)
         return loss
+
+    def train_pass(self, loader, epoch: int = 0) -> float:
+        """One training pass over all of ``loader`` outside ``fit`` (benchmarks, probes): from
+        its first batch, with a fresh epoch meter (``self.meter`` holds the pass's figures
+        until the next one). Returns the pass's mean training loss."""
+        self.progress.batch_in_epoch, self.meter = 0, None
+        return self.train_epoch(loader, epoch)
 
     def train_step(self, window: list[Batch], weights: list[float]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One optimizer step over the micro-batches of ``window``: forward and backward of

@@ -16,6 +16,7 @@ Prints ``batching.max_batch_length=<seconds>`` and records the scan in ``--out``
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import logging
@@ -148,22 +149,21 @@ class WorstCaseBatches:
         return self.collate([self.cache[i] for i in idx])
 
 
-def train_peak(brain, batches, steps: int) -> int:
-    """Peak bytes of ``steps`` training passes over ``batches`` (each a fresh pass, so
-    ``trainer.limit_batches`` counts from 0): the CUDA allocator's peak, or on a CPU the
-    estimate of the tensors a step holds."""
+def train_peak(brain, train: Callable[[], object], times: int) -> int:
+    """Peak bytes of ``times`` calls of ``train`` (training through ``brain``): the CUDA
+    allocator's peak, or on a CPU the estimate of the tensors a step holds."""
     device = brain.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(steps):
-            train_once(brain, batches)
+        for _ in range(times):
+            train()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device)
     peak = 0
-    for _ in range(steps):
+    for _ in range(times):
         saved = SavedTensorBytes()
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-            train_once(brain, batches)
+            train()
         peak = max(peak, saved.total + state_bytes(brain.module, brain.optimizer))
     return peak
 
@@ -185,7 +185,7 @@ def make_probe(brain, batches: WorstCaseBatches, steps: int, fake_limit: int | N
         try:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            peak = train_peak(brain, [batch], steps)
+            peak = train_peak(brain, functools.partial(train_once, brain, [batch]), steps)
         except torch.OutOfMemoryError:
             raise TooLarge from None
         finally:

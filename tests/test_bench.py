@@ -3,26 +3,47 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 
-from framework.bench.ds2 import (
+from benchmarks.common import Child, ChildFailed
+from benchmarks.ds2 import (
     Batches,
     BatchMaker,
     DeepMarkBrain,
     PlainLoop,
-    compose_bench,
+    ds2_config,
     equal_length_batches,
     heaviest,
-    make_optimizer,
     sample_per_class,
 )
-from framework.data.deepmark import ALPHABET, COUNTS, LABEL_LENGTHS, NUM_BINS, DeepMarkDataset
-from framework.trainer.precision import Precision
-from tests.conftest import run_cli
+from framework.data.deepmark import COUNTS, LABEL_LENGTHS, DeepMarkDataset
+from tests.conftest import ROOT, run_cli
+
+
+def test_the_benchmarks_stay_out_of_the_installed_package():
+    tomllib = pytest.importorskip("tomllib")
+    setuptools = pytest.importorskip("setuptools")
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = setuptools.find_packages(str(ROOT), include=find["include"])
+    assert {"framework", "framework.data", "recipes"} <= set(packages)
+    assert not [p for p in packages if p.split(".")[0] == "benchmarks"] and (ROOT / "benchmarks" / "ds2.py").is_file()
+
+
+def test_a_child_reports_what_it_took_its_failure_with_its_log_and_is_killed_past_its_time(tmp_path):
+    usage = Child([sys.executable, "-c", "sum(range(10**7))"], tmp_path / "ok.txt").wait()
+    assert 0 < usage.cpu_s <= usage.wall_s * 1.5 and usage.peak_rss_mb > 1
+    failing = Child([sys.executable, "-c", "import sys; print('the last words'); sys.exit(3)"], tmp_path / "bad.txt")
+    with pytest.raises(ChildFailed, match="(?s)exit 3.*the last words"):
+        failing.wait()
+    hanging = Child([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "slow.txt")
+    with pytest.raises(subprocess.TimeoutExpired):
+        hanging.wait(timeout=1)
+    assert hanging.proc.returncode is not None  # ended, not left running
 
 
 def test_deepmark_class_counts_label_lengths_and_determinism():
@@ -93,10 +114,10 @@ TINY_DS2 = ["dataset.scale=0.0003", "model.hidden_size=16", "model.num_layers=1"
 
 @pytest.mark.slow  # a benchmark run end to end, ~15 s
 def test_bench_ds2_fields_are_consistent_and_the_overhead_is_paired(tmp_path):
-    out = run_cli("framework.bench", ["ds2", *TINY_DS2, "--sweep-batch", "2,4", "--max-batches", "8", "--repeats", "2"],
+    out = run_cli("benchmarks", ["ds2", *TINY_DS2, "--sweep-batch", "2,4", "--max-batches", "8", "--repeats", "2"],
                   cwd=tmp_path, env=ONE_THREAD).stdout
     utterances = int(re.search(r"DeepMark scale [\d.]+: (\d+) utterances", out).group(1))
-    assert "On in both loops: clipping at 5.0, OneCycleLR schedule stepped per step, TensorBoard every 10 steps; optimizer AdamW, lr 1e-05." in out
+    assert "On in both loops: clipping at 5.0, OneCycle schedule stepped per step, TensorBoard every 10 steps; optimizer AdamW, lr 1e-05." in out
     rows = table_rows(out, "| batch | minibatches | fwd ms")
     assert [r["batch"] for r in rows] == ["2", "4"]
     for r in rows:
@@ -129,35 +150,33 @@ def test_per_class_sample_extrapolates_the_epoch_by_audio_seconds():
 
 
 def test_the_plain_loop_and_the_brain_take_bitwise_identical_steps(tmp_path, one_thread):
-    cfg = compose_bench([*TINY_DS2, "trainer.device=cpu", "logger.log_every_n_steps=2", "trainer.num_threads=1"])
+    cfg = ds2_config([*TINY_DS2, "trainer.device=cpu", "logger.log_every_n_steps=2", "trainer.num_threads=1"])
     data = DeepMarkDataset(scale=0.0003)
-    index_batches = equal_length_batches(data, 4)[:6]
-    batches = Batches(BatchMaker(data, torch.device("cpu")), index_batches)
-    models = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        models.append(instantiate(cfg.model, num_bins=NUM_BINS, num_classes=len(ALPHABET) + 1))
+    batches = Batches(BatchMaker(data, torch.device("cpu")), equal_length_batches(data, 4)[:6])
     assert cfg.trainer.max_grad_norm and cfg.scheduler  # the recipe's defaults are on
-    optimizer, scheduler = make_optimizer(cfg, models[0], total_steps=6)
-    plain = PlainLoop(cfg, models[0], optimizer, scheduler, Precision("fp32", torch.device("cpu")), str(tmp_path / "p"))
+    brains = {}
+    for name in ("plain", "framework", "untrained"):  # each built from the config: the same initial weights
+        brains[name] = DeepMarkBrain(cfg, str(tmp_path / name))
+        brains[name].setup(None)
+        brains[name].plan_schedule(6)
+    plain = PlainLoop(cfg, brains["plain"].model, brains["plain"].optimizer, brains["plain"].scheduler,
+                      brains["plain"].precision, str(tmp_path / "plain-loop"))
     plain.run(batches, torch.device("cpu"))
     plain.close()
-    brain = DeepMarkBrain(cfg, models[1], str(tmp_path / "b"))
-    brain.setup(None)
-    brain.optimizer, brain.scheduler = make_optimizer(cfg, models[1], total_steps=6)
-    brain.train_pass(batches)
-    brain.logger.close()
-    assert brain.step == plain.step == 6
-    a, b = models[0].state_dict(), models[1].state_dict()
+    brains["framework"].train_pass(batches)
+    for brain in brains.values():
+        brain.logger.close()
+    assert brains["framework"].step == plain.step == 6 and brains["plain"].step == 0  # the plain loop steps alone
+    assert brains["plain"].scheduler.last_epoch == brains["framework"].scheduler.last_epoch == 6
+    a, b = (brains[name].module.state_dict() for name in ("plain", "framework"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    torch.manual_seed(0)
-    initial = instantiate(cfg.model, num_bins=NUM_BINS, num_classes=len(ALPHABET) + 1).state_dict()
+    initial = brains["untrained"].module.state_dict()
     assert not torch.equal(a["output.weight"], initial["output.weight"])  # the steps did move the weights
 
 
 @pytest.mark.slow  # a benchmark run end to end, ~5 s
 def test_bench_ds2_with_dynamic_batching_reports_padding(tmp_path):
-    out = run_cli("framework.bench", ["ds2", *TINY_DS2, "--batching", "config", "batching=dynamic",
+    out = run_cli("benchmarks", ["ds2", *TINY_DS2, "--batching", "config", "batching=dynamic",
                                       "batching.max_batch_length=40", "--no-compare", "--repeats", "1"],
                   cwd=tmp_path, env=ONE_THREAD).stdout
     assert "batching DynamicBatchSampler" in out
@@ -166,7 +185,7 @@ def test_bench_ds2_with_dynamic_batching_reports_padding(tmp_path):
 
 
 def test_bench_batching_prints_the_side_by_side_table(tmp_path):
-    out = run_cli("framework.bench", ["batching", "--no-million"], cwd=tmp_path).stdout
+    out = run_cli("benchmarks", ["batching", "--no-million"], cwd=tmp_path).stdout
     assert "### DeepMark: 128,000 utterances" in out and "### LibriSpeech-like: 28,539 utterances" in out
     row = next(line for line in out.splitlines() if line.startswith("| framework DynamicBatchSampler"))
     padding = float(row.split("|")[2])
@@ -175,7 +194,7 @@ def test_bench_batching_prints_the_side_by_side_table(tmp_path):
 
 @pytest.mark.slow  # a benchmark run end to end, ~8 s
 def test_bench_loader_states_each_effect_and_they_multiply(tmp_path):
-    out = run_cli("framework.bench", ["loader", "--utterances", "48", "--workers", "0,2", "--min-seconds", "0.1",
+    out = run_cli("benchmarks", ["loader", "--utterances", "48", "--workers", "0,2", "--min-seconds", "0.1",
                                       "--root", str(tmp_path / "corpus")], cwd=tmp_path, env=ONE_THREAD).stdout
     rows = table_rows(out, "| source | workers |")
     assert len(rows) == 8 and {r["workers"] for r in rows} == {"0", "2"}

@@ -1,4 +1,4 @@
-"""``python -m framework.bench convergence``: real training runs, cached, summarised."""
+"""``python -m benchmarks convergence``: real training runs, cached, summarised."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from framework.bench.convergence import epochs_to, fastest, load_run, summarise
+from benchmarks.convergence import epochs_to, fastest, load_run, summarise
 from tests.conftest import TINY, run_cli
 
 
@@ -15,7 +15,7 @@ def test_convergence_runs_each_variant_once_and_reports_time_to_target(tmp_path,
     out = tmp_path / "study"
     args = ["convergence", "--corpora", "tones", "--variants", "fitted,fixed", "--seeds", "0", "--out", str(out),
             "--jobs", "2", *TINY, f"dataset.root={data_dir}/tones-tiny", "trainer.device=cpu"]
-    first = run_cli("framework.bench", args, cwd=tmp_path).stdout
+    first = run_cli("benchmarks", args, cwd=tmp_path).stdout
     assert "0 of 2 runs cached; 2 to run, 2 at a time" in first
     rows = {line.split("|")[1].strip(): line.split("|") for line in first.splitlines() if line.startswith("| f")}
     assert set(rows) == {"fitted", "fixed"}
@@ -32,7 +32,7 @@ def test_convergence_runs_each_variant_once_and_reports_time_to_target(tmp_path,
     overrides = (out / "tones" / "fixed" / "seed0" / ".hydra" / "overrides.yaml").read_text()
     assert "batching=fixed" in overrides and "max_batch_length" not in overrides
 
-    again = run_cli("framework.bench", args, cwd=tmp_path).stdout
+    again = run_cli("benchmarks", args, cwd=tmp_path).stdout
     assert "2 of 2 runs cached; 0 to run" in again
 
     # each run's history comes from its metrics.json, in core-seconds

@@ -1,4 +1,4 @@
-"""``python -m framework.bench gpu`` at toy scale on the CPU: the report, its sections, and a
+"""``python -m benchmarks gpu`` at toy scale on the CPU: the report, its sections, and a
 section that runs out of time."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 def run_gpu_check(tmp_path, *args):
     out = tmp_path / "report"
-    proc = run_cli("framework.bench", ["gpu", "--toy", "--out", str(out), *args], cwd=tmp_path, env=ONE_THREAD)
+    proc = run_cli("benchmarks", ["gpu", "--toy", "--out", str(out), *args], cwd=tmp_path, env=ONE_THREAD)
     report = json.loads((out / "report.json").read_text())
     return proc, report, (out / "report.md").read_text(), out
 

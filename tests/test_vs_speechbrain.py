@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from framework.bench.vs_speechbrain import run_side
+from benchmarks.vs_speechbrain import run_side
 from tests.conftest import ROOT, TINY, run_cli, run_result
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -17,7 +17,7 @@ HAS_SPEECHBRAIN = importlib.util.find_spec("speechbrain") is not None
 
 @pytest.mark.skipif(HAS_SPEECHBRAIN, reason="SpeechBrain is importable here")
 def test_without_speechbrain_it_says_what_to_install_in_one_line(tmp_path):
-    proc = run_cli("framework.bench", ["vs-speechbrain"], cwd=tmp_path, check=False,
+    proc = run_cli("benchmarks", ["vs-speechbrain"], cwd=tmp_path, check=False,
                    env={"PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
@@ -43,7 +43,7 @@ def test_the_framework_side_reports_per_epoch_time_padding_steps_cer_and_memory(
 @pytest.mark.skipif(not HAS_SPEECHBRAIN, reason="SpeechBrain is not installed beside the framework")
 def test_both_sides_train_the_same_epochs_and_the_table_holds_their_ratio(tmp_path, data_dir):
     env = {**ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    out = run_cli("framework.bench", ["vs-speechbrain", "--corpora", "tones", "--repeats", "1", "--threads", "1",
+    out = run_cli("benchmarks", ["vs-speechbrain", "--corpora", "tones", "--repeats", "1", "--threads", "1",
                                       "--out", str(tmp_path / "out"), *TINY], cwd=tmp_path, env=env).stdout
     row = next(line for line in out.splitlines() if line.startswith("| tones | 1 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]

@@ -2,8 +2,8 @@
 backward and step time per minibatch over an epoch), and the framework's overhead against
 a plain PyTorch loop over the same model and the same batches.
 
-    python -m framework.bench ds2 [--batch-size 32 | --sweep-batch 16,32,64]
-                                  [--batching equal|config] [--max-batches N] [overrides...]
+    python -m benchmarks ds2 [--batch-size 32 | --sweep-batch 16,32,64]
+                             [--batching equal|config] [--max-batches N] [overrides...]
 
 Overrides are ordinary config overrides (defaults: dataset=deepmark model=ds2
 features=none), e.g. ``trainer.precision=bf16 trainer.device=cuda dataset.scale=0.1``.
@@ -11,15 +11,17 @@ Everything else is the recipe's default, as a user's run would have it: gradient
 clipping (``trainer.max_grad_norm``), the OneCycle schedule stepped every optimizer
 step, TensorBoard logging every ``logger.log_every_n_steps`` steps.
 
-Batches are built directly on the device from the corpus' random block (identically for
-both loops), so the timings measure the model and the loop, not data loading.
+Both loops step the same model, optimizer, schedule and precision, which the Brain builds
+from the config (as a run would). Batches are built directly on the device from the
+corpus' random block (identically for both loops), so the timings measure the model and
+the loop, not data loading.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -27,17 +29,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from framework import CONF_DIR
+from benchmarks.common import compose, free_memory, peak_memory_bytes, sync
 from framework.brain import Brain
 from framework.config.schema import trainer_options
 from framework.data.batching import DynamicBatchSampler, batch_stats
 from framework.data.collate import Batch
 from framework.data.deepmark import ALPHABET, FRAMES_PER_SECOND, LABEL_LENGTHS, NUM_BINS, DeepMarkDataset
+from framework.data.loader import make_sampler
 from framework.models import count_parameters
 from framework.trainer.distributed import resolve_device
 from framework.trainer.precision import Precision
@@ -48,9 +50,9 @@ from framework.trainer.threads import set_num_threads
 DEFAULTS = ["dataset=deepmark", "model=ds2", "features=none", "optimizer.lr=1e-5"]
 
 
-def compose_bench(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name="train", overrides=[*DEFAULTS, *overrides])
+def ds2_config(overrides: list[str]) -> DictConfig:
+    """The benchmark's defaults, then ``overrides``, composed and checked."""
+    return compose([*DEFAULTS, *overrides])
 
 
 def equal_length_batches(dataset: DeepMarkDataset, batch_size: int) -> list[list[int]]:
@@ -130,15 +132,19 @@ def ctc_loss(ctc: nn.CTCLoss, outputs: tuple[torch.Tensor, torch.Tensor], batch:
 
 
 class DeepMarkBrain(Brain):
-    """The framework path: the Brain's own loop, with the same forward and loss as the plain loop."""
+    """The framework path: the Brain's own loop, with the same forward and loss as the plain
+    loop, on ``cfg.model`` for the DeepMark corpus (compiled with ``compile_backend`` when
+    given). The weights start from ``cfg.seed``, the same in every Brain of a config."""
 
-    def __init__(self, cfg: DictConfig, model: nn.Module, run_dir: str) -> None:
-        self._given_model = model
-        super().__init__(cfg, run_dir=run_dir, log_name="bench")
+    def __init__(self, cfg: DictConfig, run_dir: str, compile_backend: str | None = None) -> None:
+        self.compile_backend = compile_backend
+        super().__init__(cfg, run_dir=run_dir)
 
     def build_model(self, train_set) -> nn.Module:
         self.ctc = nn.CTCLoss(blank=0, zero_infinity=True)
-        return self._given_model
+        torch.manual_seed(self.cfg.seed)
+        model = instantiate(self.cfg.model, num_bins=NUM_BINS, num_classes=len(ALPHABET) + 1)
+        return torch.compile(model, backend=self.compile_backend) if self.compile_backend else model
 
     def compute_forward(self, batch, stage):
         return forward(self.model, batch)
@@ -160,23 +166,12 @@ class Batches:
         return (self.maker(b) for b in self.index_batches)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def make_optimizer(cfg: DictConfig, model: nn.Module, total_steps: int):
-    """The recipe's optimizer and (when configured) its schedule over ``total_steps``."""
-    optimizer = instantiate(cfg.optimizer, params=[p for p in model.parameters() if p.requires_grad])
-    scheduler = instantiate(cfg.scheduler, optimizer=optimizer, total_steps=total_steps) if cfg.get("scheduler") else None
-    return optimizer, scheduler
-
-
 class PlainLoop:
     """The hand-written loop the framework is measured against, doing what the recipe's
     defaults make the Brain do: forward, CTC loss, backward, gradient clipping, optimizer
     step, scheduler step, and TensorBoard scalars (loss, learning rate, gradient norm)
-    every ``log_every`` steps."""
+    every ``log_every`` steps. It steps the objects it is given: a Brain's, built from
+    ``cfg``."""
 
     def __init__(self, cfg: DictConfig, model: nn.Module, optimizer, scheduler, precision: Precision, log_dir: str):
         self.model, self.optimizer, self.scheduler, self.precision = model, optimizer, scheduler, precision
@@ -294,27 +289,16 @@ OVERHEAD_HEADER = ("| batch | passes | plain ms/step | framework ms/step | frame
                    "| median % |\n" + "| --- " * 6 + "|")
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # the process's peak RSS so far
-
-
 def measure(cfg: DictConfig, dataset: DeepMarkDataset, batch_size: int, batching: str, max_batches: int | None,
             repeats: int, compare: bool, compile_backend: str | None = None) -> Result:
     """One configuration's figures; ``compile_backend`` runs the model through torch.compile."""
     device = resolve_device(cfg.trainer.device)
-    torch.manual_seed(cfg.seed)
-    if cfg.trainer.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    precision = Precision(cfg.trainer.precision, device)
-    model = instantiate(cfg.model, num_bins=NUM_BINS, num_classes=len(ALPHABET) + 1).to(device)
-    if compile_backend:
-        model = torch.compile(model, backend=compile_backend)
+    # as a run sets it (trainer.tf32), and unset again for the configurations after a TF32 one
+    torch.backends.cuda.matmul.allow_tf32 = bool(cfg.trainer.tf32)
     if batching == "equal":
         index_batches = equal_length_batches(dataset, batch_size)
     else:
-        index_batches = list(instantiate(cfg.batching, lengths=dataset.lengths, seed=cfg.seed))
+        index_batches = list(make_sampler(cfg.batching, dataset.lengths, cfg.seed))
     stats = batch_stats(index_batches, dataset.lengths)
     timed_batches, weights = sample_per_class(index_batches, dataset.lengths, max_batches)
     maker = BatchMaker(dataset, device)
@@ -322,27 +306,25 @@ def measure(cfg: DictConfig, dataset: DeepMarkDataset, batch_size: int, batching
     warm = Batches(maker, heaviest(index_batches, dataset.lengths))
     n = len(timed_batches)
     passes = repeats * (3 if compare else 1) + (1 if compile_backend else 0)
-    optimizer, scheduler = make_optimizer(cfg, model, total_steps=len(warm) * 2 + n * passes)
+    steps = len(warm) * 2 + n * passes
 
     with tempfile.TemporaryDirectory() as tmp:
-        plain = PlainLoop(cfg, model, optimizer, scheduler, precision, f"{tmp}/plain")
+        brain = DeepMarkBrain(cfg, f"{tmp}/framework", compile_backend)
+        brain.setup(None)
+        brain.plan_schedule(math.ceil(steps / brain.options.max_epochs))  # at least every step both loops take
+        plain = PlainLoop(cfg, brain.model, brain.optimizer, brain.scheduler, brain.precision, f"{tmp}/plain")
         plain.run(warm, device)
         if compile_backend:  # compile for every shape before timing
             plain.run(batches, device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        free_memory(device)
         per_pass: list[list[tuple[float, float, float]]] = []
         for _ in range(repeats):
             per_pass.append([])
             plain.run(batches, device, per_pass[-1])
-        peak = peak_memory_gb(device)
+        peak = peak_memory_bytes(device) / 2**30
 
         plain_ms, fw_ms = [], []
         if compare:
-            brain = DeepMarkBrain(cfg, model, f"{tmp}/framework")
-            brain.setup(None)
-            # the same model, optimizer, schedule and precision objects as the plain loop
-            brain.optimizer, brain.scheduler, brain.precision = optimizer, scheduler, precision
             brain.train_pass(warm)
             for _ in range(repeats):  # interleaved, so drift affects both alike
                 t0 = time.perf_counter()
@@ -352,7 +334,7 @@ def measure(cfg: DictConfig, dataset: DeepMarkDataset, batch_size: int, batching
                 brain.train_pass(batches)
                 sync(device)
                 fw_ms.append(1e3 * (time.perf_counter() - t0) / n)
-            brain.logger.close()
+        brain.logger.close()
         plain.close()
 
     # per minibatch: the median over the timed passes; then epoch means weighted by audio
@@ -402,7 +384,7 @@ def describe(cfg: DictConfig, dataset: DeepMarkDataset, batching: str, max_batch
 def main(overrides: list[str], batch_sizes: list[int], batching: str = "equal", max_batches: int | None = None,
          repeats: int = 3, compare: bool = True) -> list[Result]:
     logging.getLogger("framework.brain").setLevel(logging.WARNING)  # the table is the output
-    cfg = compose_bench(overrides)
+    cfg = ds2_config(overrides)
     set_num_threads(trainer_options(cfg.trainer).num_threads)  # as the Brain will: both loops run alike
     dataset = instantiate(cfg.dataset.train)
     device = resolve_device(cfg.trainer.device)

@@ -1,9 +1,9 @@
 """The whole training loop against SpeechBrain's: the same model, data, features, optimizer,
 schedule and epochs, trained by ``framework.train`` (its defaults) and by a SpeechBrain
-recipe (:mod:`framework.bench.speechbrain_recipe`), each in its own process.
+recipe (:mod:`benchmarks.speechbrain_recipe`), each in its own process.
 
-    python -m framework.bench vs-speechbrain [--corpora speech,tones] [--repeats 2] [--threads 2]
-                                             [--out DIR] [overrides for both sides...]
+    python -m benchmarks vs-speechbrain [--corpora speech,tones] [--repeats 2] [--threads 2]
+                                        [--out DIR] [overrides for both sides...]
 
 Wall times on a busy machine swing with the other load; the processes' CPU seconds
 (user + system, from ``wait4``) do much less, so both are reported.
@@ -21,20 +21,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from framework import CONF_DIR
+from benchmarks.common import Child, child_env, compose, run_training
 
-ROOT = Path(__file__).resolve().parents[2]
 CORPORA = {"speech": ["experiment=asr_speech"], "tones": ["dataset=tones"]}
 SIDES = ("framework", "speechbrain")
 MISSING = ("vs-speechbrain needs SpeechBrain beside the framework: pip install --target /tmp/sbpkgs --no-deps "
@@ -54,16 +49,11 @@ def corpus_overrides(corpus: str, data_dir: Path, extra: list[str]) -> list[str]
     return [*overrides, *extra]
 
 
-def compose_run(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name="train", overrides=overrides)
-
-
-def framework_history(run_dir: Path) -> list[dict]:
-    """Per epoch, from the run's metrics.json: training seconds, whole-epoch seconds
+def framework_history(history: list[dict]) -> list[dict]:
+    """Per epoch, from a run's metrics.json history: training seconds, whole-epoch seconds
     (validation and checkpoint included), padding, steps."""
     out, previous = [], 0.0
-    for h in json.loads((run_dir / "metrics.json").read_text())["history"]:
+    for h in history:
         out.append({"train_s": h["epoch_s"], "epoch_s": h["elapsed_s"] - previous,
                     "padding_fraction": h["padding_fraction"], "steps": h["steps"]})
         previous = h["elapsed_s"]
@@ -71,31 +61,15 @@ def framework_history(run_dir: Path) -> list[dict]:
 
 
 def run_side(side: str, overrides: list[str], run_dir: Path, threads: int) -> dict:
-    """One training run in a child process; its figures, wall time and peak RSS."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    """One training run in a child process; its figures, wall time, CPU time and peak RSS."""
+    env = child_env(threads)
     if side == "framework":
-        cfg = compose_run(overrides)
-        threads_key = [f"trainer.num_threads={threads}"] if "num_threads" in cfg.trainer else []
-        cmd = [sys.executable, "-m", "framework.train", *overrides, *threads_key, f"hydra.run.dir={run_dir}"]
+        result, usage = run_training([*overrides, f"trainer.num_threads={threads}"], run_dir, env)
+        history = framework_history(result["history"])
+        valid_cer, test_cer = result["metrics"]["valid_cer"], result["metrics"]["test_cer"]
     else:
-        cmd = [sys.executable, "-m", "framework.bench.speechbrain_recipe", str(run_dir), str(threads), *overrides]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = run_dir.parent / f"{run_dir.name}.out"
-    t0 = time.perf_counter()
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=run_dir.parent)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-15:])
-        raise RuntimeError(f"{side} run failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
-    if side == "framework":
-        metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
-        history = framework_history(run_dir)
-        valid_cer, test_cer = metrics["valid_cer"], metrics["test_cer"]
-    else:
+        cmd = [sys.executable, "-m", "benchmarks.speechbrain_recipe", str(run_dir), str(threads), *overrides]
+        usage = Child(cmd, run_dir / "stdout.txt", env, cwd=run_dir.parent).wait()
         result = json.loads((run_dir / "result.json").read_text())
         history, valid_cer, test_cer = result["history"], result["valid_cer"], result["test_cer"]
     return {
@@ -108,9 +82,9 @@ def run_side(side: str, overrides: list[str], run_dir: Path, threads: int) -> di
         "steps": sum(h["steps"] for h in history),
         "valid_cer": valid_cer,
         "test_cer": test_cer,
-        "process_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,  # robust to other load on the machine, unlike wall time
-        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "process_s": usage.wall_s,
+        "cpu_s": usage.cpu_s,
+        "peak_rss_mb": usage.peak_rss_mb,
     }
 
 
@@ -162,7 +136,7 @@ def main(corpora: list[str], repeats: int = 2, threads: int = 2, out: str | None
     lines = [HEADER]
     for corpus in corpora:
         overrides = corpus_overrides(corpus, data_dir, extra)
-        cfg = compose_run(overrides)
+        cfg = compose(overrides)
         if cfg.dataset.get("prepare") is not None:  # synthesise once, before either side runs
             instantiate(cfg.dataset.prepare)
         results[corpus] = []

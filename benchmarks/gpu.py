@@ -1,4 +1,4 @@
-"""``python -m framework.bench gpu --out DIR``: every GPU path of the framework in one command,
+"""``python -m benchmarks gpu --out DIR``: every GPU path of the framework in one command,
 within a time budget, writing ``DIR/report.md``, ``DIR/report.json`` and ``DIR/gpu.log``.
 
 Sections, each in its own process with its own time limit (a crash, hang or out-of-memory
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -40,7 +39,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmarks.common import ROOT, child_env, compose, free_memory, run_training, sync, training_loader
+from benchmarks.ds2 import OVERHEAD_HEADER, Batches, BatchMaker, DeepMarkBrain, ds2_config, measure
+
 # (name, seconds at full scale); the order is the order of value, compile (the riskiest) last
 SECTIONS = [("env", 25), ("ds2", 150), ("memory", 50), ("tune_batch", 50), ("oom", 25), ("precision", 110),
             ("loader", 80), ("compile", 80)]
@@ -92,16 +93,6 @@ class Section:
         tmp.replace(self.work / f"{self.name}.json")
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from framework import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return hydra_compose(config_name="train", overrides=overrides)
-
-
 def precision_overrides(name: str) -> list[str]:
     return ["trainer.precision=fp32", "trainer.tf32=true"] if name == "tf32" else [f"trainer.precision={name}"]
 
@@ -112,13 +103,6 @@ def cuda_only(s: Section, what: str) -> bool:
         s.note(f"{what}: CUDA only, not run on the CPU")
         return True
     return False
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
 
 def gib(n: float) -> float:
@@ -167,20 +151,12 @@ def section_env(s: Section) -> None:
         s.row("env", f"{backend} all-reduce (1 rank)", f"failed: {exc!r}"[:200])
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def ds2_cfg(s: Section, precision: str, extra: list[str] = ()):
-    from framework.bench.ds2 import DEFAULTS
-
-    return compose([*DEFAULTS, *s.scale["model"], f"dataset.scale={s.scale['scale']}", f"trainer.device={s.device.type}",
-                    *precision_overrides(precision), *extra])
+    return ds2_config([*s.scale["model"], f"dataset.scale={s.scale['scale']}", f"trainer.device={s.device.type}",
+                       *precision_overrides(precision), *extra])
 
 
 def measure_row(s: Section, key: str, cfg, dataset, label: str, batch: int, **kw):
-    from framework.bench.ds2 import measure
     from framework.brain import NonFiniteLossError
 
     try:
@@ -188,14 +164,14 @@ def measure_row(s: Section, key: str, cfg, dataset, label: str, batch: int, **kw
                     compare=kw.pop("compare", False), **kw)
     except torch.OutOfMemoryError:
         s.row(key, label, batch, "out of memory", "", "", "", "", "", "", "")
-        free_memory()
+        free_memory(s.device)
         return None
     except NonFiniteLossError as exc:
         s.row(key, label, batch, f"diverged: {exc}"[:120], "", "", "", "", "", "", "")
         return None
     s.row(key, label, batch, f"{r.timed}/{r.minibatches}", r.fwd_ms, r.bwd_ms, r.step_ms, r.samples_per_s,
           r.audio_per_s, r.epoch_s, r.peak_mem_gb)
-    free_memory()
+    free_memory(s.device)
     return r
 
 
@@ -238,8 +214,6 @@ def section_ds2(s: Section) -> None:
         cfg = ds2_cfg(s, best[0], ["++model.clip_recurrence=true"])
         measure_row(s, "spec", cfg, dataset, f"{best[0]}, clipped recurrence (spec)", best[1])
     if s.left() > 30:
-        from framework.bench.ds2 import OVERHEAD_HEADER
-
         r = measure_row(s, "sweep", ds2_cfg(s, best[0]), dataset, f"{best[0]} (overhead run)", best[1], repeats=2,
                         compare=True)
         if r is not None:
@@ -259,8 +233,6 @@ def section_compile(s: Section) -> None:
     s.table("compile", DS2_HEADER[:1] + ["compile"] + DS2_HEADER[1:])
     for compiled in (None, backend):
         t0 = time.perf_counter()
-        from framework.bench.ds2 import measure
-
         try:
             r = measure(ds2_cfg(s, precision), dataset, batch, "equal", s.scale["max_batches"], repeats=1, compare=False,
                         compile_backend=compiled)
@@ -271,42 +243,35 @@ def section_compile(s: Section) -> None:
               r.samples_per_s, r.audio_per_s, r.epoch_s, r.peak_mem_gb)
         s.note(f"compile={compiled or 'off'}: {time.perf_counter() - t0:.0f} s for the whole measurement "
                "(compilation included)")
-        free_memory()
+        free_memory(s.device)
 
 
 def deepmark_brain(s: Section, overrides: list[str], tmp: str):
-    """A DeepMarkBrain on a fresh model (same seed each time) with the composed optimizer."""
-    from hydra.utils import instantiate
-
-    from framework.bench.ds2 import DeepMarkBrain
-    from framework.data.deepmark import ALPHABET, NUM_BINS
-
+    """A DeepMarkBrain on a fresh model (same seed each time) with what the overrides
+    configure (optimizer, precision, memory settings)."""
     cfg = ds2_cfg(s, "fp32", overrides)
-    torch.manual_seed(0)
-    model = instantiate(cfg.model, num_bins=NUM_BINS, num_classes=len(ALPHABET) + 1)
-    brain = DeepMarkBrain(cfg, model, tmp)
+    brain = DeepMarkBrain(cfg, tmp)
     brain.setup(None)
     return cfg, brain
 
 
 def step_peak(brain, batches, steps: int) -> tuple[float, float]:
-    """(ms per optimizer step, peak bytes) over ``steps`` passes of ``batches`` after a warm one."""
+    """(ms per optimizer step, peak bytes) over ``steps`` passes of ``batches`` after a warm
+    one; the peak measured as the batch-budget finder measures it."""
     from framework.tune_batch import train_peak
 
     brain.train_pass(batches)
     sync(brain.device)
-    free_memory()
+    free_memory(brain.device)
     start_step = brain.step
     t0 = time.perf_counter()
-    peak = train_peak(brain, batches, steps)
+    peak = train_peak(brain, lambda: brain.train_pass(batches), steps)
     elapsed = time.perf_counter() - t0
     return 1e3 * elapsed / max(1, brain.step - start_step), peak
 
 
 def section_memory(s: Section) -> None:
     from hydra.utils import instantiate
-
-    from framework.bench.ds2 import Batches, BatchMaker
 
     logging.getLogger("framework.brain").setLevel(logging.WARNING)
     n = s.scale["memory_batch"]
@@ -337,7 +302,7 @@ def section_memory(s: Section) -> None:
                 ms, peak = step_peak(brain, batches, steps=3)
             except (ImportError, ValueError, RuntimeError) as exc:  # bitsandbytes missing or failing
                 s.row("memory", label, f"not run: {exc}"[:160], "", "")
-                free_memory()
+                free_memory(s.device)
                 continue
             finally:
                 with contextlib.suppress(NameError):
@@ -345,14 +310,14 @@ def section_memory(s: Section) -> None:
                     del brain
         base = base or peak
         s.row("memory", label, gib(peak), f"{peak / base:.2f}x", ms)
-        free_memory()
+        free_memory(s.device)
 
 
 def section_tune_batch(s: Section) -> None:
     from hydra.utils import instantiate
 
     from framework.data.collate import collate
-    from framework.tune_batch import WorstCaseBatches, find_largest, make_probe
+    from framework.tune_batch import WorstCaseBatches, find_largest, make_probe, train_once
 
     logging.getLogger("framework.brain").setLevel(logging.WARNING)
     precision = "fp32" if s.toy else "bf16"
@@ -368,7 +333,7 @@ def section_tune_batch(s: Section) -> None:
             limits = [("toy fake limit 40 MB", 40 * 10**6, None)]
         s.note(f"DeepSpeech2 as in ds2, {precision}, worst case: batches of the longest ({batches.longest:g} s) "
                "utterances; one training step per probe after a warm one (optimizer state allocated)")
-        brain.train_pass([batches(1)])
+        train_once(brain, [batches(1)])
         for label, limit, enforce in limits:
             if s.left() < 15:
                 s.note(f"{label}: skipped, the section's time ran out")
@@ -382,13 +347,11 @@ def section_tune_batch(s: Section) -> None:
             s.data.setdefault("probes", {})[label] = probes
             if enforce:
                 torch.cuda.set_per_process_memory_fraction(1.0, s.device)
-            free_memory()
+            free_memory(s.device)
         brain.logger.close()
 
 
 def section_oom(s: Section) -> None:
-    from framework.bench.ds2 import Batches, BatchMaker
-
     logging.getLogger("framework.brain").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         cfg, brain = deepmark_brain(s, ["trainer.skip_oom=true"], tmp)
@@ -414,25 +377,14 @@ def section_oom(s: Section) -> None:
         try:
             loss = brain.train_pass(Batches(maker, [small, huge, small]))
             s.table("oom", ["provoked", "steps taken", "batches skipped", "loss after", "went on"])
-            s.row("oom", how, brain.step, brain.oom_skipped, loss,
-                  "yes" if brain.step == 2 and brain.oom_skipped == 1 else "NO")
+            s.row("oom", how, brain.step, brain.skips.oom_steps, loss,
+                  "yes" if brain.step == 2 and brain.skips.oom_steps == 1 else "NO")
         finally:
             if hook is not None:
                 hook.remove()
             if s.device.type == "cuda":
                 torch.cuda.set_per_process_memory_fraction(1.0, s.device)
             brain.logger.close()
-
-
-def run_train(s: Section, overrides: list[str], run_dir: Path, timeout: float) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    cmd = [sys.executable, "-m", "framework.train", *overrides, f"hydra.run.dir={run_dir}"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=run_dir.parent)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-800:]}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
-    return {**metrics, "seconds": time.perf_counter() - t0}
 
 
 def section_precision(s: Section) -> None:
@@ -453,19 +405,20 @@ def section_precision(s: Section) -> None:
                 s.note(f"{precision}: skipped, the section's time ran out")
                 continue
             try:
-                m = run_train(s, [*base, f"trainer.precision={precision}"], Path(tmp) / precision, s.left() - 5)
+                result, usage = run_training([*base, f"trainer.precision={precision}"], Path(tmp) / precision,
+                                             timeout=s.left() - 5)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 s.row("precision", precision, f"failed: {exc}"[:300], "", "", "", "")
                 continue
+            m = result["metrics"]
             ref = m["test_cer"] if ref is None else ref
             diff = m["test_cer"] - ref
             s.row("precision", precision, m["test_cer"], m["valid_cer"], f"{diff:+.3f}",
-                  "yes" if abs(diff) <= tolerance else "NO", m["seconds"])
+                  "yes" if abs(diff) <= tolerance else "NO", usage.wall_s)
 
 
 def section_loader(s: Section) -> None:
-    from framework.bench.loader import build
-    from framework.brain import Stage
+    from benchmarks.loader import build
     from framework.data.hdf5 import HDF5Dataset
     from framework.data.manifest import ManifestDataset
     from framework.run_dir import open_brain
@@ -495,8 +448,7 @@ def section_loader(s: Section) -> None:
             brain = open_brain(cfg, "loader", tmp)
             dataset = sources[name]()
             brain.setup(dataset)
-            loader = brain.make_dataloader(dataset, Stage.TRAIN)
-            loader.pin_memory = pin and s.device.type == "cuda"
+            loader = training_loader(cfg, dataset, brain.features, pin_memory=pin and s.device.type == "cuda")
             brain.train_pass(loader)  # warm: workers start, allocator settles
             loader.batch_sampler.set_epoch(1)
             sync(s.device)
@@ -549,15 +501,14 @@ def orchestrate(out: Path, toy: bool, budget_s: float, only: list[str] | None) -
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     start = time.time()
     device = "CPU (toy scale)" if toy else (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
-    report = {"meta": {"command": "python -m framework.bench gpu " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["gpu"]
-                                                                              else sys.argv[1:]),
+    report = {"meta": {"command": "python -m benchmarks gpu " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["gpu"]
+                                                                         else sys.argv[1:]),
                        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "toy": toy, "budget_s": budget_s,
                        "device": device},
               "sections": {}}
     if not toy and not torch.cuda.is_available():
-        raise SystemExit("bench gpu: no CUDA device here; use --toy to run the check on the CPU at toy scale")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+        raise SystemExit("benchmarks gpu: no CUDA device here; use --toy to run the check on the CPU at toy scale")
+    env = {**child_env(), "PYTHONUNBUFFERED": "1"}
     slack = 0.0
     with (out / "gpu.log").open("a") as log_file:
         for name, allotted in SECTIONS:
@@ -571,7 +522,7 @@ def orchestrate(out: Path, toy: bool, budget_s: float, only: list[str] | None) -
                 write_report(out, report)
                 continue
             t0 = time.time()
-            cmd = [sys.executable, "-m", "framework.bench.gpu", "--section", name, "--work", str(work),
+            cmd = [sys.executable, "-m", "benchmarks.gpu", "--section", name, "--work", str(work),
                    "--deadline", str(t0 + limit - 3), *(["--toy"] if toy else [])]
             log_file.write(f"\n===== {name} (limit {limit:.0f} s)\n")
             log_file.flush()
@@ -617,7 +568,7 @@ def run_section(name: str, work: Path, toy: bool, deadline: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m framework.bench gpu", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks gpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/gpu-check", help="folder for report.md, report.json, gpu.log")
     parser.add_argument("--toy", action="store_true", help="every section on the CPU at toy scale")

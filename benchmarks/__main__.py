@@ -1,4 +1,5 @@
-"""``python -m framework.bench <benchmark>``: benchmarks that print markdown tables.
+"""``python -m benchmarks <benchmark>``: benchmarks that print markdown tables. They live in
+the checkout beside the package, not in it: run them from the repository root.
 
   batching   padding, batch count and speed of the batching strategies side by side
   convergence  time to a target CER of the batching strategies: real runs, several seeds
@@ -20,11 +21,11 @@ from framework.cli import parse_with_overrides
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["gpu"]:  # its own options: python -m framework.bench gpu --help
-        from framework.bench.gpu import main as gpu
+    if argv[:1] == ["gpu"]:  # its own options: python -m benchmarks gpu --help
+        from benchmarks.gpu import main as gpu
 
         return gpu(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m framework.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="benchmark", required=True)
     b = sub.add_parser("batching", help="batching strategies side by side")
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     lo.add_argument("--workers", default="0,2,4", help="comma-separated DataLoader worker counts")
     lo.add_argument("--min-seconds", type=float, default=3.0, help="time whole epochs for at least this long")
     lo.add_argument("--root", default="/tmp/loader-bench", help="where the benchmark corpus is written")
-    sub.add_parser("gpu", help="every GPU path in one command (see: python -m framework.bench gpu --help)")
+    sub.add_parser("gpu", help="every GPU path in one command (see: python -m benchmarks gpu --help)")
     v = sub.add_parser("vs-speechbrain", help="the whole loop against SpeechBrain's; overrides apply to both sides")
     v.add_argument("--corpora", default="speech,tones", help="comma-separated: speech, tones")
     v.add_argument("--repeats", type=int, default=2)
@@ -63,30 +64,30 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--repeats", type=int, default=2)
     args, overrides = parse_with_overrides(parser, argv)
     if args.benchmark == "loader":
-        from framework.bench.loader import main as loader
+        from benchmarks.loader import main as loader
 
         loader(args.utterances, args.root, tuple(int(w) for w in args.workers.split(",")), args.min_seconds)
     elif args.benchmark == "ds2":
-        from framework.bench.ds2 import main as ds2
+        from benchmarks.ds2 import main as ds2
 
         sizes = [int(x) for x in args.sweep_batch.split(",")] if args.sweep_batch else [args.batch_size]
         ds2(overrides, sizes, args.batching, args.max_batches, args.repeats, args.compare)
     elif args.benchmark == "vs-speechbrain":
-        from framework.bench.vs_speechbrain import main as vs_speechbrain
+        from benchmarks.vs_speechbrain import main as vs_speechbrain
 
         vs_speechbrain(args.corpora.split(","), args.repeats, args.threads, args.out, overrides)
     elif args.benchmark == "batching":
-        from framework.bench.batching import main as batching
+        from benchmarks.batching import main as batching
 
         batching(args.budget, args.buckets, args.million)
     elif args.benchmark == "threads":
-        from framework.bench.threads import main as threads
+        from benchmarks.threads import main as threads
 
         threads(args.epochs, args.repeats, overrides)
     elif args.benchmark == "convergence":
         from pathlib import Path
 
-        from framework.bench.convergence import main as convergence
+        from benchmarks.convergence import main as convergence
 
         convergence(args.corpora.split(","), args.variants.split(","), [int(s) for s in args.seeds.split(",")],
                     Path(args.out), args.jobs, args.threads, args.report_only, overrides)

@@ -1,8 +1,8 @@
-"""The SpeechBrain side of ``python -m framework.bench vs-speechbrain``: CTC speech
+"""The SpeechBrain side of ``python -m benchmarks vs-speechbrain``: CTC speech
 recognition written the way SpeechBrain's tutorials write it, around the framework's own
 model, features, optimizer and schedule.
 
-    python -m framework.bench.speechbrain_recipe OUT_DIR THREADS [framework overrides...]
+    python -m benchmarks.speechbrain_recipe OUT_DIR THREADS [framework overrides...]
 
 SpeechBrain's way: a ``DynamicItemDataset`` per split from the JSON manifests, dynamic-item
 pipelines (``takes``/``provides``) that read the audio (``sb.dataio.dataio.read_audio``)
@@ -23,22 +23,20 @@ padding and steps, and the final valid/test CER.
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import speechbrain as sb
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CTCTextEncoder
 from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.metric_stats import ErrorRateStats
 
-from framework import CONF_DIR
+from benchmarks.common import compose
+from framework.experiment import seed_everything
 
 
 class CTCBrain(sb.Brain):
@@ -125,11 +123,8 @@ def datasets(cfg, label_encoder: CTCTextEncoder) -> dict[str, DynamicItemDataset
 
 def main(out_dir: str, threads: int, overrides: list[str]) -> dict:
     torch.set_num_threads(threads)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="train", overrides=overrides)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    cfg = compose(overrides)
+    seed_everything(cfg.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -1,6 +1,6 @@
 """Side-by-side comparison of batching strategies on the same lengths.
 
-    python -m framework.bench batching [--budget 544] [--buckets 60] [--million]
+    python -m benchmarks batching [--budget 544] [--buckets 60] [--million]
 
 Compares random fixed batches of 32, sorted batches of 32, this framework's
 DynamicBatchSampler and, when installed, SpeechBrain's DynamicBatchSampler and lhotse's
@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from framework.bench import lengths as dists
+from benchmarks import lengths as dists
 from framework.data.batching import DynamicBatchSampler, FixedBatchSampler, SortedBatchSampler, batch_stats
 
 
@@ -66,7 +66,6 @@ def fixed(lengths, budget, buckets):
 
 def sorted_(lengths, budget, buckets):
     return timed(lambda: SortedBatchSampler(lengths, batch_size=32, shuffle=False), lambda s: list(s))
-
 
 
 STRATEGIES = {

@@ -1,24 +1,23 @@
 """Loader throughput: the same corpus read four ways, through the trainer's own DataLoader.
 
-    python -m framework.bench loader [--utterances 4000] [--workers 0,2,4] [--root /tmp/loader-bench]
+    python -m benchmarks loader [--utterances 4000] [--workers 0,2,4] [--root /tmp/loader-bench]
 
 1. per-file FLAC from the manifest, fbank computed per example in the workers;
 2. raw audio from HDF5, fbank computed per example in the workers;
 3. fbank precomputed into one ``.npy`` file per utterance (what one would otherwise write);
 4. fbank precomputed into HDF5.
 
-Loaders come from ``Brain.make_dataloader`` (persistent workers, as in training); the
-first epoch starts the workers and warms the page cache, then whole epochs are timed
-until at least ``--min-seconds`` have passed. Reports utterances/s and seconds of audio
-per second, each effect on its own (file format for audio, precomputing the features,
-file format for features), and the per-item read time of the HDF5 features dataset.
+Loaders are built as training builds them (:mod:`framework.data.loader`, persistent
+workers, features in the workers from the composed ``features`` config); the first epoch
+starts the workers and warms the page cache, then whole epochs are timed until at least
+``--min-seconds`` have passed. Reports utterances/s and seconds of audio per second, each
+effect on its own (file format for audio, precomputing the features, file format for
+features), and the per-item read time of the HDF5 features dataset.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,15 +25,14 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import torch
-from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from framework import CONF_DIR
-from framework.brain import Brain, Stage
+from benchmarks.common import compose, training_loader
 from framework.data.hdf5 import HDF5Dataset
 from framework.data.manifest import ManifestDataset
 from framework.data.synthetic import prepare_tone_corpus
-from framework.features import FeaturePipeline, fbank
+from framework.features import FeaturePipeline, build_features, fbank
 from framework.prepare.corpus import pack_hdf5
 
 FLAC = "per-file FLAC + fbank in workers"
@@ -93,19 +91,16 @@ def build(root: Path, utterances: int) -> dict[str, Path]:
     return {"manifest": flac_manifest, "flac_dir": flac_dir, "npy": root / "npy.json", "raw": raw, "features": feats}
 
 
-def trainer_brain(workers: int, features: list[str], run_dir: str) -> Brain:
-    """A Brain whose ``make_dataloader`` is the training loader: batches of 16 in random
-    order, ``workers`` persistent workers, features as given."""
-    overrides = ["batching=fixed", "batching.batch_size=16", "trainer.device=cpu", f"trainer.num_workers={workers}",
-                 "logger.tensorboard=false", *features]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="train", overrides=overrides)
-    return Brain(cfg, run_dir=run_dir, log_name="loader-bench")
+def loader_config(workers: int, features: list[str]) -> DictConfig:
+    """The training config of the loaders: batches of 16 in random order, ``workers``
+    persistent workers, features as given."""
+    return compose(["batching=fixed", "batching.batch_size=16", "trainer.device=cpu", f"trainer.num_workers={workers}",
+                    *features])
 
 
-def epoch_rate(brain: Brain, dataset, min_seconds: float) -> tuple[float, float, float]:
+def epoch_rate(cfg: DictConfig, dataset, min_seconds: float) -> tuple[float, float, float]:
     """(utterances/s, audio s/s, seconds per epoch) over whole epochs after a first one."""
-    loader = brain.make_dataloader(dataset, Stage.TRAIN)
+    loader = training_loader(cfg, dataset, build_features(cfg, torch.device("cpu")))
     for _ in loader:  # starts the workers, warms the page cache
         pass
     examples, epochs, elapsed = 0, 0, 0.0
@@ -123,7 +118,6 @@ def epoch_rate(brain: Brain, dataset, min_seconds: float) -> tuple[float, float,
 def main(utterances: int = 4000, root: str = "/tmp/loader-bench", workers: tuple[int, ...] = (0, 2, 4),
          min_seconds: float = 3.0) -> dict:
     torch.set_num_threads(1)  # workers do the parallel work; 2 cores in all
-    logging.getLogger("framework.brain").setLevel(logging.WARNING)
     paths = build(Path(root), utterances)
     sources: dict[str, tuple[list[str], Callable[[], object]]] = {
         FLAC: (["features.where=worker", "features.normalize=none"],
@@ -139,13 +133,12 @@ def main(utterances: int = 4000, root: str = "/tmp/loader-bench", workers: tuple
             "| source | workers | utterances/s | audio s/s | epoch s | vs per-file FLAC |",
             "| --- | --- | --- | --- | --- | --- |"]
     rates: dict[tuple[str, int], float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for w in workers:
-            for name, (features, make) in sources.items():
-                rate, audio, epoch = epoch_rate(trainer_brain(w, features, tmp), make(), min_seconds)
-                rates[name, w] = rate
-                rows.append(f"| {name} | {w} | {rate:.0f} | {audio:.0f} | {epoch:.3g} | {rate / rates[FLAC, w]:.1f}x |")
-                print(rows[-1], flush=True)
+    for w in workers:
+        for name, (features, make) in sources.items():
+            rate, audio, epoch = epoch_rate(loader_config(w, features), make(), min_seconds)
+            rates[name, w] = rate
+            rows.append(f"| {name} | {w} | {rate:.0f} | {audio:.0f} | {epoch:.3g} | {rate / rates[FLAC, w]:.1f}x |")
+            print(rows[-1], flush=True)
     rows += ["", "Each effect on its own (ratio of utterances/s):", "",
              "| effect | " + " | ".join(f"{w} workers" for w in workers) + " |", "| --- " * (len(workers) + 1) + "|"]
     for label, fast, slow in EFFECTS:

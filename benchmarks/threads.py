@@ -1,6 +1,6 @@
 """Epoch time of the default recipe with PyTorch's thread count against ``num_threads=auto``.
 
-    python -m framework.bench threads [--epochs 3] [--repeats 2] [key=value ...]
+    python -m benchmarks threads [--epochs 3] [--repeats 2] [key=value ...]
 
 Each scenario (data workers, a competing busy process) trains the same short run with
 ``trainer.num_threads`` set to the machine's core count (what PyTorch does on its own),
@@ -11,7 +11,6 @@ core it should take, started before the runs and stopped after.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import child_env, run_training
 from framework.trainer.threads import available_cores, resolve_num_threads
 
 
@@ -38,12 +38,10 @@ def busy_processes(count: int):
 
 def epoch_seconds(threads: str, workers: int, epochs: int, overrides: list[str], out: Path) -> list[float]:
     """Times of the epochs after the first, from the run's own history."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # auto would take it as given
-    subprocess.run([sys.executable, "-m", "framework.train", f"trainer.max_epochs={epochs}", "trainer.device=cpu",
-                    f"trainer.num_threads={threads}", f"trainer.num_workers={workers}", "logger.tensorboard=false",
-                    f"hydra.run.dir={out}", *overrides], check=True, capture_output=True, env=env)
-    history = json.loads((out / "metrics.json").read_text())["history"]
-    return [h["epoch_s"] for h in history[1:]]
+    env = {k: v for k, v in child_env().items() if k != "OMP_NUM_THREADS"}  # auto would take it as given
+    result, _ = run_training([f"trainer.max_epochs={epochs}", "trainer.device=cpu", f"trainer.num_threads={threads}",
+                              f"trainer.num_workers={workers}", "logger.tensorboard=false", *overrides], out, env)
+    return [h["epoch_s"] for h in result["history"][1:]]
 
 
 def main(epochs: int, repeats: int, overrides: list[str]) -> None:

@@ -1,6 +1,6 @@
 """Time to accuracy of the batching strategies: real training runs, several seeds each.
 
-    python -m framework.bench convergence [--corpora speech,tones] [--variants fitted,fixed,...]
+    python -m benchmarks convergence [--corpora speech,tones] [--variants fitted,fixed,...]
         [--seeds 0,1,2] [--out runs/convergence] [--jobs 1] [--report-only] [key=value ...]
 
 Each (corpus, seed, variant) is one ``python -m framework.train`` subprocess in
@@ -14,11 +14,11 @@ variant of a seed back to back, so machine load hits the variants alike. Extra
 On a machine shared with other work, wall times swing several-fold with the load, so
 time is measured as two factors. Convergence: the epochs each run took to reach a target.
 Cost: the CPU seconds of one training epoch of each variant, measured afterwards in one
-process on one model with the variants interleaved, three rounds, median (saved in
-``<out>/<corpus>/epoch-cpu.json``). Time to a target = epochs x epoch cost; the seeds'
-spread is then the spread of convergence, not of the load. The runs' own epoch times are
-shown beside, in core-seconds (wall seconds times the share of a core the run got, its CPU
-time over its wall time).
+process on one model (the Brain's own training pass) with the variants interleaved, three
+rounds, median (saved in ``<out>/<corpus>/epoch-cpu.json``). Time to a target = epochs x
+epoch cost; the seeds' spread is then the spread of convergence, not of the load. The runs'
+own epoch times are shown beside, in core-seconds (wall seconds times the share of a core
+the run got, its CPU time over its wall time).
 
 Reported per variant (mean ± standard deviation over seeds): training time (validation
 excluded) until the validation CER first reaches each target, with the epochs it took in
@@ -31,16 +31,20 @@ band over seeds).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import Child, ChildFailed, child_env, compose, start_training, training_loader
+from framework.data.loader import make_sampler
+from framework.experiment import build_datasets, seed_everything
+from framework.run_dir import open_brain
 
 
 @dataclass(frozen=True)
@@ -83,15 +87,9 @@ DESCRIPTIONS = {
 def default_batch_size(corpus_overrides: list[str], overrides: list[str]) -> int:
     """Mean batch size of the batching these overrides configure on the corpus' training set.
     The command line is checked here first, so a typo stops the study before any run."""
-    from hydra.utils import instantiate
-
-    from framework.config import check_command_line
-    from framework.experiment import build_datasets
-
-    cfg = check_command_line([*corpus_overrides, *overrides])
+    cfg = compose([*corpus_overrides, *overrides])
     train = build_datasets(cfg)["train"]
-    sampler = instantiate(cfg.batching, lengths=train.lengths, seed=cfg.seed)
-    return max(1, round(len(train) / len(sampler)))
+    return max(1, round(len(train) / len(make_sampler(cfg.batching, train.lengths, cfg.seed))))
 
 
 @dataclass
@@ -128,43 +126,24 @@ def plan(out: Path, corpora: list[str], variants: list[str], seeds: list[int], o
         for seed in seeds:
             for variant in variants:
                 run_dir = out / corpus / variant / f"seed{seed}"
-                jobs.append(Job(corpus, variant, seed, run_dir, [*args[variant], f"seed={seed}",
-                                                                 f"hydra.run.dir={run_dir}"]))
+                jobs.append(Job(corpus, variant, seed, run_dir, [*args[variant], f"seed={seed}"]))
     return jobs
 
 
 def epoch_costs(corpus: str, variants: list[str], overrides: list[str], threads: int, rounds: int = 3) -> dict:
     """CPU seconds of one training epoch per variant, all measured in this process on one
     model with the variants interleaved (median of ``rounds``): what the variants cost,
-    without the load drifting between separate runs."""
-    import tempfile
-
-    import torch
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    from framework import CONF_DIR
-    from framework.brain import Stage
-    from framework.experiment import build_datasets, seed_everything
-    from framework.run_dir import open_brain
-
-    torch.set_num_threads(threads)
-    args = variant_overrides(corpus, variants, overrides)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfgs = {v: compose(config_name="train", overrides=a) for v, a in args.items()}
+    without the load drifting between separate runs. The variants differ in their batching
+    only: one Brain trains, each variant's training loader feeds it."""
+    own = ["logger.tensorboard=false", f"trainer.num_threads={threads}"]
+    cfgs = {v: compose([*args, *own]) for v, args in variant_overrides(corpus, variants, overrides).items()}
     cfg = cfgs[variants[0]]
     seed_everything(cfg.seed)
     train = build_datasets(cfg)["train"]
     with tempfile.TemporaryDirectory() as tmp:
-        with open_dict(cfg):
-            cfg.logger.tensorboard = False
         brain = open_brain(cfg, "epoch-cost", tmp)
         brain.setup(train)
-        loaders = {}
-        for v, variant_cfg in cfgs.items():
-            brain.cfg = variant_cfg
-            loaders[v] = brain.make_dataloader(train, Stage.TRAIN)
-        brain.cfg = cfg
+        loaders = {v: training_loader(variant_cfg, train, brain.features) for v, variant_cfg in cfgs.items()}
         seconds: dict[str, list[float]] = {v: [] for v in variants}
         for r in range(rounds + 1):  # round 0 warms up
             for v in variants[r % len(variants):] + variants[: r % len(variants)]:
@@ -180,34 +159,30 @@ def epoch_costs(corpus: str, variants: list[str], overrides: list[str], threads:
 def run_jobs(jobs: list[Job], parallel: int, threads: int) -> None:
     """Runs the jobs not done yet, ``parallel`` at a time, in order. Each run's CPU time
     and wall time go to ``bench-cpu.json`` beside its metrics."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = child_env(threads)
     todo = [j for j in jobs if not j.done()]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs cached; {len(todo)} to run, {parallel} at a time", flush=True)
-    running: dict[int, tuple[Job, float]] = {}
+    running: list[tuple[Job, Child]] = []
     while todo or running:
         while todo and len(running) < parallel:
             job = todo.pop(0)
             if job.run_dir.exists():  # an interrupted run: its timing cannot be continued
                 shutil.rmtree(job.run_dir)
-            job.run_dir.mkdir(parents=True)
-            with open(job.run_dir / "bench-stdout.txt", "w") as out:  # the child keeps its own handle
-                proc = subprocess.Popen([sys.executable, "-m", "framework.train", *job.args], stdout=out,
-                                        stderr=subprocess.STDOUT, env=env)
-            running[proc.pid] = (job, time.time())
-        pid, status, usage = os.wait4(-1, 0)  # the child's own CPU time comes with its exit
-        if pid not in running:
-            continue
-        job, start = running.pop(pid)
-        wall = time.time() - start
-        code = os.waitstatus_to_exitcode(status)
-        if code == 0 and (job.run_dir / "metrics.json").is_file():
-            cpu = usage.ru_utime + usage.ru_stime
-            (job.run_dir / "bench-cpu.json").write_text(json.dumps({"cpu_s": cpu, "wall_s": wall}))
-            print(f"{datetime.now():%H:%M:%S} {job.corpus}/{job.variant}/seed{job.seed}: {wall:.0f} s "
-                  f"({cpu / wall:.0%} of a core)", flush=True)
-        else:
-            print(f"{job.corpus}/{job.variant}/seed{job.seed} FAILED (exit {code}):\n"
-                  + (job.run_dir / "bench-stdout.txt").read_text()[-3000:], file=sys.stderr, flush=True)
+            running.append((job, start_training(job.args, job.run_dir, env)))
+        time.sleep(0.1)
+        for job, child in list(running):
+            name = f"{job.corpus}/{job.variant}/seed{job.seed}"
+            try:
+                usage = child.poll()
+            except ChildFailed as exc:
+                running.remove((job, child))
+                print(f"{name} FAILED: {exc}", file=sys.stderr, flush=True)
+                continue
+            if usage is not None:
+                running.remove((job, child))
+                (job.run_dir / "bench-cpu.json").write_text(json.dumps({"cpu_s": usage.cpu_s, "wall_s": usage.wall_s}))
+                print(f"{datetime.now():%H:%M:%S} {name}: {usage.wall_s:.0f} s ({usage.cpu_s / usage.wall_s:.0%} of a "
+                      "core)", flush=True)
 
 
 # --------------------------------------------------------------------------- results
