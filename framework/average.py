@@ -24,20 +24,22 @@ from framework.config.schema import trainer_options
 from framework.errors import UserError
 from framework.run_dir import load_run_config
 from framework.trainer.checkpoint import AVERAGED, Checkpointer, load_checkpoint, save_verified
+from framework.trainer.state import upgrade
 
 log = logging.getLogger(__name__)
 
 
 def average_states(states: list[dict[str, Any]]) -> dict[str, Any]:
     """The newest state (the last one) with its model weights, and weight average, replaced
-    by the mean over ``states``."""
+    by the mean over ``states`` (checkpoint states of any format version)."""
+    states = [upgrade(s, Path("<checkpoint>")) for s in states]
     newest = dict(states[-1])
     newest["model"] = mean_tensors([s["model"] for s in states])
     if all(s.get("ema") for s in states):
         ema = dict(newest["ema"])
         ema["averaged"] = mean_tensors([s["ema"]["averaged"] for s in states])
         newest["ema"] = ema
-    newest["averaged_from"] = [int(s["step"]) for s in states]
+    newest["averaged_from"] = [int(s["progress"]["step"]) for s in states]
     return newest
 
 

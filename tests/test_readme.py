@@ -1,6 +1,6 @@
 """Every command of the README's command block runs as written, at debug scale: each
-``framework.train`` line gets ``trainer.max_epochs=2 trainer.limit_batches=2`` appended (and
-a search two trials), nothing else changes."""
+``framework.train`` line gets ``trainer.max_epochs=2 trainer.limit_batches=2`` appended (enough
+epochs for the checkpoints it keeps to average, and a search two trials), nothing else changes."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def test_readme_command_block_runs_as_written(tmp_path):
     env.pop("FRAMEWORK_DATA_DIR", None)  # the README's paths: data/ under the folder the commands run in
     for command in commands:
         scaled = command + "".join(f" {extra}" for key, extra in DEBUG_SCALE.items() if key in command)
+        kept = re.search(r"keep_best=(\d+)", command)
+        if kept:  # as many epochs as checkpoints to average
+            scaled = scaled.replace("trainer.max_epochs=2 trainer.limit_batches=2",
+                                    f"trainer.max_epochs={kept.group(1)} trainer.limit_batches=1")
         proc = subprocess.run(["bash", "-c", scaled], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == 0, f"README command failed: {scaled}\n{proc.stdout}\n{proc.stderr}"

@@ -85,7 +85,7 @@ def test_a_trigram_of_the_training_transcripts_predicts_test_sentences_far_bette
 
 
 def test_the_dataset_option_composes_and_points_at_the_corpus():
-    from framework.config.check import check_command_line, compose_command_line
+    from framework.config import check_command_line, compose_command_line
 
     check_command_line(["dataset=sentences"])
     config = compose_command_line(["dataset=sentences"])

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -58,21 +56,20 @@ def test_a_stopped_time_budgeted_run_resumes_for_the_same_total_budget(tmp_path,
     assert 10.0 <= stopped < 13.0  # the total over both processes, not 10 s more
     rates = learning_rates(run_dir)
     resumed = [r for s, r in rates if s > first[-1][0]]
-    assert resumed and resumed[0] <= first[-1][1] * 1.05  # continues where it was, no restart of the warm-up
+    # continues near where it was (the clock also counts the new process's first step), no restart of the warm-up
+    assert resumed and 0.5 * first[-1][1] <= resumed[0] <= 2 * first[-1][1] and resumed[0] > 5 * rates[0][1]
     assert rates[-1][1] < 0.01 * max(r for _, r in rates)
 
 
-def test_auto_threads_picks_one_thread_beside_a_busy_process_and_logs_its_measurements(tmp_path, data_dir):
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        run_dir = tmp_path / "run"
-        args = [a for a in tiny_args(data_dir, run_dir, "trainer.max_epochs=1") if a != "trainer.num_threads=1"]
-        run_cli("framework.train", [*args, "model.hidden_size=256", "model.fc_size=256", "trainer.num_threads=auto"],
-                cwd=tmp_path, env={"OMP_NUM_THREADS": ""})
-    finally:
-        busy.kill()
-        busy.wait()
+def test_auto_threads_measures_each_candidate_and_keeps_the_fastest(tmp_path, data_dir):
+    # which count wins depends on the machine and its load (BENCHMARKS.md measures that); what is
+    # tested here is that every candidate is timed on real steps, logged, and the fastest kept
+    run_dir = tmp_path / "run"
+    args = [a for a in tiny_args(data_dir, run_dir, "trainer.max_epochs=1") if a != "trainer.num_threads=1"]
+    run_cli("framework.train", [*args, "model.hidden_size=256", "model.fc_size=256", "trainer.num_threads=auto"],
+            cwd=tmp_path, env={"OMP_NUM_THREADS": ""})
     log = (run_dir / "train.log").read_text()
-    measured = re.search(r"threads: 1 -> ([\d.e-]+) s/step, 2 -> ([\d.e-]+) s/step; using (\d)", log)
+    measured = re.search(r"threads: ((?:\d+ -> [\d.e-]+ s/step(?:, )?)+); using (\d+)", log)
     assert measured, log
-    assert measured.group(3) == "1" and float(measured.group(1)) < float(measured.group(2))
+    times = {int(n): float(t) for n, t in re.findall(r"(\d+) -> ([\d.e-]+) s/step", measured.group(1))}
+    assert 1 in times and int(measured.group(2)) == min(times, key=times.get)

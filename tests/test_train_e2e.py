@@ -33,7 +33,8 @@ def test_fit_and_test_write_a_complete_run_dir(train_cli):
     index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
     assert [e["epoch"] for e in index] == [1, 2]
     state = torch.load(run_dir / "checkpoints" / index[-1]["file"], weights_only=True)
-    assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "sampler", "history"} <= set(state)
+    assert {"model", "optimizer", "scheduler", "progress", "rng", "model_config"} <= set(state)
+    assert "sampler" not in state  # saved at an epoch boundary: no position inside an epoch
     done = state["progress"]
     assert state["format_version"] == 2 and done["epoch"] == 2 and done["step"] == index[-1]["step"] > 0
 

@@ -2,7 +2,7 @@
 
 Each is the one home of its options' defaults, documentation, allowed values and ranges;
 the YAML files of those groups extend it (``defaults: [/schema/trainer@_here_]``). Nodes
-with a ``_target_`` need no schema: :mod:`framework.config.check` checks them against
+with a ``_target_`` need no schema: :mod:`framework.config.validate` checks them against
 their target's signature.
 """
 
