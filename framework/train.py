@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -16,14 +17,17 @@ def main(cfg: DictConfig) -> float | None:
 
     from framework.cli import exit_on_error
     from framework.experiment import run
+    from framework.sweep import run_job
 
-    # a sweep's job reports its error and re-raises it, so the sweeper records a failed job
-    return exit_on_error(lambda: run(cfg), reraise=HydraConfig.get().mode == RunMode.MULTIRUN)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweeper and the summary learn of a failed job
+        return run_job(lambda: run(cfg), Path(cfg.run_dir))
+    return exit_on_error(lambda: run(cfg))
 
 
 def cli() -> None:
-    from framework.cli import add_code_dir, hydra_overrides, option
+    from framework.cli import add_code_dir, exit_on_error, hydra_overrides, option
     from framework.config.check import ConfigError, check_command_line
+    from framework.sweep import end_sweep  # a multirun's summary, also when the sweeper stopped at a failed job
 
     argv = sys.argv[1:]
     config_dir = option(argv, "--config-dir", "-cd")
@@ -42,7 +46,11 @@ def cli() -> None:
         # Under torchrun only rank 0 creates the run directory; the others receive its
         # path from rank 0, so a ${now:} in the path cannot split one run into several.
         sys.argv += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/hydra_logging=none", "hydra/job_logging=none"]
-    main()
+    try:
+        exit_on_error(main)  # a stop signal between a sweep's jobs ends it in one line too
+    except SystemExit as exc:
+        sys.exit(end_sweep(exc.code or 0))
+    sys.exit(end_sweep(0))
 
 
 def _refuse_busy_run_dir(run_dir: str) -> None:
