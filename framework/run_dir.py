@@ -1,7 +1,15 @@
-"""Re-opening a finished run: its config, datasets and Brain, for evaluation and inference."""
+"""Re-opening a finished run: its config, datasets and Brain, for evaluation and inference.
+
+A run directory that cannot be written (an archived, read-only run) is evaluated and
+transcribed without writing into it: no TensorBoard events (here), no log file
+(:func:`framework.trainer.logs.setup_file_logging`), no test transcripts (the ASR recipe),
+each said in one warning.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 from hydra.utils import get_class
@@ -11,6 +19,8 @@ from framework.brain import Brain
 from framework.cli import add_code_dir
 from framework.errors import UserError
 from framework.trainer.distributed import DistEnv
+
+log = logging.getLogger(__name__)
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
@@ -58,4 +68,8 @@ def _group_choice(override: str) -> tuple[str, DictConfig] | None:
 def open_brain(cfg: DictConfig, log_name: str, run_dir: str | Path | None = None, dist: DistEnv | None = None) -> Brain:
     """The run's Brain subclass, built for ``run_dir`` (default ``cfg.run_dir``)."""
     add_code_dir(cfg.get("code_dir"))  # a recipe kept outside the package
-    return get_class(cfg.brain._target_)(cfg, run_dir=run_dir or cfg.run_dir, log_name=log_name, dist=dist)
+    run_dir = Path(run_dir or cfg.run_dir)
+    if cfg.get("logger") is not None and cfg.logger.get("tensorboard") and not os.access(run_dir, os.W_OK):
+        log.warning("%s is not writable: TensorBoard events are not written", run_dir)
+        cfg.logger.tensorboard = False
+    return get_class(cfg.brain._target_)(cfg, run_dir=run_dir, log_name=log_name, dist=dist)

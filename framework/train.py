@@ -42,6 +42,8 @@ def cli() -> None:
         run_dir = next((o.split("=", 1)[1] for o in hydra_overrides(argv) if o.startswith("hydra.run.dir=")), None)
         if run_dir and "-m" not in argv and "--multirun" not in argv and int(os.environ.get("RANK", "0")) == 0:
             _refuse_busy_run_dir(run_dir)
+        if int(os.environ.get("RANK", "0")) == 0:
+            _refuse_unwritable_output_dir(argv)
     if int(os.environ.get("RANK", "0")) > 0:
         # Under torchrun only rank 0 creates the run directory; the others receive its
         # path from rank 0, so a ${now:} in the path cannot split one run into several.
@@ -61,6 +63,31 @@ def _refuse_busy_run_dir(run_dir: str) -> None:
     busy = RunLock(run_dir).held_by()
     if busy:
         print(f"error: {busy}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _refuse_unwritable_output_dir(argv: list[str]) -> None:
+    """Stops in one line, before Hydra fails with a traceback, when the run (or sweep)
+    directory cannot be written or created: an archived, read-only run, say."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from framework.cli import hydra_overrides
+
+    known = HydraConfig.get() if HydraConfig.initialized() else None  # the command line's, as checked
+    sweep = "-m" in argv or "--multirun" in argv or (known is not None and known.mode == RunMode.MULTIRUN)
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    given = next((o.split("=", 1)[1] for o in hydra_overrides(argv) if o.lstrip("+").startswith(key + "=")), None)
+    if given is None and known is not None:
+        given = known.sweep.dir if sweep else known.run.dir
+    if given is None:
+        return
+    path = Path(given).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        what = f"{'sweep' if sweep else 'run'} directory {path}"
+        where = "it is not writable" if existing == path else f"{existing} is not writable"
+        print(f"error: cannot write the {what}: {where}; choose another {key} (or make it writable)", file=sys.stderr)
         sys.exit(2)
 
 
