@@ -8,6 +8,10 @@ batch-norm running statistics included; integer tensors (``num_batches_tracked``
 everything else (the weight average of ``trainer.ema_decay``, if kept, averaged the same
 way) come from the newest of the checkpoints. Keep enough checkpoints to average:
 ``trainer.checkpoint.keep_last=5`` (or ``keep_best=5``).
+
+It starts by removing the temporary files a killed average left in ``checkpoints/`` (and a
+killed training's, unless a training run holds the run directory); SIGTERM or Ctrl-C while
+it writes leaves no temporary file either.
 """
 
 from __future__ import annotations
@@ -22,8 +26,17 @@ import torch
 from framework.cli import exit_on_error
 from framework.config.schema import trainer_options
 from framework.errors import UserError
+from framework.files import remove_leftovers
 from framework.run_dir import load_run_config
-from framework.trainer.checkpoint import AVERAGED, Checkpointer, load_checkpoint, save_verified
+from framework.trainer.checkpoint import (
+    AVERAGED,
+    Checkpointer,
+    load_checkpoint,
+    save_verified,
+    written_by_average,
+    written_by_training,
+)
+from framework.trainer.run_lock import RunLock
 from framework.trainer.state import upgrade
 
 log = logging.getLogger(__name__)
@@ -62,6 +75,9 @@ def average(run_dir: str | Path, last: int | None = None, best: int | None = Non
     cfg = load_run_config(run_dir)
     ck = trainer_options(cfg.trainer).checkpoint
     checkpointer = Checkpointer(Path(run_dir) / "checkpoints", monitor=ck.monitor, mode=ck.mode)
+    remove_leftovers(checkpointer.directory, written_by_average)
+    if RunLock(run_dir).held_by() is None:  # else a training run's writes are in flight
+        remove_leftovers(checkpointer.directory, written_by_training)
     entries = checkpointer.index()
     if best is not None:
         chosen = checkpointer.ranked(entries)[:best]

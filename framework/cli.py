@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from framework.errors import UserError
 
@@ -59,28 +60,44 @@ def report(message: str) -> None:
 
 def exit_on_error(main: Callable[[], T], reraise: bool = False) -> T:
     """Runs ``main``; a failure becomes one line and an exit status: 2 for a user's mistake
-    (:class:`UserError`), 128 + signal after a stop signal, 1 otherwise. ``HYDRA_FULL_ERROR=1``
-    shows the traceback instead. ``reraise`` (multirun jobs) reports and re-raises, so the
-    sweeper sees the failure."""
-    from framework.trainer.stopping import StopRequested
+    (:class:`UserError`), 128 + signal after a stop signal (SIGTERM and SIGINT interrupt at
+    once outside the training loop, which stops after its step), 1 otherwise.
+    ``HYDRA_FULL_ERROR=1`` shows the traceback instead. ``reraise`` (multirun jobs) reports
+    and re-raises, so the sweeper sees the failure."""
+    from framework.trainer.stopping import StopRequested, interrupt_on_stop_signals, interrupting_signal
 
-    try:
-        return main()
-    except StopRequested as exc:
-        log.warning("%s", exc)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        report("interrupted")
-        sys.exit(130)
-    except Exception as exc:
-        user = _user_error(exc)  # Hydra wraps what a _target_ raised in an InstantiationException
-        text = str(user) if user else f"{type(exc).__name__}: {exc}"
-        if os.environ.get(DEBUG_ENV) == "1":
-            raise
-        report(f"error: {text}" + ("" if user else f"  ({DEBUG_ENV}=1 shows the traceback)"))
-        if reraise:
-            raise
-        sys.exit(2 if user else 1)
+    with interrupt_on_stop_signals():
+        try:
+            return main()
+        except StopRequested as exc:
+            log.warning("%s", exc)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            _exit_interrupted(interrupting_signal())
+        except Exception as exc:
+            if interrupting_signal() is not None:  # an interrupt torch turned into its own error (unexpected pos)
+                _exit_interrupted(interrupting_signal())
+            text, status = describe_error(exc)
+            if os.environ.get(DEBUG_ENV) == "1":
+                raise
+            report(f"error: {text}" + ("" if status == 2 else f"  ({DEBUG_ENV}=1 shows the traceback)"))
+            if reraise:
+                raise
+            sys.exit(status)
+
+
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """The one line a failure is reported in, and its exit status: 2 for a user's mistake, 1 otherwise."""
+    user = _user_error(exc)  # Hydra wraps what a _target_ raised in an InstantiationException
+    return (str(user), 2) if user else (f"{type(exc).__name__}: {exc}", 1)
+
+
+def _exit_interrupted(signum: int | None) -> NoReturn:
+    """Ctrl-C (or a KeyboardInterrupt with no signal) ends in "interrupted" and 130, SIGTERM in
+    "terminated" and 143."""
+    signum = signum or signal.SIGINT
+    report("interrupted" if signum == signal.SIGINT else "terminated")
+    sys.exit(128 + signum)
 
 
 def _user_error(exc: BaseException | None) -> UserError | None:

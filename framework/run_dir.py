@@ -1,7 +1,15 @@
-"""Re-opening a finished run: its config, datasets and Brain, for evaluation and inference."""
+"""Re-opening a finished run: its config, datasets and Brain, for evaluation and inference.
+
+A run directory that cannot be written (an archived, read-only run) is evaluated and
+transcribed without writing into it: no TensorBoard events (here), no log file
+(:func:`framework.trainer.logs.setup_file_logging`), no test transcripts (the ASR recipe),
+each said in one warning.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 from hydra.utils import get_class
@@ -12,6 +20,8 @@ from framework.config.compose import add_code_dir
 from framework.errors import UserError
 from framework.process import start_process
 from framework.trainer.distributed import DistEnv
+
+log = logging.getLogger(__name__)
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
@@ -65,4 +75,7 @@ def open_brain(cfg: DictConfig, log_name: str, run_dir: str | Path | None = None
     if dist is None:
         dist = start_process(cfg, run_dir, log_name)
     add_code_dir(cfg.get("code_dir"))  # a recipe kept outside the package
+    if cfg.get("logger") is not None and cfg.logger.get("tensorboard") and not os.access(run_dir, os.W_OK):
+        log.warning("%s is not writable: TensorBoard events are not written", run_dir)
+        cfg.logger.tensorboard = False
     return get_class(cfg.brain._target_)(cfg, run_dir=run_dir, dist=dist)

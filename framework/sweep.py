@@ -5,6 +5,12 @@ Each job of ``python -m framework.train -m ...`` writes ``metrics.json`` to its 
 callback, enabled in ``conf/train.yaml``) gathers them into ``summary.csv`` and
 ``summary.md`` (best first) and plots the monitored metric against each swept value in
 ``summary.png``, all in the sweep directory.
+
+A job that fails (:func:`run_job`) records its one-line error in ``failure.json`` in its
+folder and fails for the sweeper too (Optuna records a failed trial). Hydra's basic sweeper
+then stops after the batch of jobs it was running, without ending the multirun;
+:func:`end_sweep` writes the summary in that case, and makes the command exit non-zero with
+one line naming the failed jobs in every case.
 """
 
 from __future__ import annotations
@@ -14,16 +20,39 @@ import json
 import logging
 import math
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from framework.cli import describe_error, exit_on_error
 from framework.config.validate import missing_search_keys
 from framework.errors import ConfigError
+from framework.files import write_text_atomic
 
 log = logging.getLogger(__name__)
+FAILURE = "failure.json"  # in a failed job's folder: its one-line error and exit status
+
+
+class JobFailed(CompactHydraException):
+    """A sweep's job failed; its one-line error (Hydra prints it without a traceback)."""
+
+
+def run_job(run: Callable[[], float | None], job_dir: Path) -> float | None:
+    """One job of a sweep: ``run()``, its failure reported in one line, recorded in the job's
+    folder for the summary and raised again, so the sweeper counts a failed job."""
+    (job_dir / FAILURE).unlink(missing_ok=True)  # from an earlier sweep in this folder
+    try:
+        return exit_on_error(run, reraise=True)
+    except Exception as exc:
+        text, status = describe_error(exc)
+        text = " ".join(text.split())  # one line in the summary's table
+        write_text_atomic(job_dir / FAILURE, json.dumps({"error": text, "exit_status": status}))
+        raise JobFailed(text) from exc
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -37,13 +66,16 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
             key, _, value = str(item).partition("=")
             row[key.lstrip("+~")] = value
         metrics_file = job / "metrics.json"
-        if metrics_file.is_file():
+        if (job / FAILURE).is_file():
+            failure = json.loads((job / FAILURE).read_text())
+            row["status"], row["error"], row["_exit_status"] = "failed", failure["error"], failure["exit_status"]
+        elif metrics_file.is_file():
             result = json.loads(metrics_file.read_text())
             row.update(result["metrics"])
             row["status"] = "done"
             row["_monitor"], row["_mode"] = result["monitor"], result["mode"]
         else:
-            row["status"] = "failed or unfinished"
+            row["status"] = "unfinished"
         rows.append(row)
     return rows
 
@@ -57,13 +89,11 @@ def write_summary(sweep_dir: str | Path) -> str:
     if monitor:
         rows.sort(key=lambda r: (r.get(monitor) is None or (isinstance(r.get(monitor), float) and math.isnan(r[monitor])),
                                  (r.get(monitor, 0) if mode == "min" else -r.get(monitor, 0))))
-    keys = sorted({k for r in rows for k in r if k not in ("job", "status") and not k.startswith("_")
-                   and not isinstance(r[k], float)})
-    # overrides shared by every job say nothing about the ranking; keep those that vary
-    swept = [k for k in keys if len({str(r.get(k)) for r in rows}) > 1] or keys
+    swept = swept_keys(rows)
     metrics = sorted({k for r in done for k, v in r.items() if isinstance(v, float)},
                      key=lambda k: (k != monitor, k))
-    columns = ["job", *swept, *metrics, "status"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    columns = ["job", *swept, *metrics, "status"] + (["error"] if failed else [])
     tmp = sweep_dir / ".summary.csv.tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -72,9 +102,10 @@ def write_summary(sweep_dir: str | Path) -> str:
     os.replace(tmp, sweep_dir / "summary.csv")
 
     def cell(v: Any) -> str:
-        return "" if v is None else _four_digits(v)
+        return "" if v is None else _four_digits(v).replace("|", "\\|")
 
     lines = [f"Sweep {sweep_dir}: {len(done)} of {len(rows)} jobs finished"
+             + (f", {len(failed)} failed" if failed else "")
              + (f", best first by {monitor} ({mode})" if monitor else ""), "",
              "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
@@ -85,6 +116,35 @@ def write_summary(sweep_dir: str | Path) -> str:
     if monitor and done and swept:
         plot(done, swept, monitor, sweep_dir / "summary.png")
     return text
+
+
+def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The overrides that vary between the jobs (all of them when none does): those shared by
+    every job say nothing about the ranking."""
+    keys = sorted({k for r in rows for k in r if k not in ("job", "status", "error") and not k.startswith("_")
+                   and not isinstance(r[k], float)})
+    return [k for k in keys if len({str(r.get(k)) for r in rows}) > 1] or keys
+
+
+def end_sweep(status: int) -> int:
+    """The exit status of a command whose multirun ended with ``status`` (0; Hydra's 1 after a
+    failed job; 128 + signal): the summary is written if the sweeper stopped before writing
+    it, and a failed job makes the status non-zero (2 when every failure was a user's
+    mistake), named in one line."""
+    sweep_dir, SweepSummary.sweep_dir = SweepSummary.sweep_dir, None
+    if sweep_dir is None or not sweep_dir.is_dir():
+        return status
+    if not SweepSummary.written:
+        print(write_summary(sweep_dir))
+    rows = collect(sweep_dir)
+    failed = [r for r in rows if r["status"] == "failed"]
+    if not failed or status > 128:  # a stop signal: the job it stopped has said so
+        return status
+    keys = swept_keys(rows)
+    jobs = "; ".join(f"job {r['job']} ({' '.join(f'{k}={r[k]}' for k in keys if k in r)}): {r['error']}" for r in failed)
+    print(f"error: {len(failed)} of {len(rows)} jobs failed: {jobs} (summary: {sweep_dir / 'summary.md'})",
+          file=sys.stderr)
+    return 2 if all(r["_exit_status"] == 2 for r in failed) else 1
 
 
 def _four_digits(value: Any) -> str:
@@ -129,12 +189,20 @@ def plot(rows: list[dict[str, Any]], swept: list[str], monitor: str, path: Path)
 
 
 class SweepSummary(Callback):
-    """Writes the sweep summary when a multirun ends (also after failed jobs)."""
+    """Writes the sweep summary when a multirun ends (also after failed jobs); remembers the
+    multirun of this process for :func:`end_sweep`."""
+
+    sweep_dir: ClassVar[Path | None] = None
+    written: ClassVar[bool] = False
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        SweepSummary.sweep_dir, SweepSummary.written = Path(config.hydra.sweep.dir), False
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             print(write_summary(sweep_dir))
+            SweepSummary.written = True
 
 
 try:  # the Optuna sweeper is an optional extra

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -16,16 +17,18 @@ def main(cfg: DictConfig) -> float | None:
 
     from framework.cli import exit_on_error
     from framework.experiment import run
+    from framework.sweep import run_job
 
-    # a sweep's job reports its error and re-raises it, so the sweeper records a failed job
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    return exit_on_error(lambda: run(cfg, sweep_job=multirun), reraise=multirun)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweeper and the summary learn of a failed job
+        return run_job(lambda: run(cfg, sweep_job=True), Path(cfg.run_dir))
+    return exit_on_error(lambda: run(cfg))
 
 
 def cli() -> None:
-    from framework.cli import hydra_overrides, option
+    from framework.cli import exit_on_error, hydra_overrides, option
     from framework.config import ConfigError, check_command_line
     from framework.config.compose import add_code_dir
+    from framework.sweep import end_sweep  # a multirun's summary, also when the sweeper stopped at a failed job
 
     argv = sys.argv[1:]
     config_dir = option(argv, "--config-dir", "-cd")
@@ -40,11 +43,17 @@ def cli() -> None:
         run_dir = next((o.split("=", 1)[1] for o in hydra_overrides(argv) if o.startswith("hydra.run.dir=")), None)
         if run_dir and "-m" not in argv and "--multirun" not in argv and int(os.environ.get("RANK", "0")) == 0:
             _refuse_busy_run_dir(run_dir)
+        if int(os.environ.get("RANK", "0")) == 0:
+            _refuse_unwritable_output_dir(argv)
     if int(os.environ.get("RANK", "0")) > 0:
         # Under torchrun only rank 0 creates the run directory; the others receive its
         # path from rank 0, so a ${now:} in the path cannot split one run into several.
         sys.argv += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/hydra_logging=none", "hydra/job_logging=none"]
-    main()
+    try:
+        exit_on_error(main)  # a stop signal between a sweep's jobs ends it in one line too
+    except SystemExit as exc:
+        sys.exit(end_sweep(exc.code or 0))
+    sys.exit(end_sweep(0))
 
 
 def _refuse_busy_run_dir(run_dir: str) -> None:
@@ -55,6 +64,31 @@ def _refuse_busy_run_dir(run_dir: str) -> None:
     busy = RunLock(run_dir).held_by()
     if busy:
         print(f"error: {busy}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _refuse_unwritable_output_dir(argv: list[str]) -> None:
+    """Stops in one line, before Hydra fails with a traceback, when the run (or sweep)
+    directory cannot be written or created: an archived, read-only run, say."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from framework.cli import hydra_overrides
+
+    known = HydraConfig.get() if HydraConfig.initialized() else None  # the command line's, as checked
+    sweep = "-m" in argv or "--multirun" in argv or (known is not None and known.mode == RunMode.MULTIRUN)
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    given = next((o.split("=", 1)[1] for o in hydra_overrides(argv) if o.lstrip("+").startswith(key + "=")), None)
+    if given is None and known is not None:
+        given = known.sweep.dir if sweep else known.run.dir
+    if given is None:
+        return
+    path = Path(given).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        what = f"{'sweep' if sweep else 'run'} directory {path}"
+        where = "it is not writable" if existing == path else f"{existing} is not writable"
+        print(f"error: cannot write the {what}: {where}; choose another {key} (or make it writable)", file=sys.stderr)
         sys.exit(2)
 
 

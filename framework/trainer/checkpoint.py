@@ -7,6 +7,8 @@ is stored beside it (``ckpt-<step>.pt.sha256``, the format ``sha256sum -c`` read
 and would load a file with a damaged middle. Loading uses ``weights_only=True``: no
 arbitrary object is ever unpickled. ``index.json`` records each checkpoint's step, epoch
 and validation metrics for choosing the best one; a damaged index is rebuilt from the files.
+The temporary files of a write that was killed (SIGKILL) are removed by the next writer of
+those names: training before its first checkpoint, ``framework.average`` when it starts.
 """
 
 from __future__ import annotations
@@ -25,11 +27,20 @@ import numpy as np
 import torch
 
 from framework.errors import UserError
-from framework.files import write_atomic
+from framework.files import remove_leftovers, write_atomic
 
 log = logging.getLogger(__name__)
 CKPT_NAME = re.compile(r"ckpt-(\d+)\.pt$")
 AVERAGED = "averaged.pt"  # what framework.average writes beside the checkpoints
+
+
+def written_by_training(name: str) -> bool:
+    """Checkpoints, their checksums and the index: the files of a checkpoint folder training writes."""
+    return name == "index.json" or CKPT_NAME.fullmatch(name.removesuffix(".sha256")) is not None
+
+
+def written_by_average(name: str) -> bool:
+    return name in (AVERAGED, AVERAGED + ".sha256")
 
 
 class CheckpointError(UserError):
@@ -156,6 +167,7 @@ class Checkpointer:
         self.keep_best = keep_best
         self.monitor = monitor
         self.mode = mode
+        self._leftovers_removed = False
 
     @property
     def index_path(self) -> Path:
@@ -185,6 +197,9 @@ class Checkpointer:
 
     def save(self, state: dict[str, Any], step: int, metrics: dict[str, float] | None = None) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._leftovers_removed:  # training holds the run lock: no other process writes these names
+            remove_leftovers(self.directory, written_by_training)
+            self._leftovers_removed = True
         path = self.directory / f"ckpt-{step:09d}.pt"
         previous = self._files()
         digest = save_verified(state, path, previous[-1].stat().st_size if previous else None)

@@ -13,6 +13,7 @@ Run: python -m framework.train recipe=asr_ctc [overrides]
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 
 import torch
@@ -116,6 +117,9 @@ class ASRBrain(Brain):
         if not self.dist.is_main:
             return
         path = self.run_dir / "test_transcripts.tsv"
+        if not os.access(self.run_dir, os.W_OK):  # an archived, read-only run being evaluated
+            log.warning("%s is not writable: %s is not written", self.run_dir, path.name)
+            return
         lines = [f"{uid}\t{edits}\t{len(ref)}\t{ref}\t{hyp}\n" for uid, ref, hyp, edits in rows]
         write_text_atomic(path, "id\tchar_errors\tchars\treference\thypothesis\n" + "".join(lines))
         log.info("test transcripts, one line per utterance: %s (%d wrong of %d)", path,
