@@ -61,10 +61,11 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-        row: dict[str, Any] = {"job": int(job.name)}
+        row: dict[str, Any] = {"job": int(job.name), "_overrides": []}
         for item in overrides:
             key, _, value = str(item).partition("=")
             row[key.lstrip("+~")] = value
+            row["_overrides"].append(key.lstrip("+~"))
         metrics_file = job / "metrics.json"
         if (job / FAILURE).is_file():
             failure = json.loads((job / FAILURE).read_text())
@@ -72,6 +73,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         elif metrics_file.is_file():
             result = json.loads(metrics_file.read_text())
             row.update(result["metrics"])
+            row["_metrics"] = list(result["metrics"])
             row["status"] = "done"
             row["_monitor"], row["_mode"] = result["monitor"], result["mode"]
         else:
@@ -90,8 +92,7 @@ def write_summary(sweep_dir: str | Path) -> str:
         rows.sort(key=lambda r: (r.get(monitor) is None or (isinstance(r.get(monitor), float) and math.isnan(r[monitor])),
                                  (r.get(monitor, 0) if mode == "min" else -r.get(monitor, 0))))
     swept = swept_keys(rows)
-    metrics = sorted({k for r in done for k, v in r.items() if isinstance(v, float)},
-                     key=lambda k: (k != monitor, k))
+    metrics = sorted({k for r in done for k in r["_metrics"]}, key=lambda k: (k != monitor, k))
     failed = [r for r in rows if r["status"] == "failed"]
     columns = ["job", *swept, *metrics, "status"] + (["error"] if failed else [])
     tmp = sweep_dir / ".summary.csv.tmp"
@@ -121,8 +122,7 @@ def write_summary(sweep_dir: str | Path) -> str:
 def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
     """The overrides that vary between the jobs (all of them when none does): those shared by
     every job say nothing about the ranking."""
-    keys = sorted({k for r in rows for k in r if k not in ("job", "status", "error") and not k.startswith("_")
-                   and not isinstance(r[k], float)})
+    keys = sorted({k for r in rows for k in r["_overrides"]})
     return [k for k in keys if len({str(r.get(k)) for r in rows}) > 1] or keys
 
 
