@@ -250,7 +250,7 @@ def test_prepare_manifest_librispeech_and_generic(librispeech, tmp_path):
     run_cli("framework.prepare", ["manifest", str(flat), str(tmp_path / "g.csv"), "--layout", "generic",
                                   "--table", str(flat / "labels.csv"), "--absolute"], cwd=tmp_path)
     g = ManifestDataset(tmp_path / "g.csv")
-    assert g.texts == ["dog", "cat", "dog"] and g.lengths.tolist() == pytest.approx([0.2, 0.4, 0.6])
+    assert g.labels == ["dog", "cat", "dog"] and g.lengths.tolist() == pytest.approx([0.2, 0.4, 0.6])
 
 
 def test_prepare_manifest_bad_file_fails_or_is_skipped(librispeech, tmp_path):
