@@ -107,7 +107,7 @@ def test_bad_input_errors_name_the_file_and_entry(corpus):
     ds = ManifestDataset(corpus / "bad.json", data_root=str(audio), resample=False)
     expected = {
         "missing": "entry 'missing': .*nope.wav: audio file not found",
-        "trunc": "entry 'trunc': .*trunc.wav: cannot read audio .*replace it or pass skip_bad=true",
+        "trunc": "entry 'trunc': .*trunc.wav: cannot read audio .*replace it, or pass dataset.train.skip_bad=true",
         "empty": "entry 'empty': .*empty.wav: cannot read audio",
         "silent": "entry 'silent': .*silent.wav: no audio samples",
         "rate": "entry 'rate': .*rate8k.wav: sample rate 8000 Hz, expected 16000 Hz; set resample=true",
@@ -250,7 +250,7 @@ def test_prepare_manifest_librispeech_and_generic(librispeech, tmp_path):
     run_cli("framework.prepare", ["manifest", str(flat), str(tmp_path / "g.csv"), "--layout", "generic",
                                   "--table", str(flat / "labels.csv"), "--absolute"], cwd=tmp_path)
     g = ManifestDataset(tmp_path / "g.csv")
-    assert g.texts == ["dog", "cat", "dog"] and g.lengths.tolist() == pytest.approx([0.2, 0.4, 0.6])
+    assert g.labels == ["dog", "cat", "dog"] and g.lengths.tolist() == pytest.approx([0.2, 0.4, 0.6])
 
 
 def test_prepare_manifest_bad_file_fails_or_is_skipped(librispeech, tmp_path):

@@ -163,7 +163,7 @@ def test_audio_with_nan_samples_is_named_or_counted_and_skipped(train_cli, corpu
     proc, _ = train_cli(*corpus_with_bad_audio, run_dir=tmp_path / "strict", check=False)
     assert proc.returncode == 2
     assert one_line(proc.stderr) == (f"error: {tmp_path}/train.json: entry 'nan-utt': {tmp_path}/nan.wav: contains NaN "
-                                     "or infinite samples; replace the file or pass skip_bad=true")
+                                     "or infinite samples; replace the file, or pass dataset.train.skip_bad=true")
 
     _, run_dir = train_cli(*corpus_with_bad_audio, "dataset.train.skip_bad=true", run_dir=tmp_path / "skip")
     log = (run_dir / "train.log").read_text()
@@ -198,7 +198,8 @@ def write_csv(path: Path, rows: list[list]) -> Path:
 
 @pytest.mark.parametrize("rows,message", [
     ([["a", "a.wav", 1.0, "one"], ["b", "b.wav", 1.0, None]],
-     "entry 'b' has no transcript (key 'wrd', which other entries have); add it, remove the entry, or pass skip_bad=true"),
+     "entry 'b' has no transcript (key 'wrd', which other entries have); add it or remove the entry, or pass "
+     "dataset.train.skip_bad=true"),
     ([["a", "a.wav", -1.0, "one"]], "entry 'a': duration='-1.0' is not a positive length"),
     ([["a", "a.wav", "nan", "one"]], "entry 'a': duration='nan' is not a positive length"),
     ([["a", "a.wav", 1.0, "one"], ["b", "b.wav", 1.0, "two"], ["a", "c.wav", 1.0, "three"]],

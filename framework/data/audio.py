@@ -36,23 +36,29 @@ def read_audio(
 ) -> torch.Tensor:
     """Float32 waveform, shape ``[samples]`` when ``mono`` else ``[channels, samples]``.
 
-    ``start``/``stop`` are in seconds. A file at another rate is resampled with torchaudio
-    when ``resample`` is on, and refused otherwise.
+    ``start``/``stop`` are in seconds; only that segment is read (soundfile seeks). A file at
+    another rate is resampled with torchaudio when ``resample`` is on, and refused otherwise.
+    Errors name the file and what to fix; a caller that can leave the file out says how.
     """
     try:
         with soundfile.SoundFile(str(path)) as f:
             rate = f.samplerate
             first = int(round(start * rate)) if start else 0
             last = int(round(stop * rate)) if stop is not None else f.frames
+            if start and first >= f.frames:
+                raise AudioError(f"{path}: a segment from {start:g} s, past the end of the file ({f.frames / rate:g} s); "
+                                 "fix its offset in the manifest")
             if first:
                 f.seek(first)
             data = f.read(frames=max(last - first, 0), dtype="float32", always_2d=True)
+    except AudioError:
+        raise
     except Exception as exc:
         raise AudioError(_describe(path, exc)) from exc
     if data.shape[0] == 0:
-        raise AudioError(f"{path}: no audio samples (empty file or empty segment); remove it from the manifest or pass skip_bad=true")
+        raise AudioError(f"{path}: no audio samples (empty file or empty segment); remove it from the manifest")
     if not np.isfinite(data).all():  # float WAV/FLAC can hold them; one would poison the model
-        raise AudioError(f"{path}: contains NaN or infinite samples; replace the file or pass skip_bad=true")
+        raise AudioError(f"{path}: contains NaN or infinite samples; replace the file")
     wav = torch.from_numpy(np.ascontiguousarray(data.T))  # [channels, samples]
     if mono:
         wav = wav.mean(0)
@@ -69,4 +75,4 @@ def read_audio(
 def _describe(path: str | Path, exc: Exception) -> str:
     if not Path(path).exists():
         return f"{path}: audio file not found; check the manifest path or its data_root placeholder"
-    return f"{path}: cannot read audio ({exc}); the file is damaged or not audio: replace it or pass skip_bad=true"
+    return f"{path}: cannot read audio ({exc}); the file is damaged or not audio: replace it"

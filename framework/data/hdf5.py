@@ -13,7 +13,8 @@ Layout (``format = "framework-hdf5"``, version 1):
 
 The file is opened on first read inside each process (after the DataLoader forks its
 workers), never shared across a fork. ``data`` may be a virtual dataset stitching shard
-files together; reading it is the same.
+files together; reading it is the same, and a shard file that is missing is an error when the
+dataset is opened (HDF5 itself would read its part as zeros).
 """
 
 from __future__ import annotations
@@ -57,6 +58,21 @@ def check_format(f: h5py.File, path: str | Path) -> None:
         raise HDF5FormatError(f"{path}: damaged framework HDF5 dataset, missing {', '.join(missing)}")
 
 
+def check_virtual_sources(data: h5py.Dataset, path: str | Path) -> None:
+    """A virtual ``data`` whose source files are all there (relative names are relative to the
+    file's folder, where :func:`combine_shards` makes them)."""
+    if not data.is_virtual:
+        return
+    for source in data.virtual_sources():
+        name = source.file_name
+        if name != "." and not (Path(path).parent / name).is_file():  # "." is the file itself
+            raise HDF5FormatError(
+                f"{path}: its data are a virtual dataset over {name}, which is missing ({Path(path).parent / name}); "
+                "keep the shard files beside it where they were made, or pack it again with "
+                "`python -m framework.prepare hdf5 ... --combine copy` for a self-contained file"
+            )
+
+
 class HDF5Dataset(Dataset):
     """Examples ``{"id", "inputs", "text"?, "label"?}`` from a framework HDF5 file.
 
@@ -80,6 +96,7 @@ class HDF5Dataset(Dataset):
                 self.offsets = f["offsets"][:] if "offsets" in f else None
                 self.texts = [s.decode() if isinstance(s, bytes) else s for s in f["text"][:]] if "text" in f else None
                 self.labels = f["label"][:] if "label" in f else None
+                check_virtual_sources(f["data"], path)
         except OSError as exc:
             raise HDF5FormatError(f"{path}: not a readable HDF5 file ({exc})") from exc
         if select_n is not None:
@@ -120,7 +137,7 @@ class HDF5Dataset(Dataset):
             reason = f"{self.path}: example {self.ids[index]!r} holds NaN or infinite values (a damaged data region)"
             if self.skip_bad:
                 return SkippedExample(self.ids[index], reason)
-            raise HDF5FormatError(f"{reason}; pack the file again or pass skip_bad=true")
+            raise HDF5FormatError(f"{reason}; pack the file again or pass dataset.train.skip_bad=true")
         example: dict[str, Any] = {"id": self.ids[index], "inputs": x}
         if self.texts is not None:
             example["text"] = self.texts[index]
@@ -269,8 +286,9 @@ def combine_shards(shards: Sequence[str | Path], out: str | Path, mode: str = "c
                     layout[pos : pos + d.shape[0]] = h5py.VirtualSource(rel, "data", shape=d.shape)
                     pos += d.shape[0]
                 g.create_virtual_dataset("data", layout)
+        os.replace(tmp, out)
     finally:
         for f in files:
             f.close()
-    os.replace(tmp, out)
+        tmp.unlink(missing_ok=True)
     return out

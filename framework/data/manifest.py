@@ -1,7 +1,11 @@
 """Manifest datasets: SpeechBrain-style JSON, JSON Lines and CSV.
 
 Lengths come from the manifest (a duration in seconds or a length in samples), never from
-decoding audio, so samplers can plan batches before a single file is opened.
+decoding audio, so samplers can plan batches before a single file is opened. An entry with an
+``offset`` (seconds) is the segment ``[offset, offset + duration]`` of its file, as in NeMo
+manifests; only that segment is read. When audio is read, its real length must match the
+declared one within ``max(LENGTH_TOLERANCE_S, LENGTH_TOLERANCE x declared)``: batches were
+planned on the declared length.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from framework.data.audio import AudioError, read_audio
@@ -28,10 +33,15 @@ log = logging.getLogger(__name__)
 
 # Keys tried in order when the config does not name one.
 AUDIO_KEYS = ("file_path", "wav", "audio_filepath", "audio_path", "path", "audio", "file")
-TEXT_KEYS = ("words", "wrd", "text", "transcript", "label")
+TEXT_KEYS = ("words", "wrd", "text", "transcript")
 DURATION_KEYS = ("duration", "duration_s")
 SAMPLES_KEYS = ("length", "num_samples")
 ID_KEYS = ("ID", "id", "utt_id", "key")
+OFFSET_KEY = "offset"  # NeMo: seconds into the file where the entry's segment starts
+# Segment bounds in other toolkits' words (seconds or samples? an end or a length?): refused, not guessed.
+OTHER_TIMING_KEYS = re.compile(r"(start|stop|end|begin|onset)(_?time|_s|_sec|_seconds|_samples?)?", re.IGNORECASE)
+LENGTH_TOLERANCE_S = 0.1  # how far the audio read may be from the declared length: this many seconds,
+LENGTH_TOLERANCE = 0.05  # or this fraction of the declared length, whichever is larger
 
 
 class ManifestError(UserError, ValueError):
@@ -39,12 +49,40 @@ class ManifestError(UserError, ValueError):
 
 
 @dataclass(frozen=True)
+class Hints:
+    """How the user of the command reading a manifest sets what its error messages suggest:
+    ``dataset=manifest`` overrides by default, a prepare command's flags there. None: the
+    command cannot set it."""
+
+    skip_bad: str | None = "dataset.train.skip_bad=true"
+    data_root: str | None = "dataset.data_root=DIR"
+    replacement: str | None = "+dataset.replacements.{name}=VALUE"
+    audio_key: str | None = "dataset.train.audio_key=KEY"
+
+    def or_skip(self, remedy: str) -> str:
+        """``remedy``, or leaving such entries out where the command can."""
+        return f"{remedy}, or pass {self.skip_bad}" if self.skip_bad else remedy
+
+    def placeholder(self, name: str) -> str:
+        """How to give placeholder ``name`` a value."""
+        how = self.data_root if name == "data_root" else self.replacement and self.replacement.format(name=name)
+        return f"set it with {how}" if how else "write that part of the path out in the manifest"
+
+    def key(self, default: str) -> str:
+        """How to name the manifest's audio key."""
+        return f"name it with {self.audio_key}" if self.audio_key else f"rename it to {default!r}"
+
+
+DATASET_HINTS = Hints()
+
+
+@dataclass(frozen=True)
 class Entry:
     id: str
     path: str
-    duration: float  # seconds, of the segment when start/stop are given
+    duration: float  # seconds, of the segment when the entry has an offset
     text: str | None = None
-    start: float | None = None
+    start: float | None = None  # the segment's bounds in the file (seconds), when the entry has an offset
     stop: float | None = None
     fields: dict[str, Any] = dataclass_field(default_factory=dict)  # the entry's other fields (speaker, label...)
 
@@ -156,6 +194,7 @@ def load_entries(
     samples_key: str | None = None,
     sample_rate: int = 16000,
     skip_bad: bool = False,
+    hints: Hints = DATASET_HINTS,
 ) -> list[Entry]:
     """Parses a manifest into entries; every problem names the file, entry and key. With
     ``skip_bad`` an entry with a problem is left out (counted and reported) instead."""
@@ -169,7 +208,7 @@ def load_entries(
     for uid, row in rows:
         try:
             entries.append(_entry(uid, row, f"{path}: entry {uid!r}", base, replacements, audio_key, t_key,
-                                  duration_key, samples_key, sample_rate))
+                                  duration_key, samples_key, sample_rate, hints))
         except ManifestError as exc:
             if not skip_bad:
                 raise
@@ -184,44 +223,56 @@ def load_entries(
 
 def _entry(uid: str, row: Mapping[str, Any], where: str, base: Path, replacements: Mapping[str, str],
            audio_key: str | None, text_key: str | None, duration_key: str | None, samples_key: str | None,
-           sample_rate: int) -> Entry:
+           sample_rate: int, hints: Hints) -> Entry:
     a_key = _pick(row, audio_key, AUDIO_KEYS)
     if a_key is None or row.get(a_key) in (None, ""):
         raise ManifestError(f"{where} has no audio path (looked for key {a_key or ' / '.join(AUDIO_KEYS)}); "
-                            "name it with audio_key=")
+                            f"{hints.key(AUDIO_KEYS[1])}")
     try:
         audio = fill_placeholders(str(row[a_key]), replacements)
     except KeyError as exc:
-        raise ManifestError(
-            f"{where}: placeholder {exc.args[0]!r} in {row[a_key]!r} has no value; set dataset "
-            f"replacements.{exc.args[0]}=... (or data_root=...)"
-        ) from None
+        raise ManifestError(f"{where}: placeholder {exc.args[0]!r} in {row[a_key]!r} has no value; "
+                            f"{hints.placeholder(exc.args[0])}") from None
     if not Path(audio).is_absolute():
         audio = str(base / audio)
-    start = _float_or_none(row, "start", where)
-    stop = _float_or_none(row, "stop", where)
-    if stop is None:
-        stop = _float_or_none(row, "end", where)
     d_key = _pick(row, duration_key, DURATION_KEYS)
     s_key = _pick(row, samples_key, SAMPLES_KEYS) if d_key is None else None
+    timing = next((k for k in row if k not in (a_key, text_key, d_key, s_key) and OTHER_TIMING_KEYS.fullmatch(k)), None)
+    if timing is not None:
+        raise ManifestError(f"{where}: timing key {timing!r} is not understood; give a segment as NeMo does, "
+                            f"{OFFSET_KEY!r} (seconds into the file) with 'duration' (seconds), or remove the key")
     if d_key is not None and d_key in row:
         duration, named = _float_or_none(row, d_key, where), f"{d_key}={row[d_key]!r}"
     elif s_key is not None and s_key in row:
         duration, named = _float_or_none(row, s_key, where) / sample_rate, f"{s_key}={row[s_key]!r}"
-    elif start is not None and stop is not None:
-        duration, named = stop - start, f"stop - start = {stop - start:g}"
     else:
         raise ManifestError(
             f"{where} has no length: add a duration in seconds ({' / '.join(DURATION_KEYS)}) or a "
             f"length in samples ({' / '.join(SAMPLES_KEYS)}), e.g. with `python -m framework.prepare manifest`"
         )
     if duration is None or not math.isfinite(duration) or duration <= 0:
-        raise ManifestError(f"{where}: {named} is not a positive length; fix the entry or remove it "
-                            "(skip_bad=true leaves such entries out)")
-    text = None if text_key is None else transcript_of(row, text_key, where, "add it, remove the entry, or pass skip_bad=true")
-    used = {a_key, text_key, d_key, s_key, "start", "stop", "end", *ID_KEYS}
+        raise ManifestError(f"{where}: {named} is not a positive length; {hints.or_skip('fix the entry or remove it')}")
+    start = _float_or_none(row, OFFSET_KEY, where)
+    if start is not None and not (math.isfinite(start) and start >= 0):
+        raise ManifestError(f"{where}: {OFFSET_KEY}={row[OFFSET_KEY]!r} is not a time in the file (seconds >= 0)")
+    stop = None if start is None else start + duration
+    text = None if text_key is None else transcript_of(row, text_key, where, hints.or_skip("add it or remove the entry"))
+    used = {a_key, text_key, d_key, s_key, OFFSET_KEY, *ID_KEYS}
     fields = {k: v for k, v in row.items() if k not in used}
     return Entry(uid, audio, float(duration), text, start, stop, fields)
+
+
+def read_entry(entry: Entry, sample_rate: int, *, resample: bool = True, mono: bool = True) -> torch.Tensor:
+    """The entry's audio (its segment when it has an offset), as :func:`read_audio` returns it.
+    Audio whose length is off the declared one by more than the tolerance is an
+    :class:`AudioError` naming the file: the batches were planned on the declared length."""
+    wav = read_audio(entry.path, sample_rate, start=entry.start, stop=entry.stop, resample=resample, mono=mono)
+    seconds = wav.shape[-1] / sample_rate
+    if abs(seconds - entry.duration) > max(LENGTH_TOLERANCE_S, LENGTH_TOLERANCE * entry.duration):
+        what = "the audio" if entry.start is None else f"the segment from {OFFSET_KEY} {entry.start:g} s"
+        raise AudioError(f"{entry.path}: {what} is {seconds:.2f} s long but the manifest declares {entry.duration:.2f} s; "
+                         "fix the manifest (e.g. regenerate it with `python -m framework.prepare manifest`)")
+    return wav
 
 
 def _float_or_none(row: Mapping[str, Any], key: str, where: str) -> float | None:
@@ -299,18 +350,11 @@ class ManifestDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedExample:
         entry = self.entries[index]
         try:
-            wav = read_audio(
-                entry.path,
-                self.sample_rate,
-                start=entry.start,
-                stop=entry.stop,
-                resample=self.resample,
-                mono=self.mono,
-            )
+            wav = read_entry(entry, self.sample_rate, resample=self.resample, mono=self.mono)
         except AudioError as exc:
             if self.skip_bad:
                 return SkippedExample(entry.id, str(exc))
-            raise AudioError(f"{self.path}: entry {entry.id!r}: {exc}") from exc
+            raise AudioError(f"{self.path}: entry {entry.id!r}: {DATASET_HINTS.or_skip(str(exc))}") from exc
         example: dict[str, Any] = {**entry.fields, "id": entry.id, "inputs": wav}
         if entry.text is not None:
             example["text"] = entry.text
@@ -319,3 +363,9 @@ class ManifestDataset(Dataset):
     @property
     def texts(self) -> list[str]:
         return [e.text or "" for e in self.entries]
+
+    @property
+    def labels(self) -> list[Any]:
+        """Each entry's ``label`` field (None where it has none), without reading audio: the
+        classes of a classifier."""
+        return [e.fields.get("label") for e in self.entries]

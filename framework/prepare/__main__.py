@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from framework.cli import exit_on_error, parse_with_overrides
+from framework.prepare.signals import stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ma.add_argument("root", help="corpus folder")
     ma.add_argument("out", help="manifest to write: .json (SpeechBrain), .jsonl or .csv")
     ma.add_argument("--layout", choices=["librispeech", "generic"], default="librispeech")
-    ma.add_argument("--table", help="generic layout: CSV/TSV with ID (or file) and text (or label) columns")
+    ma.add_argument("--table", help="generic layout: CSV/TSV with an ID (or file) column; its other columns "
+                    "(text, label, ...) become the entries' fields")
     ma.add_argument("--workers", type=int, default=2)
     ma.add_argument("--skip-bad", action="store_true", help="skip unreadable audio, report it at the end")
     ma.add_argument("--absolute", action="store_true", help="absolute paths instead of {data_root}/...")
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     lm.add_argument("--order", type=int, default=3, help="n of the n-grams")
 
     args, overrides = parse_with_overrides(parser, argv)
-    exit_on_error(lambda: run(args, overrides))
+    with stop_on_signals():  # SIGTERM / SIGINT: workers and temporary files cleaned up, exit 143 / 130
+        exit_on_error(lambda: run(args, overrides))
     return 0
 
 

@@ -1,8 +1,8 @@
 """``python -m framework.prepare lm TRANSCRIPTS out.arpa``: a word n-gram LM of transcripts.
 
 TRANSCRIPTS is a manifest (.json, .jsonl, .csv, .tsv; the transcript under one of the
-manifest keys ``words``, ``wrd``, ``text``, ``transcript``, ``label``) or a text file of one
-sentence per line. Words are lowercased, as the character tokenizer lowercases transcripts,
+manifest keys ``words``, ``wrd``, ``text``, ``transcript``) or a text file of one sentence
+per line. Words are lowercased, as the character tokenizer lowercases transcripts,
 so the LM's words are the ones the decoder spells.
 """
 

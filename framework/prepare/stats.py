@@ -9,7 +9,10 @@ import numpy as np
 from framework.config import check_command_line
 from framework.data.batching import DynamicBatchSampler, LengthBatchSampler, batch_stats
 from framework.data.loader import make_sampler
-from framework.data.manifest import load_entries
+from framework.data.manifest import Hints, load_entries
+
+# `prepare stats` has no flag that sets anything of a manifest
+STATS_HINTS = Hints(skip_bad=None, data_root=None, replacement=None, audio_key=None)
 
 
 def batching_sampler(lengths: np.ndarray, batching: str, overrides: list[str]) -> LengthBatchSampler:
@@ -46,13 +49,18 @@ def plot_histogram(lengths: np.ndarray, path: str | Path, boundaries: np.ndarray
     ax.set_title(title + (f" ({len(boundaries)} bucket edges)" if boundaries is not None else ""))
     fig.tight_layout()
     tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
 
 
 def run_stats(manifest: str, png: str | None, batching: str | None, overrides: list[str], epochs: int = 1) -> dict:
-    entries = load_entries(manifest, replacements={"data_root": "."})
+    entries = load_entries(manifest, replacements={"data_root": "."}, hints=STATS_HINTS)  # lengths only: no real root
     lengths = np.array([e.duration for e in entries])
     summary = length_summary(lengths)
     print(f"{manifest}: {summary['count']} utterances, {summary['hours']:.2f} h, mean {summary['mean_s']:.2f} s")
