@@ -227,7 +227,7 @@ def test_skip_bad_leaves_bad_entries_out_with_a_count(tmp_path, caplog):
 # ------------------------------------------------------------------ 4. one run per run dir
 def test_a_second_run_in_a_busy_run_dir_is_refused_and_a_stale_lock_taken_over(train_cli, data_dir, tmp_path):
     run_dir = tmp_path / "shared"
-    first = start_training(data_dir, run_dir, "trainer.max_epochs=3", cwd=tmp_path)
+    first = start_training(data_dir, run_dir, "trainer.max_epochs=1000", cwd=tmp_path)  # killed long before its end
     wait_for(run_dir / "train.log", first)
     owner = json.loads((run_dir / ".lock").read_text())
     assert owner["pid"] == first.pid
@@ -237,7 +237,8 @@ def test_a_second_run_in_a_busy_run_dir_is_refused_and_a_stale_lock_taken_over(t
     first.kill()  # a SIGKILL leaves the lock file behind; the kernel has dropped the lock itself
     first.wait()
     assert json.loads((run_dir / ".lock").read_text())["pid"] == first.pid
-    proc, _ = train_cli("trainer.max_epochs=1", "trainer.resume=auto", run_dir=run_dir)
+    # the same run resumed (from wherever it got to), for two seconds more at most
+    proc, _ = train_cli("trainer.max_epochs=1000", "trainer.max_time=2s", "trainer.resume=auto", run_dir=run_dir)
     assert f"taking over the lock of a run that is gone (pid {first.pid} on" in proc.stderr
     assert (run_dir / ".lock").read_text() == ""  # released at the end
 

