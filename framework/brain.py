@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from framework.config.schema import LoggerConfig, TrainerConfig, trainer_options, typed
+from framework.config.schema import TrainerConfig, trainer_options
 from framework.data.batching import LengthBatchSampler
 from framework.data.collate import Batch, SkippedExample, collate
 from framework.data.mapped import MappedInputs
@@ -60,7 +60,8 @@ from framework.trainer.checkpoint import (
 )
 from framework.trainer.distributed import DistEnv
 from framework.trainer.ema import WeightEMA
-from framework.trainer.logs import TensorBoardLogger, format_metrics, progress, setup_file_logging
+from framework.trainer.loggers import Loggers
+from framework.trainer.logs import format_metrics, progress, setup_file_logging
 from framework.trainer.meter import EpochMeter
 from framework.trainer.precision import Precision
 from framework.trainer.stopping import StopRequested, StopSignals, ignore_stop_signals
@@ -121,9 +122,7 @@ class Brain:
             self.features = instantiate(cfg.features, augmentation=augmentation).to(self.device)
         ck = opts.checkpoint
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", ck.keep_last, ck.keep_best, ck.monitor, ck.mode)
-        logger_opts = typed(LoggerConfig, cfg.get("logger") or {})
-        self.logger = TensorBoardLogger(self.run_dir, enabled=self.dist.is_main and logger_opts.tensorboard,
-                                        log_every_n_steps=logger_opts.log_every_n_steps)
+        self.logger = Loggers.from_config(cfg, self.run_dir, enabled=self.dist.is_main)
         self.model: nn.Module | None = None  # what runs forward: DDP- and compile-wrapped
         self.module: nn.Module | None = None  # the plain model, for state dicts
         self.optimizer: torch.optim.Optimizer | None = None
@@ -422,6 +421,7 @@ class Brain:
         if self.dist.is_main:  # what evaluation and transcription rebuild the run from; after a refused
             # resume the run's config stays the one its checkpoints were written with
             write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+            self.logger.hyperparams(self.cfg)
         if valid_loader is not None:
             self.check_monitor(valid_loader)
         self._fit_started = time.perf_counter()

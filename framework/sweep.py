@@ -148,6 +148,9 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             print(write_summary(sweep_dir))
+            from framework.trainer.loggers import attach_sweep_summary
+
+            attach_sweep_summary(config, sweep_dir)  # to the trackers that keep files (MLflow, W&B)
 
 
 try:  # the Optuna sweeper is an optional extra

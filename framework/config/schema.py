@@ -1,4 +1,4 @@
-"""Schemas of the config nodes that have no ``_target_``: the trainer and the logger.
+"""Schemas of the config nodes that have no ``_target_``: the trainer and the logger's shared settings.
 
 Each is the one home of its options' defaults, documentation, allowed values and ranges;
 the YAML files of those groups extend it (``defaults: [/schema/trainer@_here_]``). Nodes
@@ -70,8 +70,13 @@ class TrainerConfig:
 
 @dataclass
 class LoggerConfig:
-    tensorboard: bool = option(True, "write TensorBoard events to <run dir>/tensorboard")
+    """Settings every tracker shares. The trackers themselves are the ``_target_`` nodes of
+    ``loggers`` (conf/logger/<option>.yaml), checked against their classes' signatures."""
+
+    tensorboard: bool = option(True, "false leaves loggers.tensorboard out (commands that only probe set it)")
     log_every_n_steps: int = option(10, "training scalars every N optimizer steps", min=1)
+    upload_checkpoint: bool = option(False, "send the best checkpoint's file at the end to the trackers that keep "
+                                            "files (MLflow, W&B); otherwise only its path")
 
 
 def register() -> None:
