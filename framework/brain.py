@@ -59,6 +59,7 @@ from framework.trainer.checkpoint import (
     set_rng_state,
 )
 from framework.trainer.distributed import DistEnv
+from framework.trainer.early_stopping import EarlyStopping
 from framework.trainer.ema import WeightEMA
 from framework.trainer.loggers import Loggers
 from framework.trainer.logs import format_metrics, progress, setup_file_logging
@@ -123,6 +124,8 @@ class Brain:
         ck = opts.checkpoint
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", ck.keep_last, ck.keep_best, ck.monitor, ck.mode)
         self.logger = Loggers.from_config(cfg, self.run_dir, enabled=self.dist.is_main)
+        self.early_stopping = EarlyStopping(opts.early_stopping.patience, opts.early_stopping.min_delta, ck.mode,
+                                            ck.monitor)
         self.model: nn.Module | None = None  # what runs forward: DDP- and compile-wrapped
         self.module: nn.Module | None = None  # the plain model, for state dicts
         self.optimizer: torch.optim.Optimizer | None = None
@@ -304,6 +307,7 @@ class Brain:
             "history": self.history,
             "elapsed_s": self.elapsed(),
             "nonfinite_steps": self.nonfinite_steps,
+            "early_stopping": self.early_stopping.state_dict(),
             "rng": rng_state(),
             "model_config": OmegaConf.to_container(self.cfg.model, resolve=True),
         }
@@ -331,6 +335,7 @@ class Brain:
         self.history = list(state.get("history", []))
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.early_stopping.load_state_dict(state.get("early_stopping"))
         if state.get("meter") is not None:
             self.meter = EpochMeter(self.device)
             self.meter.load_state_dict(state["meter"])
@@ -424,10 +429,14 @@ class Brain:
             self.logger.hyperparams(self.cfg)
         if valid_loader is not None:
             self.check_monitor(valid_loader)
+        else:
+            self.early_stopping.require_validation()
         self._fit_started = time.perf_counter()
         self.on_fit_start()
         with self.stop:
             for epoch in range(self.epoch, self.options.max_epochs):
+                if self.early_stopping.stopped:
+                    break
                 self.run_epoch(train_loader, valid_loader, epoch)
         self.on_fit_end()
         self.logger.flush()
@@ -455,6 +464,8 @@ class Brain:
                  "%.1f%%, batch size %.1f; %s", self.epoch, self.options.max_epochs, entry["steps"], entry["epoch_s"],
                  entry["examples_per_s"], entry["audio_s_per_s"], 100 * entry["data_wait_fraction"],
                  100 * entry["padding_fraction"], entry["mean_batch_size"], format_metrics(metrics))
+        if valid_loader is not None and self.early_stopping.enabled:  # rank 0's value: one decision on every rank
+            self.early_stopping.update(distributed.broadcast_object(metrics[f"valid_{self.early_stopping.monitor}"]))
         stop = self._stop_agreed()
         if self.options.checkpoint.every_epoch or stop:
             self.save_checkpoint({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})

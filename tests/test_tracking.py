@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from framework.trainer.checkpoint import Checkpointer
@@ -421,3 +422,88 @@ def test_csv_files_of_a_resumed_run_keep_one_row_per_step(tmp_path):
     assert frame["step"].tolist() == [1, 2, 3, 4, 5, 6]
     assert frame["train/loss"].tolist() == [1, 2, 3, 40, 50, 60]
     assert frame["train/grad_norm"].isna().tolist() == [True] * 3 + [False] * 3  # a column first seen on resume
+
+
+# ---------------------------------------------------------------------- early stopping
+def test_early_stopping_counts_validations_without_improvement_and_resumes_its_count():
+    from framework.trainer.early_stopping import EarlyStopping
+
+    stopper = EarlyStopping(patience=2, min_delta=0.01, mode="min", monitor="cer")
+    assert [stopper.update(v) for v in (0.5, 0.495, 0.4)] == [False, False, False]  # 0.495: not by more than 0.01
+    assert stopper.update(0.399) is False
+    resumed = EarlyStopping(patience=2, min_delta=0.01, mode="min", monitor="cer")
+    resumed.load_state_dict(stopper.state_dict())
+    assert resumed.update(0.41) is True and resumed.stopped
+    assert EarlyStopping(None).update(1.0) is False  # off
+
+
+def newest_state(run_dir: Path) -> dict:
+    index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
+    return torch.load(run_dir / "checkpoints" / max(index, key=lambda e: e["step"])["file"], weights_only=True)
+
+
+# the weights barely move (only batch-norm statistics do): the validation loss stays within min_delta
+PLATEAU = ["scheduler=constant", "optimizer.lr=1e-12", "trainer.max_epochs=8", "trainer.checkpoint.monitor=loss",
+           "trainer.early_stopping.patience=2", "trainer.early_stopping.min_delta=0.5"]
+
+
+def test_early_stopping_stops_on_a_plateau_with_status_0(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    proc = run_cli("framework.train", tiny(data_dir, run_dir, *PLATEAU, "logger=csv"), cwd=tmp_path)
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # the best at epoch 1, then 2 without improvement
+    assert all(abs(h["valid_loss"] - history[0]["valid_loss"]) < 0.5 for h in history)
+    assert "early stopping: valid_loss has not improved on its best" in proc.stderr
+    assert newest_state(run_dir)["early_stopping"] == {"best": history[0]["valid_loss"], "without_improvement": 2,
+                                                       "stopped": True}
+    assert pd.read_csv(run_dir / "csv" / "test.csv")["test_cer"].notna().all()  # then tested, as any run
+
+
+@pytest.mark.slow  # three runs and an evaluation, ~1 min
+def test_a_run_stopped_by_sigterm_and_resumed_stops_at_the_same_epoch_in_the_same_tracked_run(tmp_path, data_dir,
+                                                                                               monkeypatch):
+    args = [*PLATEAU, "trainer.checkpoint.every_n_steps=1", "logger=many", "~loggers.wandb",
+            f"loggers.mlflow.tracking_uri=file:{tmp_path / 'mlruns'}"]
+    env = {"MLFLOW_ALLOW_FILE_STORE": "true"}
+    straight = tmp_path / "straight"
+    run_cli("framework.train", tiny(data_dir, straight, *args), cwd=tmp_path, env=env)
+    history = json.loads((straight / "metrics.json").read_text())["history"]
+    steps = history[0]["steps"]
+
+    run_dir = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "framework.train", *tiny(data_dir, run_dir, *args)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**ENV, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    target = run_dir / "checkpoints" / f"ckpt-{2 * steps + 1:09d}.pt"  # a step into epoch 3: one validation to go
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert newest_state(run_dir)["early_stopping"]["without_improvement"] == 1
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(f"file:{tmp_path / 'mlruns'}")
+    run_id = json.loads((run_dir / "trackers.json").read_text())["mlflow"]["run_id"]
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    run_cli("framework.train", tiny(data_dir, run_dir, *args, "trainer.resume=auto"), cwd=tmp_path, env=env)
+    resumed = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in resumed] == [1, 2, 3] and resumed[-1]["step"] == history[-1]["step"]
+    assert pd.read_csv(run_dir / "csv" / "epoch.csv")["step"].tolist() == [h["step"] for h in history]
+    # one MLflow run, each step once, finished; an evaluation adds its test metrics to it
+    assert json.loads((run_dir / "trackers.json").read_text())["mlflow"]["run_id"] == run_id
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, 3 * steps + 1))
+    assert client.get_run(run_id).info.status == "FINISHED"
+    run_cli("framework.evaluate", [str(run_dir)], cwd=tmp_path, env=env)
+    assert len(client.get_metric_history(run_id, "test_cer")) == 2 and client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_early_stopping_without_a_validation_set_is_refused(tmp_path, data_dir):
+    proc = run_cli("framework.train", tiny(data_dir, tmp_path / "run", "dataset.valid=null",
+                                           "trainer.early_stopping.patience=2"), cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert error_line(proc.stderr) == ("error: trainer.early_stopping.patience=2: the run has no validation set to "
+                                     "watch; give one (dataset.valid) or set trainer.early_stopping.patience=null")

@@ -41,6 +41,13 @@ class CheckpointConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    patience: Optional[int] = option(None, "stop after this many validations in a row without an improvement of "
+                                           "checkpoint.monitor (null: never)", min=1)
+    min_delta: float = option(0.0, "what counts as an improvement: a change by more than this", min=0)
+
+
+@dataclass
 class TrainerConfig:
     """The trainer's options: the one place their defaults live (conf/trainer/default.yaml
     extends this schema). The Brain reads them as this dataclass (``brain.options``)."""
@@ -59,6 +66,7 @@ class TrainerConfig:
     nonfinite_patience: int = option(10, "skipped non-finite steps tolerated before the run stops", min=0)
     resume: Optional[str] = option(None, "null, auto (the newest checkpoint of this run dir) or a checkpoint path")
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     ema_decay: Optional[float] = option(None, "exponential moving average of the weights, used for validation, "
                                               "test and inference; e.g. 0.999", min=0, min_exclusive=True, max=1,
                                        max_exclusive=True)
