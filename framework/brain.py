@@ -65,6 +65,7 @@ from framework.trainer.loggers import Loggers
 from framework.trainer.logs import format_metrics, progress, setup_file_logging
 from framework.trainer.meter import EpochMeter
 from framework.trainer.precision import Precision
+from framework.trainer.profiling import StepProfiler
 from framework.trainer.stopping import StopRequested, StopSignals, ignore_stop_signals
 from framework.trainer.threads import set_num_threads
 
@@ -126,6 +127,7 @@ class Brain:
         self.logger = Loggers.from_config(cfg, self.run_dir, enabled=self.dist.is_main)
         self.early_stopping = EarlyStopping(opts.early_stopping.patience, opts.early_stopping.min_delta, ck.mode,
                                             ck.monitor)
+        self.profiler = StepProfiler(opts.profile, self.run_dir / "profile", self.dist.rank)
         self.model: nn.Module | None = None  # what runs forward: DDP- and compile-wrapped
         self.module: nn.Module | None = None  # the plain model, for state dicts
         self.optimizer: torch.optim.Optimizer | None = None
@@ -433,7 +435,7 @@ class Brain:
             self.early_stopping.require_validation()
         self._fit_started = time.perf_counter()
         self.on_fit_start()
-        with self.stop:
+        with self.stop, self.profiler:
             for epoch in range(self.epoch, self.options.max_epochs):
                 if self.early_stopping.stopped:
                     break
@@ -527,6 +529,7 @@ class Brain:
                     raise
                 self._skip_oom(window.batches)
                 continue
+            self.profiler.step()
             self.meter.add_step([len(b) for b in window.batches], *_padding(window.batches), window.lengths_s, loss)
             if loss is not None:
                 self.on_train_step_end(self.step, loss, norm)

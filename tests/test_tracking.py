@@ -507,3 +507,16 @@ def test_early_stopping_without_a_validation_set_is_refused(tmp_path, data_dir):
     assert proc.returncode == 2
     assert error_line(proc.stderr) == ("error: trainer.early_stopping.patience=2: the run has no validation set to "
                                      "watch; give one (dataset.valid) or set trainer.early_stopping.patience=null")
+
+
+# ---------------------------------------------------------------------------- profiling
+def test_the_profiler_writes_a_trace_and_a_table_of_operators(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    proc = run_cli("framework.train", tiny(data_dir, run_dir, "trainer.max_epochs=1", "trainer.profile=1"),
+                   cwd=tmp_path)
+    trace = json.loads((run_dir / "profile" / "trace-rank0.pt.trace.json").read_text())
+    names = {e.get("name", "") for e in trace["traceEvents"]}
+    assert any(n.startswith("aten::") for n in names) and "ProfilerStep#2" in names  # after 2 warm-up steps
+    table = (run_dir / "profile" / "ops-rank0.txt").read_text()
+    assert "Self CPU" in table and "aten::" in table
+    assert "profile of 1 training steps" in proc.stderr

@@ -74,6 +74,8 @@ class TrainerConfig:
     skip_oom: bool = option(True, "skip a batch that runs out of CUDA memory (single process only)")
     tf32: bool = option(False, "TensorFloat-32 matmuls and convolutions on Ampere+ GPUs")
     compile: bool = option(False, "torch.compile the model")
+    profile: int = option(0, "torch.profiler over this many training steps after 2 warm-up steps: a trace and a "
+                             "table of the slowest operators in <run dir>/profile (0: off)", min=0)
 
 
 @dataclass
