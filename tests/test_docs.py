@@ -34,7 +34,7 @@ def run_doc(name: str, cwd: Path, data_dir: Path) -> str:
 
 
 def test_every_tutorial_has_commands():
-    for name in ("launch.md", "sweep.md", "extend.md", "batching.md", "asr.md"):
+    for name in ("launch.md", "sweep.md", "extend.md", "batching.md", "asr.md", "tracking.md"):
         assert bash_blocks(DOCS / name), name
 
 
@@ -98,3 +98,19 @@ def test_asr_tutorial(tmp_path, data_dir):
     interctc = tmp_path / "runs" / "interctc"
     assert "intermediate_layer: 2" in (interctc / "config.yaml").read_text()
     assert "test_cer" in json.loads((interctc / "metrics.json").read_text())["metrics"]
+
+
+@pytest.mark.slow  # eight short runs; each piece also has its own fast test (tests/test_tracking.py)
+def test_tracking_tutorial(tmp_path, data_dir):
+    out = run_doc("tracking.md", tmp_path, data_dir)
+    runs = tmp_path / "runs"
+    assert "train/loss" in out and "epoch/valid_cer" in out and (runs / "csv" / "csv" / "train.csv").is_file()
+    assert re.search(r"mlflow FINISHED final/valid_cer [\d.]+ optimizer.lr 0.003", out)  # the MLflow run, read back
+    assert "'config.yaml', 'metrics.json', 'test_transcripts.tsv'" in out
+    assert '"state": "finished"' in out  # the offline W&B run, read back
+    assert {"tensorboard", "csv", "wandb", "trackers.json"} <= {p.name for p in (runs / "many").iterdir()}
+    assert re.search(r"^0 0.001 [\d.]+$", out, re.M) and re.search(r"^1 0.003 [\d.]+$", out, re.M)
+    assert re.search(r"^summary None None$", out, re.M)  # the sweep's summary run
+    history = json.loads((runs / "early" / "metrics.json").read_text())["history"]
+    assert len(history) == 3 and "early stopping: valid_loss has not improved" in out
+    assert "Self CPU" in out and (runs / "profile" / "profile" / "trace-rank0.pt.trace.json").is_file()
