@@ -49,13 +49,16 @@ from framework.trainer.checkpoint import (
     set_rng_state,
 )
 from framework.trainer.distributed import DistEnv
+from framework.trainer.early_stopping import EarlyStopping
 from framework.trainer.ema import WeightEMA
 from framework.trainer.freeze import Freezer
 from framework.trainer.init import copy_run_files, initialise, write_report
-from framework.trainer.logs import format_metrics, make_logger, progress
+from framework.trainer.loggers import Loggers
+from framework.trainer.logs import format_metrics, progress
 from framework.trainer.meter import EpochMeter, padding
 from framework.trainer.optim import ScheduleState, build_optimizer, build_scheduler
 from framework.trainer.precision import BufferSnapshot, Precision
+from framework.trainer.profiling import StepProfiler
 from framework.trainer.resume import RunSettings
 from framework.trainer.state import MidEpoch, ModelConfig, PerRank, Progress, RNGs, TrainState
 from framework.trainer.stopping import StopAgreement, StopRequested
@@ -96,7 +99,10 @@ class Brain:
         self.features = build_features(cfg, self.device)
         ck = self.options.checkpoint
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", ck.keep_last, ck.keep_best, ck.monitor, ck.mode)
-        self.logger = make_logger(cfg.get("logger"), self.run_dir, self.dist.is_main)
+        self.logger = Loggers.from_config(cfg, self.run_dir, enabled=self.dist.is_main)
+        self.early_stopping = EarlyStopping(self.options.early_stopping.patience, self.options.early_stopping.min_delta,
+                                            ck.mode, ck.monitor)
+        self.profiler = StepProfiler(self.options.profile, self.run_dir / "profile", self.dist.rank)
         self.state = TrainState()  # what a checkpoint holds, registered by its owners
         self.progress = Progress()
         self.stop = StopAgreement(self.dist)
@@ -260,13 +266,17 @@ class Brain:
         if self.dist.is_main:  # what evaluation and transcription rebuild the run from; after a refused
             # resume the run's config stays the one its checkpoints were written with
             write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+            self.logger.hyperparams(self.cfg)
         if valid_loader is not None:
             self.check_monitor(valid_loader)
+        else:
+            self.early_stopping.require_validation()
         self._fit_started = time.perf_counter()
         self.on_fit_start()
-        with self.stop.signals:
+        with self.stop.signals, self.profiler:
             for epoch in range(self.progress.epoch, self.options.max_epochs):
-                if self.stop.out_of_time or (self.max_time_s and self.elapsed() >= self.max_time_s):
+                if self.stop.out_of_time or (self.max_time_s and self.elapsed() >= self.max_time_s) \
+                        or self.early_stopping.stopped:
                     break
                 self.run_epoch(train_loader, valid_loader, epoch)
         self.on_fit_end()
@@ -295,6 +305,7 @@ class Brain:
             consumed=self.progress.batch_in_epoch), sampler.load_state_dict))
         self.state.add_recoverable("meter", PerRank(MidEpoch(self.progress, lambda: self.meter and self.meter.state_dict(),
                                                              self._restore_meter), self.dist.rank))
+        self.state.add_recoverable("early_stopping", self.early_stopping)
         self.state.add_recoverable("rng", PerRank(RNGs(), self.dist.rank))
         if self.threads is not None:
             self.state.add_recoverable("threads", PerRank(self.threads, self.dist.rank))
@@ -307,7 +318,7 @@ class Brain:
         checkpoint, if any) or a checkpoint path."""
         path = self.state.resume(self.options.resume, self.checkpointer, self.device)
         if path is not None:
-                log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", path, self.epoch, self.step,
+            log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", path, self.epoch, self.step,
                      self.progress.batch_in_epoch)
 
     def check_monitor(self, valid_loader) -> None:
@@ -349,6 +360,8 @@ class Brain:
         log_epoch(entry, self.options.max_epochs, metrics)
         if self.stop.out_of_time:
             entry["stopped_on_time"] = 1
+        if valid_loader is not None and self.early_stopping.enabled:  # rank 0's value: one decision on every rank
+            self.early_stopping.update(distributed.broadcast_object(metrics[f"valid_{self.early_stopping.monitor}"]))
         stop = self.stop.agreed()
         if self.options.checkpoint.every_epoch or stop or self.stop.out_of_time:
             self.save_checkpoint({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
@@ -384,6 +397,7 @@ class Brain:
                     raise
                 self.skips.out_of_memory(window.batches, self.device)
                 continue
+            self.profiler.step()
             self.meter.add_step([len(b) for b in window.batches], *padding(window.batches), window.lengths_s, loss)
             if loss is not None:
                 self.on_train_step_end(self.step, loss, norm)

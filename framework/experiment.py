@@ -88,14 +88,16 @@ def run(cfg: DictConfig, sweep_job: bool = False) -> float | None:
             metrics = brain.fit(datasets["train"], datasets.get("valid"))
             if "test" in datasets:
                 metrics.update(brain.evaluate(datasets["test"]))
-        finally:
-            brain.logger.close()
+        except BaseException as exc:
+            brain.logger.close(exc)  # the tracked run ends as stopped or failed
+            raise
         log.info("finished in %s: %s", run_dir, format_metrics(metrics))
         monitor = f"valid_{cfg.trainer.checkpoint.monitor}"
         if env.is_main:  # for sweep summaries and scripts
             result = {"metrics": metrics, "monitor": monitor, "mode": cfg.trainer.checkpoint.mode,
                       "history": brain.history}
             write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=1))
+        brain.logger.finish(metrics, brain.checkpointer.best())
         distributed.shutdown()
         return metrics.get(monitor)
     finally:

@@ -203,6 +203,9 @@ class SweepSummary(Callback):
         if sweep_dir.is_dir():
             print(write_summary(sweep_dir))
             SweepSummary.written = True
+            from framework.trainer.loggers import attach_sweep_summary
+
+            attach_sweep_summary(config, sweep_dir)  # to the trackers that keep files (MLflow, W&B)
 
 
 try:  # the Optuna sweeper is an optional extra

@@ -13,7 +13,7 @@ from tests.helpers import DOCS, bash_blocks, run_doc
 
 
 def test_every_tutorial_has_commands():
-    for name in ("launch.md", "sweep.md", "extend.md", "batching.md", "asr.md", "finetune.md"):
+    for name in ("launch.md", "sweep.md", "extend.md", "batching.md", "asr.md", "finetune.md", "tracking.md"):
         assert bash_blocks(DOCS / name), name
 
 
@@ -90,3 +90,19 @@ def test_finetune_tutorial(tmp_path, data_dir):
     assert "frozen: convs, rnns" in log and "unfrozen:" in log
     assert "optimizer group convs.* " in (tmp_path / "runs" / "groups" / "train.log").read_text()
     assert "test_cer" in json.loads((tmp_path / "runs" / "hubert" / "metrics.json").read_text())["metrics"]
+
+
+@pytest.mark.slow  # eight short runs; each piece also has its own fast test (tests/test_tracking.py)
+def test_tracking_tutorial(tmp_path, data_dir):
+    out = run_doc("tracking.md", tmp_path, data_dir)
+    runs = tmp_path / "runs"
+    assert "train/loss" in out and "epoch/valid_cer" in out and (runs / "csv" / "csv" / "train.csv").is_file()
+    assert re.search(r"mlflow FINISHED final/valid_cer [\d.]+ optimizer.lr 0.003", out)  # the MLflow run, read back
+    assert "'config.yaml', 'metrics.json', 'test_transcripts.tsv'" in out
+    assert '"state": "finished"' in out  # the offline W&B run, read back
+    assert {"tensorboard", "csv", "wandb", "trackers.json"} <= {p.name for p in (runs / "many").iterdir()}
+    assert re.search(r"^0 0.001 [\d.]+$", out, re.M) and re.search(r"^1 0.003 [\d.]+$", out, re.M)
+    assert re.search(r"^summary None None$", out, re.M)  # the sweep's summary run
+    history = json.loads((runs / "early" / "metrics.json").read_text())["history"]
+    assert len(history) == 3 and "early stopping: valid_loss has not improved" in out
+    assert "Self CPU" in out and (runs / "profile" / "profile" / "trace-rank0.pt.trace.json").is_file()

@@ -1,4 +1,4 @@
-"""Schemas of the config nodes that have no ``_target_``: the trainer and the logger.
+"""Schemas of the config nodes that have no ``_target_``: the trainer and the logger's shared settings.
 
 Each is the one home of its options' defaults, documentation, allowed values and ranges;
 the YAML files of those groups extend it (``defaults: [/schema/trainer@_here_]``). Nodes
@@ -54,6 +54,13 @@ class InitConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    patience: Optional[int] = option(None, "stop after this many validations in a row without an improvement of "
+                                           "checkpoint.monitor (null: never)", min=1)
+    min_delta: float = option(0.0, "what counts as an improvement: a change by more than this", min=0)
+
+
+@dataclass
 class TrainerConfig:
     """The trainer's options: the one place their defaults live (conf/trainer/default.yaml
     extends this schema). The Brain reads them as this dataclass (``brain.options``)."""
@@ -79,6 +86,7 @@ class TrainerConfig:
     freeze: list[str] = option([], "module-name patterns not trained, e.g. [encoder.conv*]")
     unfreeze_at: Optional[int] = option(None, "optimizer step at which the frozen modules join training", min=1)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     ema_decay: Optional[float] = option(None, "exponential moving average of the weights, used for validation, "
                                               "test and inference; e.g. 0.999", min=0, min_exclusive=True, max=1,
                                        max_exclusive=True)
@@ -86,12 +94,19 @@ class TrainerConfig:
     skip_oom: bool = option(True, "skip a batch that runs out of CUDA memory (single process only)")
     tf32: bool = option(False, "TensorFloat-32 matmuls and convolutions on Ampere+ GPUs")
     compile: bool = option(False, "torch.compile the model")
+    profile: int = option(0, "torch.profiler over this many training steps after 2 warm-up steps: a trace and a "
+                             "table of the slowest operators in <run dir>/profile (0: off)", min=0)
 
 
 @dataclass
 class LoggerConfig:
-    tensorboard: bool = option(True, "write TensorBoard events to <run dir>/tensorboard")
+    """Settings every tracker shares. The trackers themselves are the ``_target_`` nodes of
+    ``loggers`` (conf/logger/<option>.yaml), checked against their classes' signatures."""
+
+    tensorboard: bool = option(True, "false leaves loggers.tensorboard out (commands that only probe set it)")
     log_every_n_steps: int = option(10, "training scalars every N optimizer steps", min=1)
+    upload_checkpoint: bool = option(False, "send the best checkpoint's file at the end to the trackers that keep "
+                                            "files (MLflow, W&B); otherwise only its path")
 
 
 def parse_duration(text: str) -> float:

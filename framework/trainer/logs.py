@@ -1,4 +1,4 @@
-"""Where a run reports: the log file, TensorBoard and the progress bar."""
+"""Where a run reports as it goes: the log file and the progress bar (trackers: :mod:`framework.trainer.loggers`)."""
 
 from __future__ import annotations
 
@@ -38,47 +38,6 @@ def setup_file_logging(run_dir: Path, rank: int, world_size: int, name: str = "t
                                             refused.strerror or refused)
         return None
     return path
-
-
-class TensorBoardLogger:
-    """Scalars and text to TensorBoard under ``run_dir/tensorboard``; a no-op off rank 0.
-    A resumed run appends to the same folder, so curves continue at the resumed step."""
-
-    def __init__(self, run_dir: str | Path, enabled: bool = True, log_every_n_steps: int = 10) -> None:
-        self.log_every_n_steps = log_every_n_steps
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
-
-    def text(self, tag: str, text: str, step: int) -> None:
-        if self.writer:
-            self.writer.add_text(tag, text, step)
-
-    def flush(self) -> None:
-        if self.writer:
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer:
-            self.writer.close()
-            self.writer = None
-
-
-def make_logger(node, run_dir: Path, is_main: bool) -> TensorBoardLogger:
-    """The run's logger from ``cfg.logger`` (:class:`framework.config.schema.LoggerConfig`);
-    silent off rank 0."""
-    from framework.config.schema import LoggerConfig, typed
-
-    options = typed(LoggerConfig, node or {})
-    return TensorBoardLogger(run_dir, enabled=is_main and options.tensorboard,
-                             log_every_n_steps=options.log_every_n_steps)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
