@@ -58,7 +58,7 @@ class Chunk:
     job: int
     first_frame: int  # the chunk's first output frame in the job's frame sequence
     samples: torch.Tensor
-    keep: tuple[int, int]  # the job's output frames taken from this chunk, [from, to)
+    keep: tuple[int, float]  # the job's output frames taken from this chunk, [from, to) (to: inf for the last)
     last: bool
     duration: float  # seconds of the job's audio
 
@@ -91,9 +91,10 @@ class Geometry:
     samples_per_frame: int  # input samples per output frame: chunks start on multiples of it
     min_samples: int  # the shortest input the model takes
     pad_to: int  # the shortest batch the model takes (padding changes no output)
+    first_frame_centre: float = 0.0  # the sample output frame 0 is centred on
 
 
-def plan_chunks(total: int, chunk: int, overlap: int, unit: int) -> list[tuple[int, int, int, int]]:
+def plan_chunks(total: int, chunk: int, overlap: int, unit: int) -> list[tuple[int, int, int, float]]:
     """``(first sample, end sample, first kept frame, end of kept frames)`` of each chunk of
     ``total`` samples: chunks of ``chunk`` samples starting every ``chunk - overlap``, on
     multiples of ``unit`` (samples per output frame); the last one ends at the end, so every
@@ -248,8 +249,11 @@ class Transcriber:
         return words
 
     def word(self, letters: list[str], start: int, end: int, scores: list[float], offset: int) -> Word:
-        return Word("".join(letters), round((start + offset) * self.frame_s, 3), round((end + offset) * self.frame_s, 3),
-                    round(math.exp(sum(scores) / len(scores)), 4))
+        """From the start of its first frame to the end of its last (frames are centred on
+        their time, ``frame_s`` apart)."""
+        centre = self.geometry.first_frame_centre / self.geometry.sample_rate - self.frame_s / 2
+        return Word("".join(letters), round(max(0.0, centre + (start + offset) * self.frame_s), 3),
+                    round(centre + (end + offset) * self.frame_s, 3), round(math.exp(sum(scores) / len(scores)), 4))
 
 
 def pieces(best: torch.Tensor, max_frames: int) -> list[tuple[int, int]]:
@@ -387,7 +391,8 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
         if meta["task"] != "ctc":
             raise UserError(f"{source}: an exported {meta['task']} model, not speech recognition")
         tokenizer = CharTokenizer.load(Path(source) / meta["tokenizer"])
-        geometry = Geometry(meta["sample_rate"], meta["samples_per_frame"], meta["min_samples"], meta["pad_to"])
+        geometry = Geometry(meta["sample_rate"], meta["samples_per_frame"], meta["min_samples"], meta["pad_to"],
+                            meta["first_frame_centre"])
         emit(Transcriber(artifact_runner(artifact), geometry, GreedyDecoder(tokenizer), tokenizer, chunk_s, overlap_s,
                          batch_size, timestamps)(jobs))
     else:
@@ -402,8 +407,8 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
         brain.load_weights(checkpoint)
         if threads:
             torch.set_num_threads(threads)
-        unit, min_samples = frame_geometry(brain.features, brain.module)
-        geometry = Geometry(int(cfg.sample_rate), unit, min_samples, 0)
+        unit, min_samples, centre = frame_geometry(brain.features, brain.module)
+        geometry = Geometry(int(cfg.sample_rate), unit, min_samples, 0, centre)
         with brain_runner(brain) as run:
             emit(Transcriber(run, geometry, brain.decoder, brain.tokenizer, chunk_s, overlap_s, batch_size,
                              timestamps)(jobs))

@@ -92,7 +92,8 @@ def export(run_dir: str, fmt: str, quantize: str | None = None, checkpoint: str 
         pad_to = formats.save(graph, fmt, staging, (example[0].cpu(), example[1].cpu()), quantize)
     meta["pad_to"], meta["min_samples"] = pad_to, 0
     if ctc:
-        meta["samples_per_frame"], meta["min_samples"] = frame_geometry(brain.features, brain.module)
+        meta["samples_per_frame"], meta["min_samples"], meta["first_frame_centre"] = frame_geometry(brain.features,
+                                                                                                   brain.module)
         meta["pad_to"] = max(pad_to, meta["min_samples"])
         meta["tokenizer"] = "tokenizer.json"
         shutil.copy(Path(run_dir) / "tokenizer.json", staging / "tokenizer.json")

@@ -137,10 +137,11 @@ def inference_graph(brain, onnx: bool = False) -> nn.Module:
     return graph.eval()
 
 
-def frame_geometry(features: FeaturePipeline, model: nn.Module) -> tuple[int, int]:
-    """(input samples per output frame, the fewest input samples that give an output frame)
-    of a CTC model behind ``features``, from the model's ``output_lengths``: what chunked
-    transcription aligns its chunks to and how timestamps are counted."""
+def frame_geometry(features: FeaturePipeline, model: nn.Module) -> tuple[int, int, float]:
+    """(input samples per output frame, the fewest input samples that give an output frame, the
+    sample output frame 0 is centred on) of a CTC model behind ``features``, from the model's
+    ``output_lengths`` and ``first_frame_centre``: what chunked transcription aligns its chunks
+    to and timestamps count from."""
     hop = features.extractor.hop_length
     frames = torch.arange(1, 20001)
     out = model.output_lengths(frames)
@@ -149,4 +150,5 @@ def frame_geometry(features: FeaturePipeline, model: nn.Module) -> tuple[int, in
         raise UserError(f"{type(model).__name__}: output frames are not a whole number of input frames apart; "
                         "chunked transcription needs a fixed time stride")
     first = int(frames[out >= 1][0])
-    return hop * int(stride), (first - 1) * hop
+    centre = model.first_frame_centre() if hasattr(model, "first_frame_centre") else 0.0
+    return hop * int(stride), (first - 1) * hop, centre * hop  # feature frame k is centred on sample k x hop

@@ -24,7 +24,7 @@ from torchaudio.models.conformer import ConformerLayer
 
 from framework.data.collate import length_mask
 from framework.errors import BadValue
-from framework.models.deepspeech2 import MaskedBatchNorm, check_intermediate_layer
+from framework.models.deepspeech2 import MaskedBatchNorm, check_intermediate_layer, receptive_field_centre
 from framework.models.export_mode import exporting
 
 
@@ -144,6 +144,11 @@ class ConformerCTC(nn.Module):
     @staticmethod
     def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
         return subsampled_lengths(lengths)
+
+    def first_frame_centre(self) -> float:
+        """The input frame output frame 0 is centred on (frame j: 4 j later): where timestamps count from."""
+        convs = [m for m in self.subsampling.conv if isinstance(m, nn.Conv2d)]
+        return receptive_field_centre([(c.kernel_size[0], c.stride[0], c.padding[0]) for c in convs])
 
     # no return annotation: TorchScript takes it from the evaluation path (two tensors)
     def forward(self, features: torch.Tensor, lengths: torch.Tensor):

@@ -357,6 +357,11 @@ class DeepSpeech2(nn.Module):
             lengths = conv.out_lengths(lengths)
         return lengths
 
+    def first_frame_centre(self) -> float:
+        """The input frame output frame 0 is centred on (frame j: j times the time stride later),
+        from the convolutions' kernels, strides and padding: where timestamps count from."""
+        return receptive_field_centre([(c.conv.kernel_size[1], c.conv.stride[1], c.conv.padding[1]) for c in self.convs])
+
     # no return annotation: TorchScript takes it from the evaluation path (two tensors)
     def forward(self, features: torch.Tensor, lengths: torch.Tensor):
         if exporting():
@@ -394,6 +399,15 @@ class DeepSpeech2(nn.Module):
             if intermediate is None:
                 return self.output(x), lengths
             return self.output(x), lengths, self.intermediate_output(self.dropout(intermediate))
+
+
+def receptive_field_centre(layers: Sequence[tuple[int, int, int]]) -> float:
+    """The input position a stack of convolutions' (kernel, stride, padding) centres its first output on."""
+    centre, step = 0.0, 1
+    for kernel, stride, padding in layers:
+        centre += ((kernel - 1) / 2 - padding) * step
+        step *= stride
+    return centre
 
 
 def check_intermediate_layer(layer: int | None, num_layers: int, kind: str) -> None:
