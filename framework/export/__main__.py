@@ -67,6 +67,32 @@ def install(staging: Path, target: Path) -> None:
         staging.rename(target)
 
 
+def write_artifact(brain, run_dir: str, fmt: str, quantize: str | None, weights: Path,
+                   example: tuple[torch.Tensor, torch.Tensor], folder: Path) -> dict:
+    """The graph, the files it needs and ``artifact.json`` (without the parity record) in ``folder``."""
+    ctc = hasattr(brain, "tokenizer")
+    meta: dict = {"format": fmt, "model": formats.FORMATS[fmt], "quantized": quantize,
+                  "task": "ctc" if ctc else "classification", "sample_rate": int(brain.cfg.sample_rate),
+                  "features": brain.features.describe() if brain.features is not None else None,
+                  "source": {"run": str(Path(run_dir).resolve()), "checkpoint": str(weights), "step": brain.step}}
+    with brain.eval_weights():
+        graph = inference_graph(brain, onnx=fmt == "onnx")
+        meta["pad_to"] = formats.save(graph, fmt, folder, (example[0].cpu(), example[1].cpu()), quantize)
+    meta["min_samples"] = 0
+    if ctc:
+        unit, meta["min_samples"], meta["first_frame_centre"] = frame_geometry(brain.features, brain.module)
+        meta["samples_per_frame"], meta["pad_to"] = unit, max(meta["pad_to"], meta["min_samples"])
+        meta["tokenizer"] = "tokenizer.json"
+        shutil.copy(Path(run_dir) / "tokenizer.json", folder / "tokenizer.json")
+    stats = Path(run_dir) / "feature_stats.pt"
+    if brain.features is not None and brain.features.normalize == "global" and stats.is_file():
+        shutil.copy(stats, folder / "feature_stats.pt")  # also inside the graph, as buffers
+        meta["feature_stats"] = "feature_stats.pt"
+    shutil.copy(inference.__file__, folder / "inference.py")
+    write_text_atomic(folder / "artifact.json", json.dumps(meta, indent=1))
+    return meta
+
+
 def export(run_dir: str, fmt: str, quantize: str | None = None, checkpoint: str = "best", out: str | None = None,
            overrides: list[str] | None = None) -> dict:
     formats.check_format(fmt, quantize)
@@ -82,40 +108,22 @@ def export(run_dir: str, fmt: str, quantize: str | None = None, checkpoint: str 
     example = example_inputs(test_set)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = prepare_folder(target)
-    ctc = hasattr(brain, "tokenizer")
-    meta: dict = {"format": fmt, "model": formats.FORMATS[fmt], "quantized": quantize,
-                  "task": "ctc" if ctc else "classification", "sample_rate": int(cfg.sample_rate),
-                  "features": brain.features.describe() if brain.features is not None else None,
-                  "source": {"run": str(Path(run_dir).resolve()), "checkpoint": str(weights), "step": brain.step}}
-    with brain.eval_weights():
-        graph = inference_graph(brain, onnx=fmt == "onnx")
-        pad_to = formats.save(graph, fmt, staging, (example[0].cpu(), example[1].cpu()), quantize)
-    meta["pad_to"], meta["min_samples"] = pad_to, 0
-    if ctc:
-        meta["samples_per_frame"], meta["min_samples"], meta["first_frame_centre"] = frame_geometry(brain.features,
-                                                                                                   brain.module)
-        meta["pad_to"] = max(pad_to, meta["min_samples"])
-        meta["tokenizer"] = "tokenizer.json"
-        shutil.copy(Path(run_dir) / "tokenizer.json", staging / "tokenizer.json")
-    stats = Path(run_dir) / "feature_stats.pt"
-    if brain.features is not None and brain.features.normalize == "global" and stats.is_file():
-        shutil.copy(stats, staging / "feature_stats.pt")  # also inside the graph, as buffers
-        meta["feature_stats"] = "feature_stats.pt"
-    shutil.copy(inference.__file__, staging / "inference.py")
-    write_text_atomic(staging / "artifact.json", json.dumps(meta, indent=1))
-
-    record = parity.check(brain, test_set, inference.Artifact(staging))
-    record["bytes"] = (staging / meta["model"]).stat().st_size
-    meta["parity"] = record
-    write_text_atomic(staging / "artifact.json", json.dumps(meta, indent=1))
-    brain.logger.close()
-    if not quantize and not parity.agrees(record):
-        failed = target.with_name(target.name + ".failed")
-        shutil.rmtree(failed, ignore_errors=True)
-        staging.rename(failed)
-        raise parity.ParityError(f"the exported model disagrees with PyTorch beyond {parity.TOLERANCE:g}: "
-                                 f"{parity.describe(record)}; the artifact is kept in {failed}")
-    install(staging, target)
+    try:
+        meta = write_artifact(brain, run_dir, fmt, quantize, weights, example, staging)
+        record = parity.check(brain, test_set, inference.Artifact(staging))
+        record["bytes"] = (staging / meta["model"]).stat().st_size
+        meta["parity"] = record
+        write_text_atomic(staging / "artifact.json", json.dumps(meta, indent=1))
+        if not quantize and not parity.agrees(record):
+            failed = target.with_name(target.name + ".failed")
+            shutil.rmtree(failed, ignore_errors=True)
+            staging.rename(failed)
+            raise parity.ParityError(f"the exported model disagrees with PyTorch beyond {parity.TOLERANCE:g}: "
+                                     f"{parity.describe(record)}; the artifact is kept in {failed}")
+        install(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # what is left of it after a failure
+        brain.logger.close()
     size = f"{record['bytes'] / 1e6:.2f} MB"
     print(f"exported {target} ({meta['model']}, {size}{', int8' if quantize else ''}): {parity.describe(record)}")
     return meta
