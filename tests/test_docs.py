@@ -13,7 +13,7 @@ from tests.helpers import DOCS, bash_blocks, run_doc
 
 
 def test_every_tutorial_has_commands():
-    for name in ("launch.md", "sweep.md", "extend.md", "batching.md", "asr.md", "finetune.md", "tracking.md"):
+    for name in ("launch.md", "sweep.md", "extend.md", "batching.md", "asr.md", "finetune.md", "tracking.md", "export.md"):
         assert bash_blocks(DOCS / name), name
 
 
@@ -106,3 +106,17 @@ def test_tracking_tutorial(tmp_path, data_dir):
     history = json.loads((runs / "early" / "metrics.json").read_text())["history"]
     assert len(history) == 3 and "early stopping: valid_loss has not improved" in out
     assert "Self CPU" in out and (runs / "profile" / "profile" / "trace-rank0.pt.trace.json").is_file()
+
+
+@pytest.mark.slow  # a short training run, three exports with their parity checks, transcriptions: ~3 min
+def test_export_tutorial(tmp_path, data_dir):
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")  # the commands run from the repository's root
+    out = run_doc("export.md", tmp_path, data_dir)
+    assert len(re.findall(r"^exported runs/speech\S* \(model\.(onnx|ts), [\d.]+ MB.*CER [\d.]+ \(PyTorch [\d.]+\)",
+                          out, re.M)) == 3
+    onnx = json.loads((tmp_path / "runs" / "speech" / "export" / "onnx" / "artifact.json").read_text())
+    assert onnx["parity"]["max_abs_diff"] <= 1e-4 and "feature_stats.pt" in onnx.values()
+    assert "recipes/asr_ctc/speech/test/test-0002.flac\t" in out  # inference.py without the framework
+    subtitles = sorted(p.name for p in (tmp_path / "runs" / "subtitles").iterdir())
+    assert len(subtitles) == 40 and subtitles[0] == "test-0000.srt"
+    assert "WEBVTT" in out and '"words": [{"word": ' in out

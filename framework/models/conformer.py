@@ -8,6 +8,10 @@ attention ignores padded keys, padded frames are zeroed before the depthwise con
 and its batch norm sees valid frames only. So an utterance gives the same output alone or
 batched with longer ones. Positions are absolute sinusoids added after the subsampling
 (ESPnet's ``x * sqrt(d_model) + PE``); the paper's relative attention is not in torchaudio.
+
+The model exports: under torch.export (and torch.onnx) every input takes the padded path
+(so no Python number is taken from a tensor), and ``torch.jit.script`` compiles the
+evaluation path.
 """
 
 from __future__ import annotations
@@ -20,13 +24,18 @@ from torchaudio.models.conformer import ConformerLayer
 
 from framework.data.collate import length_mask
 from framework.errors import BadValue
-from framework.models.deepspeech2 import MaskedBatchNorm, check_intermediate_layer
+from framework.models.deepspeech2 import MaskedBatchNorm, check_intermediate_layer, receptive_field_centre
+from framework.models.export_mode import exporting
 
 
-def subsampled_lengths(lengths: torch.Tensor | int) -> torch.Tensor | int:
+def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
     """Frames left after two unpadded 3x3 stride-2 convolutions: T -> ((T - 1) // 2 - 1) // 2."""
-    out = ((lengths - 1) // 2 - 1) // 2
-    return out.clamp(min=0) if isinstance(out, torch.Tensor) else max(out, 0)
+    return (((lengths - 1) // 2 - 1) // 2).clamp(min=0)
+
+
+def subsampled_frames(frames: int) -> int:
+    """:func:`subsampled_lengths` of a number of frames."""
+    return max(((frames - 1) // 2 - 1) // 2, 0)
 
 
 MIN_FRAMES = 7  # the shortest input that keeps one frame after the subsampling
@@ -39,15 +48,14 @@ class ConvSubsampling(nn.Module):
     def __init__(self, num_bins: int, channels: int, d_model: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, 2), nn.ReLU(), nn.Conv2d(channels, channels, 3, 2), nn.ReLU())
-        freq = subsampled_lengths(num_bins)
+        freq = subsampled_frames(num_bins)
         if freq < 1:
             raise BadValue(f"num_bins={num_bins} is too few for the x4 subsampling; it needs at least {MIN_FRAMES}")
         self.linear = nn.Linear(channels * freq, d_model)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.conv(features.unsqueeze(1))  # [B, C, T', F']
-        b, c, t, f = x.shape
-        return self.linear(x.transpose(1, 2).reshape(b, t, c * f))
+        return self.linear(x.transpose(1, 2).flatten(2))
 
 
 def sinusoidal_positions(length: int, d_model: int, device: torch.device) -> torch.Tensor:
@@ -79,13 +87,16 @@ class ConformerBlock(ConformerLayer):
         return self.final_layer_norm(x)
 
     def convolve(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
-        pointwise_in, glu, depthwise, norm, activation, pointwise_out, dropout = self.conv_module.sequential
-        y = glu(pointwise_in(self.conv_module.layer_norm(x).permute(1, 2, 0)))  # [B, D, T]
+        # torchaudio's sequential: pointwise in, GLU, depthwise, norm, activation, pointwise out, dropout
+        layers = self.conv_module.sequential
+        y = layers[1](layers[0](self.conv_module.layer_norm(x).permute(1, 2, 0)))  # [B, D, T]
+        valid: torch.Tensor | None = None
         if padding_mask is not None:
             y = y.masked_fill(padding_mask[:, None, :], 0.0)  # the depthwise kernel must see zeros, as alone
-        y = depthwise(y).transpose(1, 2)  # [B, T, D]
-        y = norm(y, None if padding_mask is None else ~padding_mask)
-        y = dropout(pointwise_out(activation(y).transpose(1, 2)))
+            valid = ~padding_mask
+        y = layers[2](y).transpose(1, 2)  # [B, T, D]
+        y = layers[3](y, valid)
+        y = layers[6](layers[5](layers[4](y).transpose(1, 2)))
         return y.permute(2, 0, 1)
 
 
@@ -119,6 +130,7 @@ class ConformerCTC(nn.Module):
         if conv_kernel % 2 == 0:
             raise BadValue(f"conv_kernel={conv_kernel} must be odd, so the convolution keeps the frame count")
         self.d_model = d_model
+        self.min_frames = MIN_FRAMES  # an attribute: TorchScript reads no global numbers
         self.subsampling = ConvSubsampling(num_bins, subsampling_channels, d_model)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
@@ -133,26 +145,39 @@ class ConformerCTC(nn.Module):
     def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
         return subsampled_lengths(lengths)
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        shortest = int(lengths.min())  # one host sync, to name a too-short input before the convolutions fail
-        if shortest < MIN_FRAMES:
-            raise ValueError(
-                f"an input of {shortest} frames is too short for the x4 subsampling (needs at least {MIN_FRAMES}); "
-                "filter short utterances (min_duration)"
-            )
+    def first_frame_centre(self) -> float:
+        """The input frame output frame 0 is centred on (frame j: 4 j later): where timestamps count from."""
+        convs = [m for m in self.subsampling.conv if isinstance(m, nn.Conv2d)]
+        return receptive_field_centre([(c.kernel_size[0], c.stride[0], c.padding[0]) for c in convs])
+
+    # no return annotation: TorchScript takes it from the evaluation path (two tensors)
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor):
+        shortest = features.shape[1]
+        if not exporting():  # lengths are unknown while exporting
+            shortest = int(lengths.min())  # one host sync, to name a too-short input before the convolutions fail
+            if shortest < self.min_frames:
+                raise ValueError(
+                    f"an input of {shortest} frames is too short for the x4 subsampling (needs at least {self.min_frames}); "
+                    "filter short utterances (min_duration)"
+                )
         x = self.subsampling(features)
         lengths = self.output_lengths(lengths)
         t = x.shape[1]
         positions = sinusoidal_positions(t, self.d_model, x.device)
         x = self.dropout(x * math.sqrt(self.d_model) + positions.to(x.dtype))
-        padded = subsampled_lengths(shortest) < t
-        padding_mask = ~length_mask(lengths, t) if padded else None
+        padding_mask: torch.Tensor | None = None
+        if exporting() or subsampled_frames(shortest) < t:
+            padding_mask = ~length_mask(lengths, t)
         x = x.transpose(0, 1)  # [T', B, D]: torchaudio's layers use a sequence-first attention
-        intermediate = None
+        intermediate: torch.Tensor | None = None
         for i, block in enumerate(self.blocks, 1):
             x = block(x, padding_mask)
-            if i == self.intermediate_layer and self.training:
-                intermediate = x
-        if intermediate is None:
+            if not torch.jit.is_scripting():
+                if i == self.intermediate_layer and self.training:
+                    intermediate = x
+        if torch.jit.is_scripting():
             return self.output(x.transpose(0, 1)), lengths
-        return self.output(x.transpose(0, 1)), lengths, self.intermediate_output(intermediate.transpose(0, 1))
+        else:
+            if intermediate is None:
+                return self.output(x.transpose(0, 1)), lengths
+            return self.output(x.transpose(0, 1)), lengths, self.intermediate_output(intermediate.transpose(0, 1))

@@ -9,6 +9,11 @@ directions).
 Padded frames never reach the recurrence (sequences are packed) nor the batch-norm
 statistics (normalisation runs over valid frames only), and the convolutions' outputs
 are re-masked, so an utterance gives the same output alone or batched with longer ones.
+
+The model exports: under torch.export (and torch.onnx) the recurrences run as a ``scan``
+over time with the same masking (:mod:`framework.models.recurrence`), and every layer takes
+its padded path, so no Python number is taken from a tensor; ``torch.jit.script`` compiles
+the evaluation path (training with TorchScript is not supported).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from framework.data.collate import length_mask
 from framework.errors import BadValue
+from framework.models.export_mode import exporting
+from framework.models.recurrence import clipped_relu_steps, scan_recurrence
 
 RNN_TYPES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -40,14 +47,8 @@ class _ClippedReLURecurrence(torch.autograd.Function):
         device = xw.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else xw.dtype
         with torch.autocast(device, enabled=False):
-            x, w = xw.to(dtype), w_hh.to(dtype)
-            out = torch.empty_like(x)
-            h = x.new_zeros(x.shape[0], x.shape[2], x.shape[3])
-            for t in range(x.shape[1]):
-                h = torch.baddbmm(x[:, t], h, w).clamp_(0.0, 20.0)
-                if keep is not None:
-                    h.mul_(keep[:, t].to(dtype))
-                out[:, t] = h
+            w = w_hh.to(dtype)
+            out = clipped_relu_steps(xw.to(dtype), w, None if keep is None else keep.to(dtype))
         ctx.save_for_backward(out, w)
         ctx.dtypes = (xw.dtype, w_hh.dtype)
         return out
@@ -69,40 +70,29 @@ class _ClippedReLURecurrence(torch.autograd.Function):
         return grad_x.to(ctx.dtypes[0]), grad_w.to(ctx.dtypes[1]), None
 
 
-def clipped_relu_rnn(x: torch.Tensor, rnn: nn.RNN, mask: torch.Tensor | None, identity_input: bool) -> torch.Tensor:
-    """The ReLU RNN of ``rnn``'s weights with the spec's clip inside the recurrence:
-    ``h_t = min(max(W x_t + U h_(t-1) + b, 0), 20)``. ``x [B, T, I]`` -> ``[B, T, D * H]``.
-
-    Both directions step together (one batched matmul per time step). The reverse
-    direction reads time backwards and restarts from zero at each sequence's own last
-    frame: its state is reset on padded frames (``mask [B, T]``), which also zeroes the
-    outputs there. ``identity_input``: the input weight is the frozen identity of a
-    shared projection, so the matmul with it is skipped.
-    """
-    suffixes = ["_l0", "_l0_reverse"][: 2 if rnn.bidirectional else 1]
-    w_hh = torch.stack([getattr(rnn, "weight_hh" + s) for s in suffixes]).transpose(1, 2)  # [D, H, H]
-    bias = torch.stack([getattr(rnn, "bias_ih" + s) + getattr(rnn, "bias_hh" + s) for s in suffixes])  # [D, H]
-    if identity_input:
-        xw = x.transpose(0, 1).unsqueeze(0) + bias[:, None, None, :]  # [D, T, B, H]
-    else:
-        w_ih = torch.stack([getattr(rnn, "weight_ih" + s) for s in suffixes])  # [D, H, I]
-        xw = torch.einsum("bti,dhi->dtbh", x, w_ih) + bias[:, None, None, :]
-    keep = None if mask is None else mask.transpose(0, 1)[None, :, :, None].to(xw.dtype)  # [1, T, B, 1]
-    if len(suffixes) == 2:  # the reverse direction walks time backwards
-        xw = torch.stack([xw[0], xw[1].flip(0)])
-        if keep is not None:
-            keep = torch.cat([keep, keep.flip(1)])
-    out = _ClippedReLURecurrence.apply(xw, w_hh, keep)  # [D, T, B, H]
-    if len(suffixes) == 2:
-        out = torch.stack([out[0], out[1].flip(0)])
-    return out.permute(2, 1, 0, 3).reshape(x.shape[0], x.shape[1], -1)
-
-
 class MaskedBatchNorm(nn.BatchNorm1d):
     """BatchNorm1d over the valid frames of ``[B, T, ..., C]`` (mask ``[B, T]``); padded
-    frames stay zero. ``mask=None`` means every frame is valid (no gather needed)."""
+    frames stay zero. ``mask=None`` means every frame is valid (no gather needed). In
+    evaluation the running statistics normalise each frame on its own, so every frame is
+    normalised and the padded ones zeroed after: no gather, whose size would depend on the data."""
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if not torch.jit.is_scripting() and self.training:  # TorchScript compiles the evaluation path only
+            return self.normalize_batch(x, mask)
+        if exporting():  # elementwise on the layout as it is: no reshape, whose view checks would fix sizes
+            scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+            y = x * scale + (self.bias - self.running_mean * scale)
+        else:
+            y = F.batch_norm(x.reshape(-1, x.shape[-1]), self.running_mean, self.running_var, self.weight, self.bias,
+                             False, 0.0, self.eps).reshape(x.shape)
+        if mask is None:
+            return y
+        while mask.dim() < y.dim():
+            mask = mask.unsqueeze(-1)
+        return y.masked_fill(~mask, 0.0)
+
+    def normalize_batch(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Training: the batch's statistics over valid frames, and the running statistics updated."""
         if mask is None:
             return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
         out = torch.zeros_like(x)
@@ -163,6 +153,7 @@ class RecurrentLayer(nn.Module):
         self.merge = merge
         self.bidirectional = bidirectional
         self.hidden_size = hidden_size
+        self.rnn_type = rnn_type
         self.clip_recurrence = clip_recurrence and rnn_type == "rnn"
         kwargs = {"batch_first": True, "bidirectional": bidirectional}
         if rnn_type == "rnn":
@@ -192,8 +183,10 @@ class RecurrentLayer(nn.Module):
         if self.projection is not None:
             x = self.projection(x)
         x = self.bn(x, mask)
-        if self.clip_recurrence:
-            out = clipped_relu_rnn(x, self.rnn, mask, identity_input=self.projection is not None)
+        if not torch.jit.is_scripting() and exporting():
+            out = self.scanned(x, mask)
+        elif self.clip_recurrence:
+            out = self.clipped(x, mask)
         elif mask is None:
             out, _ = self.rnn(x)
         else:
@@ -202,9 +195,80 @@ class RecurrentLayer(nn.Module):
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         if self.bidirectional and self.merge == "sum":
             out = out[..., : self.hidden_size] + out[..., self.hidden_size :]
-        if isinstance(self.rnn, nn.RNN):
+        if self.rnn_type == "rnn":
             out = clipped_relu(out)  # the spec's clip after each layer (the summed directions reach 40)
         return out
+
+    def clipped(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The ReLU RNN of ``self.rnn``'s weights with the spec's clip inside the recurrence:
+        ``h_t = min(max(W x_t + U h_(t-1) + b, 0), 20)``. ``x [B, T, I]`` -> ``[B, T, D * H]``.
+        Both directions step together (one batched matmul per time step); the autograd
+        function's hand-written backward pass makes training fast."""
+        xw, w_hh, keep = self.direction_inputs(x, mask)
+        if torch.jit.is_scripting():
+            out = clipped_relu_steps(xw, w_hh, keep)
+        else:
+            out = _ClippedReLURecurrence.apply(xw, w_hh, keep)
+        return self.directions_out(out, x)
+
+    def scanned(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The recurrence as a ``scan`` over time, for torch.export: the same function as
+        ``self.rnn`` on packed sequences (or :meth:`clipped`), the time axis left dynamic. Each
+        direction's weights stay a matrix of their own (plain linear layers, which int8
+        quantization of the exported graph finds)."""
+        suffixes = ["_l0", "_l0_reverse"][: 2 if self.bidirectional else 1]
+        w_ih, w_hh, b_ih, b_hh = ([getattr(self.rnn, kind + s) for s in suffixes]
+                                  for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        if self.rnn_type != "gru":  # only a GRU's recurrent bias sits inside a gate
+            b_ih, b_hh = [i + h for i, h in zip(b_ih, b_hh)], [torch.zeros_like(h) for h in b_hh]
+        if self.projection is not None and self.rnn_type == "rnn":  # the frozen identity input weight
+            xw = [x + b for b in b_ih]
+        else:
+            xw = [F.linear(x, w, b) for w, b in zip(w_ih, b_ih)]
+        xw = torch.stack([xw[0], *[d.flip(1) for d in xw[1:]]]).transpose(1, 2)  # [D, T, B, G*H], reverse backwards
+        keep = xw.new_ones(1, xw.shape[1], xw.shape[2], 1)
+        if mask is not None:
+            keep = mask.transpose(0, 1)[None, :, :, None].to(xw.dtype)
+            keep = torch.cat([keep, keep.flip(1)]) if len(suffixes) == 2 else keep
+        out = scan_recurrence(self.rnn_type, xw, w_hh, b_hh, keep, self.clip_recurrence)
+        return self.directions_out(out, x)
+
+    def direction_inputs(self, x: torch.Tensor, mask: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``x [B, T, I]`` laid out for the clipped recurrence, both directions stacked: input
+        projections with both biases ``[D, T, B, H]``, the recurrent weights transposed
+        ``[D, H, H]``, and ``keep [D or 1, T, B, 1]`` (0 on padded frames) or None. The reverse
+        direction reads time backwards and restarts from zero at each sequence's own last
+        frame: its state is reset on padded frames, which also zeroes the outputs there."""
+        rnn = self.rnn
+        if hasattr(rnn, "weight_ih_l0_reverse"):
+            w_ih = [rnn.weight_ih_l0, rnn.weight_ih_l0_reverse]
+            w_hh = [rnn.weight_hh_l0, rnn.weight_hh_l0_reverse]
+            b_ih, b_hh = [rnn.bias_ih_l0, rnn.bias_ih_l0_reverse], [rnn.bias_hh_l0, rnn.bias_hh_l0_reverse]
+        elif hasattr(rnn, "weight_ih_l0"):
+            w_ih, w_hh, b_ih, b_hh = [rnn.weight_ih_l0], [rnn.weight_hh_l0], [rnn.bias_ih_l0], [rnn.bias_hh_l0]
+        else:  # TorchScript compiles this for dynamically quantized layers too, which never step here
+            raise RuntimeError("a dynamically quantized recurrent layer has no float weights to step through")
+        # summed per direction, then stacked: one gradient buffer per bias, never two views of one
+        bias = torch.stack([i + h for i, h in zip(b_ih, b_hh)])
+        if self.projection is not None:  # the input weight is the frozen identity of the shared projection
+            xw = x.transpose(0, 1).unsqueeze(0) + bias[:, None, None, :]
+        else:
+            xw = torch.einsum("bti,dhi->dtbh", x, torch.stack(w_ih)) + bias[:, None, None, :]
+        keep: torch.Tensor | None = None
+        if mask is not None:
+            keep = mask.transpose(0, 1)[None, :, :, None].to(xw.dtype)  # [1, T, B, 1]
+        if len(w_hh) == 2:  # the reverse direction walks time backwards
+            xw = torch.stack([xw[0], xw[1].flip(0)])
+            if keep is not None:
+                keep = torch.cat([keep, keep.flip(1)])
+        return xw, torch.stack(w_hh).transpose(1, 2), keep
+
+    def directions_out(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``[D, T, B, H]`` states (the reverse direction's backwards) -> ``[B, T, D * H]``."""
+        if out.shape[0] == 2:
+            out = torch.stack([out[0], out[1].flip(0)])
+        return out.permute(2, 1, 0, 3).reshape(x.shape[0], x.shape[1], -1)
 
 
 class Lookahead(nn.Module):
@@ -293,25 +357,35 @@ class DeepSpeech2(nn.Module):
             lengths = conv.out_lengths(lengths)
         return lengths
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        shortest = int(lengths.min())  # one host sync; packing needs lengths on the host anyway
-        if int(self.output_lengths(lengths.new_tensor([shortest]))) < 1:
-            raise ValueError(
-                f"an input of {shortest} frames is too short for the convolutions; "
-                "filter short utterances (min_duration) or add conv_padding"
-            )
-        padded = shortest < features.shape[1]
+    def first_frame_centre(self) -> float:
+        """The input frame output frame 0 is centred on (frame j: j times the time stride later),
+        from the convolutions' kernels, strides and padding: where timestamps count from."""
+        return receptive_field_centre([(c.conv.kernel_size[1], c.conv.stride[1], c.conv.padding[1]) for c in self.convs])
+
+    # no return annotation: TorchScript takes it from the evaluation path (two tensors)
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor):
+        if exporting():
+            padded = True  # lengths are unknown while exporting
+        else:
+            shortest = int(lengths.min())  # one host sync; packing needs lengths on the host anyway
+            if int(self.output_lengths(lengths.min().reshape(1))) < 1:
+                raise ValueError(
+                    f"an input of {shortest} frames is too short for the convolutions; "
+                    "filter short utterances (min_duration) or add conv_padding"
+                )
+            padded = shortest < features.shape[1]
         x = features.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
         for conv in self.convs:
             x, lengths = conv(x, lengths, padded)
         b, c, f, t = x.shape
         x = x.reshape(b, c * f, t).transpose(1, 2)  # [B, T, C*F]
         mask = length_mask(lengths, t) if padded else None
-        intermediate = None
+        intermediate: torch.Tensor | None = None
         for i, rnn in enumerate(self.rnns, 1):
             x = rnn(self.dropout(x), lengths, mask)
-            if i == self.intermediate_layer and self.training:
-                intermediate = x
+            if not torch.jit.is_scripting():
+                if i == self.intermediate_layer and self.training:
+                    intermediate = x
         x = self.dropout(x)
         if self.lookahead is not None:
             x = self.lookahead(x)
@@ -319,9 +393,21 @@ class DeepSpeech2(nn.Module):
                 x = x * mask[..., None]
         if self.fc is not None:
             x = self.dropout(clipped_relu(self.fc_bn(self.fc(x), mask)))
-        if intermediate is None:
+        if torch.jit.is_scripting():
             return self.output(x), lengths
-        return self.output(x), lengths, self.intermediate_output(self.dropout(intermediate))
+        else:
+            if intermediate is None:
+                return self.output(x), lengths
+            return self.output(x), lengths, self.intermediate_output(self.dropout(intermediate))
+
+
+def receptive_field_centre(layers: Sequence[tuple[int, int, int]]) -> float:
+    """The input position a stack of convolutions' (kernel, stride, padding) centres its first output on."""
+    centre, step = 0.0, 1
+    for kernel, stride, padding in layers:
+        centre += ((kernel - 1) / 2 - padding) * step
+        step *= stride
+    return centre
 
 
 def check_intermediate_layer(layer: int | None, num_layers: int, kind: str) -> None:

@@ -124,19 +124,3 @@ class ASRBrain(Brain):
         write_text_atomic(path, "id\tchar_errors\tchars\treference\thypothesis\n" + "".join(lines))
         log.info("test transcripts, one line per utterance: %s (%d wrong of %d)", path,
                  sum(edits > 0 for *_, edits in rows), len(rows))
-
-    @torch.no_grad()
-    def transcribe(self, paths: list[str], checkpoint: str = "best") -> list[str]:
-        """Transcripts of audio files, decoded with the run's checkpoint."""
-        from framework.data.audio import read_audio
-        from framework.data.collate import pad_sequences
-
-        self.setup(None)
-        self.load_weights(checkpoint)
-        self.set_mode(training=False)
-        wavs = [read_audio(p, self.cfg.sample_rate) for p in paths]
-        inputs, lengths = pad_sequences(wavs)
-        with self.eval_weights():
-            feats, feat_lens = self.features.extract(inputs.to(self.device), lengths.to(self.device))
-            logits, out_lens = self.model(feats, feat_lens)
-        return self.decoder.decode(logits.float().log_softmax(-1), out_lens)

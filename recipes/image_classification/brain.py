@@ -29,6 +29,18 @@ def random_shift(images: torch.Tensor, pad: int = 2) -> torch.Tensor:
     return padded.flatten(2).gather(2, idx).reshape(images.shape)
 
 
+class ImageClassifier(nn.Module):
+    """``(uint8 images [B, C, H, W], lengths) -> logits``: what evaluation computes, as one
+    module for ``framework.export`` (the parity check there compares it with compute_forward)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model((images.float() / 255.0 - 0.5) / 0.25)
+
+
 class ImageClassificationBrain(Brain):
     model_arguments = ("in_channels", "num_classes")
 
@@ -40,6 +52,10 @@ class ImageClassificationBrain(Brain):
         if stage == Stage.TRAIN:
             x = random_shift(x)
         return self.model((x - 0.5) / 0.25)
+
+    def inference_model(self, features: nn.Module) -> nn.Module:
+        """The exported module (framework.export); images need no features."""
+        return ImageClassifier(self.module)
 
     def compute_objectives(self, logits, batch, stage: Stage) -> torch.Tensor:
         if stage != Stage.TRAIN:

@@ -28,6 +28,20 @@ from framework.metrics import ClassificationStats
 from framework.trainer import distributed
 
 
+class EventClassifier(nn.Module):
+    """``(waveform windows [B, S], lengths) -> logits``: features as a 1-channel image, then the
+    model, as evaluation computes them, as one module for ``framework.export``."""
+
+    def __init__(self, features: nn.Module, model: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        feats, _ = self.features(inputs, lengths)
+        return self.model(feats.transpose(1, 2).unsqueeze(1))
+
+
 class SoundEventBrain(Brain):
     model_arguments = ("in_channels", "num_classes")
 
@@ -64,6 +78,10 @@ class SoundEventBrain(Brain):
     def compute_forward(self, batch, stage: Stage) -> torch.Tensor:
         feats, _ = self.features(batch.inputs, batch.inputs_lens, augment=stage == Stage.TRAIN)
         return self.model(feats.transpose(1, 2).unsqueeze(1))  # [B, 1, bins, frames]
+
+    def inference_model(self, features: nn.Module) -> nn.Module:
+        """The exported module (framework.export), around the exportable ``features``."""
+        return EventClassifier(features, self.module)
 
     def compute_objectives(self, logits, batch, stage: Stage) -> torch.Tensor:
         targets = self.targets(batch, stage)

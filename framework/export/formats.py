@@ -1,0 +1,123 @@
+"""Writing an inference graph in one of the export formats, optionally quantized to int8.
+
+- ``onnx``: ``torch.onnx.export`` (its torch.export-based exporter), one ``model.onnx`` file;
+  int8 by ``onnxruntime.quantization.quantize_dynamic`` (weights int8, activations
+  quantized per batch).
+- ``torch_export``: ``torch.export`` saved as ``model.pt2``; loaded with ``torch.export.load``.
+- ``torchscript``: ``torch.jit.script`` saved as ``model.ts``; int8 by torch's dynamic
+  quantization of the Linear, GRU and LSTM layers.
+
+Batch and time are dynamic axes. torch.export checks the example's sizes against 0 and 1 and
+keeps those checks as run-time assertions (an exported program would then refuse a batch of
+one); as torch.onnx does, the capture reasons about sizes without them
+(``backed_size_oblivious``) and the assertions left are removed, and the export's parity check
+runs the artifact at batch sizes of one and more. The shortest batch tensor the graph is
+captured for is recorded (``pad_to``): runners pad shorter batches, which changes no output.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from framework.errors import UserError
+
+FORMATS = {"onnx": "model.onnx", "torch_export": "model.pt2", "torchscript": "model.ts"}
+MISSING_ONNX = "the onnx format needs onnx, onnxscript and onnxruntime: pip install -e .[export]"
+
+
+def check_format(fmt: str, quantize: str | None) -> None:
+    """Refuses a format, a quantization or missing packages before any work is done."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: not a format; use one of {', '.join(FORMATS)}")
+    if quantize not in (None, "int8"):
+        raise UserError(f"--quantize {quantize}: not a quantization; use int8 (or leave it out for fp32)")
+    if fmt == "torch_export" and quantize:
+        raise UserError("--quantize int8 with --format torch_export: torch's dynamic quantization keeps its int8 "
+                        "weights in packed objects that torch.export cannot save; use --format torchscript or onnx")
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise UserError(MISSING_ONNX) from None
+
+
+def save(graph: nn.Module, fmt: str, folder: Path, example: tuple[torch.Tensor, torch.Tensor],
+         quantize: str | None = None) -> int:
+    """Writes ``graph`` (in evaluation mode) to ``folder / FORMATS[fmt]``; returns the shortest
+    time axis of a batch the written graph takes (0: any)."""
+    path = folder / FORMATS[fmt]
+    with torch.no_grad():
+        if fmt == "torchscript":
+            module = quantize_dynamic(graph) if quantize else graph
+            torch.jit.save(torch.jit.script(module), str(path))
+        elif fmt == "torch_export":
+            program = export_program(graph, example)
+            torch.export.save(program, str(path))
+            return min_batch_length(program)
+        else:
+            save_onnx(graph, example, path, quantize)
+    return 0
+
+
+def dynamic_shapes(example: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[int, object], dict[int, object]]:
+    """Batch and time dynamic; any further input axis (feature bins, image sizes) static."""
+    dynamic = torch.export.Dim.DYNAMIC
+    inputs = {0: dynamic, 1: dynamic} if example[0].dim() <= 3 else {0: dynamic}
+    return inputs, {0: dynamic}
+
+
+def export_program(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> torch.export.ExportedProgram:
+    from torch._export.passes.remove_runtime_assertions import _RemoveRuntimeAssertionsPass
+
+    with torch.fx.experimental._config.patch(backed_size_oblivious=True):  # as torch.onnx captures
+        program = torch.export.export(graph, example, dynamic_shapes=dynamic_shapes(example),
+                                      prefer_deferred_runtime_asserts_over_guards=True)
+    _RemoveRuntimeAssertionsPass()(program.graph_module)
+    program.graph_module.graph.eliminate_dead_code()
+    program.graph_module.recompile()
+    return program
+
+
+def min_batch_length(program: torch.export.ExportedProgram) -> int:
+    """The shortest time axis of the first input the exported program accepts."""
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == program.graph_signature.user_inputs[0])
+    size = node.meta["val"].shape[1]
+    if not isinstance(size, torch.SymInt):
+        return int(size)
+    constraint = program.range_constraints.get(size.node.expr)
+    return int(constraint.lower) if constraint is not None else 0
+
+
+def save_onnx(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor], path: Path, quantize: str | None) -> None:
+    program = torch.onnx.export(graph, example, dynamic_shapes=dynamic_shapes(example), dynamo=True,
+                                input_names=["inputs", "lengths"], verbose=False)
+    if not quantize:
+        program.save(str(path), external_data=False)
+        return
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as onnx_quantize_dynamic
+
+    fp32 = path.with_name(f".{path.name}.fp32")
+    program.save(str(fp32), external_data=False)
+    # the feature extraction stays fp32: int8 activations cannot hold a power spectrum's range
+    features = [n.name for n in program.model_proto.graph.node
+                if any(p.key == "namespace" and "FeatureGraph" in p.value for p in n.metadata_props)]
+    try:
+        onnx_quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, nodes_to_exclude=features,
+                              extra_options={"EnableSubgraph": True})  # the recurrences' scan bodies too
+    finally:
+        os.remove(fp32)
+
+
+def quantize_dynamic(graph: nn.Module) -> nn.Module:
+    """int8 weights for the Linear, GRU and LSTM layers (torch's dynamic quantization)."""
+    import copy
+
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(graph), {nn.Linear, nn.GRU, nn.LSTM},
+                                                  dtype=torch.qint8)

@@ -1,0 +1,365 @@
+"""Trained models leave the framework: every shipped model exports (TorchScript, torch.export,
+ONNX) with outputs equal to the eager ones at other lengths and batch sizes than the example's;
+``framework.export`` writes an artifact whose ``inference.py`` runs without the framework; and
+``framework.transcribe`` reads long recordings in chunks, with word times and subtitles."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from framework.data.synthetic import letter_tone
+from framework.export import formats
+from framework.models import ConformerCTC, DeepSpeech2, WideResNet
+from tests.conftest import run_cli, run_result
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ the shipped models
+def ds2(**kw) -> DeepSpeech2:
+    args = dict(num_classes=11, num_bins=40, conv_channels=(4, 4), hidden_size=24, num_layers=2, fc_size=24)
+    return DeepSpeech2(**{**args, **kw})
+
+
+MODELS = {  # the shipped configs' kinds of layer, at test sizes
+    "ds2": lambda: ds2(),  # the DeepMark spec: ReLU RNN clipped inside the recurrence, shared projection
+    "ds2_small": lambda: ds2(rnn_type="gru", shared_projection=False, conv_kernels=((5, 11), (5, 11)),
+                             conv_padding=((0, 5), (0, 5)), intermediate_layer=1),
+    "ds2_lstm": lambda: ds2(rnn_type="lstm", merge="concat"),
+    "conformer": lambda: ConformerCTC(num_bins=40, num_classes=11, d_model=32, num_layers=2, num_heads=2,
+                                      conv_kernel=7, subsampling_channels=8),
+    "wideresnet": lambda: WideResNet(depth=10, widen_factor=1, num_classes=4, in_channels=1),
+}
+
+
+def trained(name: str) -> torch.nn.Module:
+    """The model after a few training batches (batch-norm statistics of its own), in evaluation."""
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    with torch.no_grad():
+        for _ in range(3):
+            model(*example(name, [120, 90, 70]))
+    return model.eval()
+
+
+def example(name: str, lengths: list[int]) -> tuple[torch.Tensor, ...]:
+    if name == "wideresnet":  # images: the batch size varies (an image's size is fixed in an export)
+        return (torch.randn(len(lengths), 1, 16, 16),)
+    x = torch.randn(len(lengths), max(lengths), 40)
+    for i, n in enumerate(lengths):
+        x[i, n:] = 0
+    return x, torch.tensor(lengths)
+
+
+CASES = [[200, 77, 150], [61], [333, 333], [43], [90, 45]]  # batches of one, unpadded, near the shortest input
+
+
+def eager_and_exported(name: str, run) -> None:
+    model = trained(name)
+    for lengths in CASES:
+        inputs = example(name, lengths)
+        with torch.no_grad():
+            expected, got = model(*inputs), run(*inputs)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = got if isinstance(got, (tuple, list)) else (got,)
+        assert len(got) == len(expected)
+        for e, g in zip(expected, got):
+            torch.testing.assert_close(torch.as_tensor(g).to(e.dtype), e, rtol=1e-4, atol=1e-4,
+                                       msg=f"{name} at lengths {lengths}")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_scripts_with_the_eager_outputs_at_every_length(name, tmp_path):
+    model = trained(name)
+    path = tmp_path / "model.ts"
+    torch.jit.save(torch.jit.script(model), str(path))
+    eager_and_exported(name, torch.jit.load(str(path)))
+
+
+@pytest.mark.slow  # torch.export and ONNX traces: ~10 s each on an idle machine
+@pytest.mark.parametrize("fmt", ["torch_export", "onnx"])
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_exports_with_the_eager_outputs_at_every_length(name, fmt, tmp_path):
+    import onnxruntime
+
+    model = trained(name)
+    inputs = example(name, [120, 90])
+    args = inputs if len(inputs) == 2 else (*inputs, torch.tensor([16, 16]))
+    graph = model if len(inputs) == 2 else ImageGraph(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pad_to = formats.save(graph, fmt, tmp_path, args)
+    if fmt == "torch_export":
+        module = torch.export.load(str(tmp_path / "model.pt2")).module()
+    else:
+        session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+        names = [i.name for i in session.get_inputs()]
+
+        def module(*xs):
+            return session.run(None, dict(zip(names, (x.numpy() for x in xs))))
+
+    def run(*xs):
+        if len(xs) == 1:
+            return module(xs[0], torch.tensor([16] * len(xs[0])))
+        x, lengths = xs
+        x = torch.nn.functional.pad(x, (0, 0, 0, max(0, pad_to - x.shape[1])))  # what runners do; no change
+        return module(x, lengths)
+
+    eager_and_exported(name, run)
+
+
+class ImageGraph(torch.nn.Module):
+    """A classifier as an export graph: ``(images, lengths) -> logits``."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+
+# ------------------------------------------------------------------- the export command
+def isolated_env() -> dict[str, str]:
+    """No PYTHONPATH: the artifact's inference.py must not need the framework."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
+
+
+def test_exported_artifact_runs_without_the_framework_and_transcribes_as_the_framework(one_epoch_run, tmp_path,
+                                                                                       data_dir):
+    run_dir = one_epoch_run
+    out = tmp_path / "export"
+    proc = run_cli("framework.export", [str(run_dir), "--format", "torchscript", "--out", str(out)], cwd=tmp_path)
+    meta = json.loads((out / "artifact.json").read_text())
+    parity = meta["parity"]
+    assert parity["examples"] == 16 and parity["max_abs_diff"] <= 1e-4
+    assert parity["exported_cer"] == parity["pytorch_cer"] and f"CER {parity['exported_cer']:.4f}" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["artifact.json", "inference.py", "model.ts", "tokenizer.json"]
+    assert meta["source"]["checkpoint"].startswith(str(run_dir / "checkpoints"))
+
+    wavs = sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:4]
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(out, moved)
+    isolated = subprocess.run([sys.executable, "-I", str(moved / "inference.py"), *map(str, wavs)], cwd=tmp_path,
+                              env=isolated_env(), capture_output=True, text=True, timeout=300)
+    assert isolated.returncode == 0, isolated.stderr
+    assert "framework" not in isolated.stderr
+    lines = isolated.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(w) for w in wavs]
+    from_run = run_cli("framework.transcribe", [str(run_dir), *map(str, wavs)], cwd=tmp_path).stdout.splitlines()
+    from_artifact = run_cli("framework.transcribe", [str(moved), *map(str, wavs)], cwd=tmp_path).stdout.splitlines()
+    assert lines == from_run == from_artifact
+
+
+def test_export_refuses_what_it_cannot_do_in_one_line(one_epoch_run, tmp_path, monkeypatch):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    cases = [
+        (["--format", "torch_export", "--quantize", "int8"], "torch.export cannot save; use --format torchscript or onnx"),
+        (["--format", "torchscript", "--out", str(busy)], f"{busy} exists and is not an exported model folder"),
+    ]
+    for args, message in cases:
+        proc = run_cli("framework.export", [str(one_epoch_run), *args], cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr
+        assert message in proc.stderr
+    assert (busy / "notes.txt").read_text() == "mine" and len(list(busy.iterdir())) == 1
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
+    with pytest.raises(Exception, match=re.escape("pip install -e .[export]")):
+        formats.check_format("onnx", None)
+
+
+@pytest.mark.slow  # ONNX and torch.export traces, quantization, and a parity check each
+def test_export_formats_and_int8(one_epoch_run, tmp_path):
+    sizes = {}
+    for fmt, quantize in (("onnx", None), ("torch_export", None), ("onnx", "int8"), ("torchscript", "int8")):
+        out = tmp_path / f"{fmt}-{quantize}"
+        args = [str(one_epoch_run), "--format", fmt, "--out", str(out), *(["--quantize", quantize] if quantize else [])]
+        run_cli("framework.export", args, cwd=tmp_path)
+        meta = json.loads((out / "artifact.json").read_text())
+        parity = meta["parity"]
+        sizes[(fmt, quantize)] = parity["bytes"]
+        if quantize is None:
+            assert parity["max_abs_diff"] <= 1e-4 and parity["exported_cer"] == parity["pytorch_cer"], parity
+        else:
+            assert meta["quantized"] == "int8" and abs(parity["exported_cer"] - parity["pytorch_cer"]) < 0.2, parity
+    assert sizes[("onnx", "int8")] < sizes[("onnx", None)]
+
+
+@pytest.mark.slow
+def test_a_classifier_exports_with_its_accuracy(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    run_cli("framework.train", ["recipe=image_classification", f"dataset.root={data_dir}/digits-tiny",
+                                "dataset.prepare.splits={train:200,valid:50,test:50}", "trainer.max_epochs=1",
+                                "batch_size=32", "model.widen_factor=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    for fmt in ("torchscript", "onnx"):
+        run_cli("framework.export", [str(run_dir), "--format", fmt], cwd=tmp_path)
+        parity = json.loads((run_dir / "export" / fmt / "artifact.json").read_text())["parity"]
+        assert parity["exported_accuracy"] == parity["pytorch_accuracy"] == run_result(run_dir)["metrics"]["test_accuracy"]
+
+
+# ------------------------------------------------------------ long-audio transcription
+def long_recording(path, wavs: list, seconds_between: float = 0.6) -> float:
+    """The files one after another with silence (a -60 dBFS noise floor) between them."""
+    rng = np.random.default_rng(0)
+    pieces = []
+    for wav in wavs:
+        audio, rate = soundfile.read(str(wav), dtype="float32")
+        pieces += [audio, rng.normal(0, 1e-3, int(seconds_between * rate)).astype(np.float32)]
+    audio = np.concatenate(pieces)
+    soundfile.write(str(path), audio, rate)
+    return len(audio) / rate
+
+
+def transcribe_json(source, files, tmp_path, *options) -> list[dict]:
+    out = run_cli("framework.transcribe", [str(source), *map(str, files), "--format", "json", *options],
+                  cwd=tmp_path).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_chunked_transcription_equals_one_pass_over_the_whole_recording(train_cli, tmp_path, data_dir):
+    # global normalisation: with features.normalize=utterance each chunk is normalised with statistics of
+    # its own (not the whole recording's), which changes the outputs by design
+    _, run_dir = train_cli("trainer.max_epochs=1", "features.normalize=global")
+    wavs = sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))
+    recording = tmp_path / "long.wav"
+    duration = long_recording(recording, wavs * 2)  # 32 utterances, about a minute
+    whole, = transcribe_json(run_dir, [recording], tmp_path, "--chunk", "1000")
+    chunked, = transcribe_json(run_dir, [recording], tmp_path, "--chunk", "8", "--overlap", "3", "--batch-size", "3")
+    assert duration > 40 and abs(whole["duration"] - duration) < 1e-3
+    assert whole["text"] and chunked["text"] == whole["text"]
+    assert chunked["words"] == whole["words"]
+
+
+def test_one_bad_file_is_reported_and_the_others_transcribed(one_epoch_run, tmp_path, data_dir):
+    good = sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:2]
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00not audio at all")
+    missing = tmp_path / "missing.wav"
+    proc = run_cli("framework.transcribe", [str(one_epoch_run), str(good[0]), str(broken), str(missing), str(good[1])],
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert [line.split("\t")[0] for line in proc.stdout.splitlines()] == [str(good[0]), str(good[1])]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors[0].startswith(f"error: {broken}: cannot read audio")
+    assert errors[1] == f"error: {missing}: audio file not found"
+    assert errors[2] == "error: 2 of 4 files could not be transcribed (named above); the others were"
+    assert "skip_bad" not in proc.stderr
+
+
+def test_a_manifest_is_transcribed_by_entry(one_epoch_run, tmp_path, data_dir):
+    corpus = data_dir / "tones-tiny"
+    manifest = json.loads((corpus / "test.json").read_text())
+    out = run_cli("framework.transcribe", [str(one_epoch_run), "--manifest", str(corpus / "test.json")],
+                  cwd=tmp_path).stdout.splitlines()
+    assert [line.split("\t")[0] for line in out] == list(manifest)
+
+
+# ------------------------------------------------------------ word times and subtitles
+WORD_LIST = ["the", "water", "people", "number", "first", "could", "write", "time", "look", "more", "which", "their"]
+
+
+def spelled_recording(path, words: list[str], rate: int = 16000) -> list[tuple[str, float, float]]:
+    """Words spelled in dual tones (the tones corpus's letters) with known times: (word, start, end)."""
+    rng = np.random.default_rng(1)
+    pieces, times, position = [], [], 0
+
+    def add(samples):
+        nonlocal position
+        pieces.append(samples.astype(np.float32))
+        position += len(samples)
+
+    add(np.zeros(int(0.3 * rate)))
+    for word in words:
+        start = position / rate
+        for letter in word:
+            add(0.5 * letter_tone(letter, rng.uniform(0.09, 0.15), rate))
+            add(np.zeros(int(rng.uniform(0.0, 0.02) * rate)))
+        times.append((word, start, position / rate))
+        add(np.zeros(int(rng.uniform(0.12, 0.22) * rate)))
+    audio = np.concatenate(pieces)
+    audio += rng.normal(0, 0.01, len(audio)).astype(np.float32)
+    soundfile.write(str(path), audio, rate, subtype="PCM_16")
+    return times
+
+
+@pytest.fixture(scope="module")
+def tones_model(tmp_path_factory, data_dir):
+    """A tones model that spells most words right (about a minute of training on 2 cores)."""
+    run_dir = tmp_path_factory.mktemp("tones-model") / "run"
+    run_cli("framework.train", [f"dataset.root={data_dir}/tones-400", "dataset.prepare.splits={train:400,valid:40,test:40}",
+                                "trainer.max_epochs=10", "trainer.num_threads=1", f"hydra.run.dir={run_dir}"],
+            cwd=run_dir.parent)
+    return run_dir
+
+
+SRT_CUE = re.compile(r"(\d+)\n(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\d)\n(.+)\n")
+VTT_CUE = re.compile(r"(\d\d:\d\d:\d\d\.\d\d\d) --> (\d\d:\d\d:\d\d\.\d\d\d)\n(.+)\n")
+
+
+def seconds(stamp: str) -> float:
+    h, m, s = stamp.replace(",", ".").split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+@pytest.mark.slow  # trains its model
+def test_word_times_fall_on_the_known_boundaries_and_subtitles_parse(tones_model, tmp_path):
+    recording = tmp_path / "spelled.wav"
+    truth = spelled_recording(recording, WORD_LIST * 5)  # 60 words, about 45 s: chunked at 10 s
+    result, = transcribe_json(tones_model, [recording], tmp_path, "--chunk", "10", "--overlap", "2")
+    import difflib
+
+    hyp = [w["word"] for w in result["words"]]
+    matcher = difflib.SequenceMatcher(a=[t[0] for t in truth], b=hyp, autojunk=False)
+    errors = []
+    for a, b, n in matcher.get_matching_blocks():
+        for k in range(n):
+            _, start, end = truth[a + k]
+            word = result["words"][b + k]
+            errors += [abs(word["start"] - start), abs(word["end"] - end)]
+            assert 0 < word["confidence"] <= 1
+    assert len(errors) >= 2 * 40, hyp  # most words recognised
+    assert float(np.median(errors)) < 0.05, sorted(errors)
+    assert result["text"] == " ".join(hyp)
+
+    srt = run_cli("framework.transcribe", [str(tones_model), str(recording), "--format", "srt", "--chunk", "10"],
+                  cwd=tmp_path).stdout
+    cues = SRT_CUE.findall(srt)
+    assert cues and "\n".join(f"{i}\n{a} --> {b}\n{t}\n" for i, a, b, t in cues) == srt  # nothing else in it
+    assert [int(c[0]) for c in cues] == list(range(1, len(cues) + 1))
+    assert " ".join(c[3] for c in cues) == result["text"]
+    ends = [(seconds(a), seconds(b)) for _, a, b, _ in cues]
+    assert all(a < b for a, b in ends) and all(b1 <= a2 for (_, b1), (a2, _) in zip(ends, ends[1:]))
+
+    out = tmp_path / "subtitles"
+    run_cli("framework.transcribe", [str(tones_model), str(recording), "--format", "vtt", "--out", str(out)],
+            cwd=tmp_path)
+    vtt = (out / "spelled.wav.vtt").read_text()
+    cues = VTT_CUE.findall(vtt)
+    assert vtt == "WEBVTT\n\n" + "\n".join(f"{a} --> {b}\n{t}\n" for a, b, t in cues)
+    assert " ".join(t for _, _, t in cues) == result["text"]
+
+
+def test_subtitles_of_several_files_need_a_folder(one_epoch_run, tmp_path, data_dir):
+    wavs = sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:2]
+    proc = run_cli("framework.transcribe", [str(one_epoch_run), *map(str, wavs), "--format", "srt"], cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("name a folder for them with --out DIR")
+
