@@ -55,7 +55,8 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path):
     proc = run_cli("framework.train", ["model=ds3"], cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: model=ds3: no such option in conf/model/ (or the --config-dir); available: "
-                                   "conformer_m, conformer_small, ds2, ds2_small, wideresnet, wrn_small")
+                                   "conformer_m, conformer_small, conformer_transducer, ds2, ds2_small, ds2_transducer, "
+                                   "wideresnet, wrn_small")
 
 
 def test_missing_required_value_names_the_key(tmp_path):
@@ -214,7 +215,7 @@ DATASETS = {"tones": [], "speech": [], "deepmark": [], "digits": [], "recording"
             "hdf5": ["dataset.train.path=t.h5", "dataset.valid.path=v.h5"]}
 
 
-@pytest.mark.parametrize("recipe", ["asr_ctc", "image_classification", "sound_event"])
+@pytest.mark.parametrize("recipe", ["asr_ctc", "asr_transducer", "image_classification", "sound_event"])
 @pytest.mark.parametrize("batching", ["fixed", "sorted", "dynamic"])
 def test_every_recipe_composes_with_every_batching_and_dataset(recipe, batching):
     from framework.config.check import check_command_line
@@ -228,6 +229,8 @@ def test_every_recipe_composes_with_every_batching_and_dataset(recipe, batching)
     ("asr_ctc", ["model=conformer_m", "trainer.activation_checkpointing=[blocks]"]),
     ("asr_ctc", ["decoder=beam", "decoder.lexicon=train"]),
     ("asr_ctc", ["tokenizer=bpe", "tokenizer.vocab_size=64"]),
+    ("asr_transducer", ["batching.quadratic=30", "trainer.activation_checkpointing=[encoder.blocks]"]),
+    ("asr_transducer", ["model=ds2_transducer", "decoder=transducer_beam", "tokenizer=unigram"]),
     ("sound_event", []),
 ])
 @pytest.mark.parametrize("augment", ["none", "specaugment", "speech"])
@@ -242,6 +245,8 @@ def test_augmentations_decoders_and_conformers_compose_with_the_recipes_they_app
 # Which options of the groups that only speech recognition uses apply to which recipe.
 ASR_OPTIONS = {
     "asr_ctc": {"model": ["ds2", "ds2_small", "conformer_small", "conformer_m"], "decoder": ["greedy", "beam"]},
+    "asr_transducer": {"model": ["conformer_transducer", "ds2_transducer"],
+                       "decoder": ["transducer_greedy", "transducer_beam"]},
 }
 
 

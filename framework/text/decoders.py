@@ -46,6 +46,8 @@ MISSING_FLASHLIGHT = ("beam search needs flashlight-text: pip install 'framework
 class GreedyDecoder:
     """Best path: the most likely label of each frame, repeats merged, blanks removed."""
 
+    kind = "ctc"  # decodes CTC outputs
+
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
 
@@ -67,6 +69,8 @@ class BeamSearchDecoder:
     its units) are left out. ``lm``: None or an ARPA / KenLM binary path.
     ``word_score`` is added per word; lexicon-free decoding applies it only with an LM (and lm_weight > 0).
     """
+
+    kind = "ctc"
 
     def __init__(
         self,

@@ -17,12 +17,13 @@ import logging
 from collections import Counter
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from torch import nn
 
 from framework.brain import Brain, Stage
 from framework.errors import UserError
 from framework.files import write_text_atomic
+from framework.models.transducer import Transducer
 from framework.text import ErrorRate
 from framework.text.decoders import GreedyDecoder, training_words
 from framework.text.tokenizer import Tokenizer
@@ -35,11 +36,15 @@ log = logging.getLogger(__name__)
 
 class ASRBrain(Brain):
     model_arguments = ("num_bins", "num_classes")
+    greedy_decoder: type = GreedyDecoder  # validation decodes greedily: fast, and picks the checkpoint
+    decoder_options = "decoder=greedy or decoder=beam"  # the decoders of conf/decoder that suit the model
 
     def build_model(self, train_set) -> nn.Module:
         self.setup_decoding(train_set)
         self.ctc_loss = nn.CTCLoss(blank=0, zero_infinity=True)
         model = instantiate(self.cfg.model, num_bins=self.features.num_bins, num_classes=len(self.tokenizer))
+        if isinstance(model, Transducer):
+            raise UserError(f"model {self.cfg.model._target_} is a transducer: train it with recipe=asr_transducer")
         self.intermediate_weight = float(self.cfg.get("intermediate_ctc_weight", 0.3))
         if getattr(model, "intermediate_layer", None) and not 0.0 < self.intermediate_weight < 1.0:
             raise UserError(f"intermediate_ctc_weight={self.intermediate_weight}: must be in (0, 1) when "
@@ -50,10 +55,14 @@ class ASRBrain(Brain):
         """The run's tokenizer and decoders: greedy in validation; in test and transcription the
         config's decoder group, if it has one, else greedy too."""
         self.tokenizer = self.run_tokenizer(train_set)
-        self.greedy = self.decoder = GreedyDecoder(self.tokenizer)  # greedy: fast, and picks the checkpoint
+        self.greedy = self.decoder = self.greedy_decoder(self.tokenizer)
         self.warned_unknown = False
         if not self.cfg.get("decoder"):
             return
+        kind = getattr(get_class(self.cfg.decoder._target_), "kind", None)
+        if kind != self.greedy.kind:
+            raise UserError(f"decoder {self.cfg.decoder._target_} decodes {kind} outputs; this recipe's model needs "
+                            f"a {self.greedy.kind} decoder: {self.decoder_options}")
         lexicon = {"lexicon": str(self.run_dir / "lexicon.txt")} if self.cfg.decoder.get("lexicon") == "train" else {}
         self.decoder = instantiate(self.cfg.decoder, tokenizer=self.tokenizer, **lexicon)
 
@@ -162,5 +171,9 @@ class ASRBrain(Brain):
         inputs, lengths = pad_sequences(wavs)
         with self.eval_weights():
             feats, feat_lens = self.features.extract(inputs.to(self.device), lengths.to(self.device))
-            logits, out_lens = self.model(feats, feat_lens)
+            return self.recognize(feats, feat_lens)
+
+    def recognize(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> list[str]:
+        """Transcripts of a batch of features, decoded with the test decoder."""
+        logits, out_lens = self.model(feats, feat_lens)
         return self.decoder.decode(logits.float().log_softmax(-1), out_lens)
