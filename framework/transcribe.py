@@ -334,6 +334,25 @@ def write(result: Result, fmt: str, out: Path | None) -> None:
     tmp.replace(target)
 
 
+@torch.no_grad()
+def whole_recordings(brain, jobs: list[Job], geometry: Geometry) -> Iterator[Result | Failure]:
+    """Each job in one pass through ``brain.recognize`` (a model whose outputs cannot be merged
+    across chunks, such as a transducer): memory grows with the recording's length."""
+    brain.set_mode(training=False)
+    for i, job in enumerate(jobs):
+        failed = None
+        for chunk in chunk_stream([job], geometry, chunk_s=1e9, overlap_s=0.0):
+            if isinstance(chunk, Failure):
+                failed = Failure(i, chunk.message)
+                continue
+            samples = chunk.samples.to(brain.device)[None]
+            lengths = torch.tensor([samples.shape[1]], device=brain.device)
+            with brain.eval_weights():
+                feats, feat_lens = brain.features.extract(samples, lengths)
+                text = brain.recognize(feats, feat_lens)[0]
+        yield failed or Result(job.name, text, chunk.duration)
+
+
 # ---------------------------------------------------------------------------- sources
 def jobs_of(files: list[str], manifest: str | None, data_root: str | None) -> list[Job]:
     jobs = [Job(f, f) for f in files]
@@ -409,9 +428,15 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
             torch.set_num_threads(threads)
         unit, min_samples, centre = frame_geometry(brain.features, brain.module)
         geometry = Geometry(int(cfg.sample_rate), unit, min_samples, 0, centre)
-        with brain_runner(brain) as run:
-            emit(Transcriber(run, geometry, brain.decoder, brain.tokenizer, chunk_s, overlap_s, batch_size,
-                             timestamps)(jobs))
+        if not getattr(brain, "ctc", True):  # a transducer: no CTC frames to merge chunks at or align words with
+            if timestamps:
+                raise UserError(f"--format {fmt}: word times come from a CTC alignment; {cfg.brain._target_} gives "
+                                "transcripts only (--format text)")
+            emit(whole_recordings(brain, jobs, geometry))
+        else:
+            with brain_runner(brain) as run:
+                emit(Transcriber(run, geometry, brain.decoder, brain.tokenizer, chunk_s, overlap_s, batch_size,
+                                 timestamps)(jobs))
         brain.logger.close()
     if failures:
         raise UserError(f"{failures} of {len(jobs)} files could not be transcribed (named above); the others were")

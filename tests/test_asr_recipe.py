@@ -147,7 +147,8 @@ def test_beam_search_with_a_language_model_in_evaluate_and_transcribe(one_epoch_
     # after one epoch greedy decoding spells non-words, so the beam decoder was what kept to the lexicon
     assert any(not set(words) <= lexicon for words in transcripts())
     bad = run_cli("framework.evaluate", [str(run_dir), "decoder=bean"], cwd=tmp_path, check=False)
-    assert bad.returncode == 2 and "decoder=bean: no such option in conf/decoder/; available: beam, greedy" in bad.stderr
+    assert bad.returncode == 2 and ("decoder=bean: no such option in conf/decoder/; available: beam, greedy, "
+                                    "transducer_beam, transducer_greedy") in bad.stderr
 
 
 def test_evaluation_and_transcription_never_fit_on_their_own_data(train_cli, tmp_path, data_dir):

@@ -55,7 +55,8 @@ def test_unknown_group_option_lists_the_available_ones(tmp_path):
     proc = run_cli("framework.train", ["model=ds3"], cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: model=ds3: no such option in conf/model/ (or the --config-dir); available: "
-                                   "conformer_m, conformer_small, ds2, ds2_small, wav2vec2_ctc, wideresnet, wrn_small")
+                                   "conformer_m, conformer_small, conformer_transducer, ds2, ds2_small, ds2_transducer, "
+                                   "wav2vec2_ctc, wideresnet, wrn_small")
 
 
 def test_missing_required_value_names_the_key(tmp_path):
@@ -215,7 +216,7 @@ DATASETS = {"tones": [], "speech": [], "sentences": [], "deepmark": [], "digits"
             "hdf5": ["dataset.train.path=t.h5", "dataset.valid.path=v.h5"]}
 
 
-@pytest.mark.parametrize("recipe", ["asr_ctc", "image_classification", "sound_event"])
+@pytest.mark.parametrize("recipe", ["asr_ctc", "asr_transducer", "image_classification", "sound_event"])
 @pytest.mark.parametrize("batching", ["fixed", "sorted", "dynamic"])
 def test_every_recipe_composes_with_every_batching_and_dataset(recipe, batching):
     from framework.config import check_command_line
@@ -228,6 +229,9 @@ def test_every_recipe_composes_with_every_batching_and_dataset(recipe, batching)
     ("asr_ctc", ["model=conformer_small", "batching.quadratic=30"]),
     ("asr_ctc", ["model=conformer_m", "trainer.activation_checkpointing=[blocks]"]),
     ("asr_ctc", ["decoder=beam", "decoder.lexicon=train"]),
+    ("asr_ctc", ["tokenizer=bpe", "tokenizer.vocab_size=64"]),
+    ("asr_transducer", ["batching.quadratic=30", "trainer.activation_checkpointing=[encoder.blocks]"]),
+    ("asr_transducer", ["model=ds2_transducer", "decoder=transducer_beam", "tokenizer=unigram"]),
     ("sound_event", []),
 ])
 @pytest.mark.parametrize("augment", ["none", "specaugment", "speech"])
@@ -237,6 +241,35 @@ def test_augmentations_decoders_and_conformers_compose_with_the_recipes_they_app
     check_command_line([f"recipe={recipe}", f"augment={augment}", *extra])
     with pytest.raises(ConfigError, match="augment.specaugmnt"):  # and the check is live there
         check_command_line([f"recipe={recipe}", f"augment={augment}", *extra, "augment.specaugmnt=1"])
+
+
+# Which options of the groups that only speech recognition uses apply to which recipe.
+ASR_OPTIONS = {
+    "asr_ctc": {"model": ["ds2", "ds2_small", "conformer_small", "conformer_m"], "decoder": ["greedy", "beam"]},
+    "asr_transducer": {"model": ["conformer_transducer", "ds2_transducer"],
+                       "decoder": ["transducer_greedy", "transducer_beam"]},
+}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", sorted(ASR_OPTIONS))
+def test_every_tokenizer_decoder_and_model_composes_with_the_asr_recipes_it_applies_to(recipe):
+    from framework.config import ConfigError, check_command_line
+
+    assert sorted(d for r in ASR_OPTIONS.values() for d in r["decoder"]) == options("decoder")  # none left untried
+    assert {m for r in ASR_OPTIONS.values() for m in r["model"]} == set(options("model")) - {"wideresnet", "wrn_small",
+                                                                                             "wav2vec2_ctc"}
+    for tokenizer in options("tokenizer"):
+        for decoder in ASR_OPTIONS[recipe]["decoder"]:
+            cfg = check_command_line([f"recipe={recipe}", f"tokenizer={tokenizer}", f"decoder={decoder}"])
+            assert cfg.tokenizer._target_.startswith("framework.text.units.")
+    for model in ASR_OPTIONS[recipe]["model"]:
+        check_command_line([f"recipe={recipe}", f"model={model}"])
+    with pytest.raises(ConfigError, match="tokenizer.vocab_sise: unknown key; did you mean tokenizer.vocab_size?"):
+        check_command_line([f"recipe={recipe}", "tokenizer=bpe", "+tokenizer.vocab_sise=3"])
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))

@@ -58,7 +58,7 @@ def test_sweep_tutorial(tmp_path, data_dir):
     assert searched[2] != searched[0] and searched[2] != searched[1]  # the resumed search draws new parameters
 
 
-@pytest.mark.slow  # seven commands on the speech corpus, ~1 min; each piece also has its own fast test
+@pytest.mark.slow  # fourteen commands on the speech corpus; each piece also has its own fast test
 def test_asr_tutorial(tmp_path, data_dir):
     pytest.importorskip("flashlight.lib.text", reason="beam search needs flashlight-text (pip install '.[lm]')")
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")  # the commands run from the repository's root
@@ -77,6 +77,8 @@ def test_asr_tutorial(tmp_path, data_dir):
     interctc = tmp_path / "runs" / "interctc"
     assert "intermediate_layer: 2" in (interctc / "config.yaml").read_text()
     assert "test_cer" in json.loads((interctc / "metrics.json").read_text())["metrics"]
+    assert (tmp_path / "runs" / "bpe" / "tokenizer.model").read_bytes() == (tmp_path / "speech-bpe.model").read_bytes()
+    assert "test_cer" in json.loads((tmp_path / "runs" / "transducer" / "metrics.json").read_text())["metrics"]
 
 
 @pytest.mark.slow  # a HuBERT-base step on the CPU, ~1 min

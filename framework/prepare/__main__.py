@@ -5,6 +5,7 @@
   stats     length histogram and summary of a manifest; with --batching, the batches a
             batching config makes of it (count, padding %, batch sizes), without training
   lm        a word n-gram language model (ARPA file) of a manifest's transcripts, for beam search
+  tokenizer subword units (a sentencepiece BPE or unigram model) of a manifest's transcripts
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     lm.add_argument("out", help="the ARPA file to write")
     lm.add_argument("--order", type=int, default=3, help="n of the n-grams")
 
+    tk = sub.add_parser("tokenizer", help="subword units (sentencepiece .model) of transcripts, for tokenizer.path")
+    tk.add_argument("transcripts", help="a manifest (.json, .jsonl, .csv) or a text file of one sentence per line")
+    tk.add_argument("out", help="the .model file to write")
+    tk.add_argument("--type", choices=["bpe", "unigram"], default="bpe")
+    tk.add_argument("--vocab-size", type=int, default=256, help="pieces, <unk> included (the model adds the blank)")
+
     args, overrides = parse_with_overrides(parser, argv)
     exit_on_error(lambda: run(args, overrides))  # a stop signal: workers and temporary files cleaned up, 143 / 130
     return 0
@@ -88,6 +95,10 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
         from framework.prepare.lm import build_lm
 
         build_lm(args.transcripts, args.out, args.order)
+    elif args.command == "tokenizer":
+        from framework.prepare.tokenizer import build_tokenizer
+
+        build_tokenizer(args.transcripts, args.out, args.type, args.vocab_size)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ How the word n-gram is applied:
 
 - With a lexicon (a words file, a list of words, or the training transcripts' words):
   flashlight's lexicon decoder. Hypotheses only spell lexicon words (a trie of their
-  spellings, a space between words optional); the LM scores each word as it is completed,
+  spellings in the tokenizer's units, characters or the subword pieces its encoding
+  gives, a space between words optional); the LM scores each word as it is completed,
   ``word_score`` is added per word. A closed vocabulary: best when test words are known.
 - Without a lexicon: flashlight's lexicon-free decoder, which would query an LM on every
-  character (a word LM would take single letters for words). So the word LM is wrapped:
-  a character extends the word being spelled at no cost; a space, or the end of the
-  utterance, completes it, and the LM scores the word (words it never saw at ``<unk>``'s
+  unit (a word LM would take single letters for words). So the word LM is wrapped: a unit
+  extends the word being spelled at no cost; a space, a subword piece that starts a word,
+  or the end of the utterance completes it, and the LM scores the word (words it never saw at ``<unk>``'s
   probability) plus ``word_score``. An open vocabulary: the acoustics may still spell new
   words, at a price. The LM's words are read from its ARPA file; a KenLM binary, whose
   vocabulary cannot be read here, needs a lexicon.
@@ -34,7 +35,7 @@ import torch
 
 from framework.text.ctc import greedy_decode
 from framework.text.ngram import UNK
-from framework.text.tokenizer import CharTokenizer
+from framework.text.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ MISSING_FLASHLIGHT = ("beam search needs flashlight-text: pip install 'framework
 class GreedyDecoder:
     """Best path: the most likely label of each frame, repeats merged, blanks removed."""
 
-    def __init__(self, tokenizer: CharTokenizer) -> None:
+    kind = "ctc"  # decodes CTC outputs
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
@@ -62,14 +65,16 @@ class BeamSearchDecoder:
 
     ``lexicon``: None (lexicon-free), a file with one word per line (the first field of each
     line, so flashlight's ``word spelling`` files work too) or a list of words, e.g.
-    ``training_words(train_set.texts)``. Words with characters outside the tokenizer's
-    alphabet cannot be spelled and are left out. ``lm``: None or an ARPA / KenLM binary path.
+    ``training_words(train_set.texts)``. Words the tokenizer cannot spell (characters outside
+    its units) are left out. ``lm``: None or an ARPA / KenLM binary path.
     ``word_score`` is added per word; lexicon-free decoding applies it only with an LM (and lm_weight > 0).
     """
 
+    kind = "ctc"
+
     def __init__(
         self,
-        tokenizer: CharTokenizer,
+        tokenizer: Tokenizer,
         beam_size: int = 50,
         lexicon: str | Path | Sequence[str] | None = None,
         lm: str | Path | None = None,
@@ -94,20 +99,22 @@ class BeamSearchDecoder:
         symbols = list(tokenizer.symbols)
         blank, space = symbols[0], " "
         self.sil = "|" if "|" not in symbols else "<space>"
-        # Flashlight needs a word separator token; an alphabet without a space gets one the model never emits.
+        # Flashlight needs a word separator token; units without a space (subword pieces, or an
+        # alphabet without one) get one the model never emits.
         self.extra_sil = space not in symbols
         tokens = [self.sil if s == space else s for s in symbols] + ([self.sil] if self.extra_sil else [])
-        self.chars = {i: (" " if t == self.sil else t) for i, t in enumerate(tokens)}
+        self.units = [*tokenizer.surface, *([space] if self.extra_sil else [])]  # the text of each token
 
         options = dict(tokens=tokens, nbest=1, beam_size=beam_size, beam_size_token=beam_size_token,
                        beam_threshold=beam_threshold, lm_weight=lm_weight, word_score=word_score,
                        sil_score=sil_score, log_add=log_add, blank_token=blank, sil_token=self.sil, unk_word=UNK)
         self.lexicon_words: list[str] | None = None
         if lexicon is not None:
-            self.lexicon_words = self._spellable(lexicon, set(symbols) - {blank, space})
+            spellings = self._spellable(lexicon, tokenizer)
+            self.lexicon_words = list(spellings)
             with tempfile.TemporaryDirectory() as tmp:  # flashlight reads lexicons from a file
                 path = Path(tmp) / "lexicon.txt"
-                path.write_text("".join(f"{w}\t{' '.join(w)}\n" for w in self.lexicon_words), encoding="utf-8")
+                path.write_text("".join(f"{w}\t{' '.join(s)}\n" for w, s in spellings.items()), encoding="utf-8")
                 self.decoder = ctc_decoder(lexicon=str(path), lm=None if lm is None else str(lm), **options)
         else:
             options.pop("word_score")  # applied by the wrapped LM, per word
@@ -115,11 +122,12 @@ class BeamSearchDecoder:
             if lm is not None:
                 from framework.text.word_lm import WordBoundaryLM
 
-                word_lm = WordBoundaryLM(lm, self.chars, tokens.index(self.sil), word_score, lm_weight)
+                word_lm = WordBoundaryLM(lm, self.units, word_score, lm_weight)
             self.decoder = ctc_decoder(lexicon=None, lm=word_lm, **options)
 
     @staticmethod
-    def _spellable(lexicon: str | Path | Sequence[str], alphabet: set[str]) -> list[str]:
+    def _spellable(lexicon: str | Path | Sequence[str], tokenizer: Tokenizer) -> dict[str, list[str]]:
+        """Each word of the lexicon the tokenizer can spell, with its spelling."""
         if isinstance(lexicon, (str, Path)):
             path = Path(lexicon)
             if not path.is_file():
@@ -128,14 +136,14 @@ class BeamSearchDecoder:
         else:
             words = [str(w) for w in lexicon]
         words = sorted({w.lower() for w in words})
-        spellable = [w for w in words if set(w) <= alphabet]
-        if len(spellable) < len(words):
-            log.warning("lexicon: %d of %d words have characters outside the alphabet and are left out",
-                        len(words) - len(spellable), len(words))
-        if not spellable:
+        spellings = {w: s for w, s in ((w, tokenizer.spell(w)) for w in words) if s}
+        if len(spellings) < len(words):
+            log.warning("lexicon: %d of %d words have characters outside the tokenizer's units and are left out",
+                        len(words) - len(spellings), len(words))
+        if not spellings:
             raise ValueError(f"lexicon {lexicon if isinstance(lexicon, (str, Path)) else '(list)'} has no word the "
-                             "tokenizer's alphabet can spell")
-        return spellable
+                             "tokenizer's units can spell")
+        return spellings
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         emissions = log_probs.detach().to("cpu", torch.float32)
@@ -149,5 +157,5 @@ class BeamSearchDecoder:
             elif self.lexicon_words is not None:
                 texts.append(" ".join(best[0].words))
             else:
-                texts.append(" ".join("".join(self.chars[int(i)] for i in best[0].tokens).split()))
+                texts.append(" ".join("".join(self.units[int(i)] for i in best[0].tokens).split()))
         return texts

@@ -1,7 +1,8 @@
 """A word n-gram for flashlight's lexicon-free CTC decoder, which queries its LM on every token.
 
-Characters extend the word being spelled at no cost; a space, or the end of the utterance,
-completes it and KenLM scores it (a word the LM never saw as ``<unk>``). Needs flashlight-text.
+Units (characters or subword pieces) extend the word being spelled at no cost; a space, a
+piece that starts a word, or the end of the utterance completes it and KenLM scores it (a
+word the LM never saw as ``<unk>``). Needs flashlight-text.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from framework.text.ngram import UNK, read_arpa
 class WordBoundaryLM(CTCDecoderLM):
     """flashlight merges hypotheses whose LM states are the same object, so each state is a
     node of a trie over token sequences (``state.child(token)``), mapped here to
-    (KenLM state, the word spelled so far)."""
+    (KenLM state, the word spelled so far). ``units[i]`` is the text of token ``i``; a leading
+    space (the space itself, or a piece that starts a word) ends the word before it."""
 
-    def __init__(self, path: str | Path, chars: dict[int, str], sil: int, word_score: float = 0.0,
-                 lm_weight: float = 1.0) -> None:
+    def __init__(self, path: str | Path, units: list[str], word_score: float = 0.0, lm_weight: float = 1.0) -> None:
         CTCDecoderLM.__init__(self)
         path = str(path)
         with open(path, "rb") as f:
@@ -31,7 +32,7 @@ class WordBoundaryLM(CTCDecoderLM):
         self.words = Dictionary(read_arpa(path, max_order=1).vocabulary)
         self.kenlm = KenLM(path, self.words)
         self.unk = self.words.get_index(UNK)
-        self.chars, self.sil = chars, sil
+        self.units = units
         # flashlight multiplies what score() returns by lm_weight; the word score is not to be scaled.
         self.bonus = word_score / lm_weight if lm_weight else 0.0
         self.states: dict = {}
@@ -53,11 +54,13 @@ class WordBoundaryLM(CTCDecoderLM):
         if step is None:  # flashlight asks again for most (state, token) pairs, frame after frame
             ken, word = self.states[state]
             score = 0.0
-            if token != self.sil:
-                word += self.chars[token]
-            elif word:
-                ken, score = self._complete(ken, word)
-                word = ""
+            text = self.units[token]
+            if text.startswith(" "):
+                if word:
+                    ken, score = self._complete(ken, word)
+                word = text[1:]
+            else:
+                word += text
             child = state.child(token)
             self.states[child] = (ken, word)
             step = self.steps[(state, token)] = (child, score)
