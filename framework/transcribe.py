@@ -426,14 +426,14 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
         brain.load_weights(checkpoint)
         if threads:
             torch.set_num_threads(threads)
-        unit, min_samples, centre = frame_geometry(brain.features, brain.module)
-        geometry = Geometry(int(cfg.sample_rate), unit, min_samples, 0, centre)
         if not getattr(brain, "ctc", True):  # a transducer: no CTC frames to merge chunks at or align words with
             if timestamps:
                 raise UserError(f"--format {fmt}: word times come from a CTC alignment; {cfg.brain._target_} gives "
                                 "transcripts only (--format text)")
-            emit(whole_recordings(brain, jobs, geometry))
+            emit(whole_recordings(brain, jobs, Geometry(int(cfg.sample_rate), 1, 1, 0)))
         else:
+            unit, min_samples, centre = frame_geometry(brain.features, brain.module)
+            geometry = Geometry(int(cfg.sample_rate), unit, min_samples, 0, centre)
             with brain_runner(brain) as run:
                 emit(Transcriber(run, geometry, brain.decoder, brain.tokenizer, chunk_s, overlap_s, batch_size,
                                  timestamps)(jobs))

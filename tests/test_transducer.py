@@ -153,11 +153,14 @@ def test_trains_in_pieces_with_bf16_accumulation_and_checkpointed_blocks_then_de
     # evaluation and transcription with the beam search
     beam = json.loads(run_cli("framework.evaluate", [str(run_dir), "decoder=transducer_beam", "decoder.beam_size=4"],
                               cwd=tmp_path).stdout.strip().splitlines()[-1])
-    assert set(beam) == {"test_loss", "test_cer", "test_wer"}
+    assert set(beam) == {"test_loss", "test_cer", "test_wer", "test_examples"}
     assert beam["test_loss"] == pytest.approx(run_result(run_dir)["metrics"]["test_loss"])  # the same checkpoint
     wavs = [str(w) for w in sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:2]]
     out = run_cli("framework.transcribe", [str(run_dir), *wavs, "decoder=transducer_beam"], cwd=tmp_path).stdout
     assert [line.split("\t")[0] for line in out.rstrip("\n").split("\n")] == wavs
+    proc = run_cli("framework.transcribe", [str(run_dir), wavs[0], "--format", "json"], cwd=tmp_path, check=False)
+    assert last_line(proc) == ("error: --format json: word times come from a CTC alignment; "
+                               "recipes.asr_transducer.brain.TransducerBrain gives transcripts only (--format text)")
 
 
 def test_decoders_and_models_of_the_other_recipe_are_refused_at_start(transducer_cli, train_cli, tmp_path):
@@ -190,12 +193,13 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(transducer_cli, data_dir
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
     state = newest_state(run_dir)
-    assert state["epoch"] == 1 and state["batch_in_epoch"] == state["step"] - steps_per_epoch > 0  # mid-epoch
+    done = state["progress"]
+    assert done["epoch"] == 1 and done["batch_in_epoch"] == done["step"] - steps_per_epoch > 0  # mid-epoch
 
     transducer_cli(*args, "trainer.resume=auto", run_dir=run_dir)
     assert f"resumed from {run_dir / 'checkpoints'}" in (run_dir / "train.log").read_text()
     a, b = newest_state(straight), newest_state(run_dir)
-    assert a["step"] == b["step"]
+    assert a["progress"]["step"] == b["progress"]["step"]
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     for ha, hb in zip(run_result(straight)["history"], run_result(run_dir)["history"]):
