@@ -17,6 +17,7 @@ def test_every_tutorial_has_commands():
         assert bash_blocks(DOCS / name), name
 
 
+@pytest.mark.slow  # ~2.5 min; resume, evaluate, transcribe and the run dir have fast tests of their own
 def test_launch_tutorial(tmp_path, data_dir):
     out = run_doc("launch.md", tmp_path, data_dir)
     assert "did you mean trainer.max_epochs?" in out and "trainer.max_epochs='abc': expected an integer" in out
@@ -30,6 +31,7 @@ def test_launch_tutorial(tmp_path, data_dir):
     assert "differs from the features test-fbank.h5 holds" in out
 
 
+@pytest.mark.slow  # ~1.5 min; new_recipe and user recipes have fast tests (test_config, test_recipes)
 def test_extend_tutorial(tmp_path, data_dir):
     out = run_doc("extend.md", tmp_path, data_dir)
     assert (tmp_path / "my_asr" / "brain.py").is_file() and (tmp_path / "my_asr" / "recipe" / "my_asr.yaml").is_file()
@@ -41,6 +43,7 @@ def test_extend_tutorial(tmp_path, data_dir):
     assert "model.hiden: unknown key; did you mean model.hidden?" in out
 
 
+@pytest.mark.slow  # ~1.5 min; grids, summaries and Optuna have fast tests (test_sweep)
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
                     reason="the optuna extra is not installed (pip install -e '.[optuna]'); CI installs it")
 def test_sweep_tutorial(tmp_path, data_dir):

@@ -43,12 +43,17 @@ def test_readme_command_block_runs_as_written(tmp_path):
         proc = subprocess.run(["bash", "-c", scaled], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == 0, f"README command failed: {scaled}\n{proc.stdout}\n{proc.stderr}"
-        if command.startswith("python -m framework.transcribe"):
+        if command.startswith("python -m framework.transcribe") and "--format json" in command:
+            words = json.loads(proc.stdout)["words"]
+            assert words and all(0 <= w["start"] <= w["end"] for w in words)
+        elif command.startswith("python -m framework.transcribe"):
             assert proc.stdout.startswith("data/tones/test/test-00000.wav\t")
         if command.startswith("python -m framework.evaluate"):
             assert "test_cer" in json.loads(proc.stdout.strip().splitlines()[-1])
     assert (tmp_path / "runs" / "avg" / "checkpoints" / "averaged.pt").is_file()
     assert "resumed from" in (tmp_path / "runs" / "first" / "train.log").read_text()
     assert (tmp_path / "my_asr" / "brain.py").is_file() and (tmp_path / "lm.arpa").is_file()
+    assert (tmp_path / "runs" / "first" / "export" / "onnx-int8" / "artifact.json").is_file()
+    assert (tmp_path / "runs" / "rnnt" / "tokenizer.model").is_file() and (tmp_path / "runs" / "rnnt" / "metrics.json").is_file()
     grid = sorted((tmp_path / "multirun").rglob("summary.md"))
     assert grid and any("4 of 4 jobs finished" in p.read_text() for p in grid)
