@@ -95,6 +95,7 @@ class Brain:
         self.dist = dist if dist is not None else distributed.init_distributed(self.options.device)
         self.device = self.dist.device
         self.run_dir = Path(run_dir if run_dir is not None else cfg.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # also when built outside the entry points (a notebook, a test)
         self.precision = Precision(self.options.precision, self.device, self.options.eval_precision)
         self.features = build_features(cfg, self.device)
         ck = self.options.checkpoint
