@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from enum import Enum
 from pathlib import Path
@@ -43,16 +42,12 @@ from framework.files import write_text_atomic
 from framework.models import count_parameters, trainable_parameters
 from framework.trainer import distributed
 from framework.trainer.accumulation import step_windows
-from framework.trainer.checkpoint import (
-    Checkpointer,
-    rng_state,
-    set_rng_state,
-)
+from framework.trainer.checkpoint import Checkpointer, rng_state, set_rng_state
 from framework.trainer.distributed import DistEnv
 from framework.trainer.early_stopping import EarlyStopping
 from framework.trainer.ema import WeightEMA
 from framework.trainer.freeze import Freezer
-from framework.trainer.init import copy_run_files, initialise, write_report
+from framework.trainer.init import start_from, take_files
 from framework.trainer.loggers import Loggers
 from framework.trainer.logs import format_metrics, progress
 from framework.trainer.meter import EpochMeter, padding
@@ -64,7 +59,7 @@ from framework.trainer.state import MidEpoch, ModelConfig, PerRank, Progress, RN
 from framework.trainer.stopping import StopAgreement, StopRequested
 from framework.trainer.strategy import checkpoint_activations, wrap_model
 from framework.trainer.telemetry import NonFiniteLossError, Skips, StepLog, log_epoch
-from framework.trainer.threads import ThreadTuner, measures, resolve_num_threads
+from framework.trainer.threads import tuner_for
 
 log = logging.getLogger(__name__)
 __all__ = ["Brain", "NonFiniteLossError", "Stage"]
@@ -106,11 +101,10 @@ class Brain:
         self.profiler = StepProfiler(self.options.profile, self.run_dir / "profile", self.dist.rank)
         self.state = TrainState()  # what a checkpoint holds, registered by its owners
         self.progress = Progress()
-        self.stop = StopAgreement(self.dist)
+        max_time_s = parse_duration(self.options.max_time) if self.options.max_time else None
+        self.stop = StopAgreement(self.dist, max_time_s, self.elapsed)  # stop signals and the time budget
         self.skips = Skips(self.options.nonfinite_patience, self.options.precision)
-        self.max_time_s = parse_duration(self.options.max_time) if self.options.max_time else None
-        cores = resolve_num_threads("auto", int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        self.threads = ThreadTuner(cores) if measures(self.options.num_threads) and self.device.type == "cpu" else None
+        self.threads = tuner_for(self.options.num_threads, self.device.type)
         self.model: nn.Module | None = None  # what runs forward: DDP- and compile-wrapped
         self.module: nn.Module | None = None  # the plain model, for state dicts
         self.optimizer: torch.optim.Optimizer | None = None
@@ -192,16 +186,12 @@ class Brain:
         if self.model is not None:
             return
         init_from = self.options.init_from if train_set is not None else None  # fine-tuning starts a fit only
-        taken = self.take_source_files(init_from)
+        taken = take_files(init_from, self.run_dir, self.options.init, self.dist.is_main)
         if self.features is not None:
             self.prepare_features(train_set)
         model = self.module = self.build_model(train_set).to(self.device)
         if init_from:
-            init = self.options.init
-            report = initialise(model, init_from, list(init.include), list(init.exclude), dict(init.rename),
-                                init.ignore_mismatched)
-            if self.dist.is_main:
-                write_report(report, self.run_dir, taken)
+            start_from(model, init_from, self.options.init, self.run_dir, self.dist.is_main, taken)
         self.freezer = Freezer(model, list(self.options.freeze), self.options.unfreeze_at, self.unfrozen)
         log.info("model %s: %.2f M trainable parameters", type(model).__name__, count_parameters(model) / 1e6)
         checkpoint_activations(model, self.options)
@@ -218,14 +208,6 @@ class Brain:
         self.state.add_recoverable("freeze", self.freezer)  # before the optimizer: unfreezing adds it a group
         self.state.add_recoverable("optimizer", self.optimizer)
         self.state.add_recoverable("scaler", self.precision)
-
-    def take_source_files(self, init_from: str | None) -> list[str]:
-        """``trainer.init.take_files`` of the run ``init_from`` names, copied into this run
-        directory (rank 0), where the run then finds them instead of fitting them anew."""
-        taken = copy_run_files(init_from, self.run_dir, list(self.options.init.take_files)) \
-            if init_from and self.dist.is_main else []
-        distributed.barrier()
-        return taken
 
     def unfrozen(self) -> None:
         """The frozen modules joined training: the clipped parameters and the DDP wrapper follow."""
@@ -276,8 +258,7 @@ class Brain:
         self.on_fit_start()
         with self.stop.signals, self.profiler:
             for epoch in range(self.progress.epoch, self.options.max_epochs):
-                if self.stop.out_of_time or (self.max_time_s and self.elapsed() >= self.max_time_s) \
-                        or self.early_stopping.stopped:
+                if self.stop.time_up() or self.early_stopping.stopped:
                     break
                 self.run_epoch(train_loader, valid_loader, epoch)
         self.on_fit_end()
@@ -292,7 +273,7 @@ class Brain:
         self.scheduler = build_scheduler(self.cfg.get("scheduler"), self.optimizer, steps_per_epoch,
                                          self.options.max_epochs)
         if getattr(self.scheduler, "over", "steps") == "time":  # the schedule follows trainer.max_time
-            self.scheduler.clock = lambda: self.elapsed() / self.max_time_s
+            self.scheduler.clock = lambda: self.elapsed() / self.stop.max_time_s
 
     def register_training_state(self) -> None:
         """The checkpoint parts that only training has: the schedule, the run's progress and
@@ -380,8 +361,7 @@ class Brain:
         bar = progress(self.limited(len(loader)) - start, f"epoch {epoch + 1}", self.dist.is_main)
         for window in step_windows(loader, self.options.grad_accumulation, start, self.options.limit_batches,
                                    self.meter.waited, self.skips.usable):
-            time_up = self.max_time_s is not None and self.elapsed() >= self.max_time_s
-            weights = self.stop.plan_step([len(b) for b in window.batches], time_up)
+            weights = self.stop.plan_step([len(b) for b in window.batches])
             if weights is None:  # a stop signal or the time budget: this window is left for later
                 break
             self.progress.batch_in_epoch += window.fetched

@@ -33,7 +33,8 @@ def test_max_time_stops_within_a_step_then_validates_checkpoints_and_tests(tmp_p
     assert last["stopped_on_time"] == 1 and "valid_cer" in last and "test_cer" in result["metrics"]
     step_s = sum(h["epoch_s"] for h in result["history"]) / sum(h["steps"] for h in result["history"])
     stopped = stop_time((run_dir / "train.log").read_text())
-    assert 6.0 <= stopped <= 6.0 + 3 * step_s + 0.5  # the step that crossed the budget was the last
+    # the step that crossed the budget was the last (the figure also holds that epoch's validation: a loose bound)
+    assert 6.0 <= stopped <= 6.0 + max(3 * step_s + 0.5, 3.0)
     index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
     assert index[-1]["step"] == last["step"] and "cer" in index[-1]["metrics"]  # a scored checkpoint at the stop
     rates = learning_rates(run_dir)

@@ -146,3 +146,22 @@ def write_report(report: InitReport, run_dir: Path, copied: list[str]) -> None:
     data: dict[str, Any] = {**report.__dict__, "files_taken": copied}
     write_text_atomic(run_dir / "init_report.json", json.dumps(data, indent=1))
     log.info("%s%s", report.summary(), f"; taken from the source run: {', '.join(copied)}" if copied else "")
+
+
+def take_files(init_from: str | None, run_dir: Path, options: Any, is_main: bool) -> list[str]:
+    """``trainer.init.take_files`` of the run ``init_from`` names, copied into this run
+    directory by rank 0 before the model is built (it reads them); every rank waits."""
+    from framework.trainer import distributed
+
+    taken = copy_run_files(init_from, run_dir, list(options.take_files)) if init_from and is_main else []
+    distributed.barrier()
+    return taken
+
+
+def start_from(module: nn.Module, init_from: str, options: Any, run_dir: Path, is_main: bool,
+               taken: list[str]) -> None:
+    """``trainer.init_from`` with ``trainer.init``'s selection, reported in ``init_report.json``."""
+    report = initialise(module, init_from, list(options.include), list(options.exclude), dict(options.rename),
+                        options.ignore_mismatched)
+    if is_main:
+        write_report(report, run_dir, taken)

@@ -111,20 +111,27 @@ class StopAgreement:
     and whether any rank received a stop signal; at the end of an epoch one more tells
     whether any did meanwhile. In a single process no collective is needed."""
 
-    def __init__(self, dist: Any) -> None:
+    def __init__(self, dist: Any, max_time_s: float | None = None, elapsed: Any = None) -> None:
         self.dist = dist
         self.signals = StopSignals()
+        self.max_time_s, self.elapsed = max_time_s, elapsed  # the time budget (trainer.max_time) and its clock
         self.stopping = False  # a stop signal reached some rank: stop at this step
         self.out_of_time = False  # the time budget is spent on some rank: training ends at this step
 
-    def plan_step(self, sizes: list[int], time_up: bool = False) -> list[float] | None:
+    def time_up(self) -> bool:
+        """Whether this rank has spent the time budget (or another rank had, at the last step)."""
+        return self.out_of_time or (self.max_time_s is not None and self.elapsed() >= self.max_time_s)
+
+    def plan_step(self, sizes: list[int]) -> list[float] | None:
         """The micro-batch loss weights of a step over micro-batches of ``sizes`` examples
         (empty when no rank has an example), or None to stop before it: a stop signal, or the
-        time budget spent (``time_up``) on any rank."""
+        time budget spent on any rank."""
         import torch
 
         from framework.trainer import distributed
         from framework.trainer.accumulation import loss_weights
+
+        time_up = self.time_up()
 
         if not self.dist.enabled:
             self.stopping, self.out_of_time = self.signals.requested, time_up and not self.signals.requested

@@ -146,3 +146,10 @@ class ThreadTuner:
             self._plan = []
             self._apply(self.chosen)
             log.info("threads: %d, as chosen before the resume", self.chosen)
+
+
+def tuner_for(setting: int | str, device_type: str) -> ThreadTuner | None:
+    """The :class:`ThreadTuner` of a CPU run with ``trainer.num_threads=auto`` (None otherwise)."""
+    if not measures(setting) or device_type != "cpu":
+        return None
+    return ThreadTuner(resolve_num_threads("auto", int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
