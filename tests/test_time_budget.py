@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import run_cli
@@ -74,3 +77,18 @@ def test_auto_threads_measures_each_candidate_and_keeps_the_fastest(tmp_path, da
     assert measured, log
     times = {int(n): float(t) for n, t in re.findall(r"(\d+) -> ([\d.e-]+) s/step", measured.group(1))}
     assert 1 in times and int(measured.group(2)) == min(times, key=times.get)
+
+
+@pytest.mark.slow  # the outcome depends on what else runs: meaningful alone (make test-slow runs serially)
+def test_auto_threads_picks_one_thread_beside_a_busy_process(tmp_path, data_dir):
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        run_dir = tmp_path / "run"
+        args = [a for a in tiny_args(data_dir, run_dir, "trainer.max_epochs=1") if a != "trainer.num_threads=1"]
+        run_cli("framework.train", [*args, "model.hidden_size=256", "model.fc_size=256", "trainer.num_threads=auto"],
+                cwd=tmp_path, env={"OMP_NUM_THREADS": ""})
+    finally:
+        busy.kill()
+        busy.wait()
+    measured = re.search(r"threads: ((?:\d+ -> [\d.e-]+ s/step(?:, )?)+); using (\d+)", (run_dir / "train.log").read_text())
+    assert measured and measured.group(2) == "1", measured and measured.group(0)
