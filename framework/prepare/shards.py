@@ -11,8 +11,8 @@ shard is complete, then record it (size, SHA-256, utterances) in ``OUT/.parts/``
 is written last, atomically, from those records. A rerun keeps every shard whose record
 matches its entries and settings and whose file still has the recorded size and SHA-256,
 and writes the rest: an interrupted or killed write is finished by running it again. On
-SIGTERM / SIGINT the workers are stopped and the temporary files removed before the
-command exits with 143 / 130.
+SIGTERM / SIGINT (:mod:`framework.prepare.signals`) the workers are terminated and the
+temporary files removed as the interrupt unwinds; the command exits with 143 / 130.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import multiprocessing as mp
 import os
 import re
 import shutil
-import signal
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from framework.data.shards import FORMAT, INDEX, PAYLOAD, VERSION
 from framework.errors import BadValue
 from framework.files import write_atomic, write_text_atomic
 from framework.prepare.corpus import Skipped
-from framework.trainer.stopping import StopRequested
+from framework.prepare.signals import worker_signals
 
 PARTS = ".parts"  # one record per complete shard until the index is written
 TAR_MTIME = 0  # the same bytes for the same input: a rewritten shard equals the first write
@@ -87,7 +86,7 @@ def write_shards(
     (out / PARTS).mkdir(exist_ok=True)
     records = _verified(out, jobs)
     todo = [job for job in jobs if job.number not in records]
-    with _stop_on_signals(), _temporary_files_removed(out):
+    with _temporary_files_removed(out):
         records.update(_write_in_parallel(todo, out, workers))
         index = _index(jobs, records, sample_rate, extractor, features_config)
         write_text_atomic(out / INDEX, json.dumps(index, ensure_ascii=False))
@@ -163,10 +162,8 @@ def _write_in_parallel(jobs: list[Job], out: Path, workers: int) -> dict[int, di
 
 
 def _init_worker() -> None:
-    # the parent decides when to stop (Ctrl-C reaches the whole process group); it ends the
-    # workers itself and removes what they left
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
+    worker_signals()
+    torch.set_num_threads(1)  # the pool's processes share the cores
 
 
 def _write_shard(work: tuple[Job, str]) -> dict:
@@ -247,24 +244,6 @@ def _index(jobs: list[Job], records: dict[int, dict], sample_rate: int, extracto
     index["shards"] = [{k: records[job.number][k] for k in fields} for job in jobs]
     index["utterances"] = [u for job in jobs for u in records[job.number]["utterances"]]
     return index
-
-
-@contextlib.contextmanager
-def _stop_on_signals():
-    """SIGTERM / SIGINT become :class:`StopRequested` in the main process, so the workers
-    are stopped and the temporary files removed on the way out (exit 143 / 130)."""
-    def stop(signum: int, frame) -> None:
-        for other in previous:  # a second signal must not interrupt the clean-up
-            signal.signal(other, signal.SIG_IGN)
-        raise StopRequested(signum, f"stopped by {signal.Signals(signum).name}: the complete shards are kept; run the "
-                                    "same command again to write the rest")
-
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
