@@ -6,10 +6,10 @@ batching settings and the number of readers, so every rank computes the same one
 resumed run recomputes the interrupted epoch exactly.
 
 1. The shards are put in an order drawn from ``(seed, epoch)`` (index order for
-   evaluation) and dealt, in that order, to ``ranks x readers`` streams, each shard to the
-   stream with the fewest seconds so far. A reader is a DataLoader worker
-   (``trainer.num_workers``; the main process when 0), so every shard is read by one
-   reader, once, from start to end.
+   evaluation) and dealt, in that order, each to the rank with the fewest seconds so far,
+   then within that rank to the reader with the fewest seconds so far: ``ranks x readers``
+   streams. A reader is a DataLoader worker (``trainer.num_workers``; the main process when
+   0), so every shard is read by one reader, once, from start to end.
 2. Each stream goes through its shards in windows of ``window_shards`` shards; the
    examples of a window are shuffled together (not in evaluation).
 3. The stream is batched as map-style dynamic batching is, with the same sampler settings:
@@ -19,19 +19,22 @@ resumed run recomputes the interrupted epoch exactly.
    its last example is read, and the stream's batches come in that order; a bucket's
    partial batch waits for the next window's examples, so batches stay as full as
    map-style ones.
-4. Training needs the same number of batches on every rank, and the DataLoader takes the
-   readers' batches in turn, so every stream is cut to the shortest one's count: the
-   trailing batches of the longer streams are left out of the epoch (a different few every
-   epoch, since the shards are dealt anew). Shards of equal size and many more of them than
-   streams keep this to a few batches; the plan logs the share left out when it exceeds 5%.
-   Evaluation cuts nothing: every example is scored once.
+4. The remainder: DDP needs the same number of batches (optimizer steps) on every rank,
+   and the ranks' shards rarely cut into exactly as many. A rank with fewer batches than
+   the most any rank has splits its largest batches (most examples) in two, one more batch
+   per split, until it has as many; a half is under the budget as its whole was. Nothing
+   is repeated and nothing left out: training sees every example once per epoch (but those
+   over the budget, as map-style batching). The readers of one rank may have different
+   counts (the DataLoader takes the next reader that still has batches). Evaluation
+   splits nothing: every example is scored once.
 
-A rank's batches are its readers' in turn (batch ``j`` is reader ``j % readers``'s batch
-``j // readers``). A checkpoint records the position in the rank's batches and the plan's
-fingerprint, as map-style samplers do; a resumed epoch hands each reader the stream that
-keeps that turn order, and the reader reads only the shards that hold batches still to
-come. Random draws in reader processes (augmentation in the workers) are seeded per
-batch, so they do not depend on where the epoch was resumed either.
+A rank's batches are its readers' in turn, skipping readers that have run out (the
+DataLoader's order over its workers). A checkpoint records the position in the rank's
+batches and the plan's fingerprint, as map-style samplers do; a resumed epoch hands the
+readers the rest of their streams in the turn order that continues at that position, and
+a reader reads only the shards that hold batches still to come. Random draws in reader
+processes (augmentation in the workers) are seeded per batch, so they do not depend on
+where the epoch was resumed either.
 """
 
 from __future__ import annotations
@@ -61,7 +64,6 @@ log = logging.getLogger(__name__)
 
 ALONE = -2  # bucket of an example over the budget that evaluation scores in a batch of its own
 LEFT_OUT = -1  # bucket of an example over the budget that training leaves out
-WARN_LEFT_OUT = 0.05
 
 
 @dataclass
@@ -100,7 +102,7 @@ class ShardPlan(LengthBatchSampler):
         if self._streams is None or self._streams[0] != self.epoch:
             streams = [self._stream(shards, k) for k, shards in enumerate(self._deal())]
             if self.even:
-                self._cut_to_shortest(streams)
+                self._even_out(streams)
             self._streams = (self.epoch, streams)
             self._cache = None
         return self._streams[1]
@@ -117,23 +119,20 @@ class ShardPlan(LengthBatchSampler):
             self._cache = (self.epoch, _in_turn([s.batches for s in self.rank_streams()]))
         return self._cache[1]
 
-    def left_out(self) -> np.ndarray:
-        """The examples no rank gets this epoch: the cut trailing batches and, in training,
-        examples over the budget."""
-        used = [b for s in self.streams() for b in s.batches]
-        return np.setdiff1d(np.arange(len(self.lengths)), np.concatenate(used) if used else [])
-
     def _deal(self) -> list[list[int]]:
-        """The shards of each stream: in the epoch's order, each to the stream with the fewest
-        seconds so far."""
-        slots = self.num_replicas * self.readers
+        """The shards of each stream, rank after rank: in the epoch's order, each to the rank
+        with the fewest seconds so far, then to that rank's reader with the fewest."""
         order = self._rng().permutation(len(self.members)) if self.shuffle else np.arange(len(self.members))
-        load = np.zeros(slots)
-        dealt: list[list[int]] = [[] for _ in range(slots)]
+        rank_load = np.zeros(self.num_replicas)
+        load = np.zeros((self.num_replicas, self.readers))
+        dealt: list[list[int]] = [[] for _ in range(self.num_replicas * self.readers)]
         for shard in order.tolist():
-            k = int(np.argmin(load))
-            dealt[k].append(shard)
-            load[k] += self.lengths[self.members[shard]].sum()
+            seconds = self.lengths[self.members[shard]].sum()
+            r = int(np.argmin(rank_load))
+            k = int(np.argmin(load[r]))
+            dealt[r * self.readers + k].append(shard)
+            rank_load[r] += seconds
+            load[r, k] += seconds
         return dealt
 
     def _stream(self, shards: list[int], k: int) -> Stream:
@@ -160,22 +159,28 @@ class ShardPlan(LengthBatchSampler):
         by_last = np.argsort(np.asarray(last, dtype=np.int64), kind="stable")
         return Stream(shards, [batches[i] for i in by_last], [int(window_of[last[i]]) for i in by_last], self.window)
 
-    def _cut_to_shortest(self, streams: list[Stream]) -> None:
-        counts = [len(s.batches) for s in streams]
-        if min(counts) == 0:
-            raise UserError(
-                f"{self.source}: {len(self.members)} shard(s) cannot give each of {len(streams)} readers (ranks x "
-                f"trainer.num_workers, at least 1) batches: write more, smaller shards (`python -m framework.prepare "
-                "shards --shard-size`) or use fewer workers")
-        shortest = min(counts)
-        for s in streams:
-            del s.batches[shortest:], s.ready[shortest:]
-        cut = sum(counts) - shortest * len(counts)
-        if cut > WARN_LEFT_OUT * sum(counts) and not self._warned:
+    def _even_out(self, streams: list[Stream]) -> None:
+        """Splits the largest batches of the ranks with fewer batches until every rank has as
+        many as the one with the most (the remainder, module doc item 4)."""
+        per_rank = [streams[r * self.readers : (r + 1) * self.readers] for r in range(self.num_replicas)]
+        counts = [sum(len(s.batches) for s in mine) for mine in per_rank]
+        most = max(counts)
+        for mine, count in zip(per_rank, counts):
+            for _ in range(most - count):
+                size, k, i = max(((len(b), k, i) for k, s in enumerate(mine) for i, b in enumerate(s.batches)),
+                                  default=(0, 0, 0))
+                if size < 2:
+                    raise UserError(
+                        f"{self.source}: {len(self.members)} shard(s) with {len(self.lengths)} examples cannot give "
+                        f"{self.num_replicas} ranks the same number of batches: write more, smaller shards (`python -m "
+                        "framework.prepare shards --shard-size`) or train on fewer ranks")
+                batch, stream = mine[k].batches[i], mine[k]
+                stream.batches[i : i + 1] = [batch[: size // 2], batch[size // 2 :]]
+                stream.ready.insert(i, stream.ready[i])
+        if self.num_replicas > 1 and most > 0 and sum(counts) < most * len(counts) and not self._warned:
             self._warned = True
-            log.warning("%s: %d of %d batches of epoch %d left out to give %d readers (ranks x workers) the same "
-                        "count; write more, smaller shards (--shard-size) to lose fewer", self.source, cut, sum(counts),
-                        self.epoch + 1, len(streams))
+            log.info("%s: epoch %d: %d batch(es) split in two to give %d ranks %d batches each", self.source,
+                     self.epoch + 1, most * len(counts) - sum(counts), self.num_replicas, most)
 
     def _digest(self, streams: list[Stream]) -> str:
         digest = hashlib.sha256(f"{self.num_replicas},{self.readers},{self.window}".encode())
@@ -243,6 +248,15 @@ def _in_turn(lists: list[list[np.ndarray]]) -> list[np.ndarray]:
     return [x[i] for i in range(longest) for x in lists if i < len(x)]
 
 
+def _turns_from(counts: list[int], start: int) -> list[tuple[int, int]]:
+    """``(stream, its first batch to come)`` per reader, for the rest of the in-turn order of
+    streams with ``counts`` batches from position ``start``: the stream of batch ``start``
+    first, then the others that still have batches, in turn."""
+    sequence = [k for i in range(max(counts, default=0)) for k in range(len(counts)) if i < counts[k]]
+    taken = np.bincount(sequence[:start], minlength=len(counts)).tolist()
+    return [(k, taken[k]) for k in dict.fromkeys(sequence[start:])]
+
+
 class ShardBatches(IterableDataset):
     """The batches of one rank's streams, read by the DataLoader's workers: worker ``w`` reads
     the stream whose turn it serves (:meth:`begin` sets the streams and the start)."""
@@ -263,10 +277,12 @@ class ShardBatches(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        turn = self.start + worker  # the first of the rank's batches this reader hands out
-        k = turn % len(self.streams)
+        turns = _turns_from([len(s.batches) for s in self.streams], self.start)
+        if worker >= len(turns):  # every stream this reader could serve is finished
+            return
+        k, first = turns[worker]
         reseed = None if info is None else (*self.seed_key, k)  # the main process' RNG is the run's own
-        yield from self.read(self.streams[k], turn // len(self.streams), reseed)
+        yield from self.read(self.streams[k], first, reseed)
 
     def read(self, stream: Stream, first: int, reseed: tuple[int, ...] | None) -> Iterator[Batch]:
         """``stream``'s batches from its ``first``: each shard that holds one of them read once,
