@@ -32,7 +32,7 @@ from framework.data.manifest import load_entries
 from framework.data.shards import ShardDataset
 from framework.data.synthetic import prepare_tone_corpus
 from tests.conftest import TINY, run_cli
-from tests.helpers import ENV, metrics_of, newest_state, one_line, wait_for
+from tests.helpers import ENV, metrics_of, newest_state, one_line, run_doc, wait_for
 
 TINY_MODEL = [o for o in TINY if not o.startswith("dataset.")]
 SPLITS = {"train": 48, "valid": 16, "test": 16}  # the tiny corpus of TINY's dataset.prepare.splits
@@ -264,6 +264,10 @@ def test_a_damaged_shard_is_one_line_naming_it(shards, tmp_path, damage):
     assert line.startswith(f"error: {shard}: ") and "write the shards again" in line, line
     assert ("truncated" in line) if damage == "truncated" else ("CRC-32" in line), line
 
+    proc = run_cli("framework.train", train_args(shards, tmp_path / "skip", "trainer.max_epochs=1",
+                                                 "dataset.train.skip_bad=true", train=str(copy)), cwd=tmp_path)
+    assert "example(s) skipped as unreadable so far (skip_bad)" in proc.stderr and str(shard) in proc.stderr
+
 
 def test_a_folder_without_an_index_is_one_line(shards, tmp_path):
     proc = run_cli("framework.train", train_args(shards, tmp_path / "run", train=str(tmp_path)), cwd=tmp_path,
@@ -312,3 +316,11 @@ def test_every_recipe_option_works_on_shards_unchanged(shards, tmp_path):
                                                  "features.where=worker", "trainer.num_workers=2"), cwd=tmp_path)
     assert "finished in" in proc.stderr + proc.stdout
     assert np.isfinite(metrics_of(tmp_path / "run")["history"][0]["train_loss"])
+
+
+# ------------------------------------------------------------------------------ docs
+def test_data_tutorial(tmp_path, data_dir):
+    out = run_doc("data.md", tmp_path, data_dir)
+    assert "ShardDataset: 800 examples" in out and "batches per epoch" in out
+    assert "test_cer" not in metrics_of(tmp_path / "runs" / "shards")["metrics"]  # no test split given
+    assert len(list((tmp_path / "shards" / "train").glob("shard-*.tar"))) == 16
