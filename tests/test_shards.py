@@ -32,7 +32,7 @@ from framework.data.manifest import load_entries
 from framework.data.shards import ShardDataset
 from framework.data.synthetic import prepare_tone_corpus
 from tests.conftest import TINY, run_cli
-from tests.helpers import ENV, metrics_of, newest_state, one_line, run_doc, wait_for
+from tests.helpers import ENV, metrics_of, newest_state, one_line, run_doc, steps_per_epoch, torchrun, wait_for
 
 TINY_MODEL = [o for o in TINY if not o.startswith("dataset.")]
 SPLITS = {"train": 48, "valid": 16, "test": 16}  # the tiny corpus of TINY's dataset.prepare.splits
@@ -202,6 +202,15 @@ def test_two_ranks_of_two_workers_see_every_utterance_once_in_as_many_batches(sh
             seen += sum(batches, [])
             counts.append(len(batches))
         assert sorted(seen) == everyone and counts[0] == counts[1] > 0, (epoch, counts)
+
+
+def test_torchrun_two_ranks_of_two_workers_take_equal_steps(shards, tmp_path):
+    run_dir = tmp_path / "ddp"
+    torchrun(["-m", "framework.train", *train_args(shards, run_dir, "trainer.device=cpu", "trainer.num_workers=2",
+                                                   "trainer.max_epochs=2")], cwd=tmp_path)
+    rank0, rank1 = (run_dir / "train.log").read_text(), (run_dir / "train-rank1.log").read_text()
+    assert steps_per_epoch(rank0) == steps_per_epoch(rank1) and len(steps_per_epoch(rank0)) == 2
+    assert all(h["valid_examples"] == SPLITS["valid"] for h in metrics_of(run_dir)["history"])  # each scored once
 
 
 def test_a_resumed_epoch_continues_with_the_same_batches(shards):
