@@ -92,6 +92,10 @@ def test_prepare_shards_of_features_round_trips(tones, tmp_path):
         wav = read_audio(entry.path, 16000)
         feats, _ = extractor(wav[None], torch.tensor([len(wav)]))
         assert torch.equal(dataset[i]["inputs"], feats[0]), entry.id
+    # a run on them takes the recorded extractor
+    run_cli("framework.train", [*TINY_MODEL, "dataset=shards", f"dataset.train.path={out}", f"dataset.valid.path={out}",
+                                "features=none", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert "features: the extractor recorded in dataset.train" in (tmp_path / "run" / "train.log").read_text()
 
 
 def alive(pid: int) -> bool:
@@ -328,6 +332,7 @@ def test_every_recipe_option_works_on_shards_unchanged(shards, tmp_path):
 
 
 # ------------------------------------------------------------------------------ docs
+@pytest.mark.slow  # ~40 s; each of its steps has a fast test above
 def test_data_tutorial(tmp_path, data_dir):
     out = run_doc("data.md", tmp_path, data_dir)
     assert "ShardDataset: 800 examples" in out and "batches per epoch" in out
