@@ -213,7 +213,8 @@ def test_debug_mode_wins_over_a_recipes_own_settings(tmp_path):
 
 DATASETS = {"tones": [], "speech": [], "sentences": [], "deepmark": [], "digits": [], "recording": [],
             "manifest": ["dataset.train.path=t.json", "dataset.valid.path=v.json"],
-            "hdf5": ["dataset.train.path=t.h5", "dataset.valid.path=v.h5"]}
+            "hdf5": ["dataset.train.path=t.h5", "dataset.valid.path=v.h5"],
+            "shards": ["dataset.train.path=shards/train", "dataset.valid.path=https://host/shards/valid"]}
 
 
 @pytest.mark.parametrize("recipe", ["asr_ctc", "asr_transducer", "image_classification", "sound_event"])

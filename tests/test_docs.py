@@ -13,7 +13,8 @@ from tests.helpers import DOCS, bash_blocks, run_doc
 
 
 def test_every_tutorial_has_commands():
-    for name in ("launch.md", "sweep.md", "extend.md", "batching.md", "asr.md", "finetune.md", "tracking.md", "export.md"):
+    for name in ("launch.md", "sweep.md", "extend.md", "batching.md", "asr.md", "finetune.md", "tracking.md", "export.md",
+                 "data.md"):
         assert bash_blocks(DOCS / name), name
 
 

@@ -2,6 +2,10 @@
 the dataset's lengths, the collate function, the DataLoader settings. Training, the config
 summary (``framework.validate``), ``prepare stats`` and the benchmarks all build their
 samplers and loaders here, so what they report is what training does.
+
+A dataset of shards (:class:`framework.data.shards.ShardDataset`) is streamed instead: its
+batches follow the sampler's settings but are planned in the order the shards are read
+(:mod:`framework.data.stream`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from framework.data.batching import LengthBatchSampler
 from framework.data.collate import collate
+from framework.data.shards import ShardDataset
+from framework.data.stream import ShardLoader, ShardPlan
 
 
 def make_sampler(batching: DictConfig, lengths: np.ndarray, seed: int, train: bool = True,
@@ -31,9 +37,15 @@ def make_sampler(batching: DictConfig, lengths: np.ndarray, seed: int, train: bo
 
 
 def make_loader(dataset: Dataset, sampler: LengthBatchSampler, num_workers: int, seed: int,
-                pin_memory: bool = False, transform: Callable | None = None) -> DataLoader:
+                pin_memory: bool = False, transform: Callable | None = None) -> DataLoader | ShardLoader:
     """A DataLoader of ``sampler``'s batches of ``dataset`` (each example through
-    ``transform`` in the workers, when given), padded by :func:`framework.data.collate.collate`."""
+    ``transform`` in the workers, when given), padded by :func:`framework.data.collate.collate`.
+    For a dataset of shards, a :class:`ShardLoader` whose ``batch_sampler`` is the stream's
+    plan, made with ``sampler``'s settings, each worker reading its own shards."""
+    if isinstance(dataset, ShardDataset):
+        plan = ShardPlan(dataset, sampler, num_workers)
+        return ShardLoader(dataset, plan, num_workers, seed, pin_memory, transform,
+                           worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
     if transform is not None:
         from framework.data.mapped import MappedInputs
 

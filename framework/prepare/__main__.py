@@ -2,6 +2,8 @@
 
   manifest  a manifest from a corpus folder (LibriSpeech layout, or audio files + a table)
   hdf5      pack a manifest's audio or features into one HDF5 file (N worker processes)
+  shards    write a manifest's audio or features as WebDataset tar shards with an index, for
+            streaming from a network filesystem or object storage (N worker processes)
   stats     length histogram and summary of a manifest; with --batching, the batches a
             batching config makes of it (count, padding %, batch sizes), without training
   lm        a word n-gram language model (ARPA file) of a manifest's transcripts, for beam search
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from framework.cli import exit_on_error, parse_with_overrides
 
@@ -49,6 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     h5.add_argument("--skip-bad", action="store_true", help="skip unreadable audio, report it at the end")
     h5.epilog = "Feature overrides follow as key=value, e.g. extractor.n_mels=80."
 
+    sh = sub.add_parser("shards", help="write a manifest as WebDataset tar shards + index.json, for streaming")
+    sh.add_argument("manifest")
+    sh.add_argument("out", help="the folder to write: shard-000000.tar, ... and index.json")
+    sh.add_argument("--shard-size", type=int, required=True, help="utterances per shard")
+    sh.add_argument("--data-root", help="value of {data_root} in the manifest's paths")
+    sh.add_argument("--features", default="none", help="a features option (conf/features): none (audio as FLAC), fbank, ...")
+    sh.add_argument("--sample-rate", type=int, default=16000)
+    sh.add_argument("--workers", type=int, default=2, help="processes, each writing whole shards")
+    sh.add_argument("--skip-bad", action="store_true", help="skip unreadable audio, report it at the end")
+    sh.epilog = ("Feature overrides follow as key=value, e.g. extractor.n_mels=80. Killed or stopped, the same command "
+                 "again keeps the complete shards and writes the rest.")
+
     lm = sub.add_parser("lm", help="a word n-gram language model (ARPA) of transcripts, for beam search decoding")
     lm.add_argument("transcripts", help="a manifest (.json, .jsonl, .csv) or a text file of one sentence per line")
     lm.add_argument("out", help="the ARPA file to write")
@@ -73,20 +88,16 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
     elif args.command == "hdf5":
         from framework.prepare.corpus import pack_hdf5
 
-        extractor, features_config = None, None
-        if args.features != "none":
-            from hydra.utils import instantiate
-            from omegaconf import OmegaConf
-
-            from framework.config import check_command_line
-
-            job = [f"features={args.features}", f"sample_rate={args.sample_rate}",
-                   *[f"features.{o.lstrip('+')}" for o in overrides]]
-            cfg = check_command_line(job)
-            extractor = instantiate(cfg.features.extractor)
-            features_config = OmegaConf.to_container(cfg.features.extractor, resolve=True)
+        extractor, features_config = feature_extractor(args, overrides)
         pack_hdf5(args.manifest, args.out, data_root=args.data_root, sample_rate=args.sample_rate, extractor=extractor,
                   features_config=features_config, workers=args.workers, combine=args.combine, skip_bad=args.skip_bad)
+    elif args.command == "shards":
+        from framework.prepare.shards import write_shards
+
+        extractor, features_config = feature_extractor(args, overrides)
+        write_shards(args.manifest, args.out, shard_size=args.shard_size, data_root=args.data_root,
+                     sample_rate=args.sample_rate, extractor=extractor, features_config=features_config,
+                     workers=args.workers, skip_bad=args.skip_bad)
     elif args.command == "stats":
         from framework.prepare.stats import run_stats
 
@@ -99,6 +110,22 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
         from framework.prepare.tokenizer import build_tokenizer
 
         build_tokenizer(args.transcripts, args.out, args.type, args.vocab_size)
+
+
+def feature_extractor(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, dict | None]:
+    """The extractor ``--features`` names (with ``key=value`` overrides) and its config, or
+    (None, None) for ``--features none``."""
+    if args.features == "none":
+        return None, None
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from framework.config import check_command_line
+
+    job = [f"features={args.features}", f"sample_rate={args.sample_rate}",
+           *[f"features.{o.lstrip('+')}" for o in overrides]]
+    cfg = check_command_line(job)
+    return instantiate(cfg.features.extractor), OmegaConf.to_container(cfg.features.extractor, resolve=True)
 
 
 if __name__ == "__main__":

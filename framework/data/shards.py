@@ -1,0 +1,293 @@
+"""A corpus as WebDataset shards: the index, reading a shard from start to end, the dataset.
+
+A shards folder (``python -m framework.prepare shards`` writes it) holds plain tar files
+in WebDataset's layout, one utterance per key, and an index::
+
+    index.json          format, version, kind (audio | features), sample_rate, the feature
+                        config (kind features), shards [{name, bytes, sha256, examples, job}],
+                        utterances [{id, length, shard, position, crc32, text?, fields?}]
+    shard-000000.tar    <key>.flac (16- or 24-bit PCM) or <key>.npy (features) + <key>.json
+    shard-000001.tar    ({"id", "text"?, "duration", other fields}), utterance after utterance
+
+The folder may be local, behind ``http(s)://`` or at any fsspec URL (``s3://``, ``gs://``...).
+Everything a batch plan needs (lengths, transcripts, where each utterance lies) comes from
+the index, so batches are planned before any audio is read; a shard is then read once, from
+start to end, in one request. Each payload's CRC-32 in the index catches a damaged shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import zlib
+from collections.abc import Collection, Iterator
+from typing import Any, BinaryIO
+
+import numpy as np
+import soundfile
+import torch
+from torch.utils.data import Dataset
+
+from framework.data.collate import SkippedExample
+from framework.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "framework-shards"
+VERSION = 1
+INDEX = "index.json"
+PAYLOAD = {"audio": "flac", "features": "npy"}  # the member of each key that holds the inputs
+READ_BUFFER = 1 << 20  # tarfile reads in 10 kB records; a remote file answers each read with a round trip
+
+
+class ShardError(UserError, ValueError):
+    """A shards folder, index or shard that cannot be used; the message names it."""
+
+
+def join(base: str, name: str) -> str:
+    """``name`` inside the folder ``base``, a local path or a URL."""
+    return f"{base.rstrip('/')}/{name}"
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+class _RawReads(io.RawIOBase):
+    """A file object as the raw layer under :class:`io.BufferedReader`, so small reads come
+    from a large buffer instead of each reaching the (remote) file."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.f.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def open_sequential(url: str, storage_options: dict[str, Any] | None = None) -> BinaryIO:
+    """``url`` opened for one pass from start to end: a local file, or over HTTP one streamed
+    request (no range requests), or any other fsspec file, buffered in 1 MB reads."""
+    if not is_remote(url):
+        return open(url.removeprefix("file://"), "rb", buffering=READ_BUFFER)
+    import fsspec
+
+    options = dict(storage_options or {})
+    if url.startswith(("http://", "https://")):
+        options.setdefault("block_size", 0)  # HTTPStreamFile: one GET, read as it arrives
+    # a filesystem per process: fsspec's cache is per process, so DataLoader workers forked
+    # from a parent that read the index get their own connections
+    f = fsspec.open(url, "rb", **options).open()
+    return io.BufferedReader(_RawReads(f), READ_BUFFER)
+
+
+def read_index(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The index of the shards folder ``path``, checked."""
+    url = join(path, INDEX)
+    try:
+        with open_sequential(url, storage_options) as f:
+            index = json.loads(f.read())
+    except FileNotFoundError:
+        raise ShardError(f"{url} not found: {path} is not a shards folder; write one with `python -m framework.prepare "
+                         "shards MANIFEST OUT_DIR --shard-size N`") from None
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"{url}: cannot read the shards index ({type(exc).__name__}: {exc}); check the path or URL, "
+                         "or write the shards again") from exc
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise ShardError(f"{url} is not a shards index (format {index.get('format') if isinstance(index, dict) else None!r}"
+                         f", expected {FORMAT!r}); write one with `python -m framework.prepare shards`")
+    if int(index.get("version", 0)) > VERSION:
+        raise ShardError(f"{url} has format version {index['version']}; this framework reads up to {VERSION}")
+    missing = [k for k in ("kind", "shards", "utterances") if k not in index]
+    if missing or index["kind"] not in PAYLOAD:
+        raise ShardError(f"{url}: damaged shards index (missing {', '.join(missing) or 'a known kind'}); write the "
+                         "shards again")
+    return index
+
+
+class ShardDataset(Dataset):
+    """Examples ``{"id", "inputs", "text"?, <other fields>}`` of a shards folder.
+
+    Training reads it as a stream (:mod:`framework.data.stream`: batches planned from the
+    index, each shard read once per epoch); ``dataset[i]`` also works, reading the shard
+    that holds example ``i`` whole and keeping it until another is asked for, so examples
+    asked for in index order (feature statistics) read each shard once.
+
+    ``window_shards``: examples are shuffled within windows of this many consecutive shards
+    of a reader's stream, so a reader holds up to that many shards' payloads in memory.
+    With ``skip_bad`` an example that cannot be read (a truncated or damaged shard) becomes a
+    :class:`SkippedExample`, counted and reported in training, instead of an error.
+    """
+
+    def __init__(self, path: str, sample_rate: int | None = None, window_shards: int = 2, skip_bad: bool = False,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        if window_shards < 1:
+            raise ShardError(f"window_shards must be >= 1, got {window_shards}")
+        self.path = str(path).rstrip("/")
+        self.window_shards = int(window_shards)
+        self.skip_bad = skip_bad
+        self.storage_options = dict(storage_options or {})
+        index = read_index(self.path, self.storage_options)
+        self.kind: str = index["kind"]
+        self.attrs = {k: v for k, v in index.items() if k not in ("shards", "utterances")}
+        self.shards: list[dict[str, Any]] = index["shards"]
+        rows = index["utterances"]
+        if not rows:
+            raise ShardError(f"{join(self.path, INDEX)} lists no utterances; write the shards again")
+        self.ids = [str(r["id"]) for r in rows]
+        self.lengths = np.array([r["length"] for r in rows], dtype=np.float64)
+        self.shard_of = np.array([r["shard"] for r in rows], dtype=np.int64)
+        self.position = np.array([r["position"] for r in rows], dtype=np.int64)
+        self.crc = [int(r["crc32"]) for r in rows]
+        self._texts = [r.get("text") for r in rows]
+        self.fields = [r.get("fields") or {} for r in rows]
+        order = np.lexsort((self.position, self.shard_of))
+        bounds = np.searchsorted(self.shard_of[order], np.arange(len(self.shards) + 1))
+        self._members = [order[bounds[s] : bounds[s + 1]] for s in range(len(self.shards))]
+        file_rate = self.attrs.get("sample_rate")
+        if sample_rate is not None and file_rate is not None and int(file_rate) != int(sample_rate):
+            raise ShardError(f"{self.path} holds {self.kind} at {file_rate} Hz but the config asks for {sample_rate} Hz; "
+                             f"set sample_rate={file_rate} or write the shards again with --sample-rate {sample_rate}")
+        self._cached: tuple[int, dict[int, bytes | SkippedExample]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def texts(self) -> list[str]:
+        return [t or "" for t in self._texts]
+
+    @property
+    def sample_rate(self) -> int | None:
+        return self.attrs.get("sample_rate")
+
+    @property
+    def feature_config(self) -> dict | None:
+        """The feature extractor's config the shards were written with (kind ``features``)."""
+        return self.attrs.get("features") if self.kind == "features" else None
+
+    def members(self, shard: int) -> np.ndarray:
+        """The examples of ``shard``, in the order the shard holds them."""
+        return self._members[shard]
+
+    def shard_url(self, shard: int) -> str:
+        return join(self.path, self.shards[shard]["name"])
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedExample:
+        shard = int(self.shard_of[index])
+        if self._cached is None or self._cached[0] != shard:
+            self._cached = (shard, dict(self.read_shard(shard, set(self.members(shard).tolist()))))
+        return self.decode(index, self._cached[1][index])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cached": None}  # a worker process reads its own shards
+
+    # ---------------------------------------------------------------------- reading
+    def read_shard(self, shard: int, wanted: Collection[int]) -> Iterator[tuple[int, bytes | SkippedExample]]:
+        """``(example, payload)`` for each example of ``wanted`` (indices of ``shard``'s
+        members), in the shard's order, reading the shard from its start once and stopping
+        after the last one wanted. A truncated or damaged shard is a :class:`ShardError`
+        naming it (with ``skip_bad``: the wanted examples not read become
+        :class:`SkippedExample`)."""
+        url, members = self.shard_url(shard), self.members(shard)
+        remaining = set(wanted)
+        read = 0
+        try:
+            with open_sequential(url, self.storage_options) as f:
+                for key, files in _keys(f):
+                    if read >= len(members):
+                        raise ShardError(f"{url} holds more examples than the {len(members)} {join(self.path, INDEX)} "
+                                         "lists: the shard and the index come from different writes; write them again")
+                    index = int(members[read])
+                    read += 1
+                    if index not in remaining:
+                        continue
+                    remaining.discard(index)
+                    yield index, self._checked(url, index, key, files)
+                    if not remaining:
+                        return
+        except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError) as exc:
+            if isinstance(exc, ShardError):
+                raise
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "the shard ends early"
+        if not remaining:
+            return
+        problem = (f"{url}: truncated or damaged shard: {reason} after {read} of its {len(members)} examples "
+                   f"({len(remaining)} wanted ones not read)")
+        if not self.skip_bad:
+            raise ShardError(f"{problem}; write the shards again with `python -m framework.prepare shards` or pass "
+                             "skip_bad=true")
+        log.warning("%s; skipped (skip_bad)", problem)
+        for index in sorted(remaining, key=lambda i: int(self.position[i])):
+            yield index, SkippedExample(self.ids[index], problem)
+
+    def _checked(self, url: str, index: int, key: str, files: dict[str, bytes]) -> bytes | SkippedExample:
+        """The example's payload, after checking it is the one the index lists, undamaged."""
+        uid, payload = self.ids[index], files.get(PAYLOAD[self.kind])
+        try:
+            meta = json.loads(files.get("json", b"null"))
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict) or meta.get("id") != uid:
+            found = meta.get("id") if isinstance(meta, dict) else f"key {key!r}"
+            raise ShardError(f"{url}: example {int(self.position[index])} is {found!r} but {join(self.path, INDEX)} lists "
+                             f"{uid!r} there: the shard and the index come from different writes; write them again")
+        if payload is not None and zlib.crc32(payload) == self.crc[index]:
+            return payload
+        problem = (f"{url}: example {uid!r} is damaged (its .{PAYLOAD[self.kind]} "
+                   f"{'is missing' if payload is None else 'fails its CRC-32 check'})")
+        if not self.skip_bad:
+            raise ShardError(f"{problem}; write the shards again with `python -m framework.prepare shards` or pass "
+                             "skip_bad=true")
+        return SkippedExample(uid, problem)
+
+    def decode(self, index: int, payload: bytes | SkippedExample) -> dict[str, Any] | SkippedExample:
+        """The example ``index`` from its payload: a waveform ``[samples]`` or features ``[frames, bins]``."""
+        if isinstance(payload, SkippedExample):
+            return payload
+        uid = self.ids[index]
+        try:
+            if self.kind == "audio":
+                data, _ = soundfile.read(io.BytesIO(payload), dtype="float32")
+            else:
+                data = np.load(io.BytesIO(payload), allow_pickle=False)
+        except Exception as exc:  # soundfile and numpy raise several types for bad data
+            problem = f"{self.shard_url(int(self.shard_of[index]))}: example {uid!r} cannot be decoded ({exc})"
+            if self.skip_bad:
+                return SkippedExample(uid, problem)
+            raise ShardError(f"{problem}; write the shards again or pass skip_bad=true") from exc
+        example: dict[str, Any] = {**self.fields[index], "id": uid, "inputs": torch.from_numpy(np.ascontiguousarray(data))}
+        if self._texts[index] is not None:
+            example["text"] = self._texts[index]
+        return example
+
+
+def _keys(f: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` of a WebDataset tar read as a stream: the files of one
+    key are consecutive, the key is a name up to its first dot."""
+    key, files = None, {}
+    with tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            name, _, extension = member.name.rpartition("/")[2].partition(".")
+            if name != key and key is not None:
+                yield key, files
+                files = {}
+            key = name
+            files[extension] = tar.extractfile(member).read()
+            tar.members = []  # a stream of thousands of files: keep no record of them
+    if key is not None:
+        yield key, files

@@ -1,0 +1,340 @@
+"""WebDataset shards: `prepare shards` and `dataset=shards`, through the real commands where
+possible: round trip, resumable writing, per-epoch order, every example once per epoch (one
+process, and 2 ranks x 2 workers), SIGTERM mid-epoch and an exact resume, damaged shards,
+shards served over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from framework.data.audio import read_audio
+from framework.data.batching import DynamicBatchSampler
+from framework.data.loader import make_loader
+from framework.data.manifest import load_entries
+from framework.data.shards import ShardDataset
+from framework.data.synthetic import prepare_tone_corpus
+from tests.conftest import TINY, run_cli
+from tests.helpers import ENV, metrics_of, newest_state, one_line, run_doc, steps_per_epoch, torchrun, wait_for
+
+TINY_MODEL = [o for o in TINY if not o.startswith("dataset.")]
+SPLITS = {"train": 48, "valid": 16, "test": 16}  # the tiny corpus of TINY's dataset.prepare.splits
+
+
+@pytest.fixture(scope="module")
+def tones(data_dir) -> Path:
+    root = data_dir / "tones-tiny"
+    prepare_tone_corpus(root, SPLITS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def shards(tones, tmp_path_factory) -> Path:
+    """The tiny corpus' train (8 shards of 6) and valid (2 shards of 8) splits as shards."""
+    out = tmp_path_factory.mktemp("shards")
+    for split, size in (("train", 6), ("valid", 8)):
+        run_cli("framework.prepare", ["shards", str(tones / f"{split}.json"), str(out / split), "--shard-size",
+                                      str(size), "--data-root", str(tones), "--workers", "2"], cwd=out)
+    return out
+
+
+def train_args(shards: Path, run_dir: Path, *overrides: str, train: str | None = None) -> list[str]:
+    return [*TINY_MODEL, "dataset=shards", f"dataset.train.path={train or shards / 'train'}",
+            f"dataset.valid.path={shards / 'valid'}", f"hydra.run.dir={run_dir}", *overrides]
+
+
+def ids_of(loader) -> list[list[str]]:
+    return [list(batch["id"]) for batch in loader]
+
+
+# ------------------------------------------------------------------------------ writing
+def test_prepare_shards_round_trips_every_utterance(tones, shards):
+    entries = load_entries(tones / "train.json", replacements={"data_root": str(tones)}, sample_rate=16000)
+    dataset = ShardDataset(str(shards / "train"), sample_rate=16000)
+    assert dataset.ids == [e.id for e in entries] and len(dataset.shards) == 8
+    for i, entry in enumerate(entries):
+        example = dataset[i]
+        assert example["id"] == entry.id and example["text"] == entry.text
+        assert torch.equal(example["inputs"], read_audio(entry.path, 16000)), entry.id  # FLAC of 16-bit PCM: exact
+        assert dataset.lengths[i] == entry.duration
+    # plain WebDataset tars: <key>.flac and <key>.json, key after key
+    with tarfile.open(shards / "train" / "shard-000000.tar") as tar:
+        names = tar.getnames()
+    assert names[:2] == [f"{entries[0].id}.flac", f"{entries[0].id}.json"] and len(names) == 12
+
+
+def test_prepare_shards_of_features_round_trips(tones, tmp_path):
+    out = tmp_path / "fbank"
+    run_cli("framework.prepare", ["shards", str(tones / "valid.json"), str(out), "--shard-size", "5", "--data-root",
+                                  str(tones), "--features", "fbank", "--workers", "1"], cwd=tmp_path)
+    dataset = ShardDataset(str(out))
+    assert dataset.kind == "features" and dataset.feature_config["_target_"] == "framework.features.fbank"
+    extractor = instantiate(dataset.feature_config)
+    entries = load_entries(tones / "valid.json", replacements={"data_root": str(tones)}, sample_rate=16000)
+    for i, entry in enumerate(entries):
+        wav = read_audio(entry.path, 16000)
+        feats, _ = extractor(wav[None], torch.tensor([len(wav)]))
+        assert torch.equal(dataset[i]["inputs"], feats[0]), entry.id
+    # a run on them takes the recorded extractor
+    run_cli("framework.train", [*TINY_MODEL, "dataset=shards", f"dataset.train.path={out}", f"dataset.valid.path={out}",
+                                "features=none", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert "features: the extractor recorded in dataset.train" in (tmp_path / "run" / "train.log").read_text()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie has finished
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    return True
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+    return found | {c for p in found for c in children_of(p)}
+
+
+def test_killed_prepare_shards_keeps_the_finished_shards_and_a_rerun_writes_the_rest(tones, tmp_path):
+    rows = json.loads((tones / "train.json").read_text())
+    uids = list(rows)[:24]
+    stuck = tmp_path / "stuck.wav"
+    os.mkfifo(stuck)  # a read that never returns, like a hung network mount: the last shard stays unfinished
+    manifest = {uid: {**rows[uid], "wav": rows[uid]["wav"].replace("{data_root}", str(tones))} for uid in uids}
+    manifest[uids[-1]]["wav"] = str(stuck)
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    args = ["shards", str(tmp_path / "m.json"), str(out), "--shard-size", "6", "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "framework.prepare", *args], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while len(list((out / ".parts").glob("shard-*.json"))) < 3 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(list((out / ".parts").glob("shard-*.json"))) == 3, proc.poll()
+        workers = children_of(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 143 and one_line(stderr) == "terminated", stderr
+        deadline = time.time() + 10
+        while any(alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in workers if alive(p)], "worker processes outlived the command"
+    finally:
+        if proc.poll() is None:
+            for p in children_of(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+            proc.kill()
+            proc.communicate()
+    assert not (out / "index.json").exists() and not list(out.glob(".*.tmp"))
+    kept = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.glob("shard-*.tar")}
+    assert sorted(kept) == [f"shard-00000{i}.tar" for i in range(3)]
+
+    stuck.unlink()
+    shutil.copy(manifest[uids[-2]]["wav"], stuck)  # the hung file is readable now
+    proc = run_cli("framework.prepare", args, cwd=tmp_path)
+    assert "in 4 shard(s) (3 kept from an earlier write)" in proc.stdout
+    assert {n: (out / n).stat().st_mtime_ns for n in kept} == {n: v[0] for n, v in kept.items()}  # not rewritten
+    assert not (out / ".parts").exists()
+    dataset = ShardDataset(str(out))
+    assert dataset.ids == uids and all(not isinstance(dataset[i], Exception) for i in range(len(uids)))
+    # a fresh write gives the same bytes: the shards do not depend on how the write went
+    fresh = tmp_path / "fresh"
+    run_cli("framework.prepare", [*args[:2], str(fresh), *args[3:]], cwd=tmp_path)
+    for shard in out.glob("shard-*.tar"):
+        assert shard.read_bytes() == (fresh / shard.name).read_bytes(), shard.name
+
+
+# ------------------------------------------------------------------------------ reading
+def plan_loader(shards: Path, seed: int = 0, num_workers: int = 0, ranks: int = 1, rank: int = 0, **kw):
+    dataset = ShardDataset(str(shards / "train"))
+    sampler = DynamicBatchSampler(dataset.lengths, max_batch_length=20.0, num_buckets=4, seed=seed,
+                                  num_replicas=ranks, rank=rank, **kw)
+    return make_loader(dataset, sampler, num_workers, seed)
+
+
+def test_epoch_order_is_deterministic_per_seed_and_every_utterance_comes_once(shards):
+    everyone = sorted(ShardDataset(str(shards / "train")).ids)
+    orders = {}
+    for seed, epoch, workers in ((0, 0, 0), (0, 0, 2), (0, 1, 0), (1, 0, 0)):
+        loader = plan_loader(shards, seed, workers)
+        loader.batch_sampler.set_epoch(epoch)
+        batches = ids_of(loader)
+        assert sorted(sum(batches, [])) == everyone  # each once
+        assert all(b.tolist() == [loader.dataset.ids.index(i) for i in ids] for b, ids in
+                   zip(loader.batch_sampler.rank_batches(), batches))  # the plan is what is read
+        again = plan_loader(shards, seed, workers)
+        again.batch_sampler.set_epoch(epoch)
+        assert ids_of(again) == batches  # the same seed and epoch: the same batches, in the same order
+        orders[seed, epoch, workers] = batches
+    assert orders[0, 0, 0] != orders[0, 1, 0] and orders[0, 0, 0] != orders[1, 0, 0]
+
+
+def test_two_ranks_of_two_workers_see_every_utterance_once_in_as_many_batches(shards):
+    everyone = sorted(ShardDataset(str(shards / "train")).ids)
+    for epoch in range(3):
+        seen, counts = [], []
+        for rank in range(2):
+            loader = plan_loader(shards, num_workers=2, ranks=2, rank=rank)
+            loader.batch_sampler.set_epoch(epoch)
+            batches = ids_of(loader)
+            expected = [[loader.dataset.ids[i] for i in b.tolist()] for b in loader.batch_sampler.rank_batches()]
+            assert batches == expected  # the DataLoader's turns over its workers are the plan's
+            seen += sum(batches, [])
+            counts.append(len(batches))
+        assert sorted(seen) == everyone and counts[0] == counts[1] > 0, (epoch, counts)
+
+
+def test_torchrun_two_ranks_of_two_workers_take_equal_steps(shards, tmp_path):
+    run_dir = tmp_path / "ddp"
+    torchrun(["-m", "framework.train", *train_args(shards, run_dir, "trainer.device=cpu", "trainer.num_workers=2",
+                                                   "trainer.max_epochs=2")], cwd=tmp_path)
+    rank0, rank1 = (run_dir / "train.log").read_text(), (run_dir / "train-rank1.log").read_text()
+    assert steps_per_epoch(rank0) == steps_per_epoch(rank1) and len(steps_per_epoch(rank0)) == 2
+    assert all(h["valid_examples"] == SPLITS["valid"] for h in metrics_of(run_dir)["history"])  # each scored once
+
+
+def test_a_resumed_epoch_continues_with_the_same_batches(shards):
+    for workers in (0, 2):
+        whole = ids_of(plan_loader(shards, num_workers=workers, ranks=2, rank=1))
+        for start in (1, 3, len(whole) - 1):
+            loader = plan_loader(shards, num_workers=workers, ranks=2, rank=1)
+            state = loader.batch_sampler.state_dict(consumed=start)
+            resumed = plan_loader(shards, num_workers=workers, ranks=2, rank=1)
+            resumed.batch_sampler.load_state_dict(state)
+            assert ids_of(resumed) == whole[start:], (workers, start)
+
+
+def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(shards, tmp_path):
+    args = ["trainer.max_epochs=2", "trainer.checkpoint.every_n_steps=1", "batching.max_batch_length=6",
+            "trainer.num_threads=1", "augment=speech"]
+    run_cli("framework.train", train_args(shards, tmp_path / "straight", *args), cwd=tmp_path)
+    steps = metrics_of(tmp_path / "straight")["history"][0]["steps"]
+    assert steps >= 8
+
+    run_dir = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "framework.train", *train_args(shards, run_dir, *args)], cwd=tmp_path,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(run_dir / "checkpoints" / f"ckpt-{steps + 3:09d}.pt", proc)  # 3 steps into epoch 2
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    state = newest_state(run_dir)
+    assert state["progress"]["epoch"] == 1 and 0 < state["progress"]["batch_in_epoch"] < steps  # mid-epoch
+    assert state["sampler"]["position"] == state["progress"]["batch_in_epoch"]
+
+    run_cli("framework.train", train_args(shards, run_dir, *args, "trainer.resume=auto"), cwd=tmp_path)
+    a, b = newest_state(tmp_path / "straight"), newest_state(run_dir)
+    assert a["progress"]["step"] == b["progress"]["step"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for ha, hb in zip(metrics_of(tmp_path / "straight")["history"], metrics_of(run_dir)["history"]):
+        for key in ("train_loss", "valid_loss", "valid_cer", "steps", "padding_fraction"):
+            assert ha[key] == hb[key], key
+
+
+# ------------------------------------------------------------------------------ faults
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_a_damaged_shard_is_one_line_naming_it(shards, tmp_path, damage):
+    copy = tmp_path / "train"
+    shutil.copytree(shards / "train", copy)
+    shard = copy / "shard-000003.tar"
+    data = bytearray(shard.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:  # a flipped byte inside the third file's data (past its 512-byte tar header)
+        with tarfile.open(shards / "train" / shard.name) as tar:
+            member = tar.getmembers()[2]
+        data[member.offset_data + member.size // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    proc = run_cli("framework.train", train_args(shards, tmp_path / "run", "trainer.max_epochs=1", train=str(copy)),
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc.stderr)
+    assert line.startswith(f"error: {shard}: ") and "write the shards again" in line, line
+    assert ("truncated" in line) if damage == "truncated" else ("CRC-32" in line), line
+
+    proc = run_cli("framework.train", train_args(shards, tmp_path / "skip", "trainer.max_epochs=1",
+                                                 "dataset.train.skip_bad=true", train=str(copy)), cwd=tmp_path)
+    assert "example(s) skipped as unreadable so far (skip_bad)" in proc.stderr and str(shard) in proc.stderr
+
+
+def test_a_folder_without_an_index_is_one_line(shards, tmp_path):
+    proc = run_cli("framework.train", train_args(shards, tmp_path / "run", train=str(tmp_path)), cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == (f"error: {tmp_path}/index.json not found: {tmp_path} is not a shards folder; write "
+                                     "one with `python -m framework.prepare shards MANIFEST OUT_DIR --shard-size N`")
+
+
+# ------------------------------------------------------------------------------ HTTP
+@contextlib.contextmanager
+def http_server(root: Path) -> Iterator[str]:
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_shards_over_http_train_as_the_local_folder_does(shards, tmp_path):
+    args = ["trainer.max_epochs=1", "trainer.num_workers=2"]
+    run_cli("framework.train", train_args(shards, tmp_path / "local", *args), cwd=tmp_path)
+    with http_server(shards) as url:
+        run_cli("framework.train", train_args(shards, tmp_path / "http", *args, train=f"{url}/train"), cwd=tmp_path)
+        proc = run_cli("framework.train", train_args(shards, tmp_path / "gone", *args, train=f"{url}/nothing"),
+                       cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and one_line(proc.stderr).startswith(f"error: {url}/nothing/index.json not found")
+    a, b = newest_state(tmp_path / "local"), newest_state(tmp_path / "http")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for ha, hb in zip(metrics_of(tmp_path / "local")["history"], metrics_of(tmp_path / "http")["history"]):
+        for key in ("train_loss", "valid_loss", "valid_cer", "steps", "padding_fraction"):
+            assert ha[key] == hb[key], key
+
+
+def test_every_recipe_option_works_on_shards_unchanged(shards, tmp_path):
+    """Features in the workers and augmentation on streamed examples."""
+    proc = run_cli("framework.train", train_args(shards, tmp_path / "run", "trainer.max_epochs=1", "augment=speech",
+                                                 "features.where=worker", "trainer.num_workers=2"), cwd=tmp_path)
+    assert "finished in" in proc.stderr + proc.stdout
+    assert np.isfinite(metrics_of(tmp_path / "run")["history"][0]["train_loss"])
+
+
+# ------------------------------------------------------------------------------ docs
+@pytest.mark.slow  # ~40 s; each of its steps has a fast test above
+def test_data_tutorial(tmp_path, data_dir):
+    out = run_doc("data.md", tmp_path, data_dir)
+    assert "ShardDataset: 800 examples" in out and "batches per epoch" in out
+    assert "test_cer" not in metrics_of(tmp_path / "runs" / "shards")["metrics"]  # no test split given
+    assert len(list((tmp_path / "shards" / "train").glob("shard-*.tar"))) == 16
