@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import json
 import statistics
 import subprocess
@@ -102,11 +103,12 @@ def make_recording(folder: Path, minutes: float, items: list[dict], spans: dict,
     return path
 
 
-def measure(source: str, audio: Path, threads: int, out: Path) -> dict:
+def measure(source: str, audio: Path, threads: int, out: Path, pause_s: float | None = None) -> dict:
     """One transcription in a fresh process: its time and peak RSS."""
     code = ("import json, resource, sys, time; from framework.transcribe import transcribe\n"
             "t = time.perf_counter()\n"
-            f"transcribe({source!r}, [{str(audio)!r}], fmt='json', out={str(out)!r}, threads={threads})\n"
+            f"transcribe({source!r}, [{str(audio)!r}], fmt='json', out={str(out)!r}, threads={threads}, "
+            f"pause_s={pause_s!r})\n"
             "print(json.dumps({'seconds': time.perf_counter() - t, "
             "'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
     env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"}
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
     parser.add_argument("--work", default="/tmp/bench-inference", help="recordings and transcripts")
+    parser.add_argument("--split-at-pauses", default="none,0.3",
+                        help="comma-separated: none (chunks only) and/or the --split-at-pauses seconds")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     work = Path(args.work)
@@ -179,28 +183,29 @@ def main(argv: list[str] | None = None) -> int:
     spans = json.loads(spans_file.read_text())
     alone = transcribe_alone(args.run_dir, items, work)
     rows = []
-    print("| recording | engine | threads | RTF | x real time | peak RSS (MB) | CER | WER | CER one by one | "
-          "median word-time error (ms) |\n|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("| recording | engine | threads | split at pauses | RTF | x real time | peak RSS (MB) | CER | WER | "
+          "CER one by one | median word-time error (ms) |\n|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for minutes in (float(m) for m in args.minutes.split(",")):
         audio = make_recording(work, minutes, items, spans)
         truth = json.loads(audio.with_suffix(".json").read_text())
-        for threads in (int(t) for t in args.threads.split(",")):
-            for engine in args.engines.split(","):
-                folder = ENGINES[engine]
-                source = args.run_dir if folder is None else str(Path(args.run_dir) / "export" / folder)
-                out = work / f"{engine}-{threads}t-{minutes:g}min"
-                out.mkdir(exist_ok=True)
-                t = time.perf_counter()
-                result = measure(source, audio, threads, out)
-                scores = score(result.pop("hypothesis"), truth, alone)
-                row = {"minutes": minutes, "engine": engine, "threads": threads, "rtf": result["seconds"] / truth["duration"],
-                       **result, **scores, "wall_s": time.perf_counter() - t}
-                rows.append(row)
-                alone_cer = "" if row["cer_alone"] is None else f"{row['cer_alone']:.4f}"
-                time_err = "" if row["word_time_error_ms"] is None else f"{row['word_time_error_ms']:.0f}"
-                print(f"| {minutes:g} min | {engine} | {threads} | {row['rtf']:.4f} | {1 / row['rtf']:.0f} | "
-                      f"{row['peak_rss_mb']:.0f} | {row['cer']:.4f} | {row['wer']:.4f} | {alone_cer} | {time_err} |",
-                      flush=True)
+        for threads, pause, engine in itertools.product((int(t) for t in args.threads.split(",")),
+                                                       args.split_at_pauses.split(","), args.engines.split(",")):
+            pause_s = None if pause == "none" else float(pause)
+            folder = ENGINES[engine]
+            source = args.run_dir if folder is None else str(Path(args.run_dir) / "export" / folder)
+            out = work / f"{engine}-{threads}t-{pause}-{minutes:g}min"
+            out.mkdir(exist_ok=True)
+            t = time.perf_counter()
+            result = measure(source, audio, threads, out, pause_s)
+            scores = score(result.pop("hypothesis"), truth, alone)
+            row = {"minutes": minutes, "engine": engine, "threads": threads, "split_at_pauses": pause_s,
+                   "rtf": result["seconds"] / truth["duration"], **result, **scores, "wall_s": time.perf_counter() - t}
+            rows.append(row)
+            alone_cer = "" if row["cer_alone"] is None else f"{row['cer_alone']:.4f}"
+            time_err = "" if row["word_time_error_ms"] is None else f"{row['word_time_error_ms']:.0f}"
+            print(f"| {minutes:g} min | {engine} | {threads} | {pause} | {row['rtf']:.4f} | {1 / row['rtf']:.0f} | "
+                  f"{row['peak_rss_mb']:.0f} | {row['cer']:.4f} | {row['wer']:.4f} | {alone_cer} | {time_err} |",
+                  flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

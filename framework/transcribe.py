@@ -13,6 +13,11 @@ at pauses). Word times come from the CTC alignment: the best path's frames for g
 decoding, ``torchaudio.functional.forced_align`` of each piece's hypothesis for other
 decoders; a word's confidence is the geometric mean of its characters' frame probabilities.
 
+A model trained on single utterances runs the words on either side of a long recording's
+pauses together: ``--split-at-pauses 0.3`` cuts recordings where they are quiet for 0.3 s or
+more (:mod:`framework.data.pauses`) and transcribes each stretch on its own; word times still
+count from the start of the file.
+
 Output: ``file<TAB>transcript`` lines (``text``), one JSON object per file (``json``: text,
 words with start/end seconds and confidence), or subtitles (``srt``, ``vtt``). ``--out DIR``
 writes one file per input instead. A file that cannot be read is reported in one line and
@@ -353,6 +358,56 @@ def whole_recordings(brain, jobs: list[Job], geometry: Geometry) -> Iterator[Res
         yield failed or Result(job.name, text, chunk.duration)
 
 
+def split_at_pauses(jobs: list[Job], min_pause_s: float) -> tuple[list[Job], list[int], list[float]]:
+    """Each job's stretches between pauses of at least ``min_pause_s`` seconds
+    (:mod:`framework.data.pauses`) as jobs of their own, the index of the job each came from,
+    and each job's duration. A file that cannot be read stays whole: its failure is reported
+    as any file's."""
+    from framework.data.pauses import frame_energies_db, speech_spans
+
+    spans, parents, durations = [], [], []
+    for i, job in enumerate(jobs):
+        offset = job.start or 0.0
+        try:
+            info = soundfile.info(job.path)
+            durations.append((job.stop if job.stop is not None else info.duration) - offset)
+            found = [Job(job.name, job.path, offset + a, offset + b)
+                     for a, b in speech_spans(frame_energies_db(job.path, job.start, job.stop), min_pause_s)]
+        except Exception:  # soundfile raises several types for bad files
+            durations.append(0.0)
+            found = [job]
+        spans += found
+        parents += [i] * len(found)
+    return spans, parents, durations
+
+
+def joined(items: Iterator[Result | Failure], jobs: list[Job], spans: list[Job], parents: list[int],
+           durations: list[float]) -> Iterator[Result | Failure]:
+    """The results of each job's spans joined into one (times from the job's start), yielded
+    once all its spans are done; a job with a failed span fails as a whole, once."""
+    waiting = list(range(len(spans)))  # results come in span order, failures may come early
+    left = {i: parents.count(i) for i in set(parents)}
+    parts: dict[int, list[Result]] = {}
+    failed: set[int] = set()
+    for item in items:
+        index = item.job if isinstance(item, Failure) else waiting[0]
+        waiting.remove(index)
+        job = parents[index]
+        left[job] -= 1
+        if isinstance(item, Failure):
+            if job not in failed:
+                failed.add(job)
+                yield Failure(job, item.message)
+            continue
+        shift = (spans[index].start or 0.0) - (jobs[job].start or 0.0)
+        item.words = [Word(w.word, round(w.start + shift, 3), round(w.end + shift, 3), w.confidence) for w in item.words]
+        parts.setdefault(job, []).append(item)
+        if left[job] == 0 and job not in failed:
+            done = parts.pop(job)
+            yield Result(jobs[job].name, " ".join(r.text for r in done if r.text), durations[job],
+                         [w for r in done for w in r.words])
+
+
 # ---------------------------------------------------------------------------- sources
 def jobs_of(files: list[str], manifest: str | None, data_root: str | None) -> list[Job]:
     jobs = [Job(f, f) for f in files]
@@ -368,8 +423,8 @@ def jobs_of(files: list[str], manifest: str | None, data_root: str | None) -> li
 
 def transcribe(source: str, files: list[str], checkpoint: str = "best", overrides: list[str] | None = None,
                fmt: str = "text", out: str | None = None, manifest: str | None = None, data_root: str | None = None,
-               chunk_s: float = 30.0, overlap_s: float = 3.0, batch_size: int = 4, threads: int | None = None
-               ) -> list[Result]:
+               chunk_s: float = 30.0, overlap_s: float = 3.0, batch_size: int = 4, threads: int | None = None,
+               pause_s: float | None = None) -> list[Result]:
     """Transcribes ``files`` (and a manifest's entries) with a run directory or an exported
     artifact folder; prints or writes each result as it is done. Raises :class:`UserError`
     at the end when some files failed (each reported on stderr when it did)."""
@@ -379,6 +434,8 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
     jobs = jobs_of(files, manifest, data_root)
+    if pause_s is not None and pause_s <= 0:
+        raise UserError(f"--split-at-pauses {pause_s}: give the shortest pause to cut at, in seconds (e.g. 0.3)")
     out_dir = Path(out) if out else None
     if out_dir is None and fmt in ("srt", "vtt") and len(jobs) > 1:
         raise UserError(f"--format {fmt} of {len(jobs)} files: subtitles are one file per input; name a folder for "
@@ -388,6 +445,13 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
     timestamps = fmt != "text"
     results: list[Result] = []
     failures = 0
+
+    def spanned(transcribe_jobs) -> Iterator[Result | Failure]:
+        """``transcribe_jobs(jobs)``, or over the stretches between pauses, joined again."""
+        if pause_s is None:
+            return transcribe_jobs(jobs)
+        spans, parents, durations = split_at_pauses(jobs, pause_s)
+        return joined(transcribe_jobs(spans), jobs, spans, parents, durations)
 
     def emit(items) -> None:
         nonlocal failures
@@ -412,8 +476,8 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
         tokenizer = CharTokenizer.load(Path(source) / meta["tokenizer"])
         geometry = Geometry(meta["sample_rate"], meta["samples_per_frame"], meta["min_samples"], meta["pad_to"],
                             meta["first_frame_centre"])
-        emit(Transcriber(artifact_runner(artifact), geometry, GreedyDecoder(tokenizer), tokenizer, chunk_s, overlap_s,
-                         batch_size, timestamps)(jobs))
+        emit(spanned(Transcriber(artifact_runner(artifact), geometry, GreedyDecoder(tokenizer), tokenizer, chunk_s,
+                                 overlap_s, batch_size, timestamps)))
     else:
         from framework.export.graph import frame_geometry
         from framework.run_dir import load_run_config, open_brain
@@ -430,13 +494,13 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
             if timestamps:
                 raise UserError(f"--format {fmt}: word times come from a CTC alignment; {cfg.brain._target_} gives "
                                 "transcripts only (--format text)")
-            emit(whole_recordings(brain, jobs, Geometry(int(cfg.sample_rate), 1, 1, 0)))
+            emit(spanned(lambda some: whole_recordings(brain, some, Geometry(int(cfg.sample_rate), 1, 1, 0))))
         else:
             unit, min_samples, centre = frame_geometry(brain.features, brain.module)
             geometry = Geometry(int(cfg.sample_rate), unit, min_samples, 0, centre)
             with brain_runner(brain) as run:
-                emit(Transcriber(run, geometry, brain.decoder, brain.tokenizer, chunk_s, overlap_s, batch_size,
-                                 timestamps)(jobs))
+                emit(spanned(Transcriber(run, geometry, brain.decoder, brain.tokenizer, chunk_s, overlap_s, batch_size,
+                                         timestamps)))
         brain.logger.close()
     if failures:
         raise UserError(f"{failures} of {len(jobs)} files could not be transcribed (named above); the others were")
@@ -455,13 +519,16 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--overlap", type=float, default=3.0, help="seconds neighbouring chunks share (default 3)")
     parser.add_argument("--batch-size", type=int, default=4, help="chunks per forward pass (default 4)")
     parser.add_argument("--threads", type=int, help="intra-op threads (default: the run's trainer.num_threads or the runtime's)")
+    parser.add_argument("--split-at-pauses", type=float, metavar="SECONDS", dest="pause_s",
+                        help="cut recordings where they are quiet for this long (e.g. 0.3) and transcribe each stretch "
+                             "on its own: for models trained on single utterances")
     parser.add_argument("--checkpoint", default="best", help="best, latest, averaged (framework.average) or a checkpoint path")
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     files = [f for f in args.files if "=" not in f or Path(f).exists()]
     overrides = [f for f in args.files if f not in files]
     return exit_on_error(lambda: transcribe(args.source, files, args.checkpoint, overrides, args.format, args.out,
                                             args.manifest, args.data_root, args.chunk, args.overlap, args.batch_size,
-                                            args.threads))
+                                            args.threads, args.pause_s))
 
 
 if __name__ == "__main__":

@@ -363,3 +363,44 @@ def test_subtitles_of_several_files_need_a_folder(one_epoch_run, tmp_path, data_
                    check=False)
     assert proc.returncode == 2 and proc.stderr.strip().endswith("name a folder for them with --out DIR")
 
+
+
+# ------------------------------------------------------------ recordings cut at pauses
+def test_speech_spans_are_the_stretches_between_long_enough_quiet_runs():
+    from framework.data.pauses import speech_spans
+
+    loud, quiet = np.full(50, -20.0), np.full(40, -70.0)  # 0.5 s of speech, 0.4 s of room noise
+    energies = np.concatenate([quiet, loud, quiet, loud, np.full(10, -70.0), loud, quiet])
+    spans = speech_spans(energies, min_pause_s=0.3)  # the 0.1 s pause is no cut
+    assert [(round(a, 3), round(b, 3)) for a, b in spans] == [(0.4, 0.9), (1.3, 2.4)]
+    assert [(round(a, 3), round(b, 3)) for a, b in speech_spans(np.full(100, -20.0), 0.3)] == [(0.0, 1.0)]
+    assert speech_spans(np.zeros(0), 0.3) == [(0.0, 0.0)]
+
+
+def test_split_at_pauses_transcribes_each_stretch_with_times_from_the_file(one_epoch_run, tmp_path, data_dir):
+    from framework.data.pauses import frame_energies_db, speech_spans
+
+    wavs = sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:4]
+    recording = tmp_path / "long.wav"
+    duration = long_recording(recording, wavs, seconds_between=1.0)
+    spans = speech_spans(frame_energies_db(str(recording)), 0.3)
+    assert len(spans) == len(wavs)  # one stretch per file: the pauses between them found
+    for (a, b), wav, start in zip(spans, wavs, np.cumsum([0.0] + [soundfile.info(str(w)).duration + 1.0 for w in wavs])):
+        assert start - 0.02 <= a and b <= start + soundfile.info(str(wav)).duration + 0.02
+    # the same stretches as manifest segments, each transcribed alone
+    segments = tmp_path / "segments.jsonl"
+    segments.write_text("".join(json.dumps({"audio_filepath": str(recording), "offset": a, "duration": b - a,
+                                            "text": "x"}) + "\n" for a, b in spans))
+    alone = transcribe_json(one_epoch_run, [], tmp_path, "--manifest", str(segments))
+    split, = transcribe_json(one_epoch_run, [recording], tmp_path, "--split-at-pauses", "0.3")
+    assert abs(split["duration"] - duration) < 1e-3
+    assert split["text"] == " ".join(a["text"] for a in alone if a["text"])
+    shifted = [(w["word"], round(w["start"] + a, 3), round(w["end"] + a, 3)) for seg, (a, _) in zip(alone, spans)
+               for w in seg["words"]]
+    assert [w["word"] for w in split["words"]] == [w for w, _, _ in shifted]
+    for got, (_, start, end) in zip(split["words"], shifted):  # times count from the file's start
+        assert abs(got["start"] - start) <= 2e-3 and abs(got["end"] - end) <= 2e-3
+    proc = run_cli("framework.transcribe", [str(one_epoch_run), str(recording), "--split-at-pauses", "0"],
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "error: --split-at-pauses 0.0: give the shortest pause to cut at, in seconds (e.g. 0.3)")
