@@ -3,6 +3,7 @@ reading a run's checkpoints and metrics, running the docs' command blocks."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from framework.models.conformer import ConformerCTC
@@ -85,3 +87,30 @@ def tiny_conformer(**kw) -> ConformerCTC:
                 subsampling_channels=8, dropout=0.0)
     args.update(kw)
     return ConformerCTC(**args)
+
+
+needs_flashlight = pytest.mark.skipif(importlib.util.find_spec("flashlight") is None,
+                                      reason="beam search needs flashlight-text (pip install 'framework[lm]')")
+
+# A bigram that knows "the cat" and finds "hat" unlikely; <s>, </s> and <unk> as KenLM requires.
+ARPA = """\\data\\
+ngram 1=7
+ngram 2=4
+
+\\1-grams:
+-1.5\t<unk>
+-99\t<s>\t-0.3
+-0.7\t</s>
+-0.8\tthe\t-0.3
+-0.9\tcat\t-0.3
+-3.0\that
+-1.2\tsat
+
+\\2-grams:
+-0.1\t<s> the
+-0.1\tthe cat
+-0.3\tcat </s>
+-0.4\tcat sat
+
+\\end\\
+"""

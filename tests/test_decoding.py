@@ -18,35 +18,11 @@ from framework.text import CharTokenizer, ErrorRate
 from framework.text.decoders import MISSING_FLASHLIGHT, BeamSearchDecoder, GreedyDecoder, training_words
 from framework.text.ngram import BOS, EOS, UNK, discounts, estimate, read_arpa, write_arpa
 from tests.conftest import ROOT, run_cli
-
-needs_flashlight = pytest.mark.skipif(importlib.util.find_spec("flashlight") is None,
-                                      reason="beam search needs flashlight-text (pip install 'framework[lm]')")
+from tests.helpers import ARPA, needs_flashlight
 
 TEXTS = ["the cat sat", "the hat", "a cat ran", "the cot"]
 TOKENIZER = CharTokenizer.from_texts(TEXTS)
 
-# A bigram that knows "the cat" and finds "hat" unlikely; <s>, </s> and <unk> as KenLM requires.
-ARPA = """\\data\\
-ngram 1=7
-ngram 2=4
-
-\\1-grams:
--1.5\t<unk>
--99\t<s>\t-0.3
--0.7\t</s>
--0.8\tthe\t-0.3
--0.9\tcat\t-0.3
--3.0\that
--1.2\tsat
-
-\\2-grams:
--0.1\t<s> the
--0.1\tthe cat
--0.3\tcat </s>
--0.4\tcat sat
-
-\\end\\
-"""
 
 
 def emissions(frames: list[dict[str, float]], tokenizer: CharTokenizer = TOKENIZER) -> torch.Tensor:

@@ -16,7 +16,7 @@ from framework.text.decoders import BeamSearchDecoder, GreedyDecoder
 from framework.text.subword import MISSING_SENTENCEPIECE, SentencePieceTokenizer
 from framework.text.tokenizer import BLANK
 from tests.conftest import ROOT, TINY, run_cli, run_result
-from tests.test_decoding import ARPA, needs_flashlight
+from tests.helpers import ARPA, needs_flashlight
 
 SPEECH = ROOT / "recipes" / "asr_ctc" / "speech" / "train.json"
 

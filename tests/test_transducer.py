@@ -20,7 +20,7 @@ from framework.text.subword import SentencePieceTokenizer
 from framework.text.transducer_decoders import TransducerBeamDecoder, TransducerGreedyDecoder
 from recipes.asr_transducer.brain import padded_targets
 from tests.conftest import ROOT, TINY, run_cli, run_result
-from tests.test_faults import ENV, newest_state, wait_for
+from tests.helpers import ENV, newest_state, wait_for
 
 SPEECH = ROOT / "recipes" / "asr_ctc" / "speech"
 # The tiny config of tests/conftest.py with a transducer of the same scale.
@@ -209,7 +209,7 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(transducer_cli, data_dir
 
 @pytest.mark.slow
 def test_torchrun_trains_the_ds2_transducer_in_lockstep_and_evaluates_sharded(tmp_path, data_dir):
-    from tests.test_distributed import steps_per_epoch, torchrun
+    from tests.helpers import steps_per_epoch, torchrun
 
     ds2 = ["model=ds2_transducer", "model.encoder.hidden_size=32", "model.encoder.num_layers=1",
            "model.encoder.fc_size=32", "model.encoder.conv_channels=[4,4]"]
