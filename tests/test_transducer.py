@@ -158,6 +158,9 @@ def test_trains_in_pieces_with_bf16_accumulation_and_checkpointed_blocks_then_de
     wavs = [str(w) for w in sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:2]]
     out = run_cli("framework.transcribe", [str(run_dir), *wavs, "decoder=transducer_beam"], cwd=tmp_path).stdout
     assert [line.split("\t")[0] for line in out.rstrip("\n").split("\n")] == wavs
+    proc = run_cli("framework.export", [str(run_dir), "--format", "onnx"], cwd=tmp_path, check=False)
+    assert last_line(proc) == ("error: TransducerBrain is a transducer: its decoding loop is not exported yet; "
+                               "transcribe with the run directory (python -m framework.transcribe RUN_DIR FILES)")
     proc = run_cli("framework.transcribe", [str(run_dir), wavs[0], "--format", "json"], cwd=tmp_path, check=False)
     assert last_line(proc) == ("error: --format json: word times come from a CTC alignment; "
                                "recipes.asr_transducer.brain.TransducerBrain gives transcripts only (--format text)")

@@ -129,6 +129,9 @@ def inference_graph(brain, onnx: bool = False) -> nn.Module:
     hook = getattr(brain, "inference_model", None)
     if hook is not None:
         graph = hook(features)
+    elif not getattr(brain, "ctc", True):
+        raise UserError(f"{type(brain).__name__} is a transducer: its decoding loop is not exported yet; transcribe "
+                        "with the run directory (python -m framework.transcribe RUN_DIR FILES)")
     elif hasattr(brain, "tokenizer"):
         graph = CTCGraph(features, brain.module)
     else:
