@@ -6,6 +6,7 @@ A process killed mid-write (SIGKILL, a power cut) leaves its temporary file, ``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -55,3 +56,12 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any], before_rena
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def sha256_of(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

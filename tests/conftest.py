@@ -74,3 +74,15 @@ def train_cli(tmp_path, data_dir):
         return run_cli(module, args, cwd=tmp_path, check=check), run_dir
 
     return run
+
+
+@pytest.fixture()
+def one_thread():
+    """Models run in the test's own process on one thread: the suite runs two workers on two
+    cores, and a second intra-op thread on a tiny model only adds synchronisation."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

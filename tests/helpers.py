@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -114,3 +115,35 @@ ngram 2=4
 
 \\end\\
 """
+
+
+def children_of(pid: int) -> set[int]:
+    """The processes ``pid`` started, and theirs (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:  # after "(command name)": state, parent
+                found.add(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found | {c for p in found for c in children_of(p)}
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has finished)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_with_children(proc: subprocess.Popen) -> None:
+    """Ends ``proc`` and every process it started, if it still runs (a test's cleanup)."""
+    if proc.poll() is None:
+        for pid in children_of(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.communicate()

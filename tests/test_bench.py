@@ -99,12 +99,6 @@ def close(a: float, b: float, rel: float = 0.02, abs_: float = 0.11) -> bool:
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture()
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # time strided 6x: fast, and still long enough for CTC on every length class

@@ -15,14 +15,7 @@ from framework.trainer.activation_checkpointing import apply_activation_checkpoi
 from tests.conftest import ROOT
 from tests.helpers import tiny_conformer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation (10-30x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 tiny = tiny_conformer

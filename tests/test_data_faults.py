@@ -27,7 +27,7 @@ from framework.data.audio import AudioError
 from framework.data.hdf5 import HDF5Dataset
 from framework.data.manifest import ManifestDataset, ManifestError, load_entries
 from tests.conftest import ROOT, TINY, run_cli, run_result
-from tests.helpers import one_line
+from tests.helpers import alive, children_of, kill_with_children, one_line
 
 SR = 16000
 TINY_MODEL = [o for o in TINY if not o.startswith("dataset.")]
@@ -173,25 +173,6 @@ def test_a_failed_rerun_of_prepare_hdf5_leaves_the_earlier_output_usable(virtual
 
 
 # ---------------------------------------------------------- 4. stop signals during prepare
-def children_of(pid: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(command name)"
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while not condition():
@@ -228,12 +209,7 @@ def started(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            for p in children_of(proc.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGKILL)
-            proc.kill()
-            proc.communicate()
+        kill_with_children(proc)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -23,13 +23,7 @@ from framework.export import formats
 from framework.models import ConformerCTC, DeepSpeech2, WideResNet
 from tests.conftest import run_cli, run_result
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ the shipped models

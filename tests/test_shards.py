@@ -32,7 +32,19 @@ from framework.data.manifest import load_entries
 from framework.data.shards import ShardDataset
 from framework.data.synthetic import prepare_tone_corpus
 from tests.conftest import TINY, run_cli
-from tests.helpers import ENV, metrics_of, newest_state, one_line, run_doc, steps_per_epoch, torchrun, wait_for
+from tests.helpers import (
+    ENV,
+    alive,
+    children_of,
+    kill_with_children,
+    metrics_of,
+    newest_state,
+    one_line,
+    run_doc,
+    steps_per_epoch,
+    torchrun,
+    wait_for,
+)
 
 TINY_MODEL = [o for o in TINY if not o.startswith("dataset.")]
 SPLITS = {"train": 48, "valid": 16, "test": 16}  # the tiny corpus of TINY's dataset.prepare.splits
@@ -98,25 +110,6 @@ def test_prepare_shards_of_features_round_trips(tones, tmp_path):
     assert "features: the extractor recorded in dataset.train" in (tmp_path / "run" / "train.log").read_text()
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):  # a zombie has finished
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    return True
-
-
-def children_of(pid: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(stat.parent.name))
-    return found | {c for p in found for c in children_of(p)}
-
-
 def test_killed_prepare_shards_keeps_the_finished_shards_and_a_rerun_writes_the_rest(tones, tmp_path):
     rows = json.loads((tones / "train.json").read_text())
     uids = list(rows)[:24]
@@ -143,12 +136,7 @@ def test_killed_prepare_shards_keeps_the_finished_shards_and_a_rerun_writes_the_
             time.sleep(0.05)
         assert not [p for p in workers if alive(p)], "worker processes outlived the command"
     finally:
-        if proc.poll() is None:
-            for p in children_of(proc.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGKILL)
-            proc.kill()
-            proc.communicate()
+        kill_with_children(proc)
     assert not (out / "index.json").exists() and not list(out.glob(".*.tmp"))
     kept = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.glob("shard-*.tar")}
     assert sorted(kept) == [f"shard-00000{i}.tar" for i in range(3)]

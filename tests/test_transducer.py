@@ -37,13 +37,7 @@ def tiny_transducer(num_bins: int, num_classes: int, ctc_head: bool = False) -> 
                       hidden_size=64, dropout=0.0, ctc_head=ctc_head)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models run in this process on one thread (the suite runs two workers on two cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

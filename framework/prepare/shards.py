@@ -39,7 +39,7 @@ from framework.data.audio import AudioError, read_audio
 from framework.data.manifest import Entry, load_entries
 from framework.data.shards import FORMAT, INDEX, PAYLOAD, VERSION
 from framework.errors import BadValue
-from framework.files import write_atomic, write_text_atomic
+from framework.files import sha256_of, write_atomic, write_text_atomic
 from framework.prepare.corpus import Skipped
 from framework.prepare.signals import worker_signals
 
@@ -127,17 +127,9 @@ def _verified(out: Path, jobs: list[Job]) -> dict[int, dict]:
         record, path = recorded.get(job.name), out / job.name
         if record is None or record.get("job") != job.fingerprint() or not path.is_file():
             continue
-        if path.stat().st_size == record["bytes"] and _sha256(path) == record["sha256"]:
+        if path.stat().st_size == record["bytes"] and sha256_of(path) == record["sha256"]:
             kept[job.number] = record
     return kept
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_in_parallel(jobs: list[Job], out: Path, workers: int) -> dict[int, dict]:
@@ -197,7 +189,7 @@ def _write_shard(work: tuple[Job, str]) -> dict:
                                    **({"fields": entry.fields} if entry.fields else {})})
 
     write_atomic(path, write)
-    record = {"number": job.number, "name": job.name, "bytes": path.stat().st_size, "sha256": _sha256(path),
+    record = {"number": job.number, "name": job.name, "bytes": path.stat().st_size, "sha256": sha256_of(path),
               "examples": len(utterances), "job": job.fingerprint(), "skipped": skipped, "utterances": utterances}
     write_text_atomic(Path(out) / PARTS / f"{path.stem}.json", json.dumps(record, ensure_ascii=False))
     return record

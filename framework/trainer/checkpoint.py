@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from framework.errors import UserError
-from framework.files import remove_leftovers, write_atomic
+from framework.files import remove_leftovers, sha256_of, write_atomic
 
 log = logging.getLogger(__name__)
 CKPT_NAME = re.compile(r"ckpt-(\d+)\.pt$")
@@ -112,14 +112,6 @@ def write_hashed(path: Path, write: Callable[[BinaryIO], Any], before_rename: Ca
 
 def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MB"
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
