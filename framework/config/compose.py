@@ -19,7 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from framework.config.explain import explain
-from framework.config.validate import find_problems, missing_search_keys, suggest
+from framework.config.signature import suggest
+from framework.config.validate import find_problems, missing_search_keys
 from framework.errors import ConfigError, Problem
 
 

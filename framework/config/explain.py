@@ -16,8 +16,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework.config.signature import signature_parameters, type_name
-from framework.config.validate import HYDRA_KEYS, import_target, suggest
+from framework.config.signature import signature_parameters, suggest, type_name
+from framework.config.validate import HYDRA_KEYS, import_target
 
 
 def explain(exc: BaseException, hydra: Any, config_name: str, overrides: list[str]) -> str:

@@ -4,10 +4,14 @@ value fits an annotation (``int``, ``float | None``, ``Literal[...]``, lists, ..
 from __future__ import annotations
 
 import collections.abc
+import difflib
 import inspect
 import types
 import typing
 from typing import Any
+
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -116,3 +120,18 @@ def type_name(hint: Any) -> str:
     base = args[0] if args else hint
     name = TYPE_NAMES.get(base, getattr(base, "__name__", str(base)))
     return name + (" or null" if type(None) in typing.get_args(hint) else "")
+
+
+def resolved(node: DictConfig, key: str) -> Any:
+    """``node[key]``, or None when it cannot be resolved here (e.g. a ``${hydra:...}`` outside a Hydra run)."""
+    try:
+        return node.get(key)
+    except OmegaConfBaseException:  # e.g. a ${hydra:...} outside a Hydra run
+        return None
+
+
+def suggest(key: str, valid: list[str], path: str) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {path}{close[0]}?"
+    return "valid keys: " + ", ".join(sorted(valid))

@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import difflib
 import inspect
 import typing
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework.config.schema import LoggerConfig, TrainerConfig, check_num_threads, parse_duration
-from framework.config.signature import expected, matches, signature_parameters, type_name
+from framework.config.cross import check_groups, check_settings
+from framework.config.schema import LoggerConfig, TrainerConfig
+from framework.config.signature import expected, matches, signature_parameters, suggest, type_name
 from framework.errors import ConfigError, Problem
 
 SCHEMAS: dict[str, type] = {"trainer": TrainerConfig, "logger": LoggerConfig}
@@ -78,7 +77,7 @@ def find_problems(cfg: DictConfig) -> list[Problem]:
         provided = model_args if path == "model" else CALLER_ARGS.get(path, set())
         _check_target_node(node, path, provided if known_caller else None, problems)
     _check_settings_without_target(cfg, problems)
-    _check_cross(cfg, problems)
+    check_settings(cfg, problems)
     return problems
 
 
@@ -140,13 +139,6 @@ def _brain_model_arguments(cfg: DictConfig, problems: list[Problem]) -> set[str]
     return set(getattr(obj, "model_arguments", ()) or ()) if obj is not None else set()
 
 
-def _resolved(node: DictConfig, key: str) -> Any:
-    try:
-        return node.get(key)
-    except OmegaConfBaseException:  # e.g. a ${hydra:...} outside a Hydra run
-        return None
-
-
 def import_target(target: str, path: str, problems: list[Problem]) -> Any:
     from hydra.utils import get_object
 
@@ -170,7 +162,7 @@ def _check_target_node(node: DictConfig, path: str, provided: set[str] | None, p
         if key in HYDRA_KEYS:
             continue
         if path == "optimizer" and key == "groups":  # the framework's own key: parameter groups by name
-            _check_groups(node.get("groups"), problems)
+            check_groups(node.get("groups"), problems)
             continue
         if key not in params:
             if not accepts_any:
@@ -185,32 +177,6 @@ def _check_target_node(node: DictConfig, path: str, provided: set[str] | None, p
         if required and pname not in node and pname not in provided:
             problems.append(Problem(f"{path}.{pname}", f"{path}.{pname}: missing; {name} requires it "
                                                        f"(set {path}.{pname}=...)"))
-
-
-GROUP_KEYS = {"match": str, "lr_scale": (int, float), "layer_decay": (int, float)}
-
-
-def _check_groups(groups: Any, problems: list[Problem]) -> None:
-    """``optimizer.groups``: a list of ``{match, lr_scale, layer_decay}`` (the last two optional, > 0)."""
-    if groups is None:
-        return
-    if not isinstance(groups, ListConfig):
-        problems.append(Problem("optimizer.groups", "optimizer.groups: expected a list of {match: pattern, lr_scale: "
-                                                    "number}"))
-        return
-    for i, entry in enumerate(groups):
-        key = f"optimizer.groups[{i}]"
-        if not isinstance(entry, DictConfig) or "match" not in entry:
-            problems.append(Problem(key, f"{key}: expected {{match: pattern, lr_scale: number}}"))
-            continue
-        for name in entry:
-            kind = GROUP_KEYS.get(str(name))
-            value = entry[name]
-            if kind is None:
-                problems.append(Problem(key, f"{key}.{name}: unknown key; {suggest(str(name), list(GROUP_KEYS), key + '.')}"))
-            elif not isinstance(value, kind) or isinstance(value, bool) or (kind is not str and value <= 0):
-                problems.append(Problem(key, f"{key}.{name}={value!r}: expected "
-                                             f"{'a pattern' if kind is str else 'a number > 0'}"))
 
 
 def _ranges(target: str) -> dict[str, tuple[float, bool]]:
@@ -283,67 +249,6 @@ def _check_metadata(full: str, value: Any, meta: collections.abc.Mapping, proble
         elif high is not None and (value > high or (value == high and meta.get("max_exclusive"))):
             problems.append(Problem(full, f"{full}={value!r}: must be {'<' if meta.get('max_exclusive') else '<='} "
                                           f"{high:g}"))
-
-
-def _check_cross(cfg: DictConfig, problems: list[Problem]) -> None:
-    trainer = cfg.get("trainer")
-    if not isinstance(trainer, DictConfig):
-        return
-    resume = _resolved(trainer, "resume")
-    if resume not in (None, "auto") and isinstance(resume, str) and not Path(resume).is_file():
-        problems.append(Problem("trainer.resume", f"trainer.resume={resume}: no such checkpoint file; give a "
-                                                  "checkpoint path, auto (this run dir's newest) or null"))
-    max_time = _resolved(trainer, "max_time")
-    if max_time is not None:
-        try:
-            parse_duration(max_time)
-        except ValueError as exc:
-            problems.append(Problem("trainer.max_time", str(exc)))
-    scheduler = cfg.get("scheduler")
-    if isinstance(scheduler, DictConfig) and _resolved(scheduler, "over") == "time" and max_time is None:
-        problems.append(Problem("scheduler.over", "scheduler.over=time follows the time budget: set trainer.max_time "
-                                                  "(e.g. trainer.max_time=10m)"))
-    init_from = _resolved(trainer, "init_from")
-    if isinstance(init_from, str) and not Path(init_from).exists():
-        problems.append(Problem("trainer.init_from", f"trainer.init_from={init_from}: no such checkpoint file or run "
-                                                     "directory"))
-    threads = _resolved(trainer, "num_threads")
-    try:
-        check_num_threads(threads)
-    except ValueError as exc:
-        problems.append(Problem("trainer.num_threads", f"{exc}"))
-    if _resolved(trainer, "precision") == "fp16" or _resolved(trainer, "eval_precision") == "fp16":
-        import torch
-
-        device = _resolved(trainer, "device")
-        if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-            problems.append(Problem("trainer.precision", "trainer.precision=fp16 needs a CUDA device (this run uses "
-                                                         "the CPU); use trainer.precision=bf16 or fp32"))
-    _check_checkpoints_kept(trainer, problems)
-
-
-def _check_checkpoints_kept(trainer: DictConfig, problems: list[Problem]) -> None:
-    """Settings under which a run would keep no checkpoint: its trained weights would be lost."""
-    ck = trainer.get("checkpoint")
-    if not isinstance(ck, DictConfig):
-        return
-    if _resolved(ck, "keep_last") == 0 and _resolved(ck, "keep_best") == 0:
-        problems.append(Problem("trainer.checkpoint.keep_last", "trainer.checkpoint.keep_last=0 with keep_best=0 "
-                                "keeps no checkpoint: the trained model would be deleted as soon as it is written; "
-                                "keep at least one (e.g. trainer.checkpoint.keep_last=1)"))
-    if _resolved(ck, "every_epoch") is False and not _resolved(ck, "every_n_steps"):
-        problems.append(Problem("trainer.checkpoint.every_epoch", "trainer.checkpoint.every_epoch=false with "
-                                "every_n_steps=0 writes no checkpoint: nothing trained would be kept; set "
-                                "every_epoch=true or every_n_steps to a number of steps"))
-
-
-def suggest(key: str, valid: list[str], path: str) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {path}{close[0]}?"
-    return "valid keys: " + ", ".join(sorted(valid))
-
-
 
 
 def missing_search_keys(params: Any, cfg: DictConfig) -> list[str]:
