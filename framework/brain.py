@@ -258,7 +258,12 @@ class Brain:
         self.on_fit_start()
         with self.stop.signals, self.profiler:
             for epoch in range(self.progress.epoch, self.options.max_epochs):
-                if self.stop.time_up() or self.early_stopping.stopped:
+                if self.stop.out_of_time or self.early_stopping.stopped:
+                    break
+                if self.stop.time_up():  # spent during the last validation, or before a resumed run began
+                    self.said_out_of_time(epoch)
+                    if self.history:
+                        self.history[-1]["stopped_on_time"] = 1
                     break
                 self.run_epoch(train_loader, valid_loader, epoch)
         self.on_fit_end()
@@ -330,8 +335,7 @@ class Brain:
         if valid_loader is not None:  # a stop signal now lets validation finish first
             metrics.update(self.run_eval(valid_loader, Stage.VALID, epoch))
         if self.stop.out_of_time:  # the epoch stays where it stopped: a larger budget continues it
-            log.info("stopped on time: trainer.max_time=%s spent (%.1f s) at epoch %d, step %d", self.options.max_time,
-                     self.elapsed(), epoch + 1, self.step)
+            self.said_out_of_time(epoch)
         else:
             self.progress.epoch, self.progress.batch_in_epoch = epoch + 1, 0
         entry = {"epoch": epoch + 1, "step": self.step, "elapsed_s": self.elapsed(),
@@ -349,6 +353,10 @@ class Brain:
             self.save_checkpoint({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
         if stop:
             self.stop_now("after epoch %d" % self.epoch)
+
+    def said_out_of_time(self, epoch: int) -> None:
+        log.info("stopped on time: trainer.max_time=%s spent (%.1f s) at epoch %d, step %d", self.options.max_time,
+                 self.elapsed(), epoch + 1, self.step)
 
     def train_epoch(self, loader, epoch: int) -> float:
         """Trains from the current position of the epoch; returns its mean training loss."""

@@ -50,7 +50,7 @@ def test_a_stopped_time_budgeted_run_resumes_for_the_same_total_budget(tmp_path,
     run_dir = tmp_path / "run"
     args = [*BUDGET, "trainer.max_time=10s", "trainer.checkpoint.every_n_steps=5"]
     proc = start_training(data_dir, run_dir, *args, cwd=tmp_path)
-    wait_for(run_dir / "checkpoints" / "ckpt-000000020.pt", proc)
+    wait_for(run_dir / "checkpoints" / "ckpt-000000010.pt", proc)  # early in the budget, also on a busy machine
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 143, stderr
@@ -60,8 +60,8 @@ def test_a_stopped_time_budgeted_run_resumes_for_the_same_total_budget(tmp_path,
     assert 10.0 <= stopped < 13.0  # the total over both processes, not 10 s more
     rates = learning_rates(run_dir)
     resumed = [r for s, r in rates if s > first[-1][0]]
-    # continues near where it was (the clock also counts the new process's first step), no restart of the warm-up
-    assert resumed and 0.5 * first[-1][1] <= resumed[0] <= 2 * first[-1][1] and resumed[0] > 5 * rates[0][1]
+    # continues near where it was (the clock also counts the new process's first step), not from the warm-up's start
+    assert resumed and abs(resumed[0] - first[-1][1]) < abs(resumed[0] - rates[0][1])
     assert rates[-1][1] < 0.01 * max(r for _, r in rates)
 
 
