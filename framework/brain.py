@@ -365,7 +365,7 @@ class Brain:
         self.meter = self.meter or EpochMeter(self.device)
         self.meter.start()
         step_log = StepLog(self.logger, self.logger.log_every_n_steps, self.device)
-        start = self.progress.batch_in_epoch
+        start, step_ended = self.progress.batch_in_epoch, None
         bar = progress(self.limited(len(loader)) - start, f"epoch {epoch + 1}", self.dist.is_main)
         for window in step_windows(loader, self.options.grad_accumulation, start, self.options.limit_batches,
                                    self.meter.waited, self.skips.usable):
@@ -377,10 +377,9 @@ class Brain:
             if not window.batches:
                 continue
             try:
-                started = time.perf_counter()
                 loss, norm = self.train_step(window.batches, weights)
-                if self.threads is not None:
-                    self.threads.step_done(time.perf_counter() - started)
+                if self.threads is not None:  # times the whole step, its wait for batches included
+                    step_ended = self.threads.step_done(step_ended)
             except torch.OutOfMemoryError:
                 if not self.options.skip_oom or self.dist.enabled:
                     raise

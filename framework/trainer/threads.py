@@ -7,8 +7,10 @@ waiting for one another; beside another busy process, two threads on two cores c
 times slower than one. ``auto`` starts from the cores available to this rank (its CPU
 affinity, capped by a cgroup quota, shared among the local ranks) and then measures
 (:class:`ThreadTuner`): the first training steps run with each candidate count (1, half, all)
-and the fastest is kept; the step time is watched, and the candidates are timed again when it
-degrades markedly (another process started). The choice is logged, saved with checkpoints
+and the fastest is kept, a step timed from the previous one's end to its own (its wait for
+data included: data workers share the cores, so a count that starves them is slower); the
+step time is watched, and the candidates are timed again when it degrades markedly
+(another process started). The choice is logged, saved with checkpoints
 and taken up by a resumed run. Thread counts change floating-point summation order: a run
 that must be bitwise reproducible across processes sets a fixed ``trainer.num_threads``.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from pathlib import Path
 
 from framework.config.schema import check_num_threads
@@ -83,7 +86,7 @@ def set_num_threads(setting: int | str) -> int:
 
 class ThreadTuner:
     """Times the candidate thread counts on real training steps and keeps the fastest (see
-    the module doc). ``step_done(seconds)`` after every optimizer step."""
+    the module doc). ``step_done`` after every optimizer step."""
 
     WARMUP = 2  # first steps (allocations, caches) are not timed
     STEPS_EACH = 3  # steps timed per candidate; the median counts
@@ -111,7 +114,16 @@ class ThreadTuner:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 
-    def step_done(self, seconds: float) -> None:
+    def step_done(self, previous_end: float | None) -> float:
+        """After each optimizer step: times the step from the end of the previous one
+        (``None``: the first of an epoch, not timed, as it also holds the loader's start and
+        the validation before it). Returns this step's end, for the next call."""
+        now = time.perf_counter()
+        if previous_end is not None:
+            self._timed(now - previous_end)
+        return now
+
+    def _timed(self, seconds: float) -> None:
         if self._plan:
             threads = self._plan.pop(0)
             if len(self._plan) < len(self.candidates) * self.STEPS_EACH:  # past the warm-up
