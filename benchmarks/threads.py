@@ -11,7 +11,7 @@ core it should take, started before the runs and stopped after.
 
 from __future__ import annotations
 
-import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import child_env, run_training
-from framework.trainer.threads import available_cores, resolve_num_threads
+from framework.trainer.threads import available_cores
 
 
 @contextmanager
@@ -36,12 +36,15 @@ def busy_processes(count: int):
             p.wait()
 
 
-def epoch_seconds(threads: str, workers: int, epochs: int, overrides: list[str], out: Path) -> list[float]:
-    """Times of the epochs after the first, from the run's own history."""
+def epoch_seconds(threads: str, workers: int, epochs: int, overrides: list[str], out: Path
+                  ) -> tuple[list[float], str]:
+    """Times of the epochs after the first, from the run's own history, and the thread count
+    ``auto`` chose (from the run's log; ``-`` for a fixed count)."""
     env = {k: v for k, v in child_env().items() if k != "OMP_NUM_THREADS"}  # auto would take it as given
     result, _ = run_training([f"trainer.max_epochs={epochs}", "trainer.device=cpu", f"trainer.num_threads={threads}",
                               f"trainer.num_workers={workers}", "logger.tensorboard=false", *overrides], out, env)
-    return [h["epoch_s"] for h in result["history"][1:]]
+    chosen = re.findall(r"threads: .*; using (\d+)", (out / "train.log").read_text()) if threads == "auto" else []
+    return [h["epoch_s"] for h in result["history"][1:]], "/".join(chosen) or "-"
 
 
 def main(epochs: int, repeats: int, overrides: list[str]) -> None:
@@ -49,21 +52,19 @@ def main(epochs: int, repeats: int, overrides: list[str]) -> None:
     settings = (str(cores), "auto", "1")
     scenarios = ((0, 0), (2, 0), (0, 1), (0, cores))  # (data workers, busy processes)
     print(f"{cores} cores available; default recipe, {epochs} epochs, median of epochs 2.. over {repeats} runs\n")
-    print(f"| data workers | busy processes | {cores} threads (PyTorch's default) s | auto s (threads) | 1 thread s "
+    print(f"| data workers | busy processes | {cores} threads (PyTorch's default) s | auto s (threads chosen) | 1 thread s "
           "| default / auto |")
     print("| --- | --- | --- | --- | --- | --- |")
-    # what `auto` resolves to in the runs, which start without OMP_NUM_THREADS
-    omp = os.environ.pop("OMP_NUM_THREADS", None)
-    auto = resolve_num_threads("auto")
-    if omp is not None:
-        os.environ["OMP_NUM_THREADS"] = omp
     with tempfile.TemporaryDirectory() as tmp:
         for workers, busy in scenarios:
             times: dict[str, list[float]] = {s: [] for s in settings}
+            chosen = []
             with busy_processes(busy):
                 for r in range(repeats):
                     for s in settings:  # interleaved, so a drift in the machine's load hits all alike
-                        times[s] += epoch_seconds(s, workers, epochs, overrides, Path(tmp) / f"{workers}-{busy}-{s}-{r}")
+                        seconds, picked = epoch_seconds(s, workers, epochs, overrides, Path(tmp) / f"{workers}-{busy}-{s}-{r}")
+                        times[s] += seconds
+                        chosen += [picked] if s == "auto" else []
             med = {s: float(np.median(t)) for s, t in times.items()}
-            print(f"| {workers} | {busy} | {med[str(cores)]:.2f} | {med['auto']:.2f} ({auto}) | {med['1']:.2f} | "
+            print(f"| {workers} | {busy} | {med[str(cores)]:.2f} | {med['auto']:.2f} ({', '.join(chosen)}) | {med['1']:.2f} | "
                   f"{med[str(cores)] / med['auto']:.2f} |", flush=True)
