@@ -76,6 +76,7 @@ gpu-wheels:
 	$(PYTHON) -m pip download --quiet --no-deps $(PY312) $(MANYLINUX) -d $(WHEELS) \
 		"hydra-core==1.3.*" "omegaconf==2.3.*" "soundfile>=0.12" cffi pycparser
 	$(PYTHON) -m pip download --quiet --no-deps $(PY312) --platform manylinux_2_24_x86_64 -d $(WHEELS) "bitsandbytes>=0.45"
+	$(PYTHON) benchmarks/slim_wheel.py $(WHEELS)/bitsandbytes-*.whl cuda130  # the GPU machine's CUDA 13.0 only: 43 -> 4 MB
 	$(PYTHON) -m pip wheel --quiet --no-deps -w $(WHEELS) "antlr4-python3-runtime==4.9.3"  # PyPI has only its sdist; pure Python
 	ls -l $(WHEELS)
 

@@ -64,7 +64,7 @@ class Section:
 
     def __init__(self, name: str, work: Path, toy: bool, deadline: float) -> None:
         self.name, self.work, self.toy, self.deadline = name, work, toy, deadline
-        self.device = torch.device("cpu" if toy else "cuda")
+        self.device = torch.device("cpu") if toy else torch.device("cuda", 0)  # memory caps need an index
         self.scale = TOY if toy else FULL
         self.tables: dict[str, dict] = {}
         self.notes: list[str] = []

@@ -87,6 +87,21 @@ def test_every_model_scripts_with_the_eager_outputs_at_every_length(name, tmp_pa
     eager_and_exported(name, torch.jit.load(str(path)))
 
 
+def test_torch_compile_keeps_the_eager_recurrence_and_its_outputs(monkeypatch):
+    """trainer.compile: dynamo answers True to ``torch.compiler.is_exporting()`` too, and the
+    export-only ``scan`` of the recurrence fails to compile on a GPU; compiled training keeps
+    cuDNN's fused RNN (or the clipped step loop)."""
+    from framework.models.deepspeech2 import RecurrentLayer
+
+    def export_only(*args, **kwargs):
+        raise AssertionError("the export path ran under torch.compile")
+
+    model = trained("ds2_lstm")  # nn.LSTM: the fused kernel's path (the clipped loop compiles 2x slower)
+    monkeypatch.setattr(RecurrentLayer, "scanned", export_only)
+    torch._dynamo.reset()
+    eager_and_exported("ds2_lstm", torch.compile(model, backend="eager", dynamic=True))
+
+
 @pytest.mark.slow  # torch.export and ONNX traces: ~10 s each on an idle machine
 @pytest.mark.parametrize("fmt", ["torch_export", "onnx"])
 @pytest.mark.parametrize("name", MODELS)

@@ -123,14 +123,39 @@ def big_run(tmp_path_factory, data_dir) -> Path:
     return run_dir
 
 
+def signal_mid_write(proc: subprocess.Popen, directory: Path, pattern: str, signum: int) -> bool:
+    """Sends ``signum`` while a file matching ``pattern`` is being written. The process is
+    held (SIGSTOP) once the file holds a megabyte, so the write cannot end between the look
+    and the signal; the signal is sent only if the file is still there, then the process goes
+    on and meets it inside the write. False when the write had already ended (a fast disk
+    under a loaded machine): the caller tries again."""
+    wait_until(being_written(directory, pattern), proc, f"{pattern} being written")
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        if not being_written(directory, pattern)():
+            return False
+        proc.send_signal(signum)
+        return True
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
+ATTEMPTS = 3  # of a signal inside a write; each one that misses the write says so
+
+
 @pytest.mark.parametrize("signum, status, line", [(signal.SIGTERM, 143, "terminated"),
                                                    (signal.SIGINT, 130, "interrupted")])
 def test_a_stop_signal_to_average_mid_write_leaves_no_temporary_file(big_run, tmp_path, signum, status, line):
     checkpoints = big_run / "checkpoints"
     before = sorted(p.name for p in checkpoints.iterdir())
-    proc = start("framework.average", [str(big_run), "--last", "2"], cwd=tmp_path)
-    wait_until(being_written(checkpoints, ".averaged.pt.tmp"), proc, "averaged.pt being written")
-    proc.send_signal(signum)
+    for _ in range(ATTEMPTS):
+        proc = start("framework.average", [str(big_run), "--last", "2"], cwd=tmp_path)
+        if signal_mid_write(proc, checkpoints, ".averaged.pt.tmp", signum):
+            break
+        proc.communicate(timeout=120)
+        (checkpoints / "averaged.pt").unlink()  # written before the signal: again
+    else:
+        pytest.fail(f"averaging ended before the signal in {ATTEMPTS} attempts")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == status, err
     assert last_line(err) == line and out == ""
@@ -138,16 +163,20 @@ def test_a_stop_signal_to_average_mid_write_leaves_no_temporary_file(big_run, tm
 
 
 def test_a_second_ctrl_c_during_a_checkpoint_write_exits_130_and_keeps_the_earlier_checkpoints(data_dir, tmp_path):
-    run_dir = tmp_path / "run"
-    proc = start("framework.train", tiny_args(data_dir, *BIG, "trainer.checkpoint.every_n_steps=1",
-                                              "trainer.checkpoint.keep_last=5", f"hydra.run.dir={run_dir}"),
-                 cwd=tmp_path)
-    checkpoints = run_dir / "checkpoints"
-    wait_until((checkpoints / "ckpt-000000002.pt").exists, proc, "the second checkpoint")
-    wait_until(lambda: any(checkpoints.glob(".ckpt-*.pt.tmp")), proc, "a later checkpoint being written")
-    proc.send_signal(signal.SIGINT)  # the first: stop after this step
-    wait_until(being_written(checkpoints, ".ckpt-*.pt.tmp"), proc, "the checkpoint's tensors being written")
-    proc.send_signal(signal.SIGINT)  # the second, inside torch.save: stop now
+    for attempt in range(ATTEMPTS):
+        run_dir = tmp_path / f"run{attempt}"
+        proc = start("framework.train", tiny_args(data_dir, *BIG, "trainer.checkpoint.every_n_steps=1",
+                                                  "trainer.checkpoint.keep_last=5", f"hydra.run.dir={run_dir}"),
+                     cwd=tmp_path)
+        checkpoints = run_dir / "checkpoints"
+        wait_until((checkpoints / "ckpt-000000002.pt").exists, proc, "the second checkpoint")
+        wait_until(lambda d=checkpoints: any(d.glob(".ckpt-*.pt.tmp")), proc, "a later checkpoint being written")
+        proc.send_signal(signal.SIGINT)  # the first: stop after this step
+        if signal_mid_write(proc, checkpoints, ".ckpt-*.pt.tmp", signal.SIGINT):  # the second, inside torch.save
+            break
+        proc.communicate(timeout=120)
+    else:
+        pytest.fail(f"every checkpoint write ended before the second Ctrl-C in {ATTEMPTS} attempts")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "SIGINT received" in err and last_line(err) == "interrupted" and "KeyboardInterrupt" not in err
