@@ -120,6 +120,7 @@ def test_evaluate_and_transcribe_commands(one_epoch_run, tmp_path, data_dir):
     assert bad.returncode == 2 and "is not a run directory" in bad.stderr
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_beam_search_with_a_language_model_in_evaluate_and_transcribe(one_epoch_run, tmp_path, data_dir):
     pytest.importorskip("flashlight.lib.text", reason="beam search needs flashlight-text (pip install '.[lm]')")
     run_dir = one_epoch_run
@@ -151,6 +152,7 @@ def test_beam_search_with_a_language_model_in_evaluate_and_transcribe(one_epoch_
                                     "transducer_beam, transducer_greedy") in bad.stderr
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_evaluation_and_transcription_never_fit_on_their_own_data(train_cli, tmp_path, data_dir):
     _, run_dir = train_cli("trainer.max_epochs=1", "features.normalize=global")
     wav = str(data_dir / "tones-tiny" / "test" / "test-00000.wav")

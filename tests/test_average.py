@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from framework.average import average_states
@@ -21,6 +22,7 @@ def test_the_average_of_two_checkpoints_is_the_mean_of_their_tensors():
     assert out["averaged_from"] == [1, 2]
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_average_command_writes_a_checkpoint_evaluate_can_use(train_cli, tmp_path):
     _, run_dir = train_cli("trainer.max_epochs=1", "trainer.checkpoint.every_n_steps=2",
                            "trainer.checkpoint.keep_last=3")

@@ -286,6 +286,7 @@ def test_prepare_hdf5_packs_audio_or_features(librispeech, tmp_path, features, c
         assert json.loads(ds.attrs["features"])["n_mels"] == 24
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_prepare_hdf5_interrupted_leaves_no_file(librispeech, tmp_path):
     manifest = tmp_path / "ls.json"
     run_cli("framework.prepare", ["manifest", str(librispeech), str(manifest)], cwd=tmp_path)

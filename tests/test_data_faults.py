@@ -87,6 +87,7 @@ def test_a_timing_key_the_loader_does_not_understand_is_named(tmp_path, key):
 
 
 # ------------------------------------------- 2. classification from a manifest, end to end
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_clip_classification_from_prepared_manifests_trains_and_evaluates(tmp_path):
     """The README's commands on three classes of clips (a low tone, a high tone, noise):
     chance accuracy is 1/3."""
@@ -185,7 +186,11 @@ def stop_and_check(proc: subprocess.Popen, signum: int, workers: set[int]) -> st
     """Sends ``signum``; the command exits 128 + signum and leaves none of its processes."""
     try:
         proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=60)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # a hang: every thread's stack (PYTHONFAULTHANDLER) says where
+            proc.send_signal(signal.SIGABRT)
+            pytest.fail(f"no exit within 60 s of {signal.Signals(signum).name}:\n{proc.communicate(timeout=30)[1]}")
         assert proc.returncode == 128 + signum, stderr
         deadline = time.time() + 10
         while any(alive(p) for p in workers) and time.time() < deadline:
@@ -203,7 +208,7 @@ def stop_and_check(proc: subprocess.Popen, signum: int, workers: set[int]) -> st
 def started(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
     """``python -m framework.prepare ARGS`` in the background; neither it nor a process it
     started outlives the test, whatever fails."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "framework.prepare", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -263,6 +268,7 @@ def test_sigterm_during_prepare_manifest_keeps_the_earlier_output(spoken, tmp_pa
 
 
 # ----------------------------------------------------- 5. audio not as long as declared
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_audio_far_longer_than_declared_is_named_or_skipped(spoken, tmp_path):
     valid, manifest = tmp_path / "valid.json", tmp_path / "train.json"
     prepare_manifest(spoken, valid, tmp_path / "table.csv")
@@ -312,6 +318,7 @@ def suggested(line: str, placeholder: str, value: Path) -> list[str]:
     return match.group(1).replace(placeholder, str(value)).split()
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_a_missing_placeholder_value_suggests_an_override_the_command_line_accepts(spoken, tmp_path):
     manifest = tmp_path / "m.json"
     proc = run_cli("framework.prepare", ["manifest", str(spoken), str(manifest), "--layout", "generic",

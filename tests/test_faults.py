@@ -36,6 +36,7 @@ def test_a_monitor_that_validation_does_not_report_is_refused_at_start(train_cli
     assert not list((run_dir / "checkpoints").glob("*.pt")) if (run_dir / "checkpoints").exists() else True
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_evaluate_and_transcribe_never_use_untrained_weights(train_cli, data_dir, tmp_path):
     _, run_dir = train_cli("trainer.max_epochs=1", "trainer.checkpoint.every_n_steps=2")
     wav = str(data_dir / "tones-tiny" / "test" / "test-00000.wav")

@@ -136,6 +136,7 @@ def test_frozen_modules_do_not_move_and_have_no_optimizer_state_until_unfrozen(p
     assert states[later]["optimizer"]["param_groups"][1]["name"] == "unfrozen"
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_a_fine_tuning_run_resumes_bitwise_after_sigterm(pretrained, tmp_path, data_dir):
     args = [f"trainer.init_from={pretrained}", "trainer.max_epochs=2", "trainer.checkpoint.every_n_steps=1",
             "trainer.freeze=[convs]", "trainer.unfreeze_at=4",

@@ -12,6 +12,7 @@ def final_metrics(run_dir, stage="test"):
     return {k.removeprefix(f"{stage}_"): v for k, v in run_result(run_dir)["metrics"].items() if k.startswith(stage)}
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_image_classification_beats_chance(tmp_path, data_dir):
     """10 balanced classes: chance accuracy is 0.10."""
     run_dir = tmp_path / "run"

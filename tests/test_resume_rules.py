@@ -67,9 +67,9 @@ def test_a_setting_resume_cannot_honour_is_refused_and_config_yaml_keeps_the_tru
     ("trainer.max_epochs=2", "max_epochs: 2"),
     ("trainer.grad_accumulation=2", "grad_accumulation: 2"),
     ("trainer.precision=bf16", "precision: bf16"),
-    ("trainer.max_grad_norm=1.0", "max_grad_norm: 1.0"),
-    ("batching.max_batch_length=12", "max_batch_length: 12"),
-    ("augment=specaugment", "SpecAugment"),
+    pytest.param("trainer.max_grad_norm=1.0", "max_grad_norm: 1.0", marks=pytest.mark.slow),
+    pytest.param("batching.max_batch_length=12", "max_batch_length: 12", marks=pytest.mark.slow),
+    pytest.param("augment=specaugment", "SpecAugment", marks=pytest.mark.slow),
 ])
 def test_a_setting_resume_honours_is_used_and_recorded(finished_run, tmp_path, data_dir, override, recorded):
     proc, run_dir = resume_copy(finished_run, tmp_path, data_dir, "trainer.max_epochs=2", override)

@@ -216,6 +216,7 @@ def test_a_resumed_epoch_continues_with_the_same_batches(shards):
             assert ids_of(resumed) == whole[start:], (workers, start)
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(shards, tmp_path):
     args = ["trainer.max_epochs=2", "trainer.checkpoint.every_n_steps=1", "batching.max_batch_length=6",
             "trainer.num_threads=1", "augment=speech"]
@@ -245,7 +246,7 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(shards, tmp_path):
 
 
 # ------------------------------------------------------------------------------ faults
-@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+@pytest.mark.parametrize("damage", ["truncated", pytest.param("corrupt", marks=pytest.mark.slow)])
 def test_a_damaged_shard_is_one_line_naming_it(shards, tmp_path, damage):
     copy = tmp_path / "train"
     shutil.copytree(shards / "train", copy)

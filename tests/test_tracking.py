@@ -209,6 +209,7 @@ def test_one_run_gives_the_same_values_to_tensorboard_csv_mlflow_and_wandb(tmp_p
     assert (local / "metrics.json").read_text() == (run_dir / "metrics.json").read_text()
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_a_sweep_is_one_experiment_and_one_group_with_a_run_per_job_and_the_summary(tmp_path, data_dir,
                                                                                        mlflow_server):
     sweep = tmp_path / "lr-sweep"

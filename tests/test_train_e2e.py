@@ -59,6 +59,7 @@ def test_fit_and_test_write_a_complete_run_dir(train_cli):
         assert len(scalars(run_dir, tag)) == 2, tag
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_resume_auto_continues_from_the_checkpoint(train_cli):
     _, run_dir = train_cli("trainer.max_epochs=1")
     first = json.loads((run_dir / "checkpoints" / "index.json").read_text())[-1]

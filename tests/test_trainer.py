@@ -271,6 +271,7 @@ def test_checkpoints_load_without_unpickling_arbitrary_objects(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_resume_with_another_model_config_is_refused(train_cli):
     _, run_dir = train_cli("trainer.max_epochs=1")
     proc, _ = train_cli("trainer.max_epochs=2", "trainer.resume=auto", "model.hidden_size=48", run_dir=run_dir,

@@ -174,6 +174,7 @@ def test_decoders_and_models_of_the_other_recipe_are_refused_at_start(transducer
     assert last_line(proc).startswith("error: ctc_weight=0.0: must be in (0, 1) with model.ctc_head=true")
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(transducer_cli, data_dir, tmp_path):
     args = ["tokenizer=bpe", "tokenizer.vocab_size=40", "trainer.max_epochs=2", "trainer.checkpoint.every_n_steps=1",
             "batching.max_batch_length=6"]
