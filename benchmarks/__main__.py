@@ -7,6 +7,7 @@ the checkout beside the package, not in it: run them from the repository root.
   vs-speechbrain  the whole training loop against SpeechBrain's Brain (SpeechBrain installed beside)
   gpu        every GPU path in one command: DS2 precisions and batch sizes, memory tips, batch-budget
              finder, OOM skip, mixed-precision CER, data loading; writes report.md and report.json
+  freeze-memory  trainable parameters, optimizer state and peak memory with each trainer.freeze setting
   threads    epoch time with PyTorch's thread count, num_threads=auto and 1; idle or beside busy processes
   loader     the same corpus read from per-file FLAC, HDF5 audio, per-file .npy and HDF5 features
 """
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--jobs", type=int, default=1, help="training runs at a time")
     c.add_argument("--threads", type=int, default=1, help="intra-op threads per run")
     c.add_argument("--report-only", action="store_true", help="tables and plots from the runs already there")
+    f = sub.add_parser("freeze-memory", help="optimizer state and peak memory with each trainer.freeze setting")
+    f.add_argument("--freeze", default=",convs,convs;rnns", help="settings separated by ',' (patterns within one by ';')")
+    f.add_argument("--batch", type=int, default=8, help="examples of the longest length")
+    f.add_argument("--steps", type=int, default=2)
     t = sub.add_parser("threads", help="epoch time with PyTorch's thread count vs num_threads=auto vs 1")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--repeats", type=int, default=2)
@@ -84,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.threads import main as threads
 
         threads(args.epochs, args.repeats, overrides)
+    elif args.benchmark == "freeze-memory":
+        from benchmarks.freeze_memory import main as freeze_memory
+
+        freeze_memory([f.replace(";", ",") for f in args.freeze.split(",")], args.batch, args.steps, overrides)
     elif args.benchmark == "convergence":
         from pathlib import Path
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def stop_signals_left_alone():
+    """No test may leave SIGINT or SIGTERM changed in the test process: an ignored signal
+    survives exec, so every command a later test starts would ignore it too (as under nohup)."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    changed = [signal.Signals(s).name for s, handler in before.items() if signal.getsignal(s) is not handler]
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+    assert not changed, f"the test left {', '.join(changed)} handled differently"
+

@@ -22,7 +22,7 @@ from benchmarks.ds2 import (
     sample_per_class,
 )
 from framework.data.deepmark import COUNTS, LABEL_LENGTHS, DeepMarkDataset
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, TINY, run_cli
 
 
 def test_the_benchmarks_stay_out_of_the_installed_package():
@@ -199,3 +199,13 @@ def test_bench_loader_states_each_effect_and_they_multiply(tmp_path):
         ratio = {k: float(v[w].rstrip("x")) for k, v in effects.items()}
         assert close(ratio["both"], ratio["precomputed features"] * ratio["file format, features"], rel=0.1)
     assert re.search(r"per-item read .*: [\d.]+ ms", out)
+
+
+def test_bench_freeze_memory_frozen_modules_keep_no_optimizer_state_and_lower_the_peak(data_dir, one_thread):
+    from benchmarks.freeze_memory import measure
+
+    base = [*TINY, f"dataset.root={data_dir}/tones-tiny"]
+    whole, frozen = (measure(base, freeze, batch=2, steps=1) for freeze in ("", "convs,rnns"))
+    assert whole["trainable"] == 1.0 and 0 < frozen["trainable"] < 0.5
+    assert frozen["optimizer_mb"] == pytest.approx(whole["optimizer_mb"] * frozen["trainable"], rel=0.05)
+    assert frozen["peak_mb"] < whole["peak_mb"]

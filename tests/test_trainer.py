@@ -39,6 +39,14 @@ def test_bf16_training_through_the_cli(train_cli):
     assert all(math.isfinite(v) for v in result["metrics"].values())
 
 
+@pytest.mark.slow  # compilation: ~40 s on 2 cores
+def test_compiled_training_through_the_cli(train_cli):
+    _, run_dir = train_cli("trainer.compile=true", "trainer.limit_batches=4")
+    result = run_result(run_dir)
+    assert result["history"][1]["train_loss"] < result["history"][0]["train_loss"]
+    assert all(math.isfinite(v) for v in result["metrics"].values())
+
+
 def test_fp16_on_cpu_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="fp16 needs a CUDA device.*use trainer.precision=bf16"):
         Precision("fp16", torch.device("cpu"))

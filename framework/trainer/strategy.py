@@ -30,4 +30,6 @@ def wrap_model(module: nn.Module, options: TrainerConfig, dist: DistEnv) -> nn.M
     if dist.enabled:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(module, device_ids=ids)
-    return torch.compile(model) if options.compile else model
+    # dynamic=False: one graph per batch shape. With symbolic shapes (the default after a second
+    # shape) inductor's backward of the masked convolutions fails a stride check in torch 2.11.
+    return torch.compile(model, dynamic=False) if options.compile else model
