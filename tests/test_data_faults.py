@@ -27,7 +27,7 @@ from framework.data.audio import AudioError
 from framework.data.hdf5 import HDF5Dataset
 from framework.data.manifest import ManifestDataset, ManifestError, load_entries
 from tests.conftest import ROOT, TINY, run_cli, run_result
-from tests.helpers import alive, children_of, kill_with_children, one_line
+from tests.helpers import alive, as_from_a_shell, children_of, kill_with_children, one_line
 
 SR = 16000
 TINY_MODEL = [o for o in TINY if not o.startswith("dataset.")]
@@ -190,6 +190,10 @@ def stop_and_check(proc: subprocess.Popen, signum: int, workers: set[int]) -> st
             _, stderr = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:  # a hang: every thread's stack (PYTHONFAULTHANDLER) says where
             proc.send_signal(signal.SIGABRT)
+            time.sleep(2)
+            for pid in workers:  # they hold the output pipes open
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             pytest.fail(f"no exit within 60 s of {signal.Signals(signum).name}:\n{proc.communicate(timeout=30)[1]}")
         assert proc.returncode == 128 + signum, stderr
         deadline = time.time() + 10
@@ -210,7 +214,7 @@ def started(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
     started outlives the test, whatever fails."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "framework.prepare", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell)
     try:
         yield proc
     finally:

@@ -29,7 +29,8 @@ def tones(train_cli, data_dir, tmp_path):
     return root
 
 
-@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv"])
+@pytest.mark.parametrize("fmt", ["json", pytest.param("jsonl", marks=pytest.mark.slow),
+                                 pytest.param("csv", marks=pytest.mark.slow)])  # test_data reads all three
 def test_train_from_manifest_formats(train_cli, tones, tmp_path, fmt):
     src = tones if fmt == "json" else tmp_path
     _, run_dir = train_cli("dataset=manifest", f"dataset.train.path={src}/train.{fmt}",

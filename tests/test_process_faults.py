@@ -22,6 +22,7 @@ import pytest
 
 from framework.trainer.checkpoint import Checkpointer
 from tests.conftest import ROOT, TINY, run_cli
+from tests.helpers import as_from_a_shell
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
 # a model whose checkpoints (47 MB with the optimizer state) take a while to write
@@ -35,7 +36,7 @@ def tiny_args(data_dir: Path, *overrides: str) -> list[str]:
 
 def start(module: str, args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell)
 
 
 def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
