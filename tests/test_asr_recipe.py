@@ -97,6 +97,7 @@ def test_intermediate_ctc_trains_with_its_weight_and_leaves_evaluation_alone(tra
     assert proc.stderr.strip().splitlines()[-1].startswith("error: intermediate_ctc_weight=0.0: must be in (0, 1)")
 
 
+@pytest.mark.slow  # the README test runs both commands
 def test_evaluate_and_transcribe_commands(one_epoch_run, tmp_path, data_dir):
     run_dir = one_epoch_run
     metrics = json.loads(run_cli("framework.evaluate", [str(run_dir)], cwd=tmp_path).stdout.strip().splitlines()[-1])

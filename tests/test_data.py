@@ -266,7 +266,7 @@ def test_prepare_manifest_bad_file_fails_or_is_skipped(librispeech, tmp_path):
     assert len(json.loads((tmp_path / "x.json").read_text())) == 11
 
 
-@pytest.mark.parametrize("features,combine", [("none", "copy"), ("fbank", "virtual")])
+@pytest.mark.parametrize("features,combine", [("none", "copy"), pytest.param("fbank", "virtual", marks=pytest.mark.slow)])
 def test_prepare_hdf5_packs_audio_or_features(librispeech, tmp_path, features, combine):
     manifest = tmp_path / "ls.json"
     run_cli("framework.prepare", ["manifest", str(librispeech), str(manifest)], cwd=tmp_path)

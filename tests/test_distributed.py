@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import TINY, run_cli
 from tests.helpers import steps_per_epoch, torchrun
 
 
+@pytest.mark.slow  # test_faults runs torchrun in the fast suite
 def test_torchrun_training_uneven_data_keeps_ranks_in_step_and_evaluation_matches(tmp_path, data_dir):
     root = f"dataset.root={data_dir}/tones-ddp"
     # 47 training utterances: the batches do not split evenly over 2 ranks

@@ -87,6 +87,7 @@ def test_every_model_scripts_with_the_eager_outputs_at_every_length(name, tmp_pa
     eager_and_exported(name, torch.jit.load(str(path)))
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_torch_compile_keeps_the_eager_recurrence_and_its_outputs(monkeypatch):
     """trainer.compile: dynamo answers True to ``torch.compiler.is_exporting()`` too, and the
     export-only ``scan`` of the recurrence fails to compile on a GPU; compiled training keeps

@@ -274,6 +274,7 @@ def test_evaluate_and_transcribe_a_read_only_run_without_writing_into_it(read_on
     assert snapshot(read_only_run) == before
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_training_into_a_directory_it_cannot_write_is_refused_in_one_line(read_only_run, data_dir, tmp_path):
     before = snapshot(read_only_run)
     cases = [

@@ -92,6 +92,7 @@ def test_prepare_shards_round_trips_every_utterance(tones, shards):
     assert names[:2] == [f"{entries[0].id}.flac", f"{entries[0].id}.json"] and len(names) == 12
 
 
+@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_prepare_shards_of_features_round_trips(tones, tmp_path):
     out = tmp_path / "fbank"
     run_cli("framework.prepare", ["shards", str(tones / "valid.json"), str(out), "--shard-size", "5", "--data-root",
