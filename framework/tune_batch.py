@@ -219,8 +219,7 @@ def tune(cfg, memory_limit: int | None = None, safety: float = 0.9, steps: int =
             total = torch.cuda.get_device_properties(device).total_memory
             limit = memory_limit or total
             if memory_limit:  # a real limit: the allocator refuses beyond it
-                index = device.index if device.index is not None else torch.cuda.current_device()  # torch wants an index
-                torch.cuda.set_per_process_memory_fraction(min(1.0, memory_limit / total), index)
+                torch.cuda.set_per_process_memory_fraction(min(1.0, memory_limit / total), device)
             fake = None
         elif memory_limit is None:
             raise UserError("on a CPU give --memory-limit (e.g. 8GB): the finder compares its estimate of a step's "
