@@ -267,7 +267,7 @@ def test_mixed_batches_hold_neighbouring_buckets_and_change_every_epoch():
     mixed = DynamicBatchSampler(lengths, max_batch_length=40.0, num_buckets=20, mix_buckets=2)
     assert len(groups(plain, 0) & groups(plain, 1)) >= 0.9 * len(plain)
     assert len(groups(mixed, 0) & groups(mixed, 1)) == 0
-    spans = [np.ptp(mixed._bucket_of[np.searchsorted(mixed.kept, b)]) for b in mixed]
+    spans = [np.ptp(mixed.bucket_of_kept[np.searchsorted(mixed.kept, b)]) for b in mixed]
     assert np.mean([s == 1 for s in spans]) > 0.8 and max(spans) == 1  # two neighbouring buckets
     assert batch_stats(list(mixed), lengths)["padding_fraction"] < 0.1
 

@@ -24,7 +24,7 @@ from framework.data.collate import SkippedExample
 from framework.data.hdf5 import HDF5Dataset, HDF5FormatError, HDF5Writer
 from framework.trainer.checkpoint import Checkpointer, CheckpointWriteError
 from tests.conftest import run_cli
-from tests.helpers import ENV, metrics_of, newest_state, one_line, start_training, tiny_args, wait_for
+from tests.helpers import ENV, as_from_a_shell, metrics_of, newest_state, one_line, start_training, tiny_args, wait_for
 
 
 # ------------------------------------------------------- 1. never score untrained weights
@@ -110,7 +110,8 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resumes_exactly(da
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                "framework.train", *tiny_args(data_dir, run_dir, *args, *extra)]
         out = open(tmp_path / f"{run_dir.name}{len(extra)}.out", "w")  # a pipe nobody reads could fill up
-        return subprocess.Popen(cmd, cwd=tmp_path, env={**ENV, "OMP_NUM_THREADS": "1"}, stdout=out, stderr=out)
+        return subprocess.Popen(cmd, cwd=tmp_path, env={**ENV, "OMP_NUM_THREADS": "1"}, stdout=out, stderr=out,
+                                preexec_fn=as_from_a_shell)
 
     straight = torchrun(tmp_path / "straight")
     assert straight.wait(timeout=600) == 0, (tmp_path / "straight0.out").read_text()

@@ -17,7 +17,7 @@ from framework.data.loader import make_sampler
 from framework.data.manifest import ManifestDataset
 from framework.trainer.schedule import OneCycle
 from tests.conftest import run_cli
-from tests.helpers import ENV, metrics_of, one_line, tiny_args, wait_for
+from tests.helpers import ENV, as_from_a_shell, metrics_of, one_line, tiny_args, wait_for
 
 BASE = ["trainer.max_epochs=1", "trainer.limit_batches=4"]
 
@@ -185,7 +185,8 @@ def test_a_signal_in_a_sweep_names_how_to_resume_that_job(tmp_path, data_dir):
     args = tiny_args(data_dir, tmp_path / "unused", "trainer.max_epochs=30", "trainer.checkpoint.every_n_steps=1",
                      f"hydra.sweep.dir={sweep}")
     proc = subprocess.Popen([sys.executable, "-m", "framework.train", "-m", *args, "optimizer.lr=1e-3"],
-                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_from_a_shell)
     wait_for(sweep / "0" / "checkpoints" / "ckpt-000000002.pt", proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)

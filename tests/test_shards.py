@@ -35,6 +35,7 @@ from tests.conftest import TINY, run_cli
 from tests.helpers import (
     ENV,
     alive,
+    as_from_a_shell,
     children_of,
     kill_with_children,
     metrics_of,
@@ -122,7 +123,7 @@ def test_killed_prepare_shards_keeps_the_finished_shards_and_a_rerun_writes_the_
     out = tmp_path / "out"
     args = ["shards", str(tmp_path / "m.json"), str(out), "--shard-size", "6", "--workers", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "framework.prepare", *args], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell)
     try:
         deadline = time.time() + 120
         while len(list((out / ".parts").glob("shard-*.json"))) < 3 and proc.poll() is None and time.time() < deadline:
@@ -227,7 +228,7 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(shards, tmp_path):
 
     run_dir = tmp_path / "stopped"
     proc = subprocess.Popen([sys.executable, "-m", "framework.train", *train_args(shards, run_dir, *args)], cwd=tmp_path,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell)
     wait_for(run_dir / "checkpoints" / f"ckpt-{steps + 3:09d}.pt", proc)  # 3 steps into epoch 2
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)

@@ -447,8 +447,8 @@ class DynamicBatchSampler(LengthBatchSampler):
         else:
             raise BadValue("give num_buckets or bucket_boundaries")
         self.bucket_boundaries = edges
-        # examples above the last given edge go to one more bucket
-        self._bucket_of = np.searchsorted(edges, kept_lengths, side="left")
+        # each kept example's bucket; examples above the last given edge go to one more bucket
+        self.bucket_of_kept = np.searchsorted(edges, kept_lengths, side="left")
 
     def cost(self, length):
         if self.quadratic:
@@ -469,8 +469,8 @@ class DynamicBatchSampler(LengthBatchSampler):
 
     def _greedy_batches(self, order: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
         """Each bucket, in ``order``, cut into batches as full as the budget allows."""
-        by_bucket = order[np.argsort(self._bucket_of[order], kind="stable")]
-        counts = np.bincount(self._bucket_of, minlength=len(self.bucket_boundaries) + 1)
+        by_bucket = order[np.argsort(self.bucket_of_kept[order], kind="stable")]
+        counts = np.bincount(self.bucket_of_kept, minlength=len(self.bucket_boundaries) + 1)
         cost_sorted = self.cost(self.lengths[self.kept[by_bucket]]).tolist()
         cap = self.max_batch_ex or len(order) or 1
         batches, longest_of = [], []
@@ -493,7 +493,7 @@ class DynamicBatchSampler(LengthBatchSampler):
         (a learning-rate schedule planned from the first epoch holds for all)."""
         k = self.mix_buckets
         n = len(order)
-        bucket = self._bucket_of[order]
+        bucket = self.bucket_of_kept[order]
         by_bucket = np.argsort(bucket, kind="stable")
         counts = np.bincount(bucket, minlength=len(self.bucket_boundaries) + 1)
         first = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -505,7 +505,7 @@ class DynamicBatchSampler(LengthBatchSampler):
 
         cost = self.cost(self.lengths[self.kept])  # by position in self.kept, as ``order`` is
         longest_in_bucket = np.zeros(len(counts))
-        np.maximum.at(longest_in_bucket, self._bucket_of, cost)
+        np.maximum.at(longest_in_bucket, self.bucket_of_kept, cost)
         cap_ex = self.max_batch_ex or n or 1
         batches, longest_of = [], []
         pos = 0

@@ -149,11 +149,10 @@ class ShardPlan(LengthBatchSampler):
         window_of = np.concatenate(windows) if windows else np.zeros(0, dtype=np.int64)
         bucket = self.bucket[order]
         batches, last = [], []
-        for b in np.unique(bucket).tolist():
-            at = np.flatnonzero(bucket == b)  # stream positions of the bucket's examples
-            runs = [(i, i + 1, 0.0) for i in range(len(at))] if b == ALONE else \
-                greedy_cut(self.costs[order[at]].tolist(), self.budget, self.cap, self.drop_last)
-            for start, stop, _ in runs:
+        by_bucket = np.argsort(bucket, kind="stable")  # stream positions, bucket by bucket, in stream order
+        for at in np.split(by_bucket, np.flatnonzero(np.diff(bucket[by_bucket])) + 1) if len(order) else []:
+            # an ALONE example is over the budget: greedy_cut gives each a batch of its own
+            for start, stop, _ in greedy_cut(self.costs[order[at]].tolist(), self.budget, self.cap, self.drop_last):
                 batches.append(order[at[start:stop]])
                 last.append(at[stop - 1])
         by_last = np.argsort(np.asarray(last, dtype=np.int64), kind="stable")
@@ -231,7 +230,7 @@ def _cutting_rule(sampler: LengthBatchSampler) -> tuple[np.ndarray, np.ndarray, 
                            "follow (its batches come as the shards are read): use batching.batch_ordering=random "
                            "batching.sortagrad=0 with dataset=shards")
         bucket = np.full(n, LEFT_OUT, dtype=np.int64)
-        bucket[sampler.kept] = np.searchsorted(sampler.bucket_boundaries, sampler.lengths[sampler.kept], side="left")
+        bucket[sampler.kept] = sampler.bucket_of_kept
         bucket[sampler.alone] = ALONE
         return bucket, np.asarray(sampler.cost(sampler.lengths), dtype=np.float64), sampler.max_batch_length, \
             sampler.max_batch_ex or n or 1
