@@ -312,7 +312,7 @@ def measure(cfg: DictConfig, dataset: DeepMarkDataset, batch_size: int, batching
         brain = DeepMarkBrain(cfg, f"{tmp}/framework", compile_backend)
         brain.setup(None)
         brain.plan_schedule(math.ceil(steps / brain.options.max_epochs))  # at least every step both loops take
-        plain = PlainLoop(cfg, brain.model, brain.optimizer, brain.scheduler, brain.precision, f"{tmp}/plain")
+        plain = PlainLoop(cfg, brain.model, brain.optimizer, brain.optimization.scheduler, brain.precision, f"{tmp}/plain")
         plain.run(warm, device)
         if compile_backend:  # compile for every shape before timing
             plain.run(batches, device)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -30,35 +29,30 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 from torch.utils.data import DataLoader
 
-from framework.config.schema import TrainerConfig, parse_duration, trainer_options
+from framework.config.schema import TrainerConfig, trainer_options
 from framework.data.collate import Batch
 from framework.data.loader import dataset_ids, make_loader, make_sampler
-from framework.errors import UserError
 from framework.features import build_features
 from framework.files import write_text_atomic
-from framework.models import count_parameters, trainable_parameters
 from framework.trainer import distributed
-from framework.trainer.accumulation import step_windows
+from framework.trainer.accumulation import limited, step_windows
 from framework.trainer.checkpoint import Checkpointer, rng_state, set_rng_state
 from framework.trainer.distributed import DistEnv
 from framework.trainer.early_stopping import EarlyStopping
-from framework.trainer.ema import WeightEMA
-from framework.trainer.freeze import Freezer
 from framework.trainer.init import start_from, take_files
 from framework.trainer.loggers import Loggers
 from framework.trainer.logs import format_metrics, progress
 from framework.trainer.meter import EpochMeter, padding
-from framework.trainer.optim import ScheduleState, build_optimizer, build_scheduler
-from framework.trainer.precision import BufferSnapshot, Precision
+from framework.trainer.optim import ScheduleState
+from framework.trainer.optimization import Optimization
+from framework.trainer.precision import Precision
 from framework.trainer.profiling import StepProfiler
 from framework.trainer.resume import RunSettings
-from framework.trainer.state import MidEpoch, ModelConfig, PerRank, Progress, RNGs, TrainState
+from framework.trainer.state import MidEpoch, PerRank, Progress, RNGs, TrainState
 from framework.trainer.stopping import StopAgreement, StopRequested
-from framework.trainer.strategy import checkpoint_activations, wrap_model
-from framework.trainer.telemetry import NonFiniteLossError, Skips, StepLog, log_epoch
+from framework.trainer.telemetry import NonFiniteLossError, Skips, StepLog, record_epoch
 from framework.trainer.threads import tuner_for
 
 log = logging.getLogger(__name__)
@@ -94,34 +88,31 @@ class Brain:
         self.precision = Precision(self.options.precision, self.device, self.options.eval_precision)
         self.features = build_features(cfg, self.device)
         ck = self.options.checkpoint
-        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", ck.keep_last, ck.keep_best, ck.monitor, ck.mode)
+        self.progress = Progress()
+        self.state = TrainState(Checkpointer(self.run_dir / "checkpoints", ck.keep_last, ck.keep_best, ck.monitor,
+                                             ck.mode), self.progress, self.dist.is_main)  # registered by their owners
         self.logger = Loggers.from_config(cfg, self.run_dir, enabled=self.dist.is_main)
         self.early_stopping = EarlyStopping(self.options.early_stopping.patience, self.options.early_stopping.min_delta,
                                             ck.mode, ck.monitor)
         self.profiler = StepProfiler(self.options.profile, self.run_dir / "profile", self.dist.rank)
-        self.state = TrainState()  # what a checkpoint holds, registered by its owners
-        self.progress = Progress()
-        max_time_s = parse_duration(self.options.max_time) if self.options.max_time else None
-        self.stop = StopAgreement(self.dist, max_time_s, self.elapsed)  # stop signals and the time budget
+        self.stop = StopAgreement(self.dist, self.options.max_time, self.progress.elapsed)  # stop signals and the time budget
         self.skips = Skips(self.options.nonfinite_patience, self.options.precision)
         self.threads = tuner_for(self.options.num_threads, self.device.type)
-        self.model: nn.Module | None = None  # what runs forward: DDP- and compile-wrapped
-        self.module: nn.Module | None = None  # the plain model, for state dicts
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: Any = None
-        self.ema: WeightEMA | None = None
+        self.optimization: Optimization | None = None  # the model as trained, optimizer, schedule (setup)
         self.meter: EpochMeter | None = None  # the current epoch's bookkeeping
         self.sanity_checking = False  # True while one batch is validated before training (check_monitor)
         self.resume_hint = "rerun with trainer.resume=auto and the same hydra.run.dir"  # said when a signal stops it
-        self._saved_at: tuple[int, int, int] | None = None  # (epoch, step, batch) of the newest checkpoint
-        self._fit_started = time.perf_counter()
 
     epoch = property(lambda self: self.progress.epoch, doc="epochs completed")
     step = property(lambda self: self.progress.step, doc="optimizer steps applied")
     history = property(lambda self: self.progress.history, doc="metrics and figures of each finished epoch")
+    module = property(lambda self: self.optimization and self.optimization.module, doc="the model itself")
+    model = property(lambda self: self.optimization and self.optimization.model, doc="what runs forward (wrapped)")
+    optimizer = property(lambda self: self.optimization and self.optimization.optimizer)
+    ema = property(lambda self: self.optimization and self.optimization.ema, doc="the weight average, if any")
 
     # ----------------------------------------------------------------- hooks to override
-    def build_model(self, train_set) -> nn.Module:
+    def build_model(self, train_set) -> torch.nn.Module:
         """The model; the default instantiates ``cfg.model``. ``train_set`` is the training
         data in ``fit`` and None in evaluation and inference: anything learnt from data must
         then come from the run directory."""
@@ -183,35 +174,19 @@ class Brain:
         checkpoint parts. In ``fit`` (``train_set`` given) what the run learns from its data
         first (feature statistics, a recipe's alphabet) is fitted and saved in the run
         directory; otherwise it is loaded from there."""
-        if self.model is not None:
+        if self.optimization is not None:
             return
         init_from = self.options.init_from if train_set is not None else None  # fine-tuning starts a fit only
         taken = take_files(init_from, self.run_dir, self.options.init, self.dist.is_main)
         if self.features is not None:
             self.prepare_features(train_set)
-        model = self.module = self.build_model(train_set).to(self.device)
+        model = self.build_model(train_set).to(self.device)
         if init_from:
             start_from(model, init_from, self.options.init, self.run_dir, self.dist.is_main, taken)
-        self.freezer = Freezer(model, list(self.options.freeze), self.options.unfreeze_at, self.unfrozen)
-        log.info("model %s: %.2f M trainable parameters", type(model).__name__, count_parameters(model) / 1e6)
-        checkpoint_activations(model, self.options)
-        self.model, self.params = wrap_model(model, self.options, self.dist), trainable_parameters(model)
-        self.optimizer = self.freezer.optimizer = build_optimizer(self.cfg.optimizer, model)
-        self.ema = WeightEMA(model, self.options.ema_decay) if self.options.ema_decay else None
-        self.buffers = BufferSnapshot(model)
-        self.state.model_config = ModelConfig(self.cfg.model)
-        self.state.add_recoverable("model", model, weights=True)
         if self.features is not None:
             self.state.add_recoverable("features", self.features, weights=True)
-        if self.ema is not None:
-            self.state.add_recoverable("ema", self.ema, weights=True)
-        self.state.add_recoverable("freeze", self.freezer)  # before the optimizer: unfreezing adds it a group
-        self.state.add_recoverable("optimizer", self.optimizer)
-        self.state.add_recoverable("scaler", self.precision)
-
-    def unfrozen(self) -> None:
-        """The frozen modules joined training: the clipped parameters and the DDP wrapper follow."""
-        self.model, self.params = wrap_model(self.module, self.options, self.dist), trainable_parameters(self.module)
+        self.optimization = Optimization(model, self.cfg, self.options, self.dist, self.precision, self.progress,
+                                         self.skips, self.state)
 
     def prepare_features(self, train_set) -> None:
         """Global normalisation statistics: fitted on the training set by rank 0, read from
@@ -222,14 +197,9 @@ class Brain:
         distributed.barrier()
         self.features.load_stats(path)
 
-    def limited(self, n: int, limit: int | None = None) -> int:
-        """``n`` batches, or fewer under ``limit`` (default ``trainer.limit_batches``)."""
-        limit = limit or self.options.limit_batches
-        return min(n, limit or n)
-
     def set_mode(self, training: bool) -> None:
         self.model.train(training)
-        self.freezer.hold_statistics()
+        self.optimization.freezer.hold_statistics()
         if self.features is not None:
             self.features.train(training)
 
@@ -243,9 +213,10 @@ class Brain:
         valid_loader = valid_set if valid_set is None or isinstance(valid_set, DataLoader) else \
             self.make_dataloader(valid_set, Stage.VALID)
         self.train_sampler = train_loader.batch_sampler
-        self.plan_schedule(math.ceil(self.limited(len(self.train_sampler)) / self.options.grad_accumulation))
+        batches = limited(len(self.train_sampler), self.options.limit_batches)
+        self.plan_schedule(math.ceil(batches / self.options.grad_accumulation))
         self.register_training_state()
-        self.resume()
+        self.state.resume(self.options.resume, self.device)
         if self.dist.is_main:  # what evaluation and transcription rebuild the run from; after a refused
             # resume the run's config stays the one its checkpoints were written with
             write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
@@ -254,14 +225,14 @@ class Brain:
             self.check_monitor(valid_loader)
         else:
             self.early_stopping.require_validation()
-        self._fit_started = time.perf_counter()
+        self.progress.restart_clock()
         self.on_fit_start()
         with self.stop.signals, self.profiler:
             for epoch in range(self.progress.epoch, self.options.max_epochs):
                 if self.stop.out_of_time or self.early_stopping.stopped:
                     break
                 if self.stop.time_up():  # spent during the last validation, or before a resumed run began
-                    self.said_out_of_time(epoch)
+                    self.stop.say_out_of_time(epoch, self.step)
                     if self.history:
                         self.history[-1]["stopped_on_time"] = 1
                     break
@@ -272,19 +243,16 @@ class Brain:
         return {k: v for k, v in last.items() if k == "train_loss" or k.startswith("valid_")}
 
     def plan_schedule(self, steps_per_epoch: int) -> None:
-        """The learning-rate schedule (``cfg.scheduler``) over ``steps_per_epoch`` x
-        ``trainer.max_epochs`` optimizer steps. ``fit`` plans it from its training loader;
+        """The learning-rate schedule over ``steps_per_epoch`` x ``trainer.max_epochs``
+        optimizer steps (or the time budget). ``fit`` plans it from its training loader;
         training outside ``fit`` (a benchmark) plans its own after :meth:`setup`."""
-        self.scheduler = build_scheduler(self.cfg.get("scheduler"), self.optimizer, steps_per_epoch,
-                                         self.options.max_epochs)
-        if getattr(self.scheduler, "over", "steps") == "time":  # the schedule follows trainer.max_time
-            self.scheduler.clock = lambda: self.elapsed() / self.stop.max_time_s
+        self.optimization.plan(steps_per_epoch, lambda: self.progress.elapsed() / self.stop.max_time_s)
 
     def register_training_state(self) -> None:
         """The checkpoint parts that only training has: the schedule, the run's progress and
         settings, the sampler's position and the epoch's running sums (mid-epoch), the RNGs."""
-        if self.scheduler is not None:
-            self.state.add_recoverable("scheduler", ScheduleState(self.scheduler))
+        if self.optimization.scheduler is not None:
+            self.state.add_recoverable("scheduler", ScheduleState(self.optimization.scheduler))
         self.state.add_recoverable("progress", self.progress)
         self.state.add_recoverable("settings", RunSettings(self.cfg))
         sampler = self.train_sampler
@@ -300,14 +268,6 @@ class Brain:
     def _restore_meter(self, state: dict[str, Any]) -> None:
         self.meter = EpochMeter.restored(self.device, state)
 
-    def resume(self) -> None:
-        """From ``trainer.resume``: null (start fresh), ``auto`` (this run dir's newest
-        checkpoint, if any) or a checkpoint path."""
-        path = self.state.resume(self.options.resume, self.checkpointer, self.device)
-        if path is not None:
-            log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", path, self.epoch, self.step,
-                     self.progress.batch_in_epoch)
-
     def check_monitor(self, valid_loader) -> None:
         """Validates one batch before training (a failing validation is found now, not after
         an epoch) and checks that it reports the metric that picks the best checkpoint."""
@@ -318,11 +278,7 @@ class Brain:
         finally:
             self.sanity_checking = False
         set_rng_state(rng)
-        monitor = self.options.checkpoint.monitor
-        if f"valid_{monitor}" not in metrics:
-            produced = ", ".join(k.removeprefix("valid_") for k in metrics if k != "valid_examples")
-            raise UserError(f"trainer.checkpoint.monitor={monitor}: validation reports no such metric; it reports "
-                               f"{produced}")
+        self.state.files.check_monitored(metrics)
 
     def run_epoch(self, train_loader, valid_loader, epoch: int) -> None:
         """Train, validate, record and checkpoint one epoch."""
@@ -335,28 +291,20 @@ class Brain:
         if valid_loader is not None:  # a stop signal now lets validation finish first
             metrics.update(self.run_eval(valid_loader, Stage.VALID, epoch))
         if self.stop.out_of_time:  # the epoch stays where it stopped: a larger budget continues it
-            self.said_out_of_time(epoch)
+            self.stop.say_out_of_time(epoch, self.step)
         else:
             self.progress.epoch, self.progress.batch_in_epoch = epoch + 1, 0
-        entry = {"epoch": epoch + 1, "step": self.step, "elapsed_s": self.elapsed(),
-                 "train_s": sum(h["epoch_s"] for h in self.history) + self.meter.busy_s, **metrics, **self.meter.summary()}
-        self.history.append(entry)
+        entry = record_epoch(epoch, self.progress, self.meter, metrics, self.logger, self.options.max_epochs)
         self.meter = None
-        self.logger.scalars({f"epoch/{k}": v for k, v in entry.items() if k not in ("epoch", "step")}, self.step)
-        log_epoch(entry, self.options.max_epochs, metrics)
         if self.stop.out_of_time:
             entry["stopped_on_time"] = 1
         if valid_loader is not None and self.early_stopping.enabled:  # rank 0's value: one decision on every rank
             self.early_stopping.update(distributed.broadcast_object(metrics[f"valid_{self.early_stopping.monitor}"]))
         stop = self.stop.agreed()
         if self.options.checkpoint.every_epoch or stop or self.stop.out_of_time:
-            self.save_checkpoint({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
+            self.state.save({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
         if stop:
             self.stop_now("after epoch %d" % self.epoch)
-
-    def said_out_of_time(self, epoch: int) -> None:
-        log.info("stopped on time: trainer.max_time=%s spent (%.1f s) at epoch %d, step %d", self.options.max_time,
-                 self.elapsed(), epoch + 1, self.step)
 
     def train_epoch(self, loader, epoch: int) -> float:
         """Trains from the current position of the epoch; returns its mean training loss."""
@@ -366,7 +314,8 @@ class Brain:
         self.meter.start()
         step_log = StepLog(self.logger, self.logger.log_every_n_steps, self.device)
         start, step_ended = self.progress.batch_in_epoch, None
-        bar = progress(self.limited(len(loader)) - start, f"epoch {epoch + 1}", self.dist.is_main)
+        bar = progress(limited(len(loader), self.options.limit_batches) - start, f"epoch {epoch + 1}",
+                       self.dist.is_main)
         for window in step_windows(loader, self.options.grad_accumulation, start, self.options.limit_batches,
                                    self.meter.waited, self.skips.usable):
             weights = self.stop.plan_step([len(b) for b in window.batches])
@@ -392,7 +341,7 @@ class Brain:
                 step_log.add(self.step, loss, norm, sum(len(b) for b in window.batches),
                              self.optimizer.param_groups[0]["lr"], bar)
                 if self.options.checkpoint.every_n_steps and self.step % self.options.checkpoint.every_n_steps == 0:
-                    self.save_checkpoint()
+                    self.state.save()
         bar.close()
         self.meter.pause()
         self.skips.report()
@@ -408,94 +357,28 @@ class Brain:
         return self.train_epoch(loader, epoch)
 
     def train_step(self, window: list[Batch], weights: list[float]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """One optimizer step over the micro-batches of ``window``: forward and backward of
-        each, clipping, the step, the weight average. Returns (the step's mean loss, the
-        gradient norm); the loss is None when the step was not applied (non-finite), and the
-        model is then exactly as before it, batch-norm statistics included."""
-        self.buffers.take()
-        try:
-            step_loss = self.accumulate(window, weights)
-            applied, norm = self.optimizer_step(step_loss)
-        except torch.OutOfMemoryError:
-            self.buffers.restore()
-            raise
-        finally:
-            self.optimizer.zero_grad(set_to_none=True)
-        if not applied:
-            self.buffers.restore()
-            return None, norm
-        if self.ema is not None:
-            self.ema.update()
-        return step_loss, norm
-
-    def accumulate(self, window: list[Batch], weights: list[float]) -> torch.Tensor:
-        """Forward and backward over the micro-batches of one optimizer step. Under DDP the
-        gradients are synchronised on the last micro-batch only (``no_sync`` before it).
-        Returns the step's loss, averaged over its examples."""
-        total = sum(len(b) for b in window)
-        step_loss = torch.zeros((), device=self.device)
-        for i, (batch, weight) in enumerate(zip(window, weights)):
-            last = i == len(window) - 1
-            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.model.no_sync()
-            with sync:
-                loss = self.fit_batch(batch.to(self.device, non_blocking=True), weight)
-            step_loss += loss * (len(batch) / total)
-        return step_loss
-
-    def optimizer_step(self, step_loss: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
-        """Clips, then applies the step unless the loss or gradients are not finite (then
-        counts it against ``trainer.nonfinite_patience``). Returns (applied, grad norm)."""
-        finite, norm = self.precision.apply_step(self.optimizer, self.params, self.options.max_grad_norm, step_loss)
-        if finite:
-            if self.scheduler is not None:
-                self.scheduler.step()
-            self.progress.step += 1
-            if self.freezer.due(self.step):
-                self.freezer.unfreeze()
-        else:
-            self.progress.nonfinite_steps += 1
-            self.skips.nonfinite(self.step, self.progress.nonfinite_steps, self.checkpointer.latest())
-        return finite, norm
+        """One optimizer step (:meth:`Optimization.step`): (the step's mean loss, or None when it was
+        not applied, the model then exactly as before it; the gradient norm)."""
+        return self.optimization.step(window, weights, self.fit_batch, self.state.files.latest)
 
     # ----------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, metrics: dict[str, float] | None = None) -> None:
-        self.progress.elapsed_s, self._fit_started = self.elapsed(), time.perf_counter()
-        state = self.state.state_dict()  # on every rank: per-rank parts gather
-        if self.dist.is_main:
-            path = self.checkpointer.save(state, self.step, metrics)
-            log.info("checkpoint %s (epoch %d, step %d)", path.name, self.epoch, self.step)
-        self._saved_at = (self.epoch, self.step, self.progress.batch_in_epoch)
-        distributed.barrier()
-
     def stop_now(self, where: str) -> None:
-        """Saves the position (mid-epoch included) unless the newest checkpoint holds it, and
-        stops the run."""
-        if self._saved_at != (self.epoch, self.step, self.progress.batch_in_epoch):
-            self.save_checkpoint()
+        """Checkpoints the position (unless the newest checkpoint holds it) and stops the run."""
+        self.state.save_unless_saved()
         self.logger.flush()
         raise StopRequested(self.stop.signum, f"stopped by a signal {where}; the checkpoint in "
-                                              f"{self.checkpointer.directory} continues it: {self.resume_hint}")
+                                              f"{self.state.files.directory} continues it: {self.resume_hint}")
 
     def load_weights(self, which: str) -> Path:
         """Model, feature statistics and weight average from the ``best`` checkpoint (by
         ``trainer.checkpoint.monitor``; the newest, with a warning, when none is scored),
         the ``latest`` one, the ``averaged`` one (``framework.average``) or a path. Raises
         when there is none: untrained weights are never evaluated."""
-        path, state = self.checkpointer.load_named(which, self.device)
-        self.state.load_weights(state, path)
-        step = (state.get("progress") or {}).get("step", state.get("step"))
-        self.progress.step = step if step is not None else self.step
-        log.info("weights from %s (step %s%s)", path, step, ", averaged" if self.ema else "")
-        return path
+        return self.state.load_weights(which, self.device)
 
     def eval_weights(self) -> contextlib.AbstractContextManager:
-        """The weights evaluation uses: the weight average (``trainer.ema_decay``) swapped in
-        for the duration, or the model's own."""
-        return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
-
-    def elapsed(self) -> float:
-        """Wall time of training and validation in this run, over all its processes."""
-        return self.progress.elapsed_s + time.perf_counter() - self._fit_started
+        """The weight average swapped in for the duration (with ``trainer.ema_decay``)."""
+        return self.optimization.eval_weights()
 
     # ------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -508,7 +391,7 @@ class Brain:
         self.on_stage_start(stage, epoch)
         total = torch.zeros(2, device=self.device)  # sum of losses weighted by examples, examples
         limit = limit or self.options.limit_batches
-        bar = progress(self.limited(len(loader), limit), stage.value, self.dist.is_main and record)
+        bar = progress(limited(len(loader), limit), stage.value, self.dist.is_main and record)
         with self.eval_weights():
             for i, batch in enumerate(loader):
                 if limit and i >= limit:

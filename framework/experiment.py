@@ -97,7 +97,7 @@ def run(cfg: DictConfig, sweep_job: bool = False) -> float | None:
             result = {"metrics": metrics, "monitor": monitor, "mode": cfg.trainer.checkpoint.mode,
                       "history": brain.history}
             write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=1))
-        brain.logger.finish(metrics, brain.checkpointer.best())
+        brain.logger.finish(metrics, brain.state.files.best())
         distributed.shutdown()
         return metrics.get(monitor)
     finally:

@@ -153,7 +153,7 @@ def test_the_plain_loop_and_the_brain_take_bitwise_identical_steps(tmp_path, one
         brains[name] = DeepMarkBrain(cfg, str(tmp_path / name))
         brains[name].setup(None)
         brains[name].plan_schedule(6)
-    plain = PlainLoop(cfg, brains["plain"].model, brains["plain"].optimizer, brains["plain"].scheduler,
+    plain = PlainLoop(cfg, brains["plain"].model, brains["plain"].optimizer, brains["plain"].optimization.scheduler,
                       brains["plain"].precision, str(tmp_path / "plain-loop"))
     plain.run(batches, torch.device("cpu"))
     plain.close()
@@ -161,7 +161,7 @@ def test_the_plain_loop_and_the_brain_take_bitwise_identical_steps(tmp_path, one
     for brain in brains.values():
         brain.logger.close()
     assert brains["framework"].step == plain.step == 6 and brains["plain"].step == 0  # the plain loop steps alone
-    assert brains["plain"].scheduler.last_epoch == brains["framework"].scheduler.last_epoch == 6
+    assert brains["plain"].optimization.scheduler.last_epoch == brains["framework"].optimization.scheduler.last_epoch == 6
     a, b = (brains[name].module.state_dict() for name in ("plain", "framework"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     initial = brains["untrained"].module.state_dict()

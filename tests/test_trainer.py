@@ -81,10 +81,10 @@ def test_accumulated_gradients_equal_one_big_batch(tmp_path, sizes):
     for n in sizes:
         chunks.append(collate(examples[start : start + n]))
         start += n
-    brain.accumulate(chunks, loss_weights(sizes))
+    brain.optimization.accumulate(chunks, loss_weights(sizes), brain.fit_batch)
     accumulated = grads(brain.module)
     brain.optimizer.zero_grad()
-    brain.accumulate([collate(examples)], [1.0])
+    brain.optimization.accumulate([collate(examples)], [1.0], brain.fit_batch)
     big = grads(brain.module)
     for name in big:
         torch.testing.assert_close(accumulated[name], big[name], rtol=1e-5, atol=1e-6)
@@ -152,7 +152,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops_with_the_checkpoint_inta
                                                  "ckpt-000000001.pt, holds the weights before") as info:
         brain2.fit(data)
     assert "bf16" not in str(info.value) and "fp16" not in str(info.value)  # an fp32 run: no precision to blame
-    path, state = brain2.checkpointer.load_latest()
+    path, state = brain2.state.files.load_latest()
     assert state["progress"]["step"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -218,7 +218,7 @@ def test_weight_ema_is_used_for_validation_and_kept_in_checkpoints(tmp_path):
         assert torch.equal(brain.module.state_dict()[k], v)
     expected = brain.run_eval(brain.make_dataloader(valid, Stage.VALID), Stage.VALID, 2)
     assert brain.history[-1]["valid_loss"] == pytest.approx(expected["valid_loss"])
-    _, state = brain.checkpointer.load_latest()
+    _, state = brain.state.files.load_latest()
     assert state["ema"]["updates"] == 10
     for k, v in averaged.items():
         assert torch.equal(state["ema"]["averaged"][k], v)

@@ -47,6 +47,11 @@ class Window:
     lengths_s: float  # sum of the examples' lengths, for throughput
 
 
+def limited(n: int, limit: int | None) -> int:
+    """``n`` batches, or fewer under ``limit`` (``trainer.limit_batches``)."""
+    return min(n, limit or n)
+
+
 def step_windows(loader: Iterable[Any], size: int, start: int, limit: int | None,
                  waited: Callable[[float], None], usable: Callable[[Any], bool]) -> Iterator[Window]:
     """The rest of an epoch from micro-batch ``start`` (up to ``limit`` in all), in windows of

@@ -219,6 +219,13 @@ class Checkpointer:
                 sidecar.unlink(missing_ok=True)
         return [e for e in by_step if e["file"] in keep]
 
+    def check_monitored(self, metrics: dict[str, float]) -> None:
+        """Validation (``metrics``, keys ``valid_*``) must report the metric that picks the best checkpoint."""
+        if f"valid_{self.monitor}" not in metrics:
+            produced = ", ".join(k.removeprefix("valid_") for k in metrics if k != "valid_examples")
+            raise UserError(f"trainer.checkpoint.monitor={self.monitor}: validation reports no such metric; it "
+                            f"reports {produced}")
+
     def best(self) -> Path | None:
         ranked = self.ranked(self.index())
         return self.directory / ranked[0]["file"] if ranked else None

@@ -3,10 +3,11 @@
 Each part of a run that must survive a restart (the model, the optimizer, the scheduler,
 the loss scaler, the weight average, the sampler's position, the RNGs, the run's progress)
 is registered once under a name with :meth:`TrainState.add_recoverable` (SpeechBrain's
-``add_recoverable``): saving calls every part's ``state_dict()``, resuming its
-``load_state_dict()``. Parts registered with ``weights=True`` are also what evaluation loads
-(:meth:`TrainState.load_weights`). A part whose ``state_dict()`` returns None has nothing to
-save at this moment (the sampler and the meter at an epoch boundary).
+``add_recoverable``): saving (:meth:`TrainState.save`, into the run's :class:`Checkpointer`)
+calls every part's ``state_dict()``, resuming its ``load_state_dict()``. Parts registered
+with ``weights=True`` are also what evaluation loads (:meth:`TrainState.load_weights`). A
+part whose ``state_dict()`` returns None has nothing to save at this moment (the sampler and
+the meter at an epoch boundary).
 
 The format is versioned (``format_version``); a checkpoint of format 1 (written before this
 registry, with the run's counters at the top level) is read as the same state.
@@ -15,6 +16,7 @@ registry, with the run's counters at the top level) is read as the same state.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,8 +25,8 @@ from typing import Any, Protocol
 from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import UserError
-from framework.trainer.checkpoint import CheckpointError, rng_state, set_rng_state
-from framework.trainer.distributed import gather_objects
+from framework.trainer.checkpoint import Checkpointer, CheckpointError, rng_state, set_rng_state
+from framework.trainer.distributed import barrier, gather_objects
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
@@ -50,7 +52,24 @@ class Progress:
     elapsed_s: float = 0.0
     nonfinite_steps: int = 0
 
+    def __post_init__(self) -> None:
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """This process's share of ``elapsed_s`` counts from now (not saved: a restart's own)."""
+        self._clock_from = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Wall time of training and validation in this run, over all its processes."""
+        return self.elapsed_s + time.perf_counter() - self._clock_from
+
+    @property
+    def position(self) -> tuple[int, int, int]:
+        return self.epoch, self.step, self.batch_in_epoch
+
     def state_dict(self) -> dict[str, Any]:
+        self.elapsed_s = self.elapsed()
+        self.restart_clock()
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -124,12 +143,14 @@ class ModelConfig:
 
 
 class TrainState:
-    """The registry of what a checkpoint holds (see the module doc)."""
+    """The registry of what a checkpoint holds (see the module doc), saved into ``files``."""
 
-    def __init__(self) -> None:
+    def __init__(self, files: Checkpointer, progress: Progress, is_main: bool = True) -> None:
+        self.files, self.progress, self.is_main = files, progress, is_main
         self.parts: dict[str, Recoverable] = {}
         self.weight_parts: list[str] = []
         self.model_config: ModelConfig | None = None
+        self.saved_at: tuple[int, int, int] | None = None  # the progress position of the newest checkpoint
 
     def add_recoverable(self, name: str, part: Recoverable, weights: bool = False) -> None:
         if name in self.parts:
@@ -149,6 +170,21 @@ class TrainState:
                 state[name] = value
         return state
 
+    def save(self, metrics: dict[str, float] | None = None) -> None:
+        """A checkpoint of every part (call on every rank; rank 0 writes it), scored by the
+        validation ``metrics`` when given."""
+        state = self.state_dict()
+        if self.is_main:
+            path = self.files.save(state, self.progress.step, metrics)
+            log.info("checkpoint %s (epoch %d, step %d)", path.name, self.progress.epoch, self.progress.step)
+        self.saved_at = self.progress.position
+        barrier()
+
+    def save_unless_saved(self) -> None:
+        """A checkpoint of the current position, unless the newest one holds it."""
+        if self.saved_at != self.progress.position:
+            self.save()
+
     def load_state_dict(self, state: dict[str, Any], path: Path, names: list[str] | None = None) -> None:
         """Restores the registered parts (or only ``names``) from a checkpoint's state."""
         state = upgrade(state, path)
@@ -166,21 +202,28 @@ class TrainState:
                     raise CheckpointError(f"checkpoint {path}: its {name} state does not fit this run ({first}); "
                                           f"use the settings the run was trained with") from None
 
-    def load_weights(self, state: dict[str, Any], path: Path) -> None:
-        """What evaluation restores: the parts registered with ``weights=True``."""
+    def load_weights(self, which: str, device: Any) -> Path:
+        """What evaluation restores, the parts registered with ``weights=True``, from the
+        checkpoint ``which`` names (see :meth:`Checkpointer.load_named`); the progress takes
+        its step. Returns its path."""
+        path, state = self.files.load_named(which, device)
         self.load_state_dict(state, path, self.weight_parts)
+        step = (upgrade(state, path).get("progress") or {}).get("step")
+        self.progress.step = step if step is not None else self.progress.step
+        log.info("weights from %s (step %s%s)", path, step, ", averaged" if "ema" in self.parts else "")
+        return path
 
-
-    def resume(self, target: str | None, checkpointer: Any, device: Any) -> Path | None:
+    def resume(self, target: str | None, device: Any) -> None:
         """Restores every part from the checkpoint ``trainer.resume`` names (null: none;
-        ``auto``: this run dir's newest, if any; or a path). Returns its path."""
+        ``auto``: this run dir's newest, if any; or a path)."""
         from framework.trainer.resume import checkpoint_to_resume
 
-        found = checkpoint_to_resume(target, checkpointer, device)
-        if found is None:
-            return None
-        self.load_state_dict(found[1], found[0])
-        return found[0]
+        found = checkpoint_to_resume(target, self.files, device)
+        if found is not None:
+            self.load_state_dict(found[1], found[0])
+            p = self.progress
+            log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", found[0], p.epoch, p.step,
+                     p.batch_in_epoch)
 
 
 def upgrade(state: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -111,12 +111,19 @@ class StopAgreement:
     and whether any rank received a stop signal; at the end of an epoch one more tells
     whether any did meanwhile. In a single process no collective is needed."""
 
-    def __init__(self, dist: Any, max_time_s: float | None = None, elapsed: Any = None) -> None:
+    def __init__(self, dist: Any, max_time: str | None = None, elapsed: Any = None) -> None:
+        from framework.config.schema import parse_duration
+
         self.dist = dist
         self.signals = StopSignals()
-        self.max_time_s, self.elapsed = max_time_s, elapsed  # the time budget (trainer.max_time) and its clock
+        self.max_time, self.elapsed = max_time, elapsed  # the time budget (trainer.max_time) and its clock
+        self.max_time_s = parse_duration(max_time) if max_time else None
         self.stopping = False  # a stop signal reached some rank: stop at this step
         self.out_of_time = False  # the time budget is spent on some rank: training ends at this step
+
+    def say_out_of_time(self, epoch: int, step: int) -> None:
+        log.info("stopped on time: trainer.max_time=%s spent (%.1f s) at epoch %d, step %d", self.max_time,
+                 self.elapsed(), epoch + 1, step)
 
     def time_up(self) -> bool:
         """Whether this rank has spent the time budget (or another rank had, at the last step)."""
