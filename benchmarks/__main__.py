@@ -7,6 +7,7 @@ the checkout beside the package, not in it: run them from the repository root.
   vs-speechbrain  the whole training loop against SpeechBrain's Brain (SpeechBrain installed beside)
   gpu        every GPU path in one command: DS2 precisions and batch sizes, memory tips, batch-budget
              finder, OOM skip, mixed-precision CER, data loading; writes report.md and report.json
+  fsdp       FSDP against DDP on 2 ranks: per-rank memory of the model's state, the loss of every step
   freeze-memory  trainable parameters, optimizer state and peak memory with each trainer.freeze setting
   threads    epoch time with PyTorch's thread count, num_threads=auto and 1; idle or beside busy processes
   loader     the same corpus read from per-file FLAC, HDF5 audio, per-file .npy and HDF5 features
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--freeze", default=",convs,convs;rnns", help="settings separated by ',' (patterns within one by ';')")
     f.add_argument("--batch", type=int, default=8, help="examples of the longest length")
     f.add_argument("--steps", type=int, default=2)
+    fs = sub.add_parser("fsdp", help="FSDP against DDP on 2 ranks (torchrun): memory per rank and the losses")
+    fs.add_argument("--steps", type=int, default=20)
+    fs.add_argument("--out", help="folder for the ranks' records (default: a temporary one)")
     t = sub.add_parser("threads", help="epoch time with PyTorch's thread count vs num_threads=auto vs 1")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--repeats", type=int, default=2)
@@ -93,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.freeze_memory import main as freeze_memory
 
         freeze_memory([f.replace(";", ",") for f in args.freeze.split(",")], args.batch, args.steps, overrides)
+    elif args.benchmark == "fsdp":
+        from benchmarks.fsdp import main as fsdp
+
+        fsdp(args.steps, overrides, args.out)
     elif args.benchmark == "convergence":
         from pathlib import Path
 

@@ -35,7 +35,10 @@ def measure(overrides: Sequence[str], freeze: str, batch: int, steps: int) -> di
         trainable = sum(p.numel() for p in params if p.requires_grad)
         optimizer_state = tensor_bytes(v for s in brain.optimizer.state.values() for v in s.values())
         brain.logger.close()
+    del brain  # the Brain holds reference cycles: only a collection frees its tensors before the next setting
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return {"trainable": trainable / sum(p.numel() for p in params), "optimizer_mb": optimizer_state / 2**20,
             "peak_mb": peak / 2**20}
 

@@ -48,7 +48,21 @@ def check_settings(cfg: DictConfig, problems: list[Problem]) -> None:
         if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
             problems.append(Problem("trainer.precision", "trainer.precision=fp16 needs a CUDA device (this run uses "
                                                          "the CPU); use trainer.precision=bf16 or fp32"))
+    if resolved(trainer, "strategy") == "fsdp":
+        _check_fsdp(trainer, problems)
     _check_checkpoints_kept(trainer, problems)
+
+
+def _check_fsdp(trainer: DictConfig, problems: list[Problem]) -> None:
+    """What sharded training does not do (yet): say so before a run starts."""
+    refused = [("ema_decay", resolved(trainer, "ema_decay") is not None, "the weight average is not sharded"),
+               ("unfreeze_at", resolved(trainer, "unfreeze_at") is not None, "frozen modules stay frozen when sharded"),
+               ("precision", "fp16" in (resolved(trainer, "precision"), resolved(trainer, "eval_precision")),
+                "fp16's loss scaling is not sharded; use trainer.precision=bf16")]
+    for key, present, why in refused:
+        if present:
+            problems.append(Problem(f"trainer.{key}", f"trainer.{key} with trainer.strategy=fsdp: {why}; use "
+                                                      "trainer.strategy=ddp for it"))
 
 
 def _check_checkpoints_kept(trainer: DictConfig, problems: list[Problem]) -> None:

@@ -92,6 +92,10 @@ class TrainerConfig:
                                        max_exclusive=True)
     activation_checkpointing: list[str] = option([], "blocks recomputed in the backward pass, e.g. [rnns]")
     skip_oom: bool = option(True, "skip a batch that runs out of CUDA memory (single process only)")
+    strategy: str = option("ddp", "under torchrun: ddp (every rank holds the whole model) or fsdp (parameters, "
+                                  "gradients and optimizer state sharded over the ranks)", choices=("ddp", "fsdp"))
+    fsdp_units: list[str] = option([], "with strategy=fsdp, module-name patterns sharded as units (default: the "
+                                       "blocks of the model's ModuleLists)")
     tf32: bool = option(False, "TensorFloat-32 matmuls and convolutions on Ampere+ GPUs")
     compile: bool = option(False, "torch.compile the model")
     profile: int = option(0, "torch.profiler over this many training steps after 2 warm-up steps: a trace and a "

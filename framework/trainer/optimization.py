@@ -27,6 +27,7 @@ from framework.models import count_parameters, trainable_parameters
 from framework.trainer.distributed import DistEnv
 from framework.trainer.ema import WeightEMA
 from framework.trainer.freeze import Freezer
+from framework.trainer.fsdp import ShardedModelState, ShardedOptimizerState, gradient_sync, is_sharded, unsharded
 from framework.trainer.optim import build_optimizer, build_scheduler
 from framework.trainer.precision import BufferSnapshot, Precision
 from framework.trainer.state import ModelConfig, Progress, TrainState
@@ -50,12 +51,13 @@ class Optimization:
         self.ema = WeightEMA(module, options.ema_decay) if options.ema_decay else None
         self.scheduler: Any = None  # planned once the steps per epoch are known
         self.buffers = BufferSnapshot(module)
+        sharded = is_sharded(module)  # fsdp: the full states gathered, saved as a single process saves them
         state.model_config = ModelConfig(cfg.model)
-        state.add_recoverable("model", module, weights=True)
+        state.add_recoverable("model", ShardedModelState(module) if sharded else module, weights=True)
         if self.ema is not None:
             state.add_recoverable("ema", self.ema, weights=True)
         state.add_recoverable("freeze", self.freezer)  # before the optimizer: unfreezing adds it a group
-        state.add_recoverable("optimizer", self.optimizer)
+        state.add_recoverable("optimizer", ShardedOptimizerState(module, self.optimizer) if sharded else self.optimizer)
         state.add_recoverable("scaler", precision)
 
     def wrap(self) -> None:
@@ -65,6 +67,8 @@ class Optimization:
     def eval_weights(self) -> contextlib.AbstractContextManager:
         """The weights evaluation uses: the weight average (``trainer.ema_decay``) swapped in
         for the duration, or the model's own."""
+        if is_sharded(self.module):  # ranks may evaluate different numbers of batches: no collective inside
+            return unsharded(self.module)
         return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
 
     def plan(self, steps_per_epoch: int, clock: Callable[[], float]) -> None:
@@ -106,14 +110,13 @@ class Optimization:
         return step_loss, norm
 
     def accumulate(self, window: list[Batch], weights: list[float], fit_batch: FitBatch) -> torch.Tensor:
-        """Forward and backward over the micro-batches; under DDP the gradients are
-        synchronised on the last one only (``no_sync`` before it). Returns the step's loss,
-        averaged over its examples."""
+        """Forward and backward over the micro-batches; with several ranks the gradients are
+        synchronised on the last one only. Returns the step's loss, averaged over its examples."""
         total = sum(len(b) for b in window)
         step_loss = torch.zeros((), device=self.dist.device)
         for i, (batch, weight) in enumerate(zip(window, weights)):
             last = i == len(window) - 1
-            with contextlib.nullcontext() if last or not self.dist.enabled else self.model.no_sync():
+            with gradient_sync(self.model, last or not self.dist.enabled):
                 loss = fit_batch(batch.to(self.dist.device, non_blocking=True), weight)
             step_loss += loss * (len(batch) / total)
         return step_loss

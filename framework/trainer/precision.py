@@ -49,7 +49,8 @@ class Precision:
             self.scaler.unscale_(optimizer)
         if not max_grad_norm:
             return None
-        return torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_grad_norm)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # sharded (fsdp): a DTensor
 
     def apply_step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
                    max_grad_norm: float | None, step_loss: torch.Tensor) -> tuple[bool, torch.Tensor | None]:

@@ -1,5 +1,5 @@
 """How the model runs in a process: activation checkpointing of the chosen blocks, the
-data-parallel wrapper under torchrun, ``torch.compile``."""
+data-parallel wrapper or sharding under torchrun, ``torch.compile``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import nn
 from framework.config.schema import TrainerConfig
 from framework.trainer.activation_checkpointing import apply_activation_checkpointing
 from framework.trainer.distributed import DistEnv
+from framework.trainer.fsdp import shard
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,14 @@ def checkpoint_activations(module: nn.Module, options: TrainerConfig) -> None:
 
 
 def wrap_model(module: nn.Module, options: TrainerConfig, dist: DistEnv) -> nn.Module:
-    """What runs forward in training: ``module`` inside DistributedDataParallel when there are
-    several ranks (over the parameters that train now), compiled when ``trainer.compile``.
-    State dicts are taken from ``module`` itself."""
+    """What runs forward in training: with several ranks, ``module`` inside
+    DistributedDataParallel (over the parameters that train now) or sharded in place
+    (``trainer.strategy=fsdp``, :mod:`framework.trainer.fsdp`); compiled when
+    ``trainer.compile``. State dicts are taken from ``module`` itself."""
     model = module
-    if dist.enabled:
+    if dist.enabled and options.strategy == "fsdp":
+        model = shard(module, list(options.fsdp_units), dist.device)
+    elif dist.enabled:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(module, device_ids=ids)
     # dynamic=False: one graph per batch shape. With symbolic shapes (the default after a second

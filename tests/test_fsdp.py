@@ -1,0 +1,101 @@
+"""Sharded training (``trainer.strategy=fsdp``) on 2 gloo ranks through a real torchrun."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY, run_cli
+from tests.helpers import (
+    ENV,
+    as_from_a_shell,
+    index_of,
+    metrics_of,
+    newest_state,
+    one_line,
+    tiny_args,
+    torchrun,
+    wait_for,
+)
+
+
+@pytest.mark.slow  # ~30 s: 2 torchruns; `python -m benchmarks fsdp` measures the same
+def test_fsdp_halves_each_ranks_model_state_and_follows_ddps_losses(data_dir, tmp_path):
+    """20 optimizer steps of the same run under DDP and FSDP (benchmarks/fsdp.py)."""
+    from benchmarks.fsdp import compare
+
+    overrides = [*TINY, f"dataset.root={data_dir}/tones-tiny", "trainer.device=cpu", "batching.max_batch_length=4"]
+    result = compare(20, overrides, tmp_path)
+    ddp, fsdp = result["ranks"]["ddp"], result["ranks"]["fsdp"]
+    assert len(ddp[0]["losses"]) == len(fsdp[0]["losses"]) == 20
+    assert result["max_loss_difference"] < 1e-4, (ddp[0]["losses"], fsdp[0]["losses"])
+    assert ddp[0]["losses"][-1] < ddp[0]["losses"][0]  # it trained
+    # each rank holds about half of the parameters (shards are padded to equal sizes), and of
+    # their gradients and optimizer state
+    assert all(0.45 < ratio < 0.56 for ratio in result["memory_ratio"]), result["memory_ratio"]
+    assert fsdp[0]["local_parameters"] + fsdp[1]["local_parameters"] >= ddp[0]["local_parameters"]
+
+
+def test_a_checkpoint_of_two_sharded_ranks_continues_in_one_process(data_dir, tmp_path):
+    run_dir = tmp_path / "fsdp"
+    # 13 and 17 evaluation utterances: the ranks evaluate different numbers of batches
+    args = [*TINY, f"dataset.root={data_dir}/tones-ddp", "dataset.prepare.splits={train:47,valid:13,test:17}",
+            f"hydra.run.dir={run_dir}", "trainer.device=cpu", "trainer.max_epochs=1", "trainer.grad_accumulation=2"]
+    torchrun(["-m", "framework.train", *args, "trainer.strategy=fsdp", "trainer.precision=bf16",
+              "trainer.activation_checkpointing=[rnns]"], cwd=tmp_path)
+    assert "sharded over 2 ranks" in (run_dir / "train.log").read_text()
+    state = newest_state(run_dir)
+    # written as one process writes it: the whole model, the optimizer state indexed by position
+    run_cli("framework.train", [*args, f"hydra.run.dir={tmp_path}/single"], cwd=tmp_path)
+    reference = newest_state(tmp_path / "single")
+    assert {k: v.shape for k, v in state["model"].items()} == {k: v.shape for k, v in reference["model"].items()}
+    assert sorted(state["optimizer"]["state"]) == sorted(reference["optimizer"]["state"])
+    assert [g["params"] for g in state["optimizer"]["param_groups"]] == \
+        [g["params"] for g in reference["optimizer"]["param_groups"]]
+
+    run_cli("framework.train", [*args, "trainer.max_epochs=2", "trainer.resume=auto"], cwd=tmp_path)
+    log = (run_dir / "train.log").read_text()
+    assert "resumed from" in log and "epoch 2/2" in log
+    assert index_of(run_dir)[-1]["epoch"] == 2
+    assert len(metrics_of(run_dir)["history"]) == 2
+
+
+@pytest.mark.slow  # ~60 s: two torchrun trainings and a resumed one (DDP's twin runs in the fast suite)
+def test_sigterm_to_a_sharded_torchrun_resumes_bitwise(data_dir, tmp_path):
+    args = ["trainer.device=cpu", "trainer.max_epochs=1", "trainer.checkpoint.every_n_steps=2", "trainer.strategy=fsdp",
+            "batching.max_batch_length=4", "dataset.prepare.splits={train:64,valid:16,test:16}"]
+
+    def start(run_dir: Path, *extra: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "framework.train", *tiny_args(data_dir, run_dir, *args, *extra)]
+        out = open(tmp_path / f"{run_dir.name}{len(extra)}.out", "w")
+        return subprocess.Popen(cmd, cwd=tmp_path, env={**ENV, "OMP_NUM_THREADS": "1"}, stdout=out, stderr=out,
+                                preexec_fn=as_from_a_shell)
+
+    assert start(tmp_path / "straight").wait(timeout=600) == 0, (tmp_path / "straight0.out").read_text()
+    run_dir = tmp_path / "stopped"
+    proc = start(run_dir)
+    wait_for(run_dir / "checkpoints" / "ckpt-000000004.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    assert 4 <= newest_state(run_dir)["progress"]["step"] < newest_state(tmp_path / "straight")["progress"]["step"]
+    assert start(run_dir, "trainer.resume=auto").wait(timeout=600) == 0, (tmp_path / "stopped1.out").read_text()
+    a, b = newest_state(tmp_path / "straight"), newest_state(run_dir)
+    assert a["progress"]["step"] == b["progress"]["step"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["optimizer"]["state"].items():
+        assert all(torch.equal(v, b["optimizer"]["state"][key][k]) for k, v in value.items()), key
+
+
+def test_what_sharding_does_not_do_is_refused_before_the_run(tmp_path):
+    proc = run_cli("framework.train", [*TINY, "trainer.strategy=fsdp", "trainer.ema_decay=0.99",
+                                       f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == ("error: trainer.ema_decay with trainer.strategy=fsdp: the weight average is not "
+                                     "sharded; use trainer.strategy=ddp for it")
