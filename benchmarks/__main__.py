@@ -7,6 +7,7 @@ the checkout beside the package, not in it: run them from the repository root.
   vs-speechbrain  the whole training loop against SpeechBrain's Brain (SpeechBrain installed beside)
   gpu        every GPU path in one command: DS2 precisions and batch sizes, memory tips, batch-budget
              finder, OOM skip, mixed-precision CER, data loading; writes report.md and report.json
+  shards     a corpus behind a slow HTTP server: streamed shards against per-file reads and local HDF5
   fsdp       FSDP against DDP on 2 ranks: per-rank memory of the model's state, the loss of every step
   freeze-memory  trainable parameters, optimizer state and peak memory with each trainer.freeze setting
   threads    epoch time with PyTorch's thread count, num_threads=auto and 1; idle or beside busy processes
@@ -65,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--freeze", default=",convs,convs;rnns", help="settings separated by ',' (patterns within one by ';')")
     f.add_argument("--batch", type=int, default=8, help="examples of the longest length")
     f.add_argument("--steps", type=int, default=2)
+    sh = sub.add_parser("shards", help="shards vs per-file reads through a slow HTTP server, vs local HDF5")
+    sh.add_argument("--corpus", choices=["tones", "speech"], default="tones")
+    sh.add_argument("--utterances", type=int, default=20000, help="size of the tones corpus")
+    sh.add_argument("--latency-ms", type=float, default=20.0, help="added to every request")
+    sh.add_argument("--workers", type=int, default=2)
+    sh.add_argument("--shard-size", type=int, default=200)
+    sh.add_argument("--root", default="/tmp/shards-bench", help="where the corpus, its shards and HDF5 are written")
     fs = sub.add_parser("fsdp", help="FSDP against DDP on 2 ranks (torchrun): memory per rank and the losses")
     fs.add_argument("--steps", type=int, default=20)
     fs.add_argument("--out", help="folder for the ranks' records (default: a temporary one)")
@@ -97,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.freeze_memory import main as freeze_memory
 
         freeze_memory([f.replace(";", ",") for f in args.freeze.split(",")], args.batch, args.steps, overrides)
+    elif args.benchmark == "shards":
+        from benchmarks.shards import main as shards
+
+        shards(args.corpus, args.utterances, args.latency_ms, args.workers, args.shard_size, args.root)
     elif args.benchmark == "fsdp":
         from benchmarks.fsdp import main as fsdp
 

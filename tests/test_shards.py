@@ -247,6 +247,45 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(shards, tmp_path):
             assert ha[key] == hb[key], key
 
 
+@pytest.mark.slow  # ~1 min each: three torchrun trainings
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_torchrun_from_shards_stopped_mid_epoch_resumes_bitwise(shards, tmp_path, sig):
+    """2 ranks x 2 readers; SIGTERM to torchrun (a checkpoint at the step), or SIGKILL to the
+    whole job (the newest every-step checkpoint, a stale run lock)."""
+    args = ["trainer.device=cpu", "trainer.num_workers=2", "trainer.max_epochs=2", "trainer.checkpoint.every_n_steps=1",
+            "batching.max_batch_length=6"]
+
+    def start(run_dir: Path, *extra: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "framework.train", *train_args(shards, run_dir, *args, *extra)]
+        out = open(tmp_path / f"{run_dir.name}{len(extra)}.out", "w")
+        return subprocess.Popen(cmd, cwd=tmp_path, env={**ENV, "OMP_NUM_THREADS": "1"}, stdout=out, stderr=out,
+                                preexec_fn=as_from_a_shell, start_new_session=True)
+
+    assert start(tmp_path / "straight").wait(timeout=600) == 0, (tmp_path / "straight0.out").read_text()
+    steps = metrics_of(tmp_path / "straight")["history"][0]["steps"]
+    assert steps >= 4
+    run_dir = tmp_path / "stopped"
+    proc = start(run_dir)
+    wait_for(run_dir / "checkpoints" / f"ckpt-{steps + 2:09d}.pt", proc)  # 2 steps into epoch 2
+    if sig == signal.SIGKILL:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun, both ranks and their readers at once
+    else:
+        proc.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
+    assert proc.wait(timeout=120) != 0
+    state = newest_state(run_dir)
+    assert state["progress"]["epoch"] == 1 and 0 < state["progress"]["batch_in_epoch"] < steps  # mid-epoch
+
+    assert start(run_dir, "trainer.resume=auto").wait(timeout=600) == 0, (tmp_path / "stopped1.out").read_text()
+    a, b = newest_state(tmp_path / "straight"), newest_state(run_dir)
+    assert a["progress"]["step"] == b["progress"]["step"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for ha, hb in zip(metrics_of(tmp_path / "straight")["history"], metrics_of(run_dir)["history"]):
+        for key in ("train_loss", "valid_loss", "steps", "padding_fraction"):
+            assert ha[key] == hb[key], key
+
+
 # ------------------------------------------------------------------------------ faults
 @pytest.mark.parametrize("damage", ["truncated", pytest.param("corrupt", marks=pytest.mark.slow)])
 def test_a_damaged_shard_is_one_line_naming_it(shards, tmp_path, damage):
@@ -312,6 +351,24 @@ def test_shards_over_http_train_as_the_local_folder_does(shards, tmp_path):
     for ha, hb in zip(metrics_of(tmp_path / "local")["history"], metrics_of(tmp_path / "http")["history"]):
         for key in ("train_loss", "valid_loss", "valid_cer", "steps", "padding_fraction"):
             assert ha[key] == hb[key], key
+
+
+def test_shards_at_another_fsspec_url_read_as_the_local_folder(shards):
+    """The path s3:// and gs:// take (fsspec, not plain HTTP), through fsspec's in-memory
+    filesystem: the same batches of the same examples as from the local folder."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.put(str(shards / "train"), "/bench-shards/train", recursive=True)
+    try:
+        remote = ShardDataset("memory://bench-shards/train", storage_options={})
+        local = ShardDataset(str(shards / "train"))
+        assert remote.ids == local.ids and np.array_equal(remote.lengths, local.lengths)
+        sampler = lambda: DynamicBatchSampler(local.lengths, max_batch_length=20.0, num_buckets=4, seed=0)  # noqa: E731
+        for a, b in zip(make_loader(remote, sampler(), 0, 0), make_loader(local, sampler(), 0, 0), strict=True):
+            assert list(a["id"]) == list(b["id"]) and torch.equal(a["inputs"], b["inputs"])
+    finally:
+        memory.rm("/bench-shards", recursive=True)
 
 
 def test_every_recipe_option_works_on_shards_unchanged(shards, tmp_path):

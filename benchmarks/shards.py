@@ -1,0 +1,144 @@
+"""A corpus over a network: streamed shards against per-file reads, and against local HDF5.
+
+    python -m benchmarks shards [--corpus tones|speech] [--utterances 20000] [--latency-ms 20]
+                                [--workers 2] [--shard-size 200] [--root /tmp/shards-bench]
+
+A local HTTP server on 127.0.0.1 answers every request after a fixed latency, as a network
+filesystem or an object store would. One epoch of the training loader is timed for each
+source, built as training builds it (:mod:`framework.data.loader`: the run's dynamic
+batching, ``--workers`` workers, raw audio, no features):
+
+1. per-file reads through the server: each utterance one request, in the sampler's order;
+2. the shards through the server (``dataset=shards`` at an ``http://`` URL);
+3. local HDF5 audio, no server;
+4. the shards from the local folder, no server.
+
+Padding is measured on each source's batches. The first three are the issue's comparison
+(shards >= 10x per-file reads through the server, within 10% of local HDF5 without it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import io
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import soundfile
+import torch
+
+from benchmarks.common import ROOT, compose
+from framework.data.hdf5 import HDF5Dataset
+from framework.data.loader import make_loader, make_sampler
+from framework.data.manifest import ManifestDataset
+from framework.data.shards import ShardDataset
+from framework.prepare.corpus import pack_hdf5
+from framework.prepare.shards import write_shards
+from framework.trainer.meter import padding
+
+PER_FILE = "per-file reads through the server"
+SHARDS_HTTP = "shards through the server"
+HDF5 = "local HDF5 audio, no server"
+SHARDS_LOCAL = "local shards, no server"
+
+
+@contextlib.contextmanager
+def slow_server(root: Path, latency_s: float) -> Iterator[str]:
+    """An HTTP server of ``root`` on 127.0.0.1 that waits ``latency_s`` before each answer."""
+
+    class Slow(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(latency_s)
+            super().do_GET()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Slow, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class PerFileOverHTTP(ManifestDataset):
+    """The manifest's audio fetched one request per utterance from ``base_url`` (the path
+    under the corpus root), as a per-file corpus on a remote store is read."""
+
+    def __init__(self, manifest: Path, root: Path, base_url: str) -> None:
+        super().__init__(manifest, data_root=str(root))
+        self.root, self.base_url = str(root.resolve()), base_url
+
+    def __getitem__(self, index: int) -> dict:
+        entry = self.entries[index]
+        url = f"{self.base_url}/{Path(entry.path).resolve().relative_to(self.root)}"
+        with urllib.request.urlopen(url) as response:
+            wav, _ = soundfile.read(io.BytesIO(response.read()), dtype="float32")
+        return {"id": entry.id, "inputs": torch.from_numpy(wav), "text": entry.text}
+
+
+def corpus(kind: str, root: Path, utterances: int) -> tuple[Path, Path]:
+    """(training manifest, the folder its paths are under)."""
+    if kind == "speech":
+        speech = ROOT / "recipes" / "asr_ctc" / "speech"
+        return speech / "train.json", speech
+    from framework.data.synthetic import prepare_tone_corpus
+
+    tones = prepare_tone_corpus(root / f"tones-{utterances}", {"train": utterances}, max_words=6)
+    return tones / "train.json", tones
+
+
+def epoch(dataset, workers: int, seed: int = 0) -> dict[str, float]:
+    """One epoch of the training loader over ``dataset``: seconds, examples, padding."""
+    cfg = compose(["trainer.device=cpu"])
+    loader = make_loader(dataset, make_sampler(cfg.batching, dataset.lengths, seed), workers, seed)
+    loader.batch_sampler.set_epoch(0)
+    held = real = examples = 0
+    t0 = time.perf_counter()
+    for batch in loader:
+        h, r = padding([batch])
+        held, real, examples = held + h, real + r, examples + len(batch)
+    seconds = time.perf_counter() - t0
+    del loader  # ends its workers
+    return {"seconds": seconds, "examples": examples, "padding": 1 - real / held}
+
+
+def main(kind: str = "tones", utterances: int = 20000, latency_ms: float = 20.0, workers: int = 2,
+         shard_size: int = 200, root: str = "/tmp/shards-bench") -> dict:
+    torch.set_num_threads(1)
+    base = Path(root)
+    base.mkdir(parents=True, exist_ok=True)
+    manifest, data_root = corpus(kind, base, utterances)
+    name = manifest.parent.name
+    shards, h5 = base / f"{name}-shards", base / f"{name}.h5"
+    if not (shards / "index.json").exists():
+        write_shards(manifest, shards, shard_size=shard_size, data_root=str(data_root), workers=2)
+    if not h5.exists():
+        pack_hdf5(manifest, h5, data_root=str(data_root), workers=2)
+    n = len(json.loads(manifest.read_text()))
+    results: dict[str, dict[str, float]] = {}
+    with slow_server(base, latency_ms / 1000) as url:
+        # the shards under the same server; the per-file audio under its own root
+        results[SHARDS_HTTP] = epoch(ShardDataset(f"{url}/{shards.name}", sample_rate=16000), workers)
+        with slow_server(data_root, latency_ms / 1000) as audio_url:
+            results[PER_FILE] = epoch(PerFileOverHTTP(manifest, data_root, audio_url), workers)
+    results[HDF5] = epoch(HDF5Dataset(h5), workers)
+    results[SHARDS_LOCAL] = epoch(ShardDataset(str(shards), sample_rate=16000), workers)
+    hours = float(HDF5Dataset(h5).lengths.sum()) / 3600
+    print(f"\n{kind} corpus: {n} utterances, {hours:.2f} h; {latency_ms:g} ms per request; {workers} loader workers; "
+          f"shards of {shard_size} utterances; one epoch of the training loader (dynamic batching, raw audio)\n")
+    print("| source | epoch s | utterances/s | padding | shards through the server: speed-up |")
+    print("| --- | --- | --- | --- | --- |")
+    for source, r in results.items():
+        print(f"| {source} | {r['seconds']:.2f} | {r['examples'] / r['seconds']:.0f} | {r['padding']:.2%} | "
+              f"{r['seconds'] / results[SHARDS_HTTP]['seconds']:.2f}x |")
+    return {"utterances": n, "results": results}
