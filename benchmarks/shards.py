@@ -9,7 +9,8 @@ source, built as training builds it (:mod:`framework.data.loader`: the run's dyn
 batching, ``--workers`` workers, raw audio, no features):
 
 1. per-file reads through the server: each utterance one request, in the sampler's order;
-2. the shards through the server (``dataset=shards`` at an ``http://`` URL);
+2. the shards through the server (``dataset=shards`` at an ``http://`` URL), audio as FLAC
+   (the default) and as WAV (``prepare shards --audio-format wav``);
 3. local HDF5 audio, no server;
 4. the shards from the local folder, no server.
 
@@ -43,9 +44,11 @@ from framework.prepare.shards import write_shards
 from framework.trainer.meter import padding
 
 PER_FILE = "per-file reads through the server"
-SHARDS_HTTP = "shards through the server"
+SHARDS_HTTP = "shards (FLAC) through the server"
+WAV_HTTP = "shards (WAV) through the server"
 HDF5 = "local HDF5 audio, no server"
-SHARDS_LOCAL = "local shards, no server"
+SHARDS_LOCAL = "local shards (FLAC), no server"
+WAV_LOCAL = "local shards (WAV), no server"
 
 
 @contextlib.contextmanager
@@ -119,9 +122,11 @@ def main(kind: str = "tones", utterances: int = 20000, latency_ms: float = 20.0,
     base.mkdir(parents=True, exist_ok=True)
     manifest, data_root = corpus(kind, base, utterances)
     name = manifest.parent.name
-    shards, h5 = base / f"{name}-shards", base / f"{name}.h5"
-    if not (shards / "index.json").exists():
-        write_shards(manifest, shards, shard_size=shard_size, data_root=str(data_root), workers=2)
+    shards, wav, h5 = base / f"{name}-shards", base / f"{name}-wav-shards", base / f"{name}.h5"
+    for out, audio_format in ((shards, "flac"), (wav, "wav")):
+        if not (out / "index.json").exists():
+            write_shards(manifest, out, shard_size=shard_size, data_root=str(data_root), workers=2,
+                         audio_format=audio_format)
     if not h5.exists():
         pack_hdf5(manifest, h5, data_root=str(data_root), workers=2)
     n = len(json.loads(manifest.read_text()))
@@ -129,16 +134,20 @@ def main(kind: str = "tones", utterances: int = 20000, latency_ms: float = 20.0,
     with slow_server(base, latency_ms / 1000) as url:
         # the shards under the same server; the per-file audio under its own root
         results[SHARDS_HTTP] = epoch(ShardDataset(f"{url}/{shards.name}", sample_rate=16000), workers)
+        results[WAV_HTTP] = epoch(ShardDataset(f"{url}/{wav.name}", sample_rate=16000), workers)
         with slow_server(data_root, latency_ms / 1000) as audio_url:
             results[PER_FILE] = epoch(PerFileOverHTTP(manifest, data_root, audio_url), workers)
     results[HDF5] = epoch(HDF5Dataset(h5), workers)
     results[SHARDS_LOCAL] = epoch(ShardDataset(str(shards), sample_rate=16000), workers)
+    results[WAV_LOCAL] = epoch(ShardDataset(str(wav), sample_rate=16000), workers)
     hours = float(HDF5Dataset(h5).lengths.sum()) / 3600
     print(f"\n{kind} corpus: {n} utterances, {hours:.2f} h; {latency_ms:g} ms per request; {workers} loader workers; "
           f"shards of {shard_size} utterances; one epoch of the training loader (dynamic batching, raw audio)\n")
-    print("| source | epoch s | utterances/s | padding | shards through the server: speed-up |")
+    print("| source | epoch s | utterances/s | padding | epoch s / FLAC shards' through the server |")
     print("| --- | --- | --- | --- | --- |")
     for source, r in results.items():
         print(f"| {source} | {r['seconds']:.2f} | {r['examples'] / r['seconds']:.0f} | {r['padding']:.2%} | "
               f"{r['seconds'] / results[SHARDS_HTTP]['seconds']:.2f}x |")
-    return {"utterances": n, "results": results}
+    sizes = {fmt: sum(f.stat().st_size for f in d.glob("*.tar")) / 2**20 for fmt, d in (("FLAC", shards), ("WAV", wav))}
+    print(f"\nshards on disk: FLAC {sizes['FLAC']:.0f} MB, WAV {sizes['WAV']:.0f} MB; HDF5 {h5.stat().st_size / 2**20:.0f} MB")
+    return {"utterances": n, "results": results, "megabytes": sizes}

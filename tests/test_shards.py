@@ -94,6 +94,17 @@ def test_prepare_shards_round_trips_every_utterance(tones, shards):
 
 
 @pytest.mark.slow  # 15-30 s: `make test-slow` runs it
+def test_wav_shards_hold_the_same_samples_as_flac_shards(tones, shards, tmp_path):
+    run_cli("framework.prepare", ["shards", str(tones / "train.json"), str(tmp_path / "wav"), "--shard-size", "6",
+                                  "--data-root", str(tones), "--audio-format", "wav"], cwd=tmp_path)
+    with tarfile.open(tmp_path / "wav" / "shard-000000.tar") as tar:
+        assert sorted({m.name.rpartition(".")[2] for m in tar.getmembers()}) == ["json", "wav"]
+    wav, flac = ShardDataset(str(tmp_path / "wav")), ShardDataset(str(shards / "train"))
+    assert wav.ids == flac.ids
+    for i in range(len(wav)):
+        assert torch.equal(wav[i]["inputs"], flac[i]["inputs"]), wav.ids[i]
+
+
 def test_prepare_shards_of_features_round_trips(tones, tmp_path):
     out = tmp_path / "fbank"
     run_cli("framework.prepare", ["shards", str(tones / "valid.json"), str(out), "--shard-size", "5", "--data-root",

@@ -6,7 +6,7 @@ in WebDataset's layout, one utterance per key, and an index::
     index.json          format, version, kind (audio | features), sample_rate, the feature
                         config (kind features), shards [{name, bytes, sha256, examples, job}],
                         utterances [{id, length, shard, position, crc32, text?, fields?}]
-    shard-000000.tar    <key>.flac (16- or 24-bit PCM) or <key>.npy (features) + <key>.json
+    shard-000000.tar    <key>.flac or <key>.wav (16- or 24-bit PCM) or <key>.npy (features) + <key>.json
     shard-000001.tar    ({"id", "text"?, "duration", other fields}), utterance after utterance
 
 The folder may be local, behind ``http(s)://`` or at any fsspec URL (``s3://``, ``gs://``...).
@@ -139,6 +139,7 @@ class ShardDataset(Dataset):
         self.storage_options = dict(storage_options or {})
         index = read_index(self.path, self.storage_options)
         self.kind: str = index["kind"]
+        self.payload = index.get("audio_format", PAYLOAD["audio"]) if self.kind == "audio" else PAYLOAD[self.kind]
         self.attrs = {k: v for k, v in index.items() if k not in ("shards", "utterances")}
         self.shards: list[dict[str, Any]] = index["shards"]
         rows = index["utterances"]
@@ -235,7 +236,7 @@ class ShardDataset(Dataset):
 
     def _checked(self, url: str, index: int, key: str, files: dict[str, bytes]) -> bytes | SkippedExample:
         """The example's payload, after checking it is the one the index lists, undamaged."""
-        uid, payload = self.ids[index], files.get(PAYLOAD[self.kind])
+        uid, payload = self.ids[index], files.get(self.payload)
         try:
             meta = json.loads(files.get("json", b"null"))
         except ValueError:
@@ -246,7 +247,7 @@ class ShardDataset(Dataset):
                              f"{uid!r} there: the shard and the index come from different writes; write them again")
         if payload is not None and zlib.crc32(payload) == self.crc[index]:
             return payload
-        problem = (f"{url}: example {uid!r} is damaged (its .{PAYLOAD[self.kind]} "
+        problem = (f"{url}: example {uid!r} is damaged (its .{self.payload} "
                    f"{'is missing' if payload is None else 'fails its CRC-32 check'})")
         if not self.skip_bad:
             raise ShardError(f"{problem}; write the shards again with `python -m framework.prepare shards` or pass "

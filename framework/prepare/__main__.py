@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     sh.add_argument("--data-root", help="value of {data_root} in the manifest's paths")
     sh.add_argument("--features", default="none", help="a features option (conf/features): none (audio as FLAC), fbank, ...")
     sh.add_argument("--sample-rate", type=int, default=16000)
+    sh.add_argument("--audio-format", choices=["flac", "wav"], default="flac",
+                    help="how audio is stored: flac (smaller) or wav (the same samples, faster to decode)")
     sh.add_argument("--workers", type=int, default=2, help="processes, each writing whole shards")
     sh.add_argument("--skip-bad", action="store_true", help="skip unreadable audio, report it at the end")
     sh.epilog = ("Feature overrides follow as key=value, e.g. extractor.n_mels=80. Killed or stopped, the same command "
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
         extractor, features_config = feature_extractor(args, overrides)
         write_shards(args.manifest, args.out, shard_size=args.shard_size, data_root=args.data_root,
                      sample_rate=args.sample_rate, extractor=extractor, features_config=features_config,
-                     workers=args.workers, skip_bad=args.skip_bad)
+                     workers=args.workers, skip_bad=args.skip_bad, audio_format=args.audio_format)
     elif args.command == "stats":
         from framework.prepare.stats import run_stats
 

@@ -1,8 +1,9 @@
 """Writing a manifest's corpus as WebDataset shards plus their index (``prepare shards``).
 
 Shard ``i`` holds the manifest's entries ``i * shard_size`` to ``(i + 1) * shard_size``, in
-manifest order: audio as FLAC (16-bit PCM when the samples are 16-bit values, as they are
-read from 16-bit WAV or FLAC files, so they come back exactly; 24-bit otherwise), or
+manifest order: audio as FLAC (the default; 16-bit PCM when the samples are 16-bit values,
+as they are read from 16-bit WAV or FLAC files, so they come back exactly; 24-bit otherwise)
+or as WAV of the same samples (``audio_format="wav"``: larger, and cheaper to decode), or
 features computed by an extractor as ``.npy``; next to it a ``.json`` of the id, the
 transcript and the entry's other fields (:mod:`framework.data.shards` has the layout).
 
@@ -57,6 +58,7 @@ class Job:
     extractor: Any
     features_config: dict | None
     skip_bad: bool
+    audio_format: str = "flac"
 
     @property
     def name(self) -> str:
@@ -66,21 +68,26 @@ class Job:
         """A digest of the entries and settings: a recorded shard with another one is stale."""
         settings = {"version": VERSION, "sample_rate": self.sample_rate, "features": self.features_config,
                     "skip_bad": self.skip_bad, "entries": [asdict(e) for e in self.entries]}
+        if self.audio_format != "flac":  # shards written before the option keep their fingerprint
+            settings["audio_format"] = self.audio_format
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def write_shards(
     manifest: str | Path, out: str | Path, *, shard_size: int, data_root: str | None = None, sample_rate: int = 16000,
     extractor=None, features_config: dict | None = None, workers: int = 2, skip_bad: bool = False,
+    audio_format: str = "flac",
 ) -> Path:
     """Writes ``manifest``'s audio (``extractor=None``) or features as shards of ``shard_size``
     utterances into the folder ``out``, with ``out/index.json``; returns the index's path."""
     if shard_size < 1:
         raise BadValue(f"--shard-size must be >= 1 (utterances per shard), got {shard_size}")
+    if audio_format not in ("flac", "wav"):
+        raise BadValue(f"--audio-format must be flac or wav, got {audio_format!r}")
     out = Path(out)
     replacements = {"data_root": str(Path(data_root).resolve())} if data_root else {}
     entries = load_entries(manifest, replacements=replacements, sample_rate=sample_rate, skip_bad=skip_bad)
-    jobs = [Job(i, entries[start : start + shard_size], sample_rate, extractor, features_config, skip_bad)
+    jobs = [Job(i, entries[start : start + shard_size], sample_rate, extractor, features_config, skip_bad, audio_format)
             for i, start in enumerate(range(0, len(entries), shard_size))]
     out.mkdir(parents=True, exist_ok=True)
     (out / PARTS).mkdir(exist_ok=True)
@@ -163,7 +170,7 @@ def _write_shard(work: tuple[Job, str]) -> dict:
     job, out = work
     path = Path(out) / job.name
     utterances, skipped = [], []
-    payload_key = PAYLOAD["audio" if job.extractor is None else "features"]
+    payload_key = job.audio_format if job.extractor is None else PAYLOAD["features"]
 
     def write(f: BinaryIO) -> None:
         from webdataset.writer import TarWriter
@@ -178,7 +185,8 @@ def _write_shard(work: tuple[Job, str]) -> dict:
                         raise AudioError(f"entry {entry.id!r}: {exc}") from None
                     skipped.append((entry.id, str(exc)))
                     continue
-                payload = _flac(wav.numpy(), job.sample_rate) if job.extractor is None else _npy(job.extractor, wav)
+                payload = _audio(wav.numpy(), job.sample_rate, job.audio_format) if job.extractor is None \
+                    else _npy(job.extractor, wav)
                 meta = {"id": entry.id, "duration": entry.duration, **({"text": entry.text} if entry.text is not None
                                                                        else {}), **entry.fields}
                 tar.write({"__key__": _key(entry.id, keys), payload_key: payload,
@@ -205,16 +213,16 @@ def _key(uid: str, taken: set[str]) -> str:
     return key
 
 
-def _flac(wav: np.ndarray, sample_rate: int) -> bytes:
-    """FLAC of ``wav``: 16-bit when every sample is a 16-bit value (exact), else 24-bit."""
+def _audio(wav: np.ndarray, sample_rate: int, audio_format: str) -> bytes:
+    """FLAC or WAV of ``wav``: 16-bit when every sample is a 16-bit value (exact), else 24-bit."""
     pcm16 = wav * 32768.0
     exact = np.array_equal(pcm16, np.round(pcm16)) and pcm16.min(initial=0) >= -32768 and pcm16.max(initial=0) <= 32767
     buffer = io.BytesIO()
     if exact:
-        soundfile.write(buffer, pcm16.astype(np.int16), sample_rate, format="FLAC", subtype="PCM_16")
+        soundfile.write(buffer, pcm16.astype(np.int16), sample_rate, format=audio_format.upper(), subtype="PCM_16")
     else:  # libsndfile takes int32 samples' top 24 bits
         pcm24 = np.clip(np.round(wav.astype(np.float64) * 2**23), -(2**23), 2**23 - 1).astype(np.int32) << 8
-        soundfile.write(buffer, pcm24, sample_rate, format="FLAC", subtype="PCM_24")
+        soundfile.write(buffer, pcm24, sample_rate, format=audio_format.upper(), subtype="PCM_24")
     return buffer.getvalue()
 
 
@@ -229,6 +237,8 @@ def _index(jobs: list[Job], records: dict[int, dict], sample_rate: int, extracto
            features_config: dict | None) -> dict[str, Any]:
     index: dict[str, Any] = {"format": FORMAT, "version": VERSION, "kind": "audio" if extractor is None else "features",
                              "sample_rate": sample_rate}
+    if extractor is None:
+        index["audio_format"] = jobs[0].audio_format if jobs else "flac"
     if extractor is not None:
         index.update(features=features_config, frames_per_second=sample_rate / extractor.hop_length,
                      num_bins=extractor.num_bins)
