@@ -65,6 +65,24 @@ def metrics_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+FIGURES = ("train_loss", "valid_loss", "steps", "padding_fraction")
+
+
+def assert_trained_alike(a_dir: Path, b_dir: Path, figures: tuple[str, ...] = FIGURES) -> dict:
+    """Two runs ended alike: the newest checkpoints at the same step with bitwise equal
+    weights, and every epoch's ``figures`` equal (when ``figures`` is not empty). Returns
+    the second run's newest state."""
+    a, b = newest_state(a_dir), newest_state(b_dir)
+    assert a["progress"]["step"] == b["progress"]["step"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    if figures:
+        for ha, hb in zip(metrics_of(a_dir)["history"], metrics_of(b_dir)["history"], strict=True):
+            for key in figures:
+                assert ha[key] == hb[key], key
+    return b
+
+
 def one_line(stderr: str) -> str:
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     assert "Traceback" not in stderr, stderr

@@ -24,7 +24,18 @@ from framework.data.collate import SkippedExample
 from framework.data.hdf5 import HDF5Dataset, HDF5FormatError, HDF5Writer
 from framework.trainer.checkpoint import Checkpointer, CheckpointWriteError
 from tests.conftest import run_cli
-from tests.helpers import ENV, as_from_a_shell, metrics_of, newest_state, one_line, start_training, tiny_args, wait_for
+from tests.helpers import (
+    ENV,
+    FIGURES,
+    as_from_a_shell,
+    assert_trained_alike,
+    metrics_of,
+    newest_state,
+    one_line,
+    start_training,
+    tiny_args,
+    wait_for,
+)
 
 
 # ------------------------------------------------------- 1. never score untrained weights
@@ -78,14 +89,8 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_resume_is_bitwise_equal(trai
 
     train_cli(*args, "trainer.resume=auto", run_dir=run_dir)
     assert f"resumed from {run_dir / 'checkpoints'}" in (run_dir / "train.log").read_text()
-    a, b = newest_state(straight), newest_state(run_dir)
-    assert a["progress"]["step"] == b["progress"]["step"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
     # the interrupted epoch's figures are those of the whole epoch
-    for ha, hb in zip(metrics_of(straight)["history"], metrics_of(run_dir)["history"]):
-        for key in ("train_loss", "valid_loss", "valid_cer", "steps", "padding_fraction"):
-            assert ha[key] == hb[key], key
+    assert_trained_alike(straight, run_dir, (*FIGURES, "valid_cer"))
 
 
 def test_ctrl_c_stops_after_the_step_with_status_130_and_no_traceback(data_dir, tmp_path):
@@ -128,15 +133,9 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resumes_exactly(da
 
     resumed = torchrun(run_dir, "trainer.resume=auto")
     assert resumed.wait(timeout=600) == 0, (tmp_path / "stopped1.out").read_text()
-    a, b = newest_state(tmp_path / "straight"), newest_state(run_dir)
-    assert a["progress"]["step"] == b["progress"]["step"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
     # every rank's running sums of the interrupted epoch were saved and restored: its figures are
     # those of the uninterrupted run, not rank 0's sums counted on every rank
-    for ha, hb in zip(metrics_of(tmp_path / "straight")["history"], metrics_of(run_dir)["history"]):
-        for key in ("train_loss", "valid_loss", "steps", "padding_fraction"):
-            assert ha[key] == hb[key], key
+    assert_trained_alike(tmp_path / "straight", run_dir)
 
 
 # ------------------------------------------------------------------- 3. non-finite input

@@ -15,7 +15,7 @@ from framework.trainer.checkpoint import save_verified
 from framework.trainer.init import initialise
 from framework.trainer.optim import param_groups
 from tests.conftest import run_cli
-from tests.helpers import metrics_of, newest_state, one_line, start_training, tiny_args, wait_for
+from tests.helpers import assert_trained_alike, metrics_of, newest_state, one_line, start_training, tiny_args, wait_for
 
 TINY_DS2 = dict(num_bins=40, hidden_size=32, num_layers=2, fc_size=32, conv_channels=[4, 4])
 
@@ -150,10 +150,7 @@ def test_a_fine_tuning_run_resumes_bitwise_after_sigterm(pretrained, tmp_path, d
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 143, stderr
     run_cli("framework.train", tiny_args(data_dir, run_dir, *args, "trainer.resume=auto"), cwd=tmp_path)
-    a, b = newest_state(straight), newest_state(run_dir)
-    assert a["progress"]["step"] == b["progress"]["step"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    b = assert_trained_alike(straight, run_dir, figures=())
     lrs = [g["lr"] for g in b["optimizer"]["param_groups"]]
     assert len(lrs) == 3 and lrs[0] == pytest.approx(0.5 * lrs[1])  # rnns at half the others' rate
 

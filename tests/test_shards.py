@@ -5,9 +5,6 @@ shards served over HTTP."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import json
 import os
 import shutil
@@ -15,9 +12,7 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +29,10 @@ from framework.data.synthetic import prepare_tone_corpus
 from tests.conftest import TINY, run_cli
 from tests.helpers import (
     ENV,
+    FIGURES,
     alive,
     as_from_a_shell,
+    assert_trained_alike,
     children_of,
     kill_with_children,
     metrics_of,
@@ -249,13 +246,7 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(shards, tmp_path):
     assert state["sampler"]["position"] == state["progress"]["batch_in_epoch"]
 
     run_cli("framework.train", train_args(shards, run_dir, *args, "trainer.resume=auto"), cwd=tmp_path)
-    a, b = newest_state(tmp_path / "straight"), newest_state(run_dir)
-    assert a["progress"]["step"] == b["progress"]["step"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    for ha, hb in zip(metrics_of(tmp_path / "straight")["history"], metrics_of(run_dir)["history"]):
-        for key in ("train_loss", "valid_loss", "valid_cer", "steps", "padding_fraction"):
-            assert ha[key] == hb[key], key
+    assert_trained_alike(tmp_path / "straight", run_dir, (*FIGURES, "valid_cer"))
 
 
 @pytest.mark.slow  # ~1 min each: three torchrun trainings
@@ -288,13 +279,7 @@ def test_torchrun_from_shards_stopped_mid_epoch_resumes_bitwise(shards, tmp_path
     assert state["progress"]["epoch"] == 1 and 0 < state["progress"]["batch_in_epoch"] < steps  # mid-epoch
 
     assert start(run_dir, "trainer.resume=auto").wait(timeout=600) == 0, (tmp_path / "stopped1.out").read_text()
-    a, b = newest_state(tmp_path / "straight"), newest_state(run_dir)
-    assert a["progress"]["step"] == b["progress"]["step"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    for ha, hb in zip(metrics_of(tmp_path / "straight")["history"], metrics_of(run_dir)["history"]):
-        for key in ("train_loss", "valid_loss", "steps", "padding_fraction"):
-            assert ha[key] == hb[key], key
+    assert_trained_alike(tmp_path / "straight", run_dir)
 
 
 # ------------------------------------------------------------------------------ faults
@@ -332,20 +317,11 @@ def test_a_folder_without_an_index_is_one_line(shards, tmp_path):
 
 
 # ------------------------------------------------------------------------------ HTTP
-@contextlib.contextmanager
-def http_server(root: Path) -> Iterator[str]:
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
+def http_server(root: Path):
+    """A real HTTP server of ``root`` on 127.0.0.1 (the shards benchmark's, without its latency)."""
+    from benchmarks.shards import slow_server
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return slow_server(root, 0.0)
 
 
 def test_shards_over_http_train_as_the_local_folder_does(shards, tmp_path):
@@ -356,12 +332,7 @@ def test_shards_over_http_train_as_the_local_folder_does(shards, tmp_path):
         proc = run_cli("framework.train", train_args(shards, tmp_path / "gone", *args, train=f"{url}/nothing"),
                        cwd=tmp_path, check=False)
     assert proc.returncode == 2 and one_line(proc.stderr).startswith(f"error: {url}/nothing/index.json not found")
-    a, b = newest_state(tmp_path / "local"), newest_state(tmp_path / "http")
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    for ha, hb in zip(metrics_of(tmp_path / "local")["history"], metrics_of(tmp_path / "http")["history"]):
-        for key in ("train_loss", "valid_loss", "valid_cer", "steps", "padding_fraction"):
-            assert ha[key] == hb[key], key
+    assert_trained_alike(tmp_path / "local", tmp_path / "http", (*FIGURES, "valid_cer"))
 
 
 def test_shards_at_another_fsspec_url_read_as_the_local_folder(shards):

@@ -20,7 +20,7 @@ from framework.text.subword import SentencePieceTokenizer
 from framework.text.transducer_decoders import TransducerBeamDecoder, TransducerGreedyDecoder
 from recipes.asr_transducer.brain import padded_targets
 from tests.conftest import ROOT, TINY, run_cli, run_result
-from tests.helpers import ENV, newest_state, wait_for
+from tests.helpers import ENV, assert_trained_alike, newest_state, wait_for
 
 SPEECH = ROOT / "recipes" / "asr_ctc" / "speech"
 # The tiny config of tests/conftest.py with a transducer of the same scale.
@@ -196,13 +196,7 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(transducer_cli, data_dir
 
     transducer_cli(*args, "trainer.resume=auto", run_dir=run_dir)
     assert f"resumed from {run_dir / 'checkpoints'}" in (run_dir / "train.log").read_text()
-    a, b = newest_state(straight), newest_state(run_dir)
-    assert a["progress"]["step"] == b["progress"]["step"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    for ha, hb in zip(run_result(straight)["history"], run_result(run_dir)["history"]):
-        for key in ("train_loss", "valid_loss", "valid_cer", "valid_wer", "steps"):
-            assert ha[key] == hb[key], key
+    assert_trained_alike(straight, run_dir, ("train_loss", "valid_loss", "valid_cer", "valid_wer", "steps"))
 
 
 @pytest.mark.slow
