@@ -91,9 +91,15 @@ def _no_reduce(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def unsharded(module: nn.Module) -> Iterator[None]:
-    """Every unit's parameters gathered for the block (no collective inside it)."""
+    """Every unit's parameters gathered for the block (no collective inside it), and rank
+    0's buffers on every rank: FSDP does not synchronise buffers as DDP does, so each rank's
+    batch-norm statistics follow its own batches, and evaluation, like a checkpoint, uses
+    rank 0's."""
+    import torch.distributed as dist
     from torch.distributed.fsdp import FSDPModule
 
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
     units = [m for m in module.modules() if isinstance(m, FSDPModule)]
     for m in units:
         m.set_reshard_after_forward(False, recurse=False)
