@@ -120,9 +120,9 @@ def test_validate_in_code_catches_keys_added_after_composition():
     assert str(info.value).splitlines() == [
         "trainer.max_epochs='many': expected an integer",
         "trainer.warmup: unknown key; valid keys: activation_checkpointing, checkpoint, compile, device, "
-        "early_stopping, ema_decay, eval_precision, freeze, grad_accumulation, init, init_from, limit_batches, "
-        "max_epochs, max_grad_norm, max_time, nonfinite_patience, num_threads, num_workers, precision, profile, "
-        "resume, skip_oom, tf32, unfreeze_at",
+        "early_stopping, ema_decay, eval_precision, freeze, fsdp_units, grad_accumulation, init, init_from, "
+        "limit_batches, max_epochs, max_grad_norm, max_time, nonfinite_patience, num_threads, num_workers, precision, "
+        "profile, resume, skip_oom, strategy, tf32, unfreeze_at",
         "batching.num_bukets: unknown key; did you mean batching.num_buckets?",
         "model.rnn_type=7: expected one of rnn, gru, lstm",
     ]
