@@ -414,7 +414,7 @@ def jobs_of(files: list[str], manifest: str | None, data_root: str | None) -> li
     if manifest:
         from framework.data.manifest import load_entries
 
-        root = data_root or str(Path(manifest).parent)
+        root = str(Path(data_root or Path(manifest).parent).resolve())  # relative paths join the manifest's folder
         jobs += [Job(e.id, e.path, e.start, e.stop) for e in load_entries(manifest, replacements={"data_root": root})]
     if not jobs:
         raise UserError("no audio to transcribe: name files, or a manifest with --manifest")

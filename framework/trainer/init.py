@@ -83,7 +83,7 @@ def initialise(module: nn.Module, source: str | Path, include: list[str], exclud
     """Copies the selected source weights into ``module`` (in place); see the module doc."""
     path = source_checkpoint(source)
     weights = source_weights(path)
-    report = InitReport(str(path))
+    report = InitReport(str(path.resolve()))  # the file itself, wherever the run was started from
     for patterns, key in ((include, "trainer.init.include"), (exclude, "trainer.init.exclude")):
         for pattern in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in weights):
