@@ -94,7 +94,7 @@ def test_finetune_tutorial(tmp_path, data_dir):
     assert tuned["loaded"] and tuned["source"].startswith(str(tmp_path / "runs" / "pre"))
     log = (tmp_path / "runs" / "frozen" / "train.log").read_text()
     assert "frozen: convs, rnns" in log and "unfrozen:" in log
-    assert "optimizer group convs.* " in (tmp_path / "runs" / "groups" / "train.log").read_text()
+    assert "optimizer group convs.*: " in (tmp_path / "runs" / "groups" / "train.log").read_text()
     assert "test_cer" in json.loads((tmp_path / "runs" / "hubert" / "metrics.json").read_text())["metrics"]
 
 
