@@ -360,8 +360,8 @@ def test_word_times_fall_on_the_known_boundaries_and_subtitles_parse(tones_model
     assert all(a < b for a, b in ends) and all(b1 <= a2 for (_, b1), (a2, _) in zip(ends, ends[1:]))
 
     out = tmp_path / "subtitles"
-    run_cli("framework.transcribe", [str(tones_model), str(recording), "--format", "vtt", "--out", str(out)],
-            cwd=tmp_path)
+    run_cli("framework.transcribe", [str(tones_model), str(recording), "--format", "vtt", "--out", str(out), "--chunk",
+                                     "10", "--overlap", "2"], cwd=tmp_path)
     vtt = (out / "spelled.wav.vtt").read_text()
     cues = VTT_CUE.findall(vtt)
     assert vtt == "WEBVTT\n\n" + "\n".join(f"{a} --> {b}\n{t}\n" for a, b, t in cues)
