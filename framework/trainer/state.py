@@ -68,9 +68,7 @@ class Progress:
         return self.epoch, self.step, self.batch_in_epoch
 
     def state_dict(self) -> dict[str, Any]:
-        self.elapsed_s = self.elapsed()
-        self.restart_clock()
-        return asdict(self)
+        return {**asdict(self), "elapsed_s": self.elapsed()}  # this process's share included
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
