@@ -59,7 +59,7 @@ SB_PKGS := speechbrain==1.1.2 lhotse==1.33.0 hyperpyyaml ruamel.yaml ruamel.yaml
 $(SB_SITE)/speechbrain:
 	$(UV) pip install --quiet --no-deps --python $(PY) --target $(SB_SITE) $(SB_PKGS)
 
-bench-vs-speechbrain: setup $(SB_SITE)/speechbrain  ## e.g. ARGS="--corpora speech --repeats 2 --threads 2"
+bench-vs-speechbrain: setup $(SB_SITE)/speechbrain  ## e.g. ARGS="--corpora speech --seeds 0,1,2 --threads 1"
 	PYTHONPATH=.:$(SB_SITE) $(PY) -m benchmarks vs-speechbrain $(ARGS)
 
 # A bare GPU machine (Python 3.12, torch and torchaudio 2.11, no network) lacks these; `make gpu-wheels`

@@ -11,6 +11,7 @@ the checkout beside the package, not in it: run them from the repository root.
   fsdp       FSDP against DDP on 2 ranks: per-rank memory of the model's state, the loss of every step
   freeze-memory  trainable parameters, optimizer state and peak memory with each trainer.freeze setting
   threads    epoch time with PyTorch's thread count, num_threads=auto and 1; idle or beside busy processes
+  budget     units, models and schedules at an equal time budget on the sentence corpus (3 seeds)
   loader     the same corpus read from per-file FLAC, HDF5 audio, per-file .npy and HDF5 features
 """
 
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("gpu", help="every GPU path in one command (see: python -m benchmarks gpu --help)")
     v = sub.add_parser("vs-speechbrain", help="the whole loop against SpeechBrain's; overrides apply to both sides")
     v.add_argument("--corpora", default="speech,tones", help="comma-separated: speech, tones")
-    v.add_argument("--repeats", type=int, default=2)
+    v.add_argument("--seeds", default="0,1", help="comma-separated: one framework/SpeechBrain pair per seed")
+    v.add_argument("--targets", default="0.2,0.1", help="comma-separated validation CERs to time both sides to")
     v.add_argument("--threads", type=int, default=2, help="intra-op threads on both sides")
     v.add_argument("--out", help="folder for the runs (default runs/vs-speechbrain/<time>)")
     c = sub.add_parser("convergence", help="time to accuracy of the batching strategies; overrides go to every run")
@@ -79,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("threads", help="epoch time with PyTorch's thread count vs num_threads=auto vs 1")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--repeats", type=int, default=2)
+    bu = sub.add_parser("budget", help="units, models and schedules at an equal time budget; overrides go to every run")
+    bu.add_argument("--arms", default="char,bpe128,bpe512,transducer,char_epochs", help="comma-separated")
+    bu.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    bu.add_argument("--budget", default="10m", help="trainer.max_time of the time-budgeted arms")
+    bu.add_argument("--hand-epochs", type=int, help="epochs of char_epochs (default: the most that fit the budget)")
+    bu.add_argument("--jobs", type=int, default=2, help="training runs at a time (one thread each)")
+    bu.add_argument("--out", default="runs/budget", help="run folders (cached) and report.md")
+    bu.add_argument("--report-only", action="store_true", help="the table from the runs already there")
     args, overrides = parse_with_overrides(parser, argv)
     if args.benchmark == "loader":
         from benchmarks.loader import main as loader
@@ -92,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.benchmark == "vs-speechbrain":
         from benchmarks.vs_speechbrain import main as vs_speechbrain
 
-        vs_speechbrain(args.corpora.split(","), args.repeats, args.threads, args.out, overrides)
+        vs_speechbrain(args.corpora.split(","), [int(x) for x in args.seeds.split(",")], args.threads, args.out,
+                       overrides, [float(x) for x in args.targets.split(",")])
     elif args.benchmark == "batching":
         from benchmarks.batching import main as batching
 
@@ -113,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.fsdp import main as fsdp
 
         fsdp(args.steps, overrides, args.out)
+    elif args.benchmark == "budget":
+        from pathlib import Path
+
+        from benchmarks.budget import main as budget
+
+        budget(args.arms.split(","), [int(s) for s in args.seeds.split(",")], args.budget, Path(args.out), args.jobs,
+               args.hand_epochs, args.report_only, overrides)
     elif args.benchmark == "convergence":
         from pathlib import Path
 

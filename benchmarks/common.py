@@ -100,6 +100,7 @@ class Child:
 def start_training(overrides: Sequence[str], run_dir: Path, env: dict[str, str] | None = None) -> Child:
     """``python -m framework.train <overrides>`` into ``run_dir``, in a child process whose
     output goes to ``<run_dir>/stdout.txt``."""
+    run_dir = run_dir.resolve()  # the child runs in another folder
     cmd = [sys.executable, "-m", "framework.train", *overrides, f"hydra.run.dir={run_dir}"]
     return Child(cmd, run_dir / "stdout.txt", env, cwd=run_dir.parent)
 

@@ -37,6 +37,7 @@ from speechbrain.utils.metric_stats import ErrorRateStats
 
 from benchmarks.common import compose
 from framework.experiment import seed_everything
+from framework.trainer.optim import build_optimizer
 
 
 class CTCBrain(sb.Brain):
@@ -145,7 +146,7 @@ def main(out_dir: str, threads: int, overrides: list[str]) -> dict:
                                                      recoverables={"model": model, "counter": epoch_counter})
     hparams = {"label_encoder": label_encoder, "blank_index": 0, "scheduler": cfg.scheduler,
                "steps_per_epoch": len(samplers["train"]), "epochs": cfg.trainer.max_epochs}
-    brain = CTCBrain(modules=modules, opt_class=lambda params: instantiate(cfg.optimizer, params=params),
+    brain = CTCBrain(modules=modules, opt_class=lambda params: build_optimizer(cfg.optimizer, model),
                      hparams=hparams, run_opts={"device": "cpu", "noprogressbar": True,
                                                 "max_grad_norm": cfg.trainer.max_grad_norm},
                      checkpointer=checkpointer)

@@ -4,8 +4,10 @@
 
 Each scenario (data workers, a competing busy process) trains the same short run with
 ``trainer.num_threads`` set to the machine's core count (what PyTorch does on its own),
-to ``auto`` and to 1, interleaved, and reports the median time of the epochs after the
-first (the first pays for start-up). A competing process is one busy Python loop per
+to that count with idle OpenMP threads sleeping at once (``OMP_WAIT_POLICY=PASSIVE``;
+by default they spin a while for the next parallel region), to ``auto`` and to 1,
+interleaved, and reports the median time of the epochs after the first (the first pays for
+start-up). A competing process is one busy Python loop per
 core it should take, started before the runs and stopped after.
 """
 
@@ -36,11 +38,17 @@ def busy_processes(count: int):
             p.wait()
 
 
-def epoch_seconds(threads: str, workers: int, epochs: int, overrides: list[str], out: Path
+PASSIVE = "+passive"  # a setting's suffix: OMP_WAIT_POLICY=PASSIVE
+
+
+def epoch_seconds(setting: str, workers: int, epochs: int, overrides: list[str], out: Path
                   ) -> tuple[list[float], str]:
     """Times of the epochs after the first, from the run's own history, and the thread count
     ``auto`` chose (from the run's log; ``-`` for a fixed count)."""
-    env = {k: v for k, v in child_env().items() if k != "OMP_NUM_THREADS"}  # auto would take it as given
+    env = {k: v for k, v in child_env().items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}  # auto would take it as given
+    threads = setting.removesuffix(PASSIVE)
+    if setting.endswith(PASSIVE):
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     result, _ = run_training([f"trainer.max_epochs={epochs}", "trainer.device=cpu", f"trainer.num_threads={threads}",
                               f"trainer.num_workers={workers}", "logger.tensorboard=false", *overrides], out, env)
     chosen = re.findall(r"threads: .*; using (\d+)", (out / "train.log").read_text()) if threads == "auto" else []
@@ -49,12 +57,12 @@ def epoch_seconds(threads: str, workers: int, epochs: int, overrides: list[str],
 
 def main(epochs: int, repeats: int, overrides: list[str]) -> None:
     cores = int(available_cores())
-    settings = (str(cores), "auto", "1")
+    settings = (str(cores), str(cores) + PASSIVE, "auto", "1")
     scenarios = ((0, 0), (2, 0), (0, 1), (0, cores))  # (data workers, busy processes)
     print(f"{cores} cores available; default recipe, {epochs} epochs, median of epochs 2.. over {repeats} runs\n")
-    print(f"| data workers | busy processes | {cores} threads (PyTorch's default) s | auto s (threads chosen) | 1 thread s "
-          "| default / auto |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| data workers | busy processes | {cores} threads (PyTorch's default) s | {cores} threads, "
+          "OMP_WAIT_POLICY=PASSIVE s | auto s (threads chosen) | 1 thread s | default / auto |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for workers, busy in scenarios:
             times: dict[str, list[float]] = {s: [] for s in settings}
@@ -66,5 +74,5 @@ def main(epochs: int, repeats: int, overrides: list[str]) -> None:
                         times[s] += seconds
                         chosen += [picked] if s == "auto" else []
             med = {s: float(np.median(t)) for s, t in times.items()}
-            print(f"| {workers} | {busy} | {med[str(cores)]:.2f} | {med['auto']:.2f} ({', '.join(chosen)}) | {med['1']:.2f} | "
+            print(f"| {workers} | {busy} | {med[str(cores)]:.2f} | {med[str(cores) + PASSIVE]:.2f} | {med['auto']:.2f} ({', '.join(chosen)}) | {med['1']:.2f} | "
                   f"{med[str(cores)] / med['auto']:.2f} |", flush=True)

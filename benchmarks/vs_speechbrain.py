@@ -2,19 +2,22 @@
 schedule and epochs, trained by ``framework.train`` (its defaults) and by a SpeechBrain
 recipe (:mod:`benchmarks.speechbrain_recipe`), each in its own process.
 
-    python -m benchmarks vs-speechbrain [--corpora speech,tones] [--repeats 2] [--threads 2]
-                                        [--out DIR] [overrides for both sides...]
+    python -m benchmarks vs-speechbrain [--corpora speech,tones] [--seeds 0,1] [--threads 2]
+                                        [--targets 0.2,0.1] [--out DIR] [overrides for both sides...]
 
 Wall times on a busy machine swing with the other load; the processes' CPU seconds
 (user + system, from ``wait4``) do much less, so both are reported.
 
 Corpora: ``speech`` (the shipped espeak-ng corpus, ``experiment=asr_speech``: 30 epochs)
-and ``tones`` (synthesised, the default recipe: 12 epochs). Runs are interleaved (framework
-first in odd repeats, SpeechBrain first in even ones) with the same intra-op thread count
-(``OMP_NUM_THREADS`` and ``torch.set_num_threads``). Reported per side: training seconds
-per epoch (mean over the epochs), whole epoch seconds (validation and checkpoint
-included), the process's wall time and peak RSS, padding %, optimizer steps, the last
-validation CER and the test CER (best checkpoint by validation CER, on both sides).
+and ``tones`` (synthesised, the default recipe: 12 epochs). One pair of runs per seed (both
+sides seeded alike), interleaved (framework first for the 1st, 3rd... seed, SpeechBrain first
+for the others) with the same intra-op thread count (``OMP_NUM_THREADS`` and
+``torch.set_num_threads``). Reported per side: training seconds per epoch (mean over the
+epochs), whole epoch seconds (validation and checkpoint included), the process's wall time
+and peak RSS, padding %, optimizer steps, the last validation CER and the test CER (best
+checkpoint by validation CER, on both sides); and the time to each target validation CER:
+training seconds (validation excluded) until the end of the first epoch whose validation
+CER is at or below the target, mean over the seeds that reach it.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def framework_history(history: list[dict]) -> list[dict]:
     (validation and checkpoint included), padding, steps."""
     out, previous = [], 0.0
     for h in history:
-        out.append({"train_s": h["epoch_s"], "epoch_s": h["elapsed_s"] - previous,
+        out.append({"train_s": h["epoch_s"], "epoch_s": h["elapsed_s"] - previous, "valid_cer": h["valid_cer"],
                     "padding_fraction": h["padding_fraction"], "steps": h["steps"]})
         previous = h["elapsed_s"]
     return out
@@ -78,6 +81,7 @@ def run_side(side: str, overrides: list[str], run_dir: Path, threads: int) -> di
         "train_s_per_epoch": statistics.fmean(h["train_s"] for h in history),
         "epoch_s": statistics.fmean(h["epoch_s"] for h in history),
         "train_s": [h["train_s"] for h in history],
+        "valid_cers": [h["valid_cer"] for h in history],
         "padding_fraction": statistics.fmean(h["padding_fraction"] for h in history),
         "steps": sum(h["steps"] for h in history),
         "valid_cer": valid_cer,
@@ -101,7 +105,8 @@ def table_rows(corpus: str, runs: list[tuple[dict, dict]]) -> list[str]:
     rows = []
     means = {}
     for side in (0, 1):
-        means[side] = {k: statistics.fmean(r[side][k] for r in runs) for k in runs[0][side] if k not in ("side", "train_s")}
+        means[side] = {k: statistics.fmean(r[side][k] for r in runs) for k in runs[0][side]
+                       if k not in ("side", "train_s", "valid_cers")}
     labelled = [(str(i + 1), fw, sb) for i, (fw, sb) in enumerate(runs)] + [("mean", means[0], means[1])]
     for label, fw, sb in labelled:
         pad = f"{100 * fw['padding_fraction']:.1f} / {100 * sb['padding_fraction']:.1f}"
@@ -116,8 +121,39 @@ def table_rows(corpus: str, runs: list[tuple[dict, dict]]) -> list[str]:
     return rows
 
 
-def main(corpora: list[str], repeats: int = 2, threads: int = 2, out: str | None = None,
-         extra: list[str] | None = None) -> dict:
+def time_to(run: dict, target: float) -> float | None:
+    """Training seconds until the end of the first epoch whose validation CER is <= ``target``."""
+    spent = 0.0
+    for seconds, cer in zip(run["train_s"], run["valid_cers"]):
+        spent += seconds
+        if cer <= target:
+            return spent
+    return None
+
+
+TARGET_HEADER = ("| corpus | target valid CER | framework: seconds (seeds reaching) | SpeechBrain | ratio |\n"
+                 "| --- | --- | --- | --- | --- |")
+
+
+def target_rows(corpus: str, runs: list[tuple[dict, dict]], targets: list[float]) -> list[str]:
+    """Per target: each side's mean time to it over the seeds that reach it, and the ratio
+    of the means (shown when both sides reach it on every seed)."""
+    rows = []
+    for target in targets:
+        cells, means = [], []
+        for side in (0, 1):
+            times = [t for t in (time_to(r[side], target) for r in runs) if t is not None]
+            mean = statistics.fmean(times) if times else None
+            sd = statistics.stdev(times) if len(times) > 1 else 0.0
+            cells.append(f"{mean:.1f} ± {sd:.1f} ({len(times)}/{len(runs)})" if times else f"- (0/{len(runs)})")
+            means.append(mean if len(times) == len(runs) else None)
+        ratio = f"{means[0] / means[1]:.2f}" if None not in means else "-"
+        rows.append(f"| {corpus} | {target:g} | {cells[0]} | {cells[1]} | {ratio} |")
+    return rows
+
+
+def main(corpora: list[str], seeds: list[int] = (0, 1), threads: int = 2, out: str | None = None,
+         extra: list[str] | None = None, targets: list[float] = (0.2, 0.1)) -> dict:
     if not speechbrain_available():
         print(MISSING, file=sys.stderr)
         raise SystemExit(1)
@@ -130,26 +166,29 @@ def main(corpora: list[str], repeats: int = 2, threads: int = 2, out: str | None
     data_dir = out_dir / "data"
     extra = list(extra or [])
     print(f"SpeechBrain {speechbrain.__version__} vs framework; {threads} intra-op thread(s) each "
-          f"(OMP_NUM_THREADS, torch.set_num_threads); {repeats} interleaved repeat(s); runs in {out_dir}"
+          f"(OMP_NUM_THREADS, torch.set_num_threads); seeds {', '.join(map(str, seeds))}, interleaved; runs in {out_dir}"
           + (f"; extra overrides: {' '.join(extra)}" if extra else ""), flush=True)
     results: dict[str, list[tuple[dict, dict]]] = {}
-    lines = [HEADER]
+    lines, target_lines = [HEADER], [TARGET_HEADER]
     for corpus in corpora:
         overrides = corpus_overrides(corpus, data_dir, extra)
         cfg = compose(overrides)
         if cfg.dataset.get("prepare") is not None:  # synthesise once, before either side runs
             instantiate(cfg.dataset.prepare)
         results[corpus] = []
-        for r in range(repeats):
+        for r, seed in enumerate(seeds):
             order = SIDES if r % 2 == 0 else SIDES[::-1]
-            pair = {side: run_side(side, overrides, out_dir / f"{corpus}-{side}-{r + 1}", threads) for side in order}
+            pair = {side: run_side(side, [*overrides, f"seed={seed}"], out_dir / f"{corpus}-{side}-{r + 1}-seed{seed}",
+                                     threads)
+                    for side in order}
             results[corpus].append((pair["framework"], pair["speechbrain"]))
-            print(f"{corpus} repeat {r + 1}: framework {pair['framework']['train_s_per_epoch']:.2f} s/epoch, "
+            print(f"{corpus} seed {seed}: framework {pair['framework']['train_s_per_epoch']:.2f} s/epoch, "
                   f"SpeechBrain {pair['speechbrain']['train_s_per_epoch']:.2f} s/epoch", flush=True)
         lines += table_rows(corpus, results[corpus])
-    text = "\n".join(lines)
+        target_lines += target_rows(corpus, results[corpus], list(targets))
+    text = "\n".join(lines) + "\n\nTime to a validation CER (training seconds):\n\n" + "\n".join(target_lines)
     print("\n" + text)
-    summary = {"threads": threads, "repeats": repeats, "extra": extra, "speechbrain": speechbrain.__version__,
+    summary = {"threads": threads, "seeds": list(seeds), "targets": list(targets), "extra": extra, "speechbrain": speechbrain.__version__,
                "runs": {c: [{"framework": fw, "speechbrain": sb} for fw, sb in runs] for c, runs in results.items()}}
     (out_dir / "vs_speechbrain.json").write_text(json.dumps(summary, indent=1))
     (out_dir / "vs_speechbrain.md").write_text(text + "\n")

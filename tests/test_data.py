@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 
@@ -13,7 +14,7 @@ import soundfile
 import torch
 from torch.utils.data import DataLoader
 
-from framework.data.audio import AudioError, read_audio
+from framework.data.audio import AudioError, decode_pcm_wav, read_audio
 from framework.data.batching import FixedBatchSampler
 from framework.data.collate import collate
 from framework.data.hdf5 import HDF5Dataset, HDF5FormatError, HDF5Writer, combine_shards
@@ -299,3 +300,28 @@ def test_prepare_hdf5_interrupted_leaves_no_file(librispeech, tmp_path):
     proc = run_cli("framework.prepare", ["hdf5", str(manifest), str(tmp_path / "o.h5"), "--data-root", str(librispeech),
                                          "--skip-bad"], cwd=tmp_path)
     assert "skipped 1 bad entry while packing" in proc.stdout and len(HDF5Dataset(tmp_path / "o.h5")) == 11
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24"])
+@pytest.mark.parametrize("samples", [1, 2, 3, 16001])
+def test_pcm_wav_decoded_with_numpy_equals_soundfile(subtype, samples):
+    x = np.random.default_rng(samples).uniform(-1, 1, samples).astype(np.float32)
+    x[: min(samples, 3)] = [-1.0, 0.999, -0.5][: min(samples, 3)]  # the extremes, where sign handling shows
+    buffer = io.BytesIO()
+    soundfile.write(buffer, x, 16000, format="WAV", subtype=subtype)
+    expected, _ = soundfile.read(io.BytesIO(buffer.getvalue()), dtype="float32")
+    got = decode_pcm_wav(buffer.getvalue())
+    assert got is not None and got.dtype == np.float32 and np.array_equal(got, expected)
+
+
+def test_wavs_numpy_does_not_decode_are_left_to_soundfile():
+    def wav(data, subtype):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, data, 16000, format="WAV", subtype=subtype)
+        return buffer.getvalue()
+
+    assert decode_pcm_wav(wav(np.zeros((10, 2), np.float32), "PCM_16")) is None  # stereo
+    assert decode_pcm_wav(wav(np.zeros(10, np.float32), "FLOAT")) is None
+    assert decode_pcm_wav(wav(np.zeros(10, np.float32), "PCM_U8")) is None
+    assert decode_pcm_wav(b"fLaC" + bytes(40)) is None
+    assert decode_pcm_wav(wav(np.zeros(10, np.float32), "PCM_16")[:-4]) is None  # data chunk cut short

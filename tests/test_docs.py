@@ -67,7 +67,7 @@ def test_asr_tutorial(tmp_path, data_dir):
     pytest.importorskip("flashlight.lib.text", reason="beam search needs flashlight-text (pip install '.[lm]')")
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")  # the commands run from the repository's root
     out = run_doc("asr.md", tmp_path, data_dir)
-    assert len(re.findall(r'\{"test_loss": [\d.]+, "test_cer": [\d.]+, "test_wer": [\d.]+, "test_examples": \d+\}', out)) == 3
+    assert len(re.findall(r'\{"test_loss": [\d.]+, "test_cer": [\d.]+, "test_wer": [\d.]+, "test_examples": \d+\}', out)) == 4
     assert "recipes/asr_ctc/speech/test/test-0000.flac\t" in out  # transcribe's line
     assert (tmp_path / "runs" / "aug" / "checkpoints" / "averaged.pt").is_file()
     config = (tmp_path / "runs" / "aug" / "config.yaml").read_text()
@@ -83,6 +83,7 @@ def test_asr_tutorial(tmp_path, data_dir):
     assert "test_cer" in json.loads((interctc / "metrics.json").read_text())["metrics"]
     assert (tmp_path / "runs" / "bpe" / "tokenizer.model").read_bytes() == (tmp_path / "speech-bpe.model").read_bytes()
     assert "test_cer" in json.loads((tmp_path / "runs" / "transducer" / "metrics.json").read_text())["metrics"]
+    assert "stopped on time: trainer.max_time=10s" in (tmp_path / "runs" / "sentences" / "train.log").read_text()
 
 
 @pytest.mark.slow  # a HuBERT-base step on the CPU, ~1 min

@@ -76,3 +76,32 @@ def _describe(path: str | Path, exc: Exception) -> str:
     if not Path(path).exists():
         return f"{path}: audio file not found; check the manifest path or its data_root placeholder"
     return f"{path}: cannot read audio ({exc}); the file is damaged or not audio: replace it"
+
+
+def decode_pcm_wav(data: bytes) -> np.ndarray | None:
+    """The float32 samples of a mono 16- or 24-bit PCM WAV held in ``data``, decoded with
+    numpy (the values soundfile gives: the integer over 2^15 or 2^23), or None for any other
+    WAV, which the caller decodes with soundfile. About 10x cheaper than soundfile's read
+    from memory for the short utterances of a shard."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, fmt = 12, None
+    while pos + 8 <= len(data):
+        chunk, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        body = pos + 8
+        if chunk == b"fmt " and size >= 16:
+            fmt = (int.from_bytes(data[body:body + 2], "little"), int.from_bytes(data[body + 2:body + 4], "little"),
+                   int.from_bytes(data[body + 14:body + 16], "little"))  # format tag, channels, bits per sample
+        elif chunk == b"data":
+            if fmt is None or fmt[0] not in (1, 0xFFFE) or fmt[1] != 1 or body + size > len(data):
+                return None
+            if fmt[2] == 16 and size % 2 == 0:
+                return np.frombuffer(data, "<i2", size // 2, body).astype(np.float32) / np.float32(2**15)
+            if fmt[2] == 24 and size % 3 == 0:
+                # each sample as the top 3 bytes of the int32 that starts one byte before it, shifted
+                # down with its sign (the byte before, the previous sample's or the header's, drops out)
+                words = np.ndarray((size // 3,), "<i4", data, body - 1, (3,))
+                return (words >> 8).astype(np.float32) / np.float32(2**23)
+            return None
+        pos = body + size + (size & 1)  # chunks are padded to an even size
+    return None

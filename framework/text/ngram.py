@@ -20,12 +20,15 @@ half a million words: about 40 s on one core, estimation and writing); for large
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
+
+from framework.files import write_atomic
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
@@ -137,8 +140,10 @@ def write_arpa(model: NgramModel, path: str | Path) -> None:
     for g in model.logprob:
         by_order[len(g) - 1].append(g)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def fill(raw: BinaryIO) -> None:
+        f = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
         f.write("\\data\\\n")
         f.writelines(f"ngram {k}={len(grams)}\n" for k, grams in enumerate(by_order, 1))
         for k, grams in enumerate(by_order, 1):
@@ -147,7 +152,10 @@ def write_arpa(model: NgramModel, path: str | Path) -> None:
                 bo = model.backoff.get(g)
                 f.write(f"{model.logprob[g]:.7f}\t{' '.join(g)}" + (f"\t{bo:.7f}\n" if bo is not None else "\n"))
         f.write("\n\\end\\\n")
-    os.replace(tmp, path)
+        f.flush()
+        f.detach()  # the raw file stays open for write_atomic's fsync
+
+    write_atomic(path, fill)
 
 
 def read_arpa(path: str | Path, max_order: int | None = None) -> NgramModel:
