@@ -146,6 +146,8 @@ def main(out_dir: str, threads: int, overrides: list[str]) -> dict:
                                                      recoverables={"model": model, "counter": epoch_counter})
     hparams = {"label_encoder": label_encoder, "blank_index": 0, "scheduler": cfg.scheduler,
                "steps_per_epoch": len(samplers["train"]), "epochs": cfg.trainer.max_epochs}
+    # the framework's optimizer groups (optimizer.groups) name the model's parameters, so the optimizer is built
+    # over the model, not over the parameters SpeechBrain passes (the same: the features have none)
     brain = CTCBrain(modules=modules, opt_class=lambda params: build_optimizer(cfg.optimizer, model),
                      hparams=hparams, run_opts={"device": "cpu", "noprogressbar": True,
                                                 "max_grad_norm": cfg.trainer.max_grad_norm},

@@ -45,9 +45,10 @@ def epoch_seconds(setting: str, workers: int, epochs: int, overrides: list[str],
                   ) -> tuple[list[float], str]:
     """Times of the epochs after the first, from the run's own history, and the thread count
     ``auto`` chose (from the run's log; ``-`` for a fixed count)."""
-    env = {k: v for k, v in child_env().items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}  # auto would take it as given
+    # without the caller's OpenMP settings: auto would take OMP_NUM_THREADS as given
+    env = {k: v for k, v in child_env().items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     threads = setting.removesuffix(PASSIVE)
-    if setting.endswith(PASSIVE):
+    if setting != threads:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     result, _ = run_training([f"trainer.max_epochs={epochs}", "trainer.device=cpu", f"trainer.num_threads={threads}",
                               f"trainer.num_workers={workers}", "logger.tensorboard=false", *overrides], out, env)
@@ -74,5 +75,6 @@ def main(epochs: int, repeats: int, overrides: list[str]) -> None:
                         times[s] += seconds
                         chosen += [picked] if s == "auto" else []
             med = {s: float(np.median(t)) for s, t in times.items()}
-            print(f"| {workers} | {busy} | {med[str(cores)]:.2f} | {med[str(cores) + PASSIVE]:.2f} | {med['auto']:.2f} ({', '.join(chosen)}) | {med['1']:.2f} | "
-                  f"{med[str(cores)] / med['auto']:.2f} |", flush=True)
+            default, passive = med[str(cores)], med[str(cores) + PASSIVE]
+            print(f"| {workers} | {busy} | {default:.2f} | {passive:.2f} | {med['auto']:.2f} ({', '.join(chosen)}) | "
+                  f"{med['1']:.2f} | {default / med['auto']:.2f} |", flush=True)

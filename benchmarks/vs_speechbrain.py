@@ -105,8 +105,8 @@ def table_rows(corpus: str, runs: list[tuple[dict, dict]]) -> list[str]:
     rows = []
     means = {}
     for side in (0, 1):
-        means[side] = {k: statistics.fmean(r[side][k] for r in runs) for k in runs[0][side]
-                       if k not in ("side", "train_s", "valid_cers")}
+        means[side] = {k: statistics.fmean(r[side][k] for r in runs) for k, v in runs[0][side].items()
+                       if isinstance(v, (int, float))}  # not the side's name nor its per-epoch lists
     labelled = [(str(i + 1), fw, sb) for i, (fw, sb) in enumerate(runs)] + [("mean", means[0], means[1])]
     for label, fw, sb in labelled:
         pad = f"{100 * fw['padding_fraction']:.1f} / {100 * sb['padding_fraction']:.1f}"
@@ -188,7 +188,8 @@ def main(corpora: list[str], seeds: list[int] = (0, 1), threads: int = 2, out: s
         target_lines += target_rows(corpus, results[corpus], list(targets))
     text = "\n".join(lines) + "\n\nTime to a validation CER (training seconds):\n\n" + "\n".join(target_lines)
     print("\n" + text)
-    summary = {"threads": threads, "seeds": list(seeds), "targets": list(targets), "extra": extra, "speechbrain": speechbrain.__version__,
+    summary = {"threads": threads, "seeds": list(seeds), "targets": list(targets), "extra": extra,
+               "speechbrain": speechbrain.__version__,
                "runs": {c: [{"framework": fw, "speechbrain": sb} for fw, sb in runs] for c, runs in results.items()}}
     (out_dir / "vs_speechbrain.json").write_text(json.dumps(summary, indent=1))
     (out_dir / "vs_speechbrain.md").write_text(text + "\n")

@@ -32,8 +32,9 @@ def remove_leftovers(directory: Path, owned: Callable[[str], bool]) -> None:
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any], before_rename: Callable[[], None] | None = None) -> Path:
     """``write(f)`` fills a temporary file that then replaces ``path``; on any failure the
-    temporary file is removed and ``path`` is left as it was."""
+    temporary file is removed and ``path`` is left as it was. Missing parent folders are made."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:

@@ -24,3 +24,21 @@ def test_stats_prints_summary_and_batching_and_writes_a_png(tmp_path):
 
     fixed = run_cli("framework.prepare", ["stats", str(path), "--batching", "fixed", "batch_size=30"], cwd=tmp_path)
     assert "batching=fixed epoch 0: 10 batches" in fixed.stdout
+
+
+def test_prepare_writes_into_folders_it_has_to_make(tmp_path):
+    """Outputs named in folders that do not exist yet: made, not a FileNotFoundError."""
+    texts = ["the cat sat on the mat", "a dog ran in the park", "the dog sat"] * 20
+    manifest = {f"u{i}": {"wav": f"{{data_root}}/u{i}.wav", "duration": 1.0 + i % 5, "words": t}
+                for i, t in enumerate(texts)}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(manifest))
+    run_cli("framework.prepare", ["stats", str(path), "--png", "plots/new/hist.png"], cwd=tmp_path)
+    run_cli("framework.prepare", ["lm", str(path), "lm/new/3gram.arpa", "--order", "3"], cwd=tmp_path)
+    run_cli("framework.prepare", ["tokenizer", str(path), "pieces/new/bpe.model", "--type", "bpe", "--vocab-size", "20"],
+            cwd=tmp_path)
+    assert (tmp_path / "plots/new/hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "lm/new/3gram.arpa").read_text().startswith("\\data\\\nngram 1=")
+    assert (tmp_path / "pieces/new/bpe.model").stat().st_size > 100
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers, leftovers

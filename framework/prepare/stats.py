@@ -10,6 +10,7 @@ from framework.config import check_command_line
 from framework.data.batching import DynamicBatchSampler, LengthBatchSampler, batch_stats
 from framework.data.loader import make_sampler
 from framework.data.manifest import Hints, load_entries
+from framework.files import write_atomic
 
 # `prepare stats` has no flag that sets anything of a manifest
 STATS_HINTS = Hints(skip_bad=None, data_root=None, replacement=None, audio_key=None)
@@ -48,13 +49,8 @@ def plot_histogram(lengths: np.ndarray, path: str | Path, boundaries: np.ndarray
     ax.set_ylabel("utterances")
     ax.set_title(title + (f" ({len(boundaries)} bucket edges)" if boundaries is not None else ""))
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
 

@@ -139,8 +139,6 @@ def write_arpa(model: NgramModel, path: str | Path) -> None:
     by_order: list[list[Ngram]] = [[] for _ in range(max(model.order, 2))]
     for g in model.logprob:
         by_order[len(g) - 1].append(g)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def fill(raw: BinaryIO) -> None:
         f = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
