@@ -5,6 +5,9 @@ shards served over HTTP."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import json
 import os
 import shutil
@@ -12,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -333,6 +337,61 @@ def test_shards_over_http_train_as_the_local_folder_does(shards, tmp_path):
                        cwd=tmp_path, check=False)
     assert proc.returncode == 2 and one_line(proc.stderr).startswith(f"error: {url}/nothing/index.json not found")
     assert_trained_alike(tmp_path / "local", tmp_path / "http", (*FIGURES, "valid_cer"))
+
+
+@contextlib.contextmanager
+def recording_server(root: Path, hold_s: float = 0.0, cut: str | None = None):
+    """A real HTTP server of ``root`` on 127.0.0.1 that records each GET as ``[path, start,
+    end]`` (from its headers to the end of its body), waits ``hold_s`` between the two, and
+    stops sending the file named ``cut`` half-way and closes the connection (a server that
+    goes away mid-shard)."""
+    requests: list[list] = []
+
+    class Recording(http.server.SimpleHTTPRequestHandler):
+        def copyfile(self, source, outputfile) -> None:
+            entry = [self.path, time.monotonic(), None]
+            requests.append(entry)
+            time.sleep(hold_s)
+            data = source.read()
+            if cut is not None and self.path.endswith(cut):
+                data, self.close_connection = data[: len(data) // 2], True
+            outputfile.write(data)
+            entry[2] = time.monotonic()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Recording, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_each_shard_is_one_request_and_the_next_downloads_while_one_is_read(shards):
+    """One GET per shard per epoch, and the following shard's GET made while the first is
+    still arriving (one shard ahead, never more): the network's wait overlaps the reading."""
+    local = ShardDataset(str(shards / "train"))
+    sampler = lambda: DynamicBatchSampler(local.lengths, max_batch_length=20.0, num_buckets=4, seed=0)  # noqa: E731
+    with recording_server(shards, hold_s=0.3) as (url, requests):
+        remote = ShardDataset(f"{url}/train")
+        for a, b in zip(make_loader(remote, sampler(), 0, 0), make_loader(local, sampler(), 0, 0), strict=True):
+            assert list(a["id"]) == list(b["id"]) and torch.equal(a["inputs"], b["inputs"])
+    paths = sorted(r[0] for r in requests)
+    assert paths == sorted(["/train/index.json", *(f"/train/{s['name']}" for s in local.shards)]), paths
+    in_flight = [sum(r[1] <= t < r[2] for r in requests) for t in (r[1] for r in requests)]
+    assert max(in_flight) == 2, requests
+
+
+def test_a_server_that_goes_away_mid_shard_is_one_line_naming_the_shard(shards, tmp_path):
+    with recording_server(shards, cut="shard-000003.tar") as (url, _):
+        proc = run_cli("framework.train", train_args(shards, tmp_path / "run", "trainer.max_epochs=1",
+                                                     train=f"{url}/train"), cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc.stderr)
+    assert line.startswith(f"error: {url}/train/shard-000003.tar: truncated or damaged shard"), line
 
 
 def test_shards_at_another_fsspec_url_read_as_the_local_folder(shards):

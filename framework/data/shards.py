@@ -13,16 +13,23 @@ The folder may be local, behind ``http(s)://`` or at any fsspec URL (``s3://``, 
 Everything a batch plan needs (lengths, transcripts, where each utterance lies) comes from
 the index, so batches are planned before any audio is read; a shard is then read once, from
 start to end, in one request. Each payload's CRC-32 in the index catches a damaged shard.
+From a remote folder the next shard a reader needs is downloaded while the current one is
+parsed (:meth:`ShardDataset.read_shard`'s ``then``), so the network's wait overlaps work.
 """
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import logging
 import tarfile
+import threading
+import urllib.error
+import urllib.request
 import zlib
 from collections.abc import Collection, Iterator
+from concurrent.futures import Future
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -41,6 +48,7 @@ VERSION = 1
 INDEX = "index.json"
 PAYLOAD = {"audio": "flac", "features": "npy"}  # the member of each key that holds the inputs
 READ_BUFFER = 1 << 20  # tarfile reads in 10 kB records; a remote file answers each read with a round trip
+HTTP_TIMEOUT_S = 60  # a server that stops answering for this long is an error, not a hang
 
 
 class ShardError(UserError, ValueError):
@@ -81,6 +89,10 @@ def open_sequential(url: str, storage_options: dict[str, Any] | None = None) -> 
     request (no range requests), or any other fsspec file, buffered in 1 MB reads."""
     if not is_remote(url):
         return open(url.removeprefix("file://"), "rb", buffering=READ_BUFFER)
+    if url.startswith(("http://", "https://")) and not storage_options:
+        # the standard library's blocking reads: 12% less time per epoch than fsspec's
+        # aiohttp, whose every read is handed to an event loop in another thread
+        return io.BufferedReader(_http_get(url), READ_BUFFER)
     import fsspec
 
     options = dict(storage_options or {})
@@ -92,6 +104,33 @@ def open_sequential(url: str, storage_options: dict[str, Any] | None = None) -> 
     return io.BufferedReader(_RawReads(f), READ_BUFFER)
 
 
+def _http_get(url: str) -> http.client.HTTPResponse:
+    """One streamed GET of ``url``; 404 is FileNotFoundError, as from fsspec and the disk."""
+    try:
+        return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise FileNotFoundError(f"{url}: HTTP 404") from None
+        raise
+
+
+def fetch(url: str, storage_options: dict[str, Any] | None = None) -> Future:
+    """The bytes of ``url``, read whole by a daemon thread (a server that hangs does not hold
+    up the end of the process)."""
+    future: Future = Future()
+
+    def read() -> None:
+        try:
+            with open_sequential(url, storage_options) as f:
+                # in buffer-sized reads: read() to the end goes through a remote file in 8 kB calls
+                future.set_result(b"".join(iter(lambda: f.read(READ_BUFFER), b"")))
+        except BaseException as exc:  # handed to whoever reads the shard
+            future.set_exception(exc)
+
+    threading.Thread(target=read, name=f"fetch {url}", daemon=True).start()
+    return future
+
+
 def read_index(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The index of the shards folder ``path``, checked."""
     url = join(path, INDEX)
@@ -101,7 +140,7 @@ def read_index(path: str, storage_options: dict[str, Any] | None = None) -> dict
     except FileNotFoundError:
         raise ShardError(f"{url} not found: {path} is not a shards folder; write one with `python -m framework.prepare "
                          "shards MANIFEST OUT_DIR --shard-size N`") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise ShardError(f"{url}: cannot read the shards index ({type(exc).__name__}: {exc}); check the path or URL, "
                          "or write the shards again") from exc
     if not isinstance(index, dict) or index.get("format") != FORMAT:
@@ -161,6 +200,7 @@ class ShardDataset(Dataset):
             raise ShardError(f"{self.path} holds {self.kind} at {file_rate} Hz but the config asks for {sample_rate} Hz; "
                              f"set sample_rate={file_rate} or write the shards again with --sample-rate {sample_rate}")
         self._cached: tuple[int, dict[int, bytes | SkippedExample]] | None = None
+        self._ahead: tuple[int, Future] | None = None  # the shard being downloaded ahead of its turn
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -188,24 +228,30 @@ class ShardDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedExample:
         shard = int(self.shard_of[index])
         if self._cached is None or self._cached[0] != shard:
-            self._cached = (shard, dict(self.read_shard(shard, set(self.members(shard).tolist()))))
+            following = shard + 1 if shard + 1 < len(self.shards) else None
+            self._cached = (shard, dict(self.read_shard(shard, set(self.members(shard).tolist()), then=following)))
         return self.decode(index, self._cached[1][index])
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_cached": None}  # a worker process reads its own shards
+        return {**self.__dict__, "_cached": None, "_ahead": None}  # a worker process reads its own shards
 
     # ---------------------------------------------------------------------- reading
-    def read_shard(self, shard: int, wanted: Collection[int]) -> Iterator[tuple[int, bytes | SkippedExample]]:
+    def read_shard(self, shard: int, wanted: Collection[int], then: int | None = None,
+                   ) -> Iterator[tuple[int, bytes | SkippedExample]]:
         """``(example, payload)`` for each example of ``wanted`` (indices of ``shard``'s
         members), in the shard's order, reading the shard from its start once and stopping
         after the last one wanted. A truncated or damaged shard is a :class:`ShardError`
         naming it (with ``skip_bad``: the wanted examples not read become
-        :class:`SkippedExample`)."""
+        :class:`SkippedExample`). From a remote folder, shard ``then`` (the one to be read
+        next) starts downloading in the background once this one is open; only one shard is
+        held ahead."""
         url, members = self.shard_url(shard), self.members(shard)
         remaining = set(wanted)
         read = 0
         try:
-            with open_sequential(url, self.storage_options) as f:
+            with self._open(shard) as f:
+                if then is not None and is_remote(self.path):
+                    self._ahead = (then, fetch(self.shard_url(then), self.storage_options))
                 for key, files in _keys(f):
                     if read >= len(members):
                         raise ShardError(f"{url} holds more examples than the {len(members)} {join(self.path, INDEX)} "
@@ -218,7 +264,7 @@ class ShardDataset(Dataset):
                     yield index, self._checked(url, index, key, files)
                     if not remaining:
                         return
-        except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError) as exc:
+        except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError, http.client.HTTPException) as exc:
             if isinstance(exc, ShardError):
                 raise
             reason = f"{type(exc).__name__}: {exc}"
@@ -234,6 +280,16 @@ class ShardDataset(Dataset):
         log.warning("%s; skipped (skip_bad)", problem)
         for index in sorted(remaining, key=lambda i: int(self.position[i])):
             yield index, SkippedExample(self.ids[index], problem)
+
+    def _open(self, shard: int) -> BinaryIO:
+        """``shard`` opened for reading: the bytes downloaded ahead if it was, else the file."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == shard:
+            try:
+                return io.BytesIO(ahead[1].result())
+            except Exception:  # noqa: S110 - read it again: that read reports the failure in the shard's terms
+                pass
+        return open_sequential(self.shard_url(shard), self.storage_options)
 
     def _checked(self, url: str, index: int, key: str, files: dict[str, bytes]) -> bytes | SkippedExample:
         """The example's payload, after checking it is the one the index lists, undamaged."""

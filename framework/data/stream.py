@@ -288,15 +288,16 @@ class ShardBatches(IterableDataset):
         in order, as far as the next batch needs."""
         batches, ready = stream.batches[first:], stream.ready[first:]
         needed = set(np.concatenate(batches).tolist()) if batches else set()
+        wanted = [needed.intersection(self.dataset.members(shard).tolist()) for shard in stream.shards]
+        to_read = [i for i, w in enumerate(wanted) if w]  # the shards holding batches still to come
         pending: dict[int, bytes | SkippedExample] = {}
         done = 0  # shards of the stream read (or passed over: none of their examples is needed)
         for n, (batch, window) in enumerate(zip(batches, ready)):
             while done < min((window + 1) * stream.window, len(stream.shards)):
-                shard = stream.shards[done]
+                if wanted[done]:
+                    following = next((stream.shards[i] for i in to_read if i > done), None)
+                    pending.update(self.dataset.read_shard(stream.shards[done], wanted[done], then=following))
                 done += 1
-                wanted = needed.intersection(self.dataset.members(shard).tolist())
-                if wanted:
-                    pending.update(self.dataset.read_shard(shard, wanted))
             if reseed is not None:
                 _seed_all(int(np.random.SeedSequence([*reseed, first + n]).generate_state(1)[0]))
             yield collate([self._example(i, pending.pop(i)) for i in batch.tolist()])
