@@ -32,6 +32,7 @@ from framework.trainer.checkpoint import (
     AVERAGED,
     Checkpointer,
     load_checkpoint,
+    materialize,
     save_verified,
     written_by_average,
     written_by_training,
@@ -89,7 +90,7 @@ def average(run_dir: str | Path, last: int | None = None, best: int | None = Non
         raise UserError(f"{checkpointer.directory} holds {len(chosen)} checkpoint(s) for {what}; keep more while "
                         f"training (trainer.checkpoint.keep_last / keep_best) or average fewer")
     chosen = sorted(chosen, key=lambda e: e["step"])  # the newest last: its other state is kept
-    states = [load_checkpoint(checkpointer.directory / e["file"]) for e in chosen]
+    states = [materialize(load_checkpoint(checkpointer.directory / e["file"])) for e in chosen]
     averaged = average_states(states)
     path = checkpointer.directory / AVERAGED
     save_verified(averaged, path)

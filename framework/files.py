@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,7 +27,10 @@ def remove_leftovers(directory: Path, owned: Callable[[str], bool]) -> None:
     ``owned(name)`` left behind; the caller makes sure that no running process writes them."""
     for tmp in sorted(directory.glob(".*.tmp")):
         if owned(tmp.name[1:-len(".tmp")]):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir():  # a folder written as a whole (a sharded checkpoint's)
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             log.warning("removed %s, left by a write that was killed", tmp)
 
 

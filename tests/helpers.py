@@ -57,8 +57,11 @@ def index_of(run_dir: Path) -> list[dict]:
 
 
 def newest_state(run_dir: Path) -> dict:
+    """The newest checkpoint's state, verified, sharded parts read whole."""
+    from framework.trainer.checkpoint import load_checkpoint, materialize
+
     last = max(index_of(run_dir), key=lambda e: e["step"])
-    return torch.load(run_dir / "checkpoints" / last["file"], weights_only=True)
+    return materialize(load_checkpoint(run_dir / "checkpoints" / last["file"]))
 
 
 def metrics_of(run_dir: Path) -> dict:

@@ -22,7 +22,7 @@ import torch
 
 from framework.data.collate import SkippedExample
 from framework.data.hdf5 import HDF5Dataset, HDF5FormatError, HDF5Writer
-from framework.trainer.checkpoint import Checkpointer, CheckpointWriteError
+from framework.trainer.checkpoint import Checkpointer, CheckpointWriteError, materialize
 from tests.conftest import run_cli
 from tests.helpers import (
     ENV,
@@ -296,6 +296,24 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_earlier_checkpoints(tra
     assert not list(run_dir.rglob(".*.tmp"))
     kept = Checkpointer(run_dir / "checkpoints")
     assert kept.index() and kept.load_latest() is not None  # the newest complete one loads and verifies
+
+
+def test_a_full_disk_under_a_sharded_checkpoint_is_one_line_and_keeps_the_earlier_one(small_disk):
+    """The folder torch.distributed.checkpoint writes (trainer.strategy=fsdp), in one process."""
+    ck = Checkpointer(small_disk / "checkpoints")
+    for step, size in ((1, 1000), (2, 600_000)):  # the second does not fit the 1.2 MB disk
+        try:
+            shards = ck.save_shards({"model": {"w": torch.zeros(size)}}, step)
+        except CheckpointWriteError as exc:
+            message = str(exc)
+            break
+        ck.save({"progress": {"step": step}, "shards": shards, "model": {"sharded": "model"}}, step)
+    assert message.startswith(f"cannot write {small_disk}/checkpoints/ckpt-000000002.dcp: rank 0: ")
+    assert "as on a full disk" in message and "earlier checkpoints are intact" in message and "\n" not in message
+    assert sorted(p.name for p in (small_disk / "checkpoints").iterdir()) == [
+        "ckpt-000000001.dcp", "ckpt-000000001.pt", "ckpt-000000001.pt.sha256", "index.json"]
+    path, state = ck.load_latest()
+    assert path.name == "ckpt-000000001.pt" and materialize(state)["model"]["w"].shape == (1000,)
 
 
 def test_a_failed_checkpoint_write_names_the_cause_and_leaves_no_partial_file(tmp_path, monkeypatch):

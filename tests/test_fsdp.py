@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from framework.trainer.checkpoint import Checkpointer, CheckpointError, load_checkpoint, materialize
 from tests.conftest import TINY, run_cli
 from tests.helpers import (
     ENV,
@@ -50,20 +51,62 @@ def test_a_checkpoint_of_two_sharded_ranks_continues_in_one_process(data_dir, tm
     torchrun(["-m", "framework.train", *args, "trainer.strategy=fsdp", "trainer.precision=bf16",
               "trainer.activation_checkpointing=[rnns]"], cwd=tmp_path)
     assert "sharded over 2 ranks" in (run_dir / "train.log").read_text()
+    # sharded: each rank wrote its own shards of the model and optimizer; the .pt holds neither
+    pt = run_dir / "checkpoints" / index_of(run_dir)[-1]["file"]
+    shards = pt.with_suffix(".dcp")
+    assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    raw = torch.load(pt, weights_only=True)
+    assert raw["model"] == {"sharded": "model"} and raw["optimizer"] == {"sharded": "optimizer"}
+    assert sorted(raw["shards"]["sha256"]) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    # read whole in one process: the model a single process trains, the optimizer state by name
     state = newest_state(run_dir)
-    # written as one process writes it: the whole model, the optimizer state indexed by position
     run_cli("framework.train", [*args, f"hydra.run.dir={tmp_path}/single"], cwd=tmp_path)
     reference = newest_state(tmp_path / "single")
     assert {k: v.shape for k, v in state["model"].items()} == {k: v.shape for k, v in reference["model"].items()}
-    assert sorted(state["optimizer"]["state"]) == sorted(reference["optimizer"]["state"])
-    assert [g["params"] for g in state["optimizer"]["param_groups"]] == \
-        [g["params"] for g in reference["optimizer"]["param_groups"]]
+    assert sorted(state["optimizer"]["state"]) == sorted(state["optimizer"]["param_groups"][0]["params"])
+    assert len(state["optimizer"]["state"]) == len(reference["optimizer"]["state"])
+    assert set(state["optimizer"]["state"]) <= set(reference["model"])
+
+    # a damaged shard file is a damaged checkpoint, named with the file
+    shard = shards / "__1_0.distcp"
+    intact = shard.read_bytes()
+    shard.write_bytes(intact[:100] + bytes([intact[100] ^ 0xFF]) + intact[101:])
+    with pytest.raises(CheckpointError, match=f"is damaged: {shard}, one of its shards, differs"):
+        load_checkpoint(pt)
+    shard.write_bytes(intact)
 
     run_cli("framework.train", [*args, "trainer.max_epochs=2", "trainer.resume=auto"], cwd=tmp_path)
     log = (run_dir / "train.log").read_text()
     assert "resumed from" in log and "epoch 2/2" in log
     assert index_of(run_dir)[-1]["epoch"] == 2
     assert len(metrics_of(run_dir)["history"]) == 2
+
+
+def test_sharded_checkpoints_are_verified_pruned_and_their_leftovers_removed(tmp_path):
+    """The files of sharded checkpoints, written in one process (torch.distributed.checkpoint
+    without a process group), through the Checkpointer as training uses it."""
+    directory = tmp_path / "checkpoints"
+
+    def save(checkpointer: Checkpointer, step: int) -> None:
+        shards = checkpointer.save_shards({"model": {"w": torch.full((3,), float(step))}}, step)
+        checkpointer.save({"progress": {"step": step}, "shards": shards, "model": {"sharded": "model"}}, step)
+
+    (directory / ".ckpt-000000007.dcp.tmp").mkdir(parents=True)  # a write killed mid-way
+    (directory / ".ckpt-000000007.dcp.tmp" / "__0_0.distcp").write_bytes(b"partial")
+    (directory / "ckpt-000000005.dcp").mkdir()  # written, then killed before its .pt
+    checkpointer = Checkpointer(directory, keep_last=2, keep_best=0)
+    for step in (1, 2, 3):
+        save(checkpointer, step)
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "ckpt-000000002.dcp", "ckpt-000000002.pt", "ckpt-000000002.pt.sha256",
+        "ckpt-000000003.dcp", "ckpt-000000003.pt", "ckpt-000000003.pt.sha256", "index.json"]
+    assert torch.equal(materialize(load_checkpoint(directory / "ckpt-000000003.pt"))["model"]["w"], torch.full((3,), 3.0))
+
+    (directory / "ckpt-000000003.dcp" / "__0_0.distcp").unlink()
+    with pytest.raises(CheckpointError, match="ckpt-000000003.dcp/__0_0.distcp, one of its shards, is missing"):
+        load_checkpoint(directory / "ckpt-000000003.pt")
+    path, state = checkpointer.load_latest()  # falls back past it, as past any damaged checkpoint
+    assert path.name == "ckpt-000000002.pt" and torch.equal(materialize(state)["model"]["w"], torch.full((3,), 2.0))
 
 
 @pytest.mark.slow  # ~60 s: two torchrun trainings and a resumed one (DDP's twin runs in the fast suite)
@@ -97,3 +140,8 @@ def test_what_sharding_does_not_do_is_refused_before_the_run(tmp_path):
     assert proc.returncode == 2
     assert one_line(proc.stderr) == ("error: trainer.ema_decay with trainer.strategy=fsdp: the weight average is not "
                                      "sharded; use trainer.strategy=ddp for it")
+    proc = run_cli("framework.train", [*TINY, "trainer.strategy=fsdp", "logger.upload_checkpoint=true",
+                                       f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert one_line(proc.stderr).startswith("error: logger.upload_checkpoint with trainer.strategy=fsdp: a sharded "
+                                            "checkpoint is a folder")

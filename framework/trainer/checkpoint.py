@@ -9,6 +9,16 @@ arbitrary object is ever unpickled. ``index.json`` records each checkpoint's ste
 and validation metrics for choosing the best one; a damaged index is rebuilt from the files.
 The temporary files of a write that was killed (SIGKILL) are removed by the next writer of
 those names: training before its first checkpoint, ``framework.average`` when it starts.
+
+Sharded runs (``trainer.strategy=fsdp``) keep the model and the optimizer out of the file:
+every rank writes its own shards of them with ``torch.distributed.checkpoint`` into the
+folder ``ckpt-<step>.dcp`` beside it (:meth:`Checkpointer.save_shards`), and
+``ckpt-<step>.pt``, written last, records each of the folder's files with its SHA-256 and
+holds a :class:`Shards` reference in those parts' places. So a checkpoint is complete when
+its ``.pt`` exists, and verified as a whole. A sharded part is read back either into a
+sharded model at any world size (:meth:`Shards.load_into`, each rank reading what it
+holds) or whole (:meth:`Shards.read`, one process: evaluation, export, averaging, a run
+that continues without sharding).
 """
 
 from __future__ import annotations
@@ -16,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,16 +39,20 @@ import numpy as np
 import torch
 
 from framework.errors import UserError
-from framework.files import remove_leftovers, sha256_of, write_atomic
+from framework.files import remove_leftovers, sha256_of, temporary_path, write_atomic
 
 log = logging.getLogger(__name__)
 CKPT_NAME = re.compile(r"ckpt-(\d+)\.pt$")
+SHARDS_NAME = re.compile(r"ckpt-(\d+)\.dcp$")  # the folder of a sharded checkpoint's model and optimizer
+SHARDS = "shards"  # the key of ckpt-*.pt that lists the folder's files
+SHARDED = "sharded"  # a part's value in ckpt-*.pt when its state is in the folder: {"sharded": <its key there>}
 AVERAGED = "averaged.pt"  # what framework.average writes beside the checkpoints
 
 
 def written_by_training(name: str) -> bool:
     """Checkpoints, their checksums and the index: the files of a checkpoint folder training writes."""
-    return name == "index.json" or CKPT_NAME.fullmatch(name.removesuffix(".sha256")) is not None
+    return name == "index.json" or CKPT_NAME.fullmatch(name.removesuffix(".sha256")) is not None or \
+        SHARDS_NAME.fullmatch(name) is not None
 
 
 def written_by_average(name: str) -> bool:
@@ -49,6 +65,56 @@ class CheckpointError(UserError):
 
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (disk full, no permission); earlier ones are intact."""
+
+
+@dataclass(frozen=True)
+class Shards:
+    """A sharded part of a checkpoint: the key ``key`` of the ``torch.distributed.checkpoint``
+    folder ``folder`` (verified when the checkpoint was loaded)."""
+
+    folder: Path
+    key: str
+
+    def read(self) -> Any:
+        """The whole state, in this process alone (whatever the number of ranks that wrote it)."""
+        from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+        # what torch.distributed.checkpoint.format_utils.dcp_to_torch_save reads, for one key
+        state: dict[str, Any] = {}
+        _load_state_dict(state, storage_reader=FileSystemReader(self.folder),
+                         planner=_EmptyStateDictLoadPlanner(keys={self.key}), no_dist=True)
+        return state[self.key]
+
+    def load_into(self, template: Any) -> None:
+        """Fills ``template`` (a state dict of this rank's shards, e.g. from
+        ``get_model_state_dict``) in place; collective when a process group is up."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        try:
+            dcp.load({self.key: template}, checkpoint_id=str(self.folder))
+        except CheckpointException as exc:  # a BaseException: it would pass every handler
+            raise CheckpointError(f"cannot load {self.key} from {self.folder}: {_dcp_failure(exc)}") from None
+
+
+def _dcp_failure(exc: BaseException) -> str:
+    """What went wrong on each rank, in one line (torch.distributed.checkpoint gathers the
+    ranks' errors, tracebacks included)."""
+    failures = getattr(exc, "failures", None) or {0: (exc, None)}
+    said = []
+    for rank, (error, _) in sorted(failures.items()):
+        text = (str(error).strip().splitlines() or [""])[0]
+        if "unexpected pos" in text:  # torch's zip writer hides the OS error (ENOSPC)
+            text = "a write failed part-way, as on a full disk"
+        said.append(f"rank {rank}: {type(error).__name__}: {text}")
+    return "; ".join(said)
+
+
+def materialize(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every :class:`Shards` part read whole: a checkpoint state that stands alone."""
+    return {k: v.read() if isinstance(v, Shards) else v for k, v in state.items() if k != SHARDS}
 
 
 class _HashingWriter:
@@ -203,6 +269,43 @@ class Checkpointer:
         write_hashed(self.index_path, lambda f: f.write(json.dumps(entries, indent=1).encode()))
         return path
 
+    def save_shards(self, parts: dict[str, Any], step: int) -> dict[str, Any] | None:
+        """Every rank's shards of ``parts`` (state dicts of DTensors) written with
+        ``torch.distributed.checkpoint`` into ``ckpt-<step>.dcp`` (call on every rank): under a
+        temporary name, each rank hashing the files it wrote, then renamed into place by rank
+        0. Returns, on rank 0, what ``ckpt-<step>.pt`` records of them (None elsewhere)."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        from framework.trainer.distributed import barrier, gather_objects, is_enabled
+
+        rank = dist.get_rank() if is_enabled() else 0
+        folder = self.directory / f"ckpt-{step:09d}.dcp"
+        tmp = temporary_path(folder)
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        try:
+            dcp.save(parts, checkpoint_id=str(tmp))  # every rank's errors reach every rank
+        except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointWriteError(f"cannot write {folder}: {_dcp_failure(exc)} "
+                                       f"({_mb(shutil.disk_usage(self.directory).free)} free on that disk); earlier "
+                                       "checkpoints are intact: free space or set trainer.checkpoint.keep_last lower, "
+                                       "then resume with trainer.resume=auto") from None
+        mine = {p.name: sha256_of(p) for p in sorted(tmp.glob(f"__{rank}_*.distcp"))}
+        if rank == 0:
+            mine[".metadata"] = sha256_of(tmp / ".metadata")
+        digests = {name: digest for part in gather_objects(mine) for name, digest in part.items()}
+        if rank != 0:
+            return None
+        shutil.rmtree(folder, ignore_errors=True)  # a checkpoint of this step written before (a rerun)
+        os.replace(tmp, folder)
+        return {"folder": folder.name, "sha256": digests}
+
     def ranked(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         scored = [e for e in entries if self.monitor in e.get("metrics", {})]
         return sorted(scored, key=lambda e: e["metrics"][self.monitor], reverse=self.mode == "max")
@@ -217,6 +320,9 @@ class Checkpointer:
         for sidecar in self.directory.glob("ckpt-*.pt.sha256"):
             if sidecar.name.removesuffix(".sha256") not in keep:
                 sidecar.unlink(missing_ok=True)
+        for folder in self.directory.glob("ckpt-*.dcp"):  # with those pruned, and any whose .pt was never written
+            if SHARDS_NAME.fullmatch(folder.name) and folder.with_suffix(".pt").name not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
         return [e for e in by_step if e["file"] in keep]
 
     def check_monitored(self, metrics: dict[str, float]) -> None:
@@ -300,9 +406,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise CheckpointError(f"checkpoint {path} is damaged: its SHA-256 differs from the one recorded when it "
                                   f"was written ({sidecar.name})")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, not a checkpoint at all
         raise CheckpointError(_load_failure(path, exc)) from exc
+    return _with_shards(state, path) if isinstance(state, dict) and SHARDS in state else state
+
+
+def _with_shards(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A sharded checkpoint's state, its folder's files verified, its sharded parts as :class:`Shards`."""
+    folder = path.parent / state[SHARDS]["folder"]
+    for name, digest in sorted(state[SHARDS]["sha256"].items()):
+        if not (folder / name).is_file():
+            raise CheckpointError(f"checkpoint {path} is damaged: {folder / name}, one of its shards, is missing")
+        if sha256_of(folder / name) != digest:
+            raise CheckpointError(f"checkpoint {path} is damaged: {folder / name}, one of its shards, differs from the "
+                                  "SHA-256 recorded when it was written")
+    return {k: Shards(folder, v[SHARDED]) if isinstance(v, dict) and set(v) == {SHARDED} else v
+            for k, v in state.items()}
 
 
 def _load_failure(path: Path, exc: Exception) -> str:

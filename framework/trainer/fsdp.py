@@ -10,11 +10,11 @@ Mixed precision is autocast's, as under DDP: parameters are gathered and gradien
 in fp32. (FSDP's own bf16 parameter policy would run batch-norm layers with bf16 weights
 beside fp32 running statistics, which the CPU kernels refuse.)
 
-Checkpoints stay the run's ordinary single files, written by rank 0: the model's and the
-optimizer's full states are gathered through ``torch.distributed.checkpoint.state_dict``
-and stored exactly as a single process stores them (the optimizer's state indexed by
-parameter position), so a checkpoint written by N sharded ranks loads in one process, under
-DDP or at another world size, and the other way round.
+Checkpoints are sharded: every rank writes its own shards of the model and the optimizer
+with ``torch.distributed.checkpoint`` (:mod:`framework.trainer.checkpoint`, parts in
+:mod:`framework.trainer.model_state`), nothing is gathered; a checkpoint written by N
+sharded ranks loads at another world size, in one process, or under DDP, and the other way
+round.
 
 Evaluation gathers every unit's parameters once for the whole pass (:func:`unsharded`):
 evaluation shards the data without duplicates, so ranks may run different numbers of
@@ -27,7 +27,6 @@ import contextlib
 import fnmatch
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from torch import nn
@@ -89,17 +88,23 @@ def _no_reduce(model: nn.Module) -> Iterator[None]:
         model.set_requires_gradient_sync(True)
 
 
+def share_rank0_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers on every rank (collective)."""
+    import torch.distributed as dist
+
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 @contextlib.contextmanager
 def unsharded(module: nn.Module) -> Iterator[None]:
     """Every unit's parameters gathered for the block (no collective inside it), and rank
     0's buffers on every rank: FSDP does not synchronise buffers as DDP does, so each rank's
     batch-norm statistics follow its own batches, and evaluation, like a checkpoint, uses
     rank 0's."""
-    import torch.distributed as dist
     from torch.distributed.fsdp import FSDPModule
 
-    for buffer in module.buffers():
-        dist.broadcast(buffer, src=0)
+    share_rank0_buffers(module)
     units = [m for m in module.modules() if isinstance(m, FSDPModule)]
     for m in units:
         m.set_reshard_after_forward(False, recurse=False)
@@ -110,61 +115,3 @@ def unsharded(module: nn.Module) -> Iterator[None]:
         for m in units:
             m.reshard()
             m.set_reshard_after_forward(True, recurse=False)
-
-
-def _full(rank0_only: bool):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    # saving: gathered onto rank 0's CPU (the others get nothing); loading: every rank holds it all
-    return StateDictOptions(full_state_dict=True, cpu_offload=rank0_only)
-
-
-class ShardedModelState:
-    """The model as a checkpoint part: its full state (call on every rank)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        return get_model_state_dict(self.module, options=_full(True))
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-        set_model_state_dict(self.module, state, options=_full(False))
-
-
-class ShardedOptimizerState:
-    """The optimizer as a checkpoint part, in the format of ``optimizer.state_dict()`` (state
-    keyed by parameter position across the groups), whatever the world size."""
-
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.module, self.optimizer = module, optimizer
-
-    def names(self) -> list[str]:
-        by_id = {id(p): name for name, p in self.module.named_parameters()}
-        return [by_id[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
-
-    def state_dict(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        full = get_optimizer_state_dict(self.module, self.optimizer, options=_full(True))
-        if not full:  # not rank 0
-            return {}
-        position = {name: i for i, name in enumerate(self.names())}
-        return {"state": {position[name]: s for name, s in full["state"].items()},
-                "param_groups": [{**g, "params": [position[n] for n in g["params"]]} for g in full["param_groups"]]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-        names = self.names()
-        try:
-            full = {"state": {names[int(i)]: s for i, s in state["state"].items()},
-                    "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]}
-                                     for g in state["param_groups"]]}
-        except IndexError:
-            raise ValueError("the optimizer state holds more parameters than this model") from None
-        set_optimizer_state_dict(self.module, self.optimizer, full, options=_full(False))

@@ -28,7 +28,7 @@ from torch import nn
 
 from framework.errors import UserError
 from framework.files import write_text_atomic
-from framework.trainer.checkpoint import AVERAGED, Checkpointer, load_checkpoint
+from framework.trainer.checkpoint import AVERAGED, Checkpointer, load_checkpoint, materialize
 from framework.trainer.state import upgrade
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def source_checkpoint(source: str | Path) -> Path:
 
 def source_weights(path: Path) -> dict[str, torch.Tensor]:
     """The evaluation weights a checkpoint holds (its weight average, when it kept one)."""
-    state = upgrade(load_checkpoint(path), path)
+    state = materialize(upgrade(load_checkpoint(path), path))
     if "model" not in state:
         raise UserError(f"trainer.init_from={path}: the checkpoint holds no model weights")
     weights = dict(state["model"])

@@ -27,7 +27,8 @@ from framework.models import count_parameters, trainable_parameters
 from framework.trainer.distributed import DistEnv
 from framework.trainer.ema import WeightEMA
 from framework.trainer.freeze import Freezer
-from framework.trainer.fsdp import ShardedModelState, ShardedOptimizerState, gradient_sync, is_sharded, unsharded
+from framework.trainer.fsdp import gradient_sync, is_sharded, unsharded
+from framework.trainer.model_state import ModelState, OptimizerState
 from framework.trainer.optim import build_optimizer, build_scheduler
 from framework.trainer.precision import BufferSnapshot, Precision
 from framework.trainer.state import ModelConfig, Progress, TrainState
@@ -51,13 +52,12 @@ class Optimization:
         self.ema = WeightEMA(module, options.ema_decay) if options.ema_decay else None
         self.scheduler: Any = None  # planned once the steps per epoch are known
         self.buffers = BufferSnapshot(module)
-        sharded = is_sharded(module)  # fsdp: the full states gathered, saved as a single process saves them
         state.model_config = ModelConfig(cfg.model)
-        state.add_recoverable("model", ShardedModelState(module) if sharded else module, weights=True)
+        state.add_recoverable("model", ModelState(module), weights=True)
         if self.ema is not None:
             state.add_recoverable("ema", self.ema, weights=True)
         state.add_recoverable("freeze", self.freezer)  # before the optimizer: unfreezing adds it a group
-        state.add_recoverable("optimizer", ShardedOptimizerState(module, self.optimizer) if sharded else self.optimizer)
+        state.add_recoverable("optimizer", OptimizerState(module, self.optimizer))
         state.add_recoverable("scaler", precision)
 
     def wrap(self) -> None:

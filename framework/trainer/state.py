@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from omegaconf import DictConfig, OmegaConf
 
 from framework.errors import UserError
-from framework.trainer.checkpoint import Checkpointer, CheckpointError, rng_state, set_rng_state
+from framework.trainer.checkpoint import SHARDED, SHARDS, Checkpointer, CheckpointError, rng_state, set_rng_state
 from framework.trainer.distributed import barrier, gather_objects
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,13 @@ class TrainState:
         return state
 
     def save(self, metrics: dict[str, float] | None = None) -> None:
-        """A checkpoint of every part (call on every rank; rank 0 writes it), scored by the
-        validation ``metrics`` when given."""
+        """A checkpoint of every part (call on every rank; rank 0 writes it, every rank its
+        shards of the parts marked ``sharded``), scored by the validation ``metrics`` when given."""
         state = self.state_dict()
+        sharded = {name: state.pop(name) for name in list(state) if getattr(self.parts.get(name), "sharded", False)}
+        if sharded:
+            shards = self.files.save_shards(sharded, self.progress.step)
+            state.update({SHARDS: shards, **{name: {SHARDED: name} for name in sharded}})
         if self.is_main:
             path = self.files.save(state, self.progress.step, metrics)
             log.info("checkpoint %s (epoch %d, step %d)", path.name, self.progress.epoch, self.progress.step)
