@@ -80,6 +80,13 @@ def test_a_checkpoint_of_two_sharded_ranks_continues_in_one_process(data_dir, tm
     assert "resumed from" in log and "epoch 2/2" in log
     assert index_of(run_dir)[-1]["epoch"] == 2
     assert len(metrics_of(run_dir)["history"]) == 2
+    assert not (run_dir / "checkpoints" / index_of(run_dir)[-1]["file"]).with_suffix(".dcp").exists()  # one file
+
+    # and the other way: the one-process checkpoint continues sharded over 2 ranks
+    torchrun(["-m", "framework.train", *args, "trainer.max_epochs=3", "trainer.resume=auto", "trainer.strategy=fsdp",
+              "trainer.precision=bf16", "trainer.activation_checkpointing=[rnns]"], cwd=tmp_path)
+    assert index_of(run_dir)[-1]["epoch"] == 3 and len(metrics_of(run_dir)["history"]) == 3
+    assert (run_dir / "checkpoints" / index_of(run_dir)[-1]["file"]).with_suffix(".dcp").is_dir()
 
 
 def test_sharded_checkpoints_are_verified_pruned_and_their_leftovers_removed(tmp_path):
