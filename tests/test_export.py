@@ -21,7 +21,9 @@ import torch
 from framework.data.synthetic import letter_tone
 from framework.export import formats
 from framework.models import ConformerCTC, DeepSpeech2, WideResNet
+from framework.models.wav2vec2 import Wav2Vec2CTC
 from tests.conftest import run_cli, run_result
+from tests.test_wav2vec2 import TINY as WAV2VEC2_TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +42,9 @@ MODELS = {  # the shipped configs' kinds of layer, at test sizes
     "conformer": lambda: ConformerCTC(num_bins=40, num_classes=11, d_model=32, num_layers=2, num_heads=2,
                                       conv_kernel=7, subsampling_channels=8),
     "wideresnet": lambda: WideResNet(depth=10, widen_factor=1, num_classes=4, in_channels=1),
+    "wav2vec2": lambda: Wav2Vec2CTC(1, 11, config=WAV2VEC2_TINY),  # torchaudio's encoder, on waveforms
 }
+WAVEFORM_SAMPLES = 20  # wav2vec2's examples: this many samples for each frame a feature model gets
 
 
 def trained(name: str) -> torch.nn.Module:
@@ -56,6 +60,12 @@ def trained(name: str) -> torch.nn.Module:
 def example(name: str, lengths: list[int]) -> tuple[torch.Tensor, ...]:
     if name == "wideresnet":  # images: the batch size varies (an image's size is fixed in an export)
         return (torch.randn(len(lengths), 1, 16, 16),)
+    if name == "wav2vec2":
+        lengths = [n * WAVEFORM_SAMPLES for n in lengths]
+        x = torch.randn(len(lengths), max(lengths))
+        for i, n in enumerate(lengths):
+            x[i, n:] = 0
+        return x, torch.tensor(lengths)
     x = torch.randn(len(lengths), max(lengths), 40)
     for i, n in enumerate(lengths):
         x[i, n:] = 0
@@ -129,7 +139,8 @@ def test_every_model_exports_with_the_eager_outputs_at_every_length(name, fmt, t
         if len(xs) == 1:
             return module(xs[0], torch.tensor([16] * len(xs[0])))
         x, lengths = xs
-        x = torch.nn.functional.pad(x, (0, 0, 0, max(0, pad_to - x.shape[1])))  # what runners do; no change
+        short = max(0, pad_to - x.shape[1])  # what runners do; no change to the outputs
+        x = torch.nn.functional.pad(x, (0, 0, 0, short) if x.dim() == 3 else (0, short))
         return module(x, lengths)
 
     eager_and_exported(name, run)
@@ -211,6 +222,31 @@ def test_export_formats_and_int8(one_epoch_run, tmp_path):
         else:
             assert meta["quantized"] == "int8" and abs(parity["exported_cer"] - parity["pytorch_cer"]) < 0.2, parity
     assert sizes[("onnx", "int8")] < sizes[("onnx", None)]
+
+
+@pytest.mark.slow  # ~60 s: a wav2vec2 run, five exports and their parity checks
+def test_a_wav2vec2_run_exports_in_every_format_and_its_artifact_transcribes(tmp_path, data_dir):
+    """A model on waveforms (features=none) through the export command: parity of each format,
+    and the standalone artifact transcribing as the run does."""
+    config = ",".join(f"{k}:{json.dumps(v).replace(' ', '')}" for k, v in WAV2VEC2_TINY.items())
+    run_dir = tmp_path / "w2v"
+    run_cli("framework.train", ["model=wav2vec2_ctc", "features=none", f"model.config={{{config}}}",
+                                "dataset.prepare.splits={train:48,valid:16,test:16}", f"dataset.root={data_dir}/tones-tiny",
+                                "trainer.max_epochs=1", "trainer.limit_batches=3", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    for fmt, quantize in (("onnx", None), ("torch_export", None), ("torchscript", None), ("onnx", "int8"),
+                          ("torchscript", "int8")):
+        out = tmp_path / f"{fmt}-{quantize}"
+        run_cli("framework.export", [str(run_dir), "--format", fmt, "--out", str(out),
+                                     *(["--quantize", quantize] if quantize else [])], cwd=tmp_path)
+        parity = json.loads((out / "artifact.json").read_text())["parity"]
+        if quantize is None:
+            assert parity["max_abs_diff"] <= 1e-4 and parity["exported_cer"] == parity["pytorch_cer"], (fmt, parity)
+    audio = sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:2]
+    from_run = run_cli("framework.transcribe", [str(run_dir), *map(str, audio)], cwd=tmp_path).stdout
+    artifact = subprocess.run([sys.executable, str(tmp_path / "onnx-None" / "inference.py"), *map(str, audio)],
+                              cwd=tmp_path, env=isolated_env(), capture_output=True, text=True, check=True).stdout
+    assert [line.split("\t")[1] for line in from_run.splitlines()] == \
+        [line.split("\t")[1] for line in artifact.splitlines()], (from_run, artifact)
 
 
 @pytest.mark.slow

@@ -54,6 +54,7 @@ def save(graph: nn.Module, fmt: str, folder: Path, example: tuple[torch.Tensor, 
     path = folder / FORMATS[fmt]
     with torch.no_grad():
         if fmt == "torchscript":
+            fold_parametrizations(graph)
             module = quantize_dynamic(graph) if quantize else graph
             torch.jit.save(torch.jit.script(module), str(path))
         elif fmt == "torch_export":
@@ -113,6 +114,19 @@ def save_onnx(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor], path
                               extra_options={"EnableSubgraph": True})  # the recurrences' scan bodies too
     finally:
         os.remove(fp32)
+
+
+def fold_parametrizations(graph: nn.Module) -> None:
+    """Parametrized weights (wav2vec2's weight-normed positional convolution) replaced, in
+    place, by the weights they compute: the same outputs. Scripting does it to what it
+    scripts (torchaudio's ``__prepare_scriptable__``), and on a deep copy that breaks the
+    original, whose parametrized class the copy shares."""
+    from torch.nn.utils import parametrize
+
+    for module in graph.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
 
 
 def quantize_dynamic(graph: nn.Module) -> nn.Module:

@@ -140,12 +140,15 @@ def inference_graph(brain, onnx: bool = False) -> nn.Module:
     return graph.eval()
 
 
-def frame_geometry(features: FeaturePipeline, model: nn.Module) -> tuple[int, int, float]:
+def frame_geometry(features: FeaturePipeline | None, model: nn.Module) -> tuple[int, int, float]:
     """(input samples per output frame, the fewest input samples that give an output frame, the
-    sample output frame 0 is centred on) of a CTC model behind ``features``, from the model's
-    ``output_lengths`` and ``first_frame_centre``: what chunked transcription aligns its chunks
-    to and timestamps count from."""
-    hop = features.extractor.hop_length
+    sample output frame 0 is centred on) of a CTC model behind ``features`` (None: the model
+    takes waveforms), from the model's ``output_lengths`` and ``first_frame_centre``: what
+    chunked transcription aligns its chunks to and timestamps count from."""
+    hop = features.extractor.hop_length if features is not None else 1
+    if not hasattr(model, "output_lengths"):
+        raise UserError(f"{type(model).__name__} has no output_lengths(lengths): chunked transcription and export "
+                        "need it to know how many output frames an input gives (see docs/export.md)")
     frames = torch.arange(1, 20001)
     out = model.output_lengths(frames)
     stride = (frames[-1] - frames[-10001]) / (out[-1] - out[-10001]).clamp(min=1)

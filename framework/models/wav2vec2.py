@@ -66,7 +66,25 @@ class Wav2Vec2CTC(nn.Module):
         if inputs.dim() == 3:
             inputs = inputs.squeeze(-1)
         features, out_lengths = self.encoder(inputs, lengths)
+        assert out_lengths is not None  # given lengths, torchaudio returns them (and TorchScript needs to know)
         return self.head(features), out_lengths
+
+    def _convs(self) -> list[tuple[int, int]]:
+        """(kernel, stride) of each layer of the convolutional feature encoder, in samples."""
+        return [(layer.conv.kernel_size[0], layer.conv.stride[0]) for layer in self.encoder.feature_extractor.conv_layers]
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Output frames of waveforms of ``lengths`` samples (torchaudio's rule, layer by layer)."""
+        for kernel, stride in self._convs():
+            lengths = (torch.div(lengths - kernel, stride, rounding_mode="floor") + 1).clamp(min=0)
+        return lengths
+
+    def first_frame_centre(self) -> float:
+        """The sample output frame 0 is centred on: the middle of its receptive field."""
+        span, step = 1, 1
+        for kernel, stride in self._convs():
+            span, step = span + (kernel - 1) * step, step * stride
+        return (span - 1) / 2
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -78,13 +78,20 @@ class Shards:
     def read(self) -> Any:
         """The whole state, in this process alone (whatever the number of ranks that wrote it)."""
         from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint.api import CheckpointException
         from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
         from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
         # what torch.distributed.checkpoint.format_utils.dcp_to_torch_save reads, for one key
         state: dict[str, Any] = {}
-        _load_state_dict(state, storage_reader=FileSystemReader(self.folder),
-                         planner=_EmptyStateDictLoadPlanner(keys={self.key}), no_dist=True)
+        try:
+            _load_state_dict(state, storage_reader=FileSystemReader(self.folder),
+                             planner=_EmptyStateDictLoadPlanner(keys={self.key}), no_dist=True)
+        except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
+            raise CheckpointError(f"cannot read {self.key} from {self.folder}: {_dcp_failure(exc)}") from None
+        if self.key not in state:
+            raise CheckpointError(f"{self.folder} holds no {self.key}: the checkpoint and its shards come from "
+                                  "different writes")
         return state[self.key]
 
     def load_into(self, template: Any) -> None:
