@@ -53,9 +53,9 @@ def test_a_checkpoint_of_two_sharded_ranks_continues_in_one_process(data_dir, tm
     assert "sharded over 2 ranks" in (run_dir / "train.log").read_text()
     # sharded: each rank wrote its own shards of the model and optimizer; the .pt holds neither
     pt = run_dir / "checkpoints" / index_of(run_dir)[-1]["file"]
-    shards = pt.with_suffix(".dcp")
-    assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     raw = torch.load(pt, weights_only=True)
+    shards = pt.parent / raw["shards"]["folder"]
+    assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert raw["model"] == {"sharded": "model"} and raw["optimizer"] == {"sharded": "optimizer"}
     assert sorted(raw["shards"]["sha256"]) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     # read whole in one process: the model a single process trains, the optimizer state by name
@@ -80,13 +80,13 @@ def test_a_checkpoint_of_two_sharded_ranks_continues_in_one_process(data_dir, tm
     assert "resumed from" in log and "epoch 2/2" in log
     assert index_of(run_dir)[-1]["epoch"] == 2
     assert len(metrics_of(run_dir)["history"]) == 2
-    assert not (run_dir / "checkpoints" / index_of(run_dir)[-1]["file"]).with_suffix(".dcp").exists()  # one file
+    assert index_of(run_dir)[-1]["shards"] is None  # one file
 
     # and the other way: the one-process checkpoint continues sharded over 2 ranks
     torchrun(["-m", "framework.train", *args, "trainer.max_epochs=3", "trainer.resume=auto", "trainer.strategy=fsdp",
               "trainer.precision=bf16", "trainer.activation_checkpointing=[rnns]"], cwd=tmp_path)
     assert index_of(run_dir)[-1]["epoch"] == 3 and len(metrics_of(run_dir)["history"]) == 3
-    assert (run_dir / "checkpoints" / index_of(run_dir)[-1]["file"]).with_suffix(".dcp").is_dir()
+    assert (run_dir / "checkpoints" / index_of(run_dir)[-1]["shards"]).is_dir()
 
 
 def test_sharded_checkpoints_are_verified_pruned_and_their_leftovers_removed(tmp_path):
@@ -94,26 +94,42 @@ def test_sharded_checkpoints_are_verified_pruned_and_their_leftovers_removed(tmp
     without a process group), through the Checkpointer as training uses it."""
     directory = tmp_path / "checkpoints"
 
-    def save(checkpointer: Checkpointer, step: int) -> None:
-        shards = checkpointer.save_shards({"model": {"w": torch.full((3,), float(step))}}, step)
+    def save(checkpointer: Checkpointer, step: int, value: float) -> str:
+        shards = checkpointer.save_shards({"model": {"w": torch.full((3,), value)}}, step)
         checkpointer.save({"progress": {"step": step}, "shards": shards, "model": {"sharded": "model"}}, step)
+        return shards["folder"]
 
-    (directory / ".ckpt-000000007.dcp.tmp").mkdir(parents=True)  # a write killed mid-way
-    (directory / ".ckpt-000000007.dcp.tmp" / "__0_0.distcp").write_bytes(b"partial")
-    (directory / "ckpt-000000005.dcp").mkdir()  # written, then killed before its .pt
+    def weights(step: int) -> torch.Tensor:
+        return materialize(load_checkpoint(directory / f"ckpt-{step:09d}.pt"))["model"]["w"]
+
+    (directory / ".ckpt-000000007.0badcafe.dcp.tmp").mkdir(parents=True)  # a write killed mid-way
+    (directory / ".ckpt-000000007.0badcafe.dcp.tmp" / "__0_0.distcp").write_bytes(b"partial")
+    (directory / "ckpt-000000005.0badcafe.dcp").mkdir()  # written, then killed before its .pt
     checkpointer = Checkpointer(directory, keep_last=2, keep_best=0)
-    for step in (1, 2, 3):
-        save(checkpointer, step)
-    assert sorted(p.name for p in directory.iterdir()) == [
-        "ckpt-000000002.dcp", "ckpt-000000002.pt", "ckpt-000000002.pt.sha256",
-        "ckpt-000000003.dcp", "ckpt-000000003.pt", "ckpt-000000003.pt.sha256", "index.json"]
-    assert torch.equal(materialize(load_checkpoint(directory / "ckpt-000000003.pt"))["model"]["w"], torch.full((3,), 3.0))
+    folders = [save(checkpointer, step, float(step)) for step in (1, 2, 3)]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [folders[1], "ckpt-000000002.pt", "ckpt-000000002.pt.sha256",
+         folders[2], "ckpt-000000003.pt", "ckpt-000000003.pt.sha256", "index.json"])
+    assert torch.equal(weights(3), torch.full((3,), 3.0))
 
-    (directory / "ckpt-000000003.dcp" / "__0_0.distcp").unlink()
-    with pytest.raises(CheckpointError, match="ckpt-000000003.dcp/__0_0.distcp, one of its shards, is missing"):
+    # the same step saved again (at an epoch's end, after a periodic checkpoint): a new folder,
+    # the one before kept until the .pt that names the new one is in place, then removed
+    again = save(checkpointer, 3, 30.0)
+    assert again != folders[2] and not (directory / folders[2]).exists()
+    assert torch.equal(weights(3), torch.full((3,), 30.0))
+
+    (directory / again / "__0_0.distcp").unlink()
+    with pytest.raises(CheckpointError, match=f"{again}/__0_0.distcp, one of its shards, is missing"):
         load_checkpoint(directory / "ckpt-000000003.pt")
     path, state = checkpointer.load_latest()  # falls back past it, as past any damaged checkpoint
     assert path.name == "ckpt-000000002.pt" and torch.equal(materialize(state)["model"]["w"], torch.full((3,), 2.0))
+
+    # an index rebuilt from the files (no folder names in it): each kept .pt says which is its
+    (directory / "index.json").write_text("not json")
+    (directory / "ckpt-000000003.0badcafe.dcp").mkdir()
+    save(checkpointer, 4, 4.0)
+    assert not (directory / "ckpt-000000003.0badcafe.dcp").exists() and (directory / again).is_dir()
+    assert not (directory / folders[1]).exists()  # step 2 pruned (keep_last=2), its folder with it
 
 
 @pytest.mark.slow  # ~60 s: two torchrun trainings and a resumed one (DDP's twin runs in the fast suite)

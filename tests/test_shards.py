@@ -385,6 +385,18 @@ def test_each_shard_is_one_request_and_the_next_downloads_while_one_is_read(shar
     assert max(in_flight) == 2, requests
 
 
+def test_a_stream_stopped_early_lets_go_of_the_shard_fetched_ahead(shards):
+    sampler = DynamicBatchSampler(ShardDataset(str(shards / "train")).lengths, max_batch_length=20.0, num_buckets=4,
+                                  seed=0)
+    with recording_server(shards) as (url, _):
+        remote = ShardDataset(f"{url}/train")
+        batches = iter(make_loader(remote, sampler, 0, 0))
+        next(batches)
+        assert remote._ahead is not None  # the next shard, downloading
+        del batches  # a time budget or a step limit ends the epoch here
+        assert remote._ahead is None
+
+
 def test_a_server_that_goes_away_mid_shard_is_one_line_naming_the_shard(shards, tmp_path):
     with recording_server(shards, cut="shard-000003.tar") as (url, _):
         proc = run_cli("framework.train", train_args(shards, tmp_path / "run", "trainer.max_epochs=1",

@@ -228,8 +228,10 @@ class ShardDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedExample:
         shard = int(self.shard_of[index])
         if self._cached is None or self._cached[0] != shard:
-            following = shard + 1 if shard + 1 < len(self.shards) else None
-            self._cached = (shard, dict(self.read_shard(shard, set(self.members(shard).tolist()), then=following)))
+            # read ahead only when the shards are being asked for in order (a scan of the corpus)
+            sequential = self._cached is not None and self._cached[0] == shard - 1 and shard + 1 < len(self.shards)
+            self._cached = (shard, dict(self.read_shard(shard, set(self.members(shard).tolist()),
+                                                        then=shard + 1 if sequential else None)))
         return self.decode(index, self._cached[1][index])
 
     def __getstate__(self) -> dict:
@@ -280,6 +282,10 @@ class ShardDataset(Dataset):
         log.warning("%s; skipped (skip_bad)", problem)
         for index in sorted(remaining, key=lambda i: int(self.position[i])):
             yield index, SkippedExample(self.ids[index], problem)
+
+    def drop_ahead(self) -> None:
+        """Forgets the shard downloaded ahead (a stream that stopped early will not read it)."""
+        self._ahead = None
 
     def _open(self, shard: int) -> BinaryIO:
         """``shard`` opened for reading: the bytes downloaded ahead if it was, else the file."""

@@ -289,18 +289,23 @@ class ShardBatches(IterableDataset):
         batches, ready = stream.batches[first:], stream.ready[first:]
         needed = set(np.concatenate(batches).tolist()) if batches else set()
         wanted = [needed.intersection(self.dataset.members(shard).tolist()) for shard in stream.shards]
-        to_read = [i for i, w in enumerate(wanted) if w]  # the shards holding batches still to come
+        following: list[int | None] = [None] * len(wanted)  # the next shard holding batches still to come
+        for i in range(len(wanted) - 2, -1, -1):
+            following[i] = stream.shards[i + 1] if wanted[i + 1] else following[i + 1]
         pending: dict[int, bytes | SkippedExample] = {}
         done = 0  # shards of the stream read (or passed over: none of their examples is needed)
-        for n, (batch, window) in enumerate(zip(batches, ready)):
-            while done < min((window + 1) * stream.window, len(stream.shards)):
-                if wanted[done]:
-                    following = next((stream.shards[i] for i in to_read if i > done), None)
-                    pending.update(self.dataset.read_shard(stream.shards[done], wanted[done], then=following))
-                done += 1
-            if reseed is not None:
-                _seed_all(int(np.random.SeedSequence([*reseed, first + n]).generate_state(1)[0]))
-            yield collate([self._example(i, pending.pop(i)) for i in batch.tolist()])
+        try:
+            for n, (batch, window) in enumerate(zip(batches, ready)):
+                while done < min((window + 1) * stream.window, len(stream.shards)):
+                    if wanted[done]:
+                        pending.update(self.dataset.read_shard(stream.shards[done], wanted[done],
+                                                               then=following[done]))
+                    done += 1
+                if reseed is not None:
+                    _seed_all(int(np.random.SeedSequence([*reseed, first + n]).generate_state(1)[0]))
+                yield collate([self._example(i, pending.pop(i)) for i in batch.tolist()])
+        finally:  # stopped early (a time budget, a step limit): the shard fetched ahead is not needed
+            self.dataset.drop_ahead()
 
     def _example(self, index: int, payload: bytes | SkippedExample):
         example = self.dataset.decode(index, payload)

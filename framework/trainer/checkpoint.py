@@ -43,7 +43,7 @@ from framework.files import remove_leftovers, sha256_of, temporary_path, write_a
 
 log = logging.getLogger(__name__)
 CKPT_NAME = re.compile(r"ckpt-(\d+)\.pt$")
-SHARDS_NAME = re.compile(r"ckpt-(\d+)\.dcp$")  # the folder of a sharded checkpoint's model and optimizer
+SHARDS_NAME = re.compile(r"ckpt-(\d+)\.[0-9a-f]{8}\.dcp$")  # a sharded checkpoint's model and optimizer
 SHARDS = "shards"  # the key of ckpt-*.pt that lists the folder's files
 SHARDED = "sharded"  # a part's value in ckpt-*.pt when its state is in the folder: {"sharded": <its key there>}
 AVERAGED = "averaged.pt"  # what framework.average writes beside the checkpoints
@@ -119,9 +119,11 @@ def _dcp_failure(exc: BaseException) -> str:
     return "; ".join(said)
 
 
-def materialize(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` with every :class:`Shards` part read whole: a checkpoint state that stands alone."""
-    return {k: v.read() if isinstance(v, Shards) else v for k, v in state.items() if k != SHARDS}
+def materialize(state: dict[str, Any], parts: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """``state`` with its :class:`Shards` parts read whole (only those named in ``parts``, the
+    others left out): a checkpoint state that stands alone."""
+    return {k: v.read() if isinstance(v, Shards) else v for k, v in state.items()
+            if k != SHARDS and (parts is None or k in parts or not isinstance(v, Shards))}
 
 
 class _HashingWriter:
@@ -271,47 +273,61 @@ class Checkpointer:
         entries = [e for e in self.index() if e["file"] != path.name]
         epoch = (state.get("progress") or {}).get("epoch", state.get("epoch"))
         entries.append({"file": path.name, "step": step, "epoch": epoch, "metrics": dict(metrics or {}),
-                        "sha256": digest})
+                        "sha256": digest, "shards": (state.get(SHARDS) or {}).get("folder")})
         entries = self._prune(entries)
         write_hashed(self.index_path, lambda f: f.write(json.dumps(entries, indent=1).encode()))
         return path
 
     def save_shards(self, parts: dict[str, Any], step: int) -> dict[str, Any] | None:
         """Every rank's shards of ``parts`` (state dicts of DTensors) written with
-        ``torch.distributed.checkpoint`` into ``ckpt-<step>.dcp`` (call on every rank): under a
-        temporary name, each rank hashing the files it wrote, then renamed into place by rank
-        0. Returns, on rank 0, what ``ckpt-<step>.pt`` records of them (None elsewhere)."""
+        ``torch.distributed.checkpoint`` into a new folder ``ckpt-<step>.<tag>.dcp`` (call on
+        every rank): under a temporary name, each rank hashing the files it wrote, then renamed
+        into place by rank 0. A folder is never replaced: a checkpoint of the same step written
+        again gets a new one, and its ``.pt`` switches to it. Returns, on rank 0, what
+        ``ckpt-<step>.pt`` records of them (None elsewhere)."""
+        import uuid
+
         import torch.distributed as dist
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.api import CheckpointException
 
-        from framework.trainer.distributed import barrier, gather_objects, is_enabled
+        from framework.trainer.distributed import broadcast_object, gather_objects, is_enabled
 
         rank = dist.get_rank() if is_enabled() else 0
-        folder = self.directory / f"ckpt-{step:09d}.dcp"
-        tmp = temporary_path(folder)
+        problem = None
         if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        barrier()
-        try:
-            dcp.save(parts, checkpoint_id=str(tmp))  # every rank's errors reach every rank
-        except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
+            folder = self.directory / f"ckpt-{step:09d}.{uuid.uuid4().hex[:8]}.dcp"
+            try:
+                temporary_path(folder).mkdir(parents=True)
+            except OSError as exc:
+                problem = exc.strerror or str(exc)
+        # every rank learns the folder and whether rank 0 could make it (no rank left waiting)
+        folder, problem = broadcast_object((folder if rank == 0 else None, problem))
+        tmp = temporary_path(folder)
+        if problem is None:
+            try:
+                dcp.save(parts, checkpoint_id=str(tmp))  # every rank's errors reach every rank
+            except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
+                problem = _dcp_failure(exc)
+        if problem is None:
+            try:
+                mine: dict[str, str] = {p.name: sha256_of(p) for p in sorted(tmp.glob(f"__{rank}_*.distcp"))}
+                if rank == 0:
+                    mine[".metadata"] = sha256_of(tmp / ".metadata")
+            except OSError as exc:
+                mine = {"": f"rank {rank}: {exc.strerror or exc}"}
+            hashed = gather_objects(mine)
+            problem = "; ".join(part[""] for part in hashed if "" in part) or None
+        if problem is not None:
             if rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointWriteError(f"cannot write {folder}: {_dcp_failure(exc)} "
-                                       f"({_mb(shutil.disk_usage(self.directory).free)} free on that disk); earlier "
-                                       "checkpoints are intact: free space or set trainer.checkpoint.keep_last lower, "
-                                       "then resume with trainer.resume=auto") from None
-        mine = {p.name: sha256_of(p) for p in sorted(tmp.glob(f"__{rank}_*.distcp"))}
-        if rank == 0:
-            mine[".metadata"] = sha256_of(tmp / ".metadata")
-        digests = {name: digest for part in gather_objects(mine) for name, digest in part.items()}
+            raise CheckpointWriteError(f"cannot write {folder}: {problem} ({_mb(shutil.disk_usage(self.directory).free)}"
+                                       " free on that disk); earlier checkpoints are intact: free space or set "
+                                       "trainer.checkpoint.keep_last lower, then resume with trainer.resume=auto")
         if rank != 0:
             return None
-        shutil.rmtree(folder, ignore_errors=True)  # a checkpoint of this step written before (a rerun)
         os.replace(tmp, folder)
-        return {"folder": folder.name, "sha256": digests}
+        return {"folder": folder.name, "sha256": {name: digest for part in hashed for name, digest in part.items()}}
 
     def ranked(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         scored = [e for e in entries if self.monitor in e.get("metrics", {})]
@@ -327,8 +343,16 @@ class Checkpointer:
         for sidecar in self.directory.glob("ckpt-*.pt.sha256"):
             if sidecar.name.removesuffix(".sha256") not in keep:
                 sidecar.unlink(missing_ok=True)
-        for folder in self.directory.glob("ckpt-*.dcp"):  # with those pruned, and any whose .pt was never written
-            if SHARDS_NAME.fullmatch(folder.name) and folder.with_suffix(".pt").name not in keep:
+        # shard folders no kept checkpoint names: those pruned, replaced at the same step, or
+        # written by a process killed before its .pt; a kept .pt that cannot say keeps its step's
+        folders = [f for f in self.directory.glob("ckpt-*.dcp") if SHARDS_NAME.fullmatch(f.name)]
+        live, unsure = set(), set()
+        for e in entries if folders else []:
+            if e["file"] in keep:
+                named = e["shards"] if "shards" in e else _shards_named_by(self.directory / e["file"])
+                (unsure.add(e["step"]) if named is False else live.add(named))
+        for folder in folders:
+            if folder.name not in live and int(SHARDS_NAME.fullmatch(folder.name).group(1)) not in unsure:
                 shutil.rmtree(folder, ignore_errors=True)
         return [e for e in by_step if e["file"] in keep]
 
@@ -419,10 +443,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return _with_shards(state, path) if isinstance(state, dict) and SHARDS in state else state
 
 
+def _shards_named_by(path: Path) -> str | None | bool:
+    """The shard folder the checkpoint ``path`` names (None: none), or False when it cannot be
+    read (memory-mapped: only its small parts are read)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return (state.get(SHARDS) or {}).get("folder")
+    except Exception:  # damaged: whatever it named is kept
+        return False
+
+
 def _with_shards(state: dict[str, Any], path: Path) -> dict[str, Any]:
     """A sharded checkpoint's state, its folder's files verified, its sharded parts as :class:`Shards`."""
-    folder = path.parent / state[SHARDS]["folder"]
-    for name, digest in sorted(state[SHARDS]["sha256"].items()):
+    try:
+        folder, digests = path.parent / state[SHARDS]["folder"], dict(state[SHARDS]["sha256"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"checkpoint {path} is damaged: its list of shards is not readable") from None
+    for name, digest in sorted(digests.items()):
         if not (folder / name).is_file():
             raise CheckpointError(f"checkpoint {path} is damaged: {folder / name}, one of its shards, is missing")
         if sha256_of(folder / name) != digest:

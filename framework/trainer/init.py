@@ -69,7 +69,7 @@ def source_checkpoint(source: str | Path) -> Path:
 
 def source_weights(path: Path) -> dict[str, torch.Tensor]:
     """The evaluation weights a checkpoint holds (its weight average, when it kept one)."""
-    state = materialize(upgrade(load_checkpoint(path), path))
+    state = materialize(upgrade(load_checkpoint(path), path), parts=("model",))  # not the optimizer's shards
     if "model" not in state:
         raise UserError(f"trainer.init_from={path}: the checkpoint holds no model weights")
     weights = dict(state["model"])

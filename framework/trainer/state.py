@@ -223,6 +223,8 @@ class TrainState:
         found = checkpoint_to_resume(target, self.files, device)
         if found is not None:
             self.load_state_dict(found[1], found[0])
+            if found[0].parent.resolve() == self.files.directory.resolve():
+                self.saved_at = self.progress.position  # stopped before a step: nothing new to save
             p = self.progress
             log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", found[0], p.epoch, p.step,
                      p.batch_in_epoch)
