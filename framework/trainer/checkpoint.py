@@ -11,8 +11,8 @@ The temporary files of a write that was killed (SIGKILL) are removed by the next
 those names: training before its first checkpoint, ``framework.average`` when it starts.
 
 Sharded runs (``trainer.strategy=fsdp``) keep the model and the optimizer out of the file:
-every rank writes its own shards of them with ``torch.distributed.checkpoint`` into the
-folder ``ckpt-<step>.dcp`` beside it (:meth:`Checkpointer.save_shards`), and
+every rank writes its own shards of them with ``torch.distributed.checkpoint`` into a new
+folder ``ckpt-<step>.<tag>.dcp`` beside it (:meth:`Checkpointer.save_shards`), and
 ``ckpt-<step>.pt``, written last, records each of the folder's files with its SHA-256 and
 holds a :class:`Shards` reference in those parts' places. So a checkpoint is complete when
 its ``.pt`` exists, and verified as a whole. A sharded part is read back either into a
