@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, Child, child_env
+from benchmarks.common import ROOT, Child, child_env, mean_sd
 from benchmarks.convergence import Job, run_jobs
 from framework.config.schema import parse_duration
 
@@ -101,11 +101,6 @@ def _metric(metrics: dict, name: str) -> float:
     return metrics.get(f"test_{name}", metrics.get(name))
 
 
-def _mean_sd(values: list[float], digits: int = 3) -> str:
-    sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.{digits}f} ± {sd:.{digits}f}"
-
-
 def report(out: Path, arms: list[str], seeds: list[int]) -> str:
     lines = ["| arm | decoder | seeds | test WER | test CER | epochs | training s |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for arm in arms:
@@ -119,8 +114,8 @@ def report(out: Path, arms: list[str], seeds: list[int]) -> str:
         for name, overrides in DECODERS[arm].items():
             rows[name] = [decode(r, name, overrides, out) for r in runs]
         for name, metrics in rows.items():
-            lines.append(f"| {arm} | {name} | {len(runs)} | {_mean_sd([_metric(m, 'wer') for m in metrics])} | "
-                         f"{_mean_sd([_metric(m, 'cer') for m in metrics])} | {_mean_sd(epochs, 1)} | {_mean_sd(seconds, 0)} |")
+            lines.append(f"| {arm} | {name} | {len(runs)} | {mean_sd([_metric(m, 'wer') for m in metrics], 3)} | "
+                         f"{mean_sd([_metric(m, 'cer') for m in metrics], 3)} | {mean_sd(epochs, 1)} | {mean_sd(seconds, 0)} |")
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Child, ChildFailed, child_env, compose, start_training, training_loader
+from benchmarks.common import Child, ChildFailed, child_env, compose, mean_sd, start_training, training_loader
 from framework.data.loader import make_sampler
 from framework.experiment import build_datasets, seed_everything
 from framework.run_dir import open_brain
@@ -208,13 +208,6 @@ def epochs_to(history: list[dict], target: float) -> int | None:
     return None
 
 
-def _mean_sd(values: list[float], digits: int = 1) -> str:
-    if not values:
-        return "-"
-    sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.{digits}f} ± {sd:.{digits}f}"
-
-
 def summarise(runs: list[dict], targets: tuple[float, ...], epoch_cpu_s: float | None = None) -> dict[str, object]:
     """One variant's row. Times are epochs times the variant's epoch time: ``epoch_cpu_s``
     when measured, else the median epoch time over all its runs."""
@@ -251,12 +244,12 @@ def table(rows: dict[str, dict], targets: tuple[float, ...]) -> str:
             if not secs:
                 cells.append(f"- (0/{row['seeds']})")
                 continue
-            cell = f"{_mean_sd(secs)} ({np.mean(epochs):.1f})"
+            cell = f"{mean_sd(secs)} ({np.mean(epochs):.1f})"
             if len(secs) < row["seeds"]:
                 cell += f" ({len(secs)}/{row['seeds']})"
             cells.append(cell)
         tests = row["test_cer"]
-        cells += [_mean_sd(row["best"], 3), _mean_sd(row["time_to_best"]), _mean_sd(tests, 4),
+        cells += [mean_sd(row["best"], 3), mean_sd(row["time_to_best"]), mean_sd(tests, 4),
                   f"{min(tests):.4f}-{max(tests):.4f}", f"{row['share']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from benchmarks.common import Child, child_env, compose, run_training
+from benchmarks.common import Child, child_env, compose, mean_sd, run_training
 
 CORPORA = {"speech": ["experiment=asr_speech"], "tones": ["dataset=tones"]}
 SIDES = ("framework", "speechbrain")
@@ -143,10 +143,8 @@ def target_rows(corpus: str, runs: list[tuple[dict, dict]], targets: list[float]
         cells, means = [], []
         for side in (0, 1):
             times = [t for t in (time_to(r[side], target) for r in runs) if t is not None]
-            mean = statistics.fmean(times) if times else None
-            sd = statistics.stdev(times) if len(times) > 1 else 0.0
-            cells.append(f"{mean:.1f} ± {sd:.1f} ({len(times)}/{len(runs)})" if times else f"- (0/{len(runs)})")
-            means.append(mean if len(times) == len(runs) else None)
+            cells.append(f"{mean_sd(times)} ({len(times)}/{len(runs)})")
+            means.append(statistics.fmean(times) if len(times) == len(runs) else None)
         ratio = f"{means[0] / means[1]:.2f}" if None not in means else "-"
         rows.append(f"| {corpus} | {target:g} | {cells[0]} | {cells[1]} | {ratio} |")
     return rows
