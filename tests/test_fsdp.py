@@ -157,6 +157,40 @@ def test_sigterm_to_a_sharded_torchrun_resumes_bitwise(data_dir, tmp_path):
         assert all(torch.equal(v, b["optimizer"]["state"][key][k]) for k, v in value.items()), key
 
 
+# run by 2 ranks: each unit gathers bf16 parameters for its forward, batch norms fp32; the
+# shards, their gradients (reduced in fp32) and so the optimizer stay fp32
+BF16_SHARDS = """
+import torch, torch.distributed as dist
+from framework.models.deepspeech2 import DeepSpeech2
+from framework.trainer.fsdp import shard
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+model = DeepSpeech2(num_classes=5, num_bins=16, conv_channels=[4], conv_kernels=[[3, 5]], conv_strides=[[2, 2]],
+                    conv_padding=[[1, 2]], rnn_type="gru", hidden_size=8, num_layers=2, fc_size=8)
+seen = {}
+for name, m in model.named_modules():
+    if isinstance(m, (torch.nn.Conv2d, torch.nn.GRU, torch.nn.Linear, torch.nn.BatchNorm1d)):
+        m.register_forward_pre_hook(lambda m, _, name=name: seen.update({name: next(m.parameters()).dtype}))
+shard(model, [], torch.device("cpu"), torch.bfloat16)
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    logits, _ = model(torch.randn(3, 40, 16), torch.tensor([40, 31, 22]))
+logits.float().logsumexp(-1).mean().backward()
+assert seen["convs.0.conv"] == seen["rnns.1.rnn"] == seen["output"] == torch.bfloat16, seen
+assert seen["convs.0.bn"] == seen["fc_bn"] == torch.float32, seen
+grads = [p.grad for p in model.parameters() if p.grad is not None]  # (the GRUs' input weights are not used)
+assert len(grads) > 10 and {p.dtype for p in model.parameters()} == {g.dtype for g in grads} == {torch.float32}
+if dist.get_rank() == 0:
+    print("dtypes", sorted(seen.items()))
+dist.destroy_process_group()
+"""
+
+
+def test_bf16_sharded_units_gather_bf16_parameters_and_keep_batch_norms_and_shards_fp32(tmp_path):
+    (tmp_path / "bf16_shards.py").write_text(BF16_SHARDS)
+    proc = torchrun([str(tmp_path / "bf16_shards.py")], cwd=tmp_path)
+    assert "dtypes" in proc.stdout and "('convs.0.bn', torch.float32)" in proc.stdout
+
+
 def test_what_sharding_does_not_do_is_refused_before_the_run(tmp_path):
     proc = run_cli("framework.train", [*TINY, "trainer.strategy=fsdp", "trainer.ema_decay=0.99",
                                        f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, check=False)
@@ -168,3 +202,9 @@ def test_what_sharding_does_not_do_is_refused_before_the_run(tmp_path):
     assert proc.returncode == 2
     assert one_line(proc.stderr).startswith("error: logger.upload_checkpoint with trainer.strategy=fsdp: a sharded "
                                             "checkpoint is a folder")
+    proc = run_cli("framework.train", [*TINY, "trainer.strategy=fsdp", "trainer.precision=bf16",
+                                       "trainer.eval_precision=fp32", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 2
+    assert one_line(proc.stderr).startswith("error: trainer.eval_precision with trainer.strategy=fsdp: under "
+                                            "trainer.precision=bf16 the shards gather bf16 parameters")

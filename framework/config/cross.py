@@ -63,7 +63,9 @@ def _check_fsdp(trainer: DictConfig, problems: list[Problem]) -> None:
     refused = [("ema_decay", resolved(trainer, "ema_decay") is not None, "the weight average is not sharded"),
                ("unfreeze_at", resolved(trainer, "unfreeze_at") is not None, "frozen modules stay frozen when sharded"),
                ("precision", "fp16" in (resolved(trainer, "precision"), resolved(trainer, "eval_precision")),
-                "fp16's loss scaling is not sharded; use trainer.precision=bf16")]
+                "fp16's loss scaling is not sharded; use trainer.precision=bf16"),
+               ("eval_precision", resolved(trainer, "precision") == "bf16" and resolved(trainer, "eval_precision") == "fp32",
+                "under trainer.precision=bf16 the shards gather bf16 parameters for evaluation too")]
     for key, present, why in refused:
         if present:
             problems.append(Problem(f"trainer.{key}", f"trainer.{key} with trainer.strategy=fsdp: {why}; use "

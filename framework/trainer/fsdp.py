@@ -6,9 +6,12 @@ state (DDP keeps all of them on every rank): ``fully_shard`` is applied to each 
 ``nn.ModuleList`` stacks, e.g. ``blocks.0``, ``rnns.3``), then to the whole model, which
 shards what no unit holds. A unit's parameters are gathered for its forward and backward
 and freed after; activation checkpointing, applied before sharding, composes with it.
-Mixed precision is autocast's, as under DDP: parameters are gathered and gradients reduced
-in fp32. (FSDP's own bf16 parameter policy would run batch-norm layers with bf16 weights
-beside fp32 running statistics, which the CPU kernels refuse.)
+With ``trainer.precision=bf16`` the units gather their parameters in bf16 (FSDP's
+``MixedPrecisionPolicy``: half the all-gather traffic and the unsharded parameters' memory)
+and reduce gradients in fp32; the sharded parameters and the optimizer stay fp32. Batch-norm
+layers are units of their own that keep fp32 parameters beside their fp32 running statistics
+(the CPU kernels refuse bf16 weights with fp32 statistics), and autocast stays on to cast
+activations where a bf16 unit meets an fp32 one. Evaluation uses the same bf16 parameters.
 
 Checkpoints are sharded: every rank writes its own shards of the model and the optimizer
 with ``torch.distributed.checkpoint`` (:mod:`framework.trainer.checkpoint`, parts in
@@ -42,11 +45,13 @@ def default_units(module: nn.Module) -> list[str]:
             if isinstance(m, nn.ModuleList) for i in range(len(m))]
 
 
-def shard(module: nn.Module, patterns: list[str], device: torch.device) -> nn.Module:
-    """``module`` sharded in place over all ranks (a no-op when it already is)."""
+def shard(module: nn.Module, patterns: list[str], device: torch.device,
+          param_dtype: torch.dtype | None = None) -> nn.Module:
+    """``module`` sharded in place over all ranks (a no-op when it already is); with
+    ``param_dtype``, parameters gathered in that dtype (batch norms' in fp32)."""
     from torch.distributed import get_world_size
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     if isinstance(module, FSDPModule):
         return module
@@ -57,10 +62,21 @@ def shard(module: nn.Module, patterns: list[str], device: torch.device) -> nn.Mo
                         f"modules: {', '.join(n for n in names if '.' not in n)})")
     units = [u for u in units if not any(u.startswith(other + ".") for other in units)]  # outermost only
     mesh = init_device_mesh(device.type, (get_world_size(),))
+    policy, precision = {}, ""
+    if param_dtype is not None:
+        # innermost first, as fully_shard requires: each batch norm a unit that stays fp32
+        norms = [n for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for name in norms:
+            fully_shard(module.get_submodule(name), mesh=mesh,
+                        mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32))
+        units = [u for u in units if u not in norms]
+        policy = {"mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)}
+        precision = (f"; parameters gathered in {str(param_dtype).removeprefix('torch.')} ({len(norms)} batch norms "
+                     "in fp32), gradients reduced in fp32")
     for name in units:
-        fully_shard(module.get_submodule(name), mesh=mesh)
-    fully_shard(module, mesh=mesh)
-    log.info("fsdp: %d units and the model sharded over %d ranks", len(units), get_world_size())
+        fully_shard(module.get_submodule(name), mesh=mesh, **policy)
+    fully_shard(module, mesh=mesh, **policy)
+    log.info("fsdp: %d units and the model sharded over %d ranks%s", len(units), get_world_size(), precision)
     return module
 
 

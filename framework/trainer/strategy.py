@@ -12,6 +12,7 @@ from framework.config.schema import TrainerConfig
 from framework.trainer.activation_checkpointing import apply_activation_checkpointing
 from framework.trainer.distributed import DistEnv
 from framework.trainer.fsdp import shard
+from framework.trainer.precision import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def wrap_model(module: nn.Module, options: TrainerConfig, dist: DistEnv) -> nn.M
     ``trainer.compile``. State dicts are taken from ``module`` itself."""
     model = module
     if dist.enabled and options.strategy == "fsdp":
-        model = shard(module, list(options.fsdp_units), dist.device)
+        model = shard(module, list(options.fsdp_units), dist.device, DTYPES[options.precision])
     elif dist.enabled:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(module, device_ids=ids)
