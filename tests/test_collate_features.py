@@ -29,6 +29,32 @@ def test_collate_pads_and_returns_absolute_and_relative_lengths():
         _ = batch.txt
 
 
+class _Ragged(torch.utils.data.Dataset):
+    """Rows of ones of lengths 3, 5, 2, 4 over memory that held other values (uninitialised)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> dict:
+        return {"id": str(i), "inputs": torch.ones([3, 5, 2, 4][i], 2)}
+
+
+def _collate_in_worker(examples: list[dict]) -> tuple[bool, dict]:
+    batch = collate(examples)
+    return batch.inputs.is_shared(), batch
+
+
+def test_a_loader_workers_batches_are_padded_in_shared_memory():
+    """In a worker the padded batch is made in the shared memory it crosses to the main
+    process in (one copy of every batch less), and its padding is zeros as in the main process."""
+    for _ in range(3):  # fresh shared memory is zeros: reuse freed segments too
+        loader = torch.utils.data.DataLoader(_Ragged(), batch_size=4, num_workers=1, collate_fn=_collate_in_worker)
+        [(shared, batch)] = list(loader)
+        assert shared and torch.equal(batch.inputs, collate([_Ragged()[i] for i in range(4)]).inputs)
+        assert batch.inputs.sum() == 2 * (3 + 5 + 2 + 4)
+    assert not collate([_Ragged()[0]]).inputs.is_shared()
+
+
 @pytest.mark.parametrize("extractor,bins", [(spectrogram(), 161), (fbank(n_mels=80), 80), (mfcc(n_mfcc=13), 13)])
 def test_extractors_shapes_and_frame_counts(extractor, bins):
     wav = torch.randn(2, 16000)

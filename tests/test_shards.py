@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import io
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from framework.data.audio import read_audio
 from framework.data.batching import DynamicBatchSampler
 from framework.data.loader import make_loader
 from framework.data.manifest import load_entries
-from framework.data.shards import ShardDataset
+from framework.data.shards import ShardDataset, tar_members
 from framework.data.synthetic import prepare_tone_corpus
 from tests.conftest import TINY, run_cli
 from tests.helpers import (
@@ -284,6 +285,46 @@ def test_torchrun_from_shards_stopped_mid_epoch_resumes_bitwise(shards, tmp_path
 
     assert start(run_dir, "trainer.resume=auto").wait(timeout=600) == 0, (tmp_path / "stopped1.out").read_text()
     assert_trained_alike(tmp_path / "straight", run_dir)
+
+
+def tarfile_members(data: bytes) -> list[tuple[str, bytes]]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar if m.isreg()]
+
+
+def test_tar_members_are_tarfiles_whatever_wrote_the_headers(shards, tmp_path):
+    """The ustar headers read without tarfile give its members, and headers of other kinds
+    (pax for long or non-ASCII names, GNU long names) are read by tarfile."""
+    written = (shards / "train" / "shard-000000.tar").read_bytes()
+    assert [(n, bytes(v)) for n, v in tar_members(memoryview(written))] == tarfile_members(written)
+    files = [("a.wav", b"x" * 700), ("dir/b.json", b"{}"), ("\u00e9t\u00e9.json", b"[1]"), ("long" * 40 + ".wav", b"y" * 3),
+             ("c.wav", b"")]
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+            for name, data in files:
+                if fmt == tarfile.USTAR_FORMAT and len(name) > 99:
+                    continue  # ustar cannot name it
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        data = buffer.getvalue()
+        assert [(n, bytes(v)) for n, v in tar_members(memoryview(data))] == tarfile_members(data), fmt
+
+
+@pytest.mark.parametrize("cut", [0.01, 0.02, 0.5])  # in the first header, in its data, further on
+def test_a_cut_or_damaged_tar_is_a_read_error(shards, cut):
+    written = (shards / "train" / "shard-000000.tar").read_bytes()
+    with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
+        list(tar_members(memoryview(written[: int(len(written) * cut) + 7])))
+    with tarfile.open(fileobj=io.BytesIO(written)) as tar:
+        second = tar.getmembers()[1].offset
+    damaged = bytearray(written)
+    damaged[second + 10] ^= 0x01  # a name byte in the second header
+    first = tar_members(memoryview(bytes(damaged)))
+    next(first)
+    with pytest.raises(tarfile.ReadError, match="bad checksum in the header at byte"):
+        next(first)
 
 
 # ------------------------------------------------------------------------------ faults

@@ -78,7 +78,7 @@ def _describe(path: str | Path, exc: Exception) -> str:
     return f"{path}: cannot read audio ({exc}); the file is damaged or not audio: replace it"
 
 
-def decode_pcm_wav(data: bytes) -> np.ndarray | None:
+def decode_pcm_wav(data: bytes | memoryview) -> np.ndarray | None:
     """The float32 samples of a mono 16- or 24-bit PCM WAV held in ``data``, decoded with
     numpy (the values soundfile gives: the integer over 2^15 or 2^23), or None for any other
     WAV, which the caller decodes with soundfile. About 100x cheaper than soundfile's read
@@ -96,12 +96,17 @@ def decode_pcm_wav(data: bytes) -> np.ndarray | None:
             if fmt is None or fmt[0] not in (1, 0xFFFE) or fmt[1] != 1 or body + size > len(data):
                 return None
             if fmt[2] == 16 and size % 2 == 0:
-                return np.frombuffer(data, "<i2", size // 2, body).astype(np.float32) / np.float32(2**15)
+                return _scaled(np.frombuffer(data, "<i2", size // 2, body), 2**15)
             if fmt[2] == 24 and size % 3 == 0:
                 # each sample as the top 3 bytes of the int32 that starts one byte before it, shifted
                 # down with its sign (the byte before, the previous sample's or the header's, drops out)
                 words = np.ndarray((size // 3,), "<i4", data, body - 1, (3,))
-                return (words >> 8).astype(np.float32) / np.float32(2**23)
+                return _scaled(words >> 8, 2**23)
             return None
         pos = body + size + (size & 1)  # chunks are padded to an even size
     return None
+
+
+def _scaled(samples: np.ndarray, full_scale: int) -> np.ndarray:
+    """``samples / full_scale`` as float32 in one pass (a power of two: exact, as a division)."""
+    return np.multiply(samples, np.float32(1 / full_scale), dtype=np.float32)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import get_worker_info
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,19 @@ class Batch(dict):
 
 
 def pad_sequences(tensors: Sequence[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack tensors of different length along dim 0 into ``[B, T_max, ...]``."""
+    """Stack tensors of different length along dim 0 into ``[B, T_max, ...]``. In a
+    DataLoader worker the result is made in shared memory, where it would be copied to
+    reach the main process (as torch's default collate does)."""
     lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
-    out = tensors[0].new_full((len(tensors), int(lengths.max()), *tensors[0].shape[1:]), value)
+    first = tensors[0]
+    shape = (len(tensors), int(lengths.max()), *first.shape[1:])
+    if get_worker_info() is not None and first.device.type == "cpu":
+        out = first.new(first._typed_storage()._new_shared(math.prod(shape), device=first.device)).view(shape)
+    else:
+        out = first.new_empty(shape)
     for i, t in enumerate(tensors):
         out[i, : t.shape[0]] = t
+        out[i, t.shape[0]:] = value
     return out, lengths
 
 

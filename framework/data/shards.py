@@ -11,10 +11,11 @@ in WebDataset's layout, one utterance per key, and an index::
 
 The folder may be local, behind ``http(s)://`` or at any fsspec URL (``s3://``, ``gs://``...).
 Everything a batch plan needs (lengths, transcripts, where each utterance lies) comes from
-the index, so batches are planned before any audio is read; a shard is then read once, from
-start to end, in one request. Each payload's CRC-32 in the index catches a damaged shard.
-From a remote folder the next shard a reader needs is downloaded while the current one is
-parsed (:meth:`ShardDataset.read_shard`'s ``then``), so the network's wait overlaps work.
+the index, so batches are planned before any audio is read; a shard is then read once, whole,
+in one request, into one buffer whose members are used where they lie (:func:`tar_members`: no
+copy per member). Each payload's CRC-32 in the index catches a damaged shard. From a remote
+folder the next shard a reader needs is downloaded while the current one is read
+(:meth:`ShardDataset.read_shard`'s ``then``), so the network's wait overlaps work.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import http.client
 import io
 import json
 import logging
+import os
 import tarfile
 import threading
 import urllib.error
@@ -114,16 +116,42 @@ def _http_get(url: str) -> http.client.HTTPResponse:
         raise
 
 
+def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> memoryview:
+    """The whole of ``url`` in one buffer, copied once from the kernel where the size is known
+    (a local file, an HTTP answer with a Content-Length). A download cut short gives the
+    bytes that came: the shard's reader finds it truncated and says so."""
+    if not is_remote(url):
+        with open(url.removeprefix("file://"), "rb", buffering=0) as f:
+            return _fill(f, os.fstat(f.fileno()).st_size)
+    if url.startswith(("http://", "https://")) and not storage_options:
+        with _http_get(url) as response:
+            if response.length is not None:
+                return _fill(response, response.length)
+            return memoryview(response.read())
+    with open_sequential(url, storage_options) as f:
+        # in buffer-sized reads: read() to the end goes through a remote file in 8 kB calls
+        return memoryview(b"".join(iter(lambda: f.read(READ_BUFFER), b"")))
+
+
+def _fill(f: Any, size: int) -> memoryview:
+    """Up to ``size`` bytes of ``f`` read into one new buffer (fewer if it ends first)."""
+    view, got = memoryview(bytearray(size)), 0
+    while got < size:
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return view[:got]
+
+
 def fetch(url: str, storage_options: dict[str, Any] | None = None) -> Future:
-    """The bytes of ``url``, read whole by a daemon thread (a server that hangs does not hold
-    up the end of the process)."""
+    """:func:`read_bytes` of ``url`` by a daemon thread (a server that hangs does not hold up
+    the end of the process)."""
     future: Future = Future()
 
     def read() -> None:
         try:
-            with open_sequential(url, storage_options) as f:
-                # in buffer-sized reads: read() to the end goes through a remote file in 8 kB calls
-                future.set_result(b"".join(iter(lambda: f.read(READ_BUFFER), b"")))
+            future.set_result(read_bytes(url, storage_options))
         except BaseException as exc:  # handed to whoever reads the shard
             future.set_exception(exc)
 
@@ -199,7 +227,7 @@ class ShardDataset(Dataset):
         if sample_rate is not None and file_rate is not None and int(file_rate) != int(sample_rate):
             raise ShardError(f"{self.path} holds {self.kind} at {file_rate} Hz but the config asks for {sample_rate} Hz; "
                              f"set sample_rate={file_rate} or write the shards again with --sample-rate {sample_rate}")
-        self._cached: tuple[int, dict[int, bytes | SkippedExample]] | None = None
+        self._cached: tuple[int, dict[int, memoryview | SkippedExample]] | None = None
         self._ahead: tuple[int, Future] | None = None  # the shard being downloaded ahead of its turn
 
     def __len__(self) -> int:
@@ -239,33 +267,35 @@ class ShardDataset(Dataset):
 
     # ---------------------------------------------------------------------- reading
     def read_shard(self, shard: int, wanted: Collection[int], then: int | None = None,
-                   ) -> Iterator[tuple[int, bytes | SkippedExample]]:
+                   ) -> Iterator[tuple[int, memoryview | SkippedExample]]:
         """``(example, payload)`` for each example of ``wanted`` (indices of ``shard``'s
-        members), in the shard's order, reading the shard from its start once and stopping
-        after the last one wanted. A truncated or damaged shard is a :class:`ShardError`
+        members), in the shard's order, reading the shard once, whole, and stopping after the
+        last one wanted. A truncated or damaged shard is a :class:`ShardError`
         naming it (with ``skip_bad``: the wanted examples not read become
         :class:`SkippedExample`). From a remote folder, shard ``then`` (the one to be read
-        next) starts downloading in the background once this one is open; only one shard is
-        held ahead."""
+        next) starts downloading in the background beside this one; only one shard is held
+        ahead."""
         url, members = self.shard_url(shard), self.members(shard)
         remaining = set(wanted)
         read = 0
         try:
-            with self._open(shard) as f:
-                if then is not None and is_remote(self.path):
-                    self._ahead = (then, fetch(self.shard_url(then), self.storage_options))
-                for key, files in _keys(f):
-                    if read >= len(members):
-                        raise ShardError(f"{url} holds more examples than the {len(members)} {join(self.path, INDEX)} "
-                                         "lists: the shard and the index come from different writes; write them again")
-                    index = int(members[read])
-                    read += 1
-                    if index not in remaining:
-                        continue
-                    remaining.discard(index)
-                    yield index, self._checked(url, index, key, files)
-                    if not remaining:
-                        return
+            data = self._download(shard)
+            if then is not None and is_remote(self.path):
+                self._ahead = (then, fetch(self.shard_url(then), self.storage_options))
+            if isinstance(data, Future):
+                data = data.result()
+            for key, files in _keys(data):
+                if read >= len(members):
+                    raise ShardError(f"{url} holds more examples than the {len(members)} {join(self.path, INDEX)} "
+                                     "lists: the shard and the index come from different writes; write them again")
+                index = int(members[read])
+                read += 1
+                if index not in remaining:
+                    continue
+                remaining.discard(index)
+                yield index, self._checked(url, index, key, files)
+                if not remaining:
+                    return
         except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError, http.client.HTTPException) as exc:
             if isinstance(exc, ShardError):
                 raise
@@ -287,21 +317,21 @@ class ShardDataset(Dataset):
         """Forgets the shard downloaded ahead (a stream that stopped early will not read it)."""
         self._ahead = None
 
-    def _open(self, shard: int) -> BinaryIO:
-        """``shard`` opened for reading: the bytes downloaded ahead if it was, else the file."""
+    def _download(self, shard: int) -> memoryview | Future:
+        """``shard``'s bytes: read now from a local folder; from a remote one, the download
+        started ahead for it or one started now (so the next can start beside it)."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == shard:
-            try:
-                return io.BytesIO(ahead[1].result())
-            except Exception:  # noqa: S110 - read it again: that read reports the failure in the shard's terms
-                pass
-        return open_sequential(self.shard_url(shard), self.storage_options)
+            return ahead[1]
+        if is_remote(self.path):
+            return fetch(self.shard_url(shard), self.storage_options)
+        return read_bytes(self.shard_url(shard))
 
-    def _checked(self, url: str, index: int, key: str, files: dict[str, bytes]) -> bytes | SkippedExample:
+    def _checked(self, url: str, index: int, key: str, files: dict[str, memoryview]) -> memoryview | SkippedExample:
         """The example's payload, after checking it is the one the index lists, undamaged."""
         uid, payload = self.ids[index], files.get(self.payload)
         try:
-            meta = json.loads(files.get("json", b"null"))
+            meta = json.loads(bytes(files.get("json", b"null")))
         except ValueError:
             meta = None
         if not isinstance(meta, dict) or meta.get("id") != uid:
@@ -317,7 +347,7 @@ class ShardDataset(Dataset):
                              "skip_bad=true")
         return SkippedExample(uid, problem)
 
-    def decode(self, index: int, payload: bytes | SkippedExample) -> dict[str, Any] | SkippedExample:
+    def decode(self, index: int, payload: memoryview | SkippedExample) -> dict[str, Any] | SkippedExample:
         """The example ``index`` from its payload: a waveform ``[samples]`` or features ``[frames, bins]``."""
         if isinstance(payload, SkippedExample):
             return payload
@@ -340,20 +370,76 @@ class ShardDataset(Dataset):
         return example
 
 
-def _keys(f: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` of a WebDataset tar read as a stream: the files of one
-    key are consecutive, the key is a name up to its first dot."""
+def _keys(data: memoryview) -> Iterator[tuple[str, dict[str, memoryview]]]:
+    """``(key, {extension: contents})`` of the WebDataset tar held in ``data``: the files of
+    one key are consecutive, the key is a name up to its first dot."""
     key, files = None, {}
-    with tarfile.open(fileobj=f, mode="r|") as tar:
-        for member in tar:
-            if not member.isreg():
-                continue
-            name, _, extension = member.name.rpartition("/")[2].partition(".")
-            if name != key and key is not None:
-                yield key, files
-                files = {}
-            key = name
-            files[extension] = tar.extractfile(member).read()
-            tar.members = []  # a stream of thousands of files: keep no record of them
+    for path, contents in tar_members(data):
+        name, _, extension = path.rpartition("/")[2].partition(".")
+        if name != key and key is not None:
+            yield key, files
+            files = {}
+        key = name
+        files[extension] = contents
     if key is not None:
         yield key, files
+
+
+BLOCK = tarfile.BLOCKSIZE
+_EMPTY = bytes(BLOCK)
+
+
+def tar_members(data: memoryview) -> Iterator[tuple[str, memoryview]]:
+    """``(path, contents)`` of each regular file of the tar held in ``data``, in order, each
+    a view into ``data`` (no copy). Plain ustar headers (what ``prepare shards`` and GNU tar
+    write for short names) are read here, 20x cheaper than tarfile's reader, which reads the
+    rest of the archive from the first header of any other kind (pax or GNU long names,
+    base-256 sizes, pre-POSIX headers). A truncated archive or a bad header checksum is a
+    ``tarfile.ReadError``."""
+    offset, end = 0, len(data)
+    while offset < end:
+        header = bytes(data[offset:offset + BLOCK])
+        if header == _EMPTY:
+            return  # the end-of-archive blocks
+        if len(header) < BLOCK:
+            raise tarfile.ReadError(f"unexpected end of data (a header cut short at byte {offset})")
+        kind = header[156:157]
+        if header[257:262] != b"ustar" or kind not in (b"0", b"\0", b"5") or header[124] & 0x80:
+            yield from _members_by_tarfile(data, offset)
+            return
+        stored = _octal(header[148:156])  # over the header with its checksum field as spaces
+        if stored != 256 + sum(header[:148]) + sum(header[156:]) and stored != 256 + _signed_sum(header):
+            raise tarfile.ReadError(f"bad checksum in the header at byte {offset}")
+        size, start = _octal(header[124:136]), offset + BLOCK
+        name = header[:100].split(b"\0", 1)[0]
+        if start + size > end:
+            raise tarfile.ReadError(f"unexpected end of data ({name.decode(errors='replace')!r} is cut short)")
+        if kind != b"5":  # not a directory
+            prefix = header[345:500].split(b"\0", 1)[0] if header[257:265] == b"ustar\x0000" else b""
+            yield (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape"), data[start:start + size]
+        offset = start + -(-size // BLOCK) * BLOCK
+
+
+def _octal(field: bytes) -> int:
+    digits = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(digits or b"0", 8)
+    except ValueError:
+        raise tarfile.ReadError(f"a tar header field is not a number ({field!r})") from None
+
+
+def _signed_sum(header: bytes) -> int:
+    """The checksum's sum over signed chars, as some old tars computed it."""
+    return sum(b - 256 if b > 127 else b for b in header[:148] + header[156:])
+
+
+def _members_by_tarfile(data: memoryview, offset: int) -> Iterator[tuple[str, memoryview]]:
+    """:func:`tar_members` from the header at ``offset`` on, read by tarfile."""
+    with tarfile.open(fileobj=io.BytesIO(data[offset:]), mode="r:") as tar:
+        for member in tar:
+            if member.isreg():
+                start = offset + member.offset_data
+                if start + member.size > len(data):
+                    raise tarfile.ReadError(f"unexpected end of data ({member.name!r} is cut short)")
+                yield member.name, data[start:start + member.size]
+            tar.members = []  # thousands of files: keep no record of them

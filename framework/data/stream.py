@@ -292,7 +292,7 @@ class ShardBatches(IterableDataset):
         following: list[int | None] = [None] * len(wanted)  # the next shard holding batches still to come
         for i in range(len(wanted) - 2, -1, -1):
             following[i] = stream.shards[i + 1] if wanted[i + 1] else following[i + 1]
-        pending: dict[int, bytes | SkippedExample] = {}
+        pending: dict[int, memoryview | SkippedExample] = {}
         done = 0  # shards of the stream read (or passed over: none of their examples is needed)
         try:
             for n, (batch, window) in enumerate(zip(batches, ready)):
@@ -307,7 +307,7 @@ class ShardBatches(IterableDataset):
         finally:  # stopped early (a time budget, a step limit): the shard fetched ahead is not needed
             self.dataset.drop_ahead()
 
-    def _example(self, index: int, payload: bytes | SkippedExample):
+    def _example(self, index: int, payload: memoryview | SkippedExample):
         example = self.dataset.decode(index, payload)
         if self.transform is None or isinstance(example, SkippedExample):
             return example
