@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     sh.add_argument("--workers", type=int, default=2)
     sh.add_argument("--shard-size", type=int, default=200)
     sh.add_argument("--root", default="/tmp/shards-bench", help="where the corpus, its shards and HDF5 are written")
+    sh.add_argument("--rounds", type=int, default=2, help="timed turns after the warm-up turn (the fastest is kept)")
+    sh.add_argument("--sources", default="per-file,flac-http,wav-http,hdf5,flac-local,wav-local",
+                    help="comma-separated, of: per-file, flac-http, wav-http, hdf5, flac-local, wav-local")
     fs = sub.add_parser("fsdp", help="FSDP against DDP on 2 ranks (torchrun): memory per rank and the losses")
     fs.add_argument("--steps", type=int, default=20)
     fs.add_argument("--out", help="folder for the ranks' records (default: a temporary one)")
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.benchmark == "shards":
         from benchmarks.shards import main as shards
 
-        shards(args.corpus, args.utterances, args.latency_ms, args.workers, args.shard_size, args.root)
+        shards(args.corpus, args.utterances, args.latency_ms, args.workers, args.shard_size, args.root, args.rounds,
+               args.sources.split(","))
     elif args.benchmark == "fsdp":
         from benchmarks.fsdp import main as fsdp
 

@@ -2,6 +2,7 @@
 
     python -m benchmarks shards [--corpus tones|speech] [--utterances 20000] [--latency-ms 20]
                                 [--workers 2] [--shard-size 200] [--root /tmp/shards-bench]
+                                [--rounds 2] [--sources per-file,flac-http,wav-http,hdf5,...]
 
 A local HTTP server on 127.0.0.1 answers every request after a fixed latency, as a network
 filesystem or an object store would (sending files with sendfile, so the server's copying
@@ -27,6 +28,7 @@ import functools
 import http.server
 import io
 import json
+import resource
 import threading
 import time
 import urllib.request
@@ -40,7 +42,7 @@ from benchmarks.common import ROOT, compose
 from framework.data.hdf5 import HDF5Dataset
 from framework.data.loader import make_loader, make_sampler
 from framework.data.manifest import ManifestDataset
-from framework.data.shards import ShardDataset
+from framework.data.shards import ShardDataset, read_bytes
 from framework.prepare.corpus import pack_hdf5
 from framework.prepare.shards import write_shards
 from framework.trainer.meter import padding
@@ -107,6 +109,24 @@ def corpus(kind: str, root: Path, utterances: int) -> tuple[Path, Path]:
     return tones / "train.json", tones
 
 
+def transfer_cpu(folder: Path, url: str) -> dict[str, float]:
+    """CPU seconds of this process (the server's threads included) to read every shard of
+    ``folder`` whole, once through ``url`` and once from the page cache."""
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    names = [s["name"] for s in json.loads((folder / "index.json").read_text())["shards"]]
+    seconds = {}
+    for where, base in (("server", f"{url}/{folder.name}"), ("page cache", str(folder))):
+        start = cpu()
+        for name in names:
+            read_bytes(f"{base}/{name}")
+        seconds[where] = cpu() - start
+    return seconds
+
+
 def epoch(dataset, workers: int, seed: int = 0) -> dict[str, float]:
     """One epoch of the training loader over ``dataset``: seconds, examples, padding."""
     cfg = compose(["trainer.device=cpu"])
@@ -122,8 +142,13 @@ def epoch(dataset, workers: int, seed: int = 0) -> dict[str, float]:
     return {"seconds": seconds, "examples": examples, "padding": 1 - real / held}
 
 
+SOURCES = {"per-file": PER_FILE, "flac-http": SHARDS_HTTP, "wav-http": WAV_HTTP, "hdf5": HDF5,
+           "flac-local": SHARDS_LOCAL, "wav-local": WAV_LOCAL}  # --sources names
+
+
 def main(kind: str = "tones", utterances: int = 20000, latency_ms: float = 20.0, workers: int = 2,
-         shard_size: int = 200, root: str = "/tmp/shards-bench", rounds: int = 2) -> dict:
+         shard_size: int = 200, root: str = "/tmp/shards-bench", rounds: int = 2,
+         only: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     base = Path(root)
     base.mkdir(parents=True, exist_ok=True)
@@ -139,14 +164,19 @@ def main(kind: str = "tones", utterances: int = 20000, latency_ms: float = 20.0,
     n = len(json.loads(manifest.read_text()))
     results: dict[str, dict[str, float]] = {}
     latency = latency_ms / 1000
+    with slow_server(base, 0.0) as url:
+        transfer_cpu(wav, url)  # the page cache warmed
+        transfer = transfer_cpu(wav, url)
     with slow_server(base, latency) as url, slow_server(data_root, latency) as audio_url:
-        # per-file reads wait for the server, not the disk: one epoch
-        results[PER_FILE] = epoch(PerFileOverHTTP(manifest, data_root, audio_url), workers)
+        chosen = {SOURCES[name] for name in only} if only else set(SOURCES.values())
+        if PER_FILE in chosen:  # per-file reads wait for the server, not the disk: one epoch
+            results[PER_FILE] = epoch(PerFileOverHTTP(manifest, data_root, audio_url), workers)
         sources = {SHARDS_HTTP: lambda: ShardDataset(f"{url}/{shards.name}", sample_rate=16000),
                    WAV_HTTP: lambda: ShardDataset(f"{url}/{wav.name}", sample_rate=16000),
                    HDF5: lambda: HDF5Dataset(h5),
                    SHARDS_LOCAL: lambda: ShardDataset(str(shards), sample_rate=16000),
                    WAV_LOCAL: lambda: ShardDataset(str(wav), sample_rate=16000)}
+        sources = {source: make for source, make in sources.items() if source in chosen}
         # the others in turns, the fastest of `rounds` epochs each, after a first turn that
         # warms the page cache (this machine's disk and neighbours are noisy)
         for turn in range(rounds + 1):
@@ -158,11 +188,14 @@ def main(kind: str = "tones", utterances: int = 20000, latency_ms: float = 20.0,
     print(f"\n{kind} corpus: {n} utterances, {hours:.2f} h; {latency_ms:g} ms per request; {workers} loader workers; "
           f"shards of {shard_size} utterances; epochs of the training loader (dynamic batching, raw audio): per-file "
           f"one, the others the fastest of {rounds} after a warm-up turn\n")
-    print("| source | epoch s | utterances/s | padding | epoch s / FLAC shards' through the server |")
+    reference = HDF5 if HDF5 in results else next(iter(results))
+    print(f"| source | epoch s | utterances/s | padding | epoch s / {reference}'s |")
     print("| --- | --- | --- | --- | --- |")
     for source, r in results.items():
         print(f"| {source} | {r['seconds']:.2f} | {r['examples'] / r['seconds']:.0f} | {r['padding']:.2%} | "
-              f"{r['seconds'] / results[SHARDS_HTTP]['seconds']:.2f}x |")
+              f"{r['seconds'] / results[reference]['seconds']:.2f}x |")
     sizes = {fmt: sum(f.stat().st_size for f in d.glob("*.tar")) / 2**20 for fmt, d in (("FLAC", shards), ("WAV", wav))}
     print(f"\nshards on disk: FLAC {sizes['FLAC']:.0f} MB, WAV {sizes['WAV']:.0f} MB; HDF5 {h5.stat().st_size / 2**20:.0f} MB")
-    return {"utterances": n, "results": results, "megabytes": sizes}
+    print(f"CPU to read the WAV shards whole once (one process, no latency): through the server {transfer['server']:.2f} s "
+          f"(client and server), from the page cache {transfer['page cache']:.2f} s")
+    return {"utterances": n, "results": results, "megabytes": sizes, "transfer_cpu": transfer}
