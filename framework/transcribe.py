@@ -134,11 +134,14 @@ def read_chunks(job_index: int, job: Job, geometry: Geometry, chunk_s: float, ov
         for i, (start, end, keep_from, keep_to) in enumerate(plan):
             a, b = first + start * rate // rate_out, min(last, first + -(-end * rate // rate_out))
             f.seek(a)
-            data = torch.from_numpy(f.read(b - a, dtype="float32", always_2d=True).mean(1))
+            frames = f.read(b - a, dtype="float32", always_2d=True)
+            data = torch.from_numpy(frames[:, 0] if frames.shape[1] == 1 else frames.mean(1))
             if rate != rate_out:
                 data = AF.resample(data, rate, rate_out)
-            data = torch.nn.functional.pad(data[: end - start], (0, max(0, end - start - len(data))))
-            if not torch.isfinite(data).all():
+            data = data[: end - start]
+            if len(data) < end - start:
+                data = torch.nn.functional.pad(data, (0, end - start - len(data)))
+            if not torch.isfinite(torch.stack(torch.aminmax(data))).all():  # NaN and inf reach the min or max
                 raise ValueError("contains NaN or infinite samples")
             unit = geometry.samples_per_frame
             yield Chunk(job_index, start // unit, data, (keep_from, keep_to), i == len(plan) - 1, total / rate_out)
@@ -482,14 +485,12 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
         from framework.export.graph import frame_geometry
         from framework.run_dir import load_run_config, open_brain
 
-        cfg = load_run_config(source, overrides)
+        cfg = load_run_config(source, [*(overrides or []), *([f"trainer.num_threads={threads}"] if threads else [])])
         brain = open_brain(cfg, log_name="transcribe")
-        brain.setup(None)
+        brain.setup(None)  # sets the threads
         if not hasattr(brain, "tokenizer"):
             raise UserError(f"{cfg.brain._target_} has no tokenizer: this run is not a speech recognition recipe")
         brain.load_weights(checkpoint)
-        if threads:
-            torch.set_num_threads(threads)
         if not getattr(brain, "ctc", True):  # a transducer: no CTC frames to merge chunks at or align words with
             if timestamps:
                 raise UserError(f"--format {fmt}: word times come from a CTC alignment; {cfg.brain._target_} gives "

@@ -117,6 +117,7 @@ def test_torch_compile_keeps_the_eager_recurrence_and_its_outputs(monkeypatch):
 @pytest.mark.parametrize("fmt", ["torch_export", "onnx"])
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_exports_with_the_eager_outputs_at_every_length(name, fmt, tmp_path):
+    import onnx
     import onnxruntime
 
     model = trained(name)
@@ -129,6 +130,9 @@ def test_every_model_exports_with_the_eager_outputs_at_every_length(name, fmt, t
     if fmt == "torch_export":
         module = torch.export.load(str(tmp_path / "model.pt2")).module()
     else:
+        ops = {node.op_type for node in onnx.load(str(tmp_path / "model.onnx")).graph.node}
+        if name == "ds2_small":  # GRU layers: ONNX's GRU operator, not a scan over time
+            assert "GRU" in ops and "Scan" not in ops, ops
         session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
         names = [i.name for i in session.get_inputs()]
 
@@ -144,6 +148,22 @@ def test_every_model_exports_with_the_eager_outputs_at_every_length(name, fmt, t
         return module(x, lengths)
 
     eager_and_exported(name, run)
+
+
+def test_gru_layers_export_to_onnx_as_its_gru_operator_with_the_eager_outputs(tmp_path):
+    """Padded batches included: each sequence's length reaches the operator, so the reverse
+    direction starts at the sequence's own last frame, as packed sequences do in PyTorch."""
+    import onnx
+    import onnxruntime
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        formats.save(trained("ds2_small"), "onnx", tmp_path, example("ds2_small", [120, 90]))
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "model.onnx")).graph.node]
+    assert ops.count("GRU") == 2 and "Scan" not in ops, ops
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    eager_and_exported("ds2_small", lambda x, lengths: session.run(None, {"inputs": x.numpy(),
+                                                                          "lengths": lengths.numpy()}))
 
 
 class ImageGraph(torch.nn.Module):
@@ -299,14 +319,19 @@ def test_one_bad_file_is_reported_and_the_others_transcribed(one_epoch_run, tmp_
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF\x00\x00not audio at all")
     missing = tmp_path / "missing.wav"
-    proc = run_cli("framework.transcribe", [str(one_epoch_run), str(good[0]), str(broken), str(missing), str(good[1])],
-                   cwd=tmp_path, check=False)
+    nan = tmp_path / "nan.wav"  # float samples, one of them NaN
+    wave, rate = soundfile.read(good[0], dtype="float32")
+    wave[len(wave) // 2] = np.nan
+    soundfile.write(nan, wave, rate, subtype="FLOAT")
+    proc = run_cli("framework.transcribe", [str(one_epoch_run), str(good[0]), str(broken), str(missing), str(nan),
+                                            str(good[1])], cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert [line.split("\t")[0] for line in proc.stdout.splitlines()] == [str(good[0]), str(good[1])]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors[0].startswith(f"error: {broken}: cannot read audio")
     assert errors[1] == f"error: {missing}: audio file not found"
-    assert errors[2] == "error: 2 of 4 files could not be transcribed (named above); the others were"
+    assert errors[2] == f"error: {nan}: contains NaN or infinite samples"
+    assert errors[3] == "error: 3 of 5 files could not be transcribed (named above); the others were"
     assert "skip_bad" not in proc.stderr
 
 

@@ -44,6 +44,7 @@ class Artifact:
                 raise SystemExit("error: this model needs onnxruntime: pip install onnxruntime") from None
             options = onnxruntime.SessionOptions()
             options.enable_cpu_mem_arena = False  # the arena keeps the largest batch's memory for good
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if threads:
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1

@@ -28,7 +28,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from framework.data.collate import length_mask
 from framework.errors import BadValue
+from framework.models import onnx_recurrence
 from framework.models.export_mode import exporting
+from framework.models.onnx_recurrence import native_recurrences
 from framework.models.recurrence import clipped_relu_steps, scan_recurrence
 
 RNN_TYPES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -184,7 +186,8 @@ class RecurrentLayer(nn.Module):
             x = self.projection(x)
         x = self.bn(x, mask)
         if not torch.jit.is_scripting() and exporting():
-            out = self.scanned(x, mask)
+            out = self.onnx_gru(x, lengths, mask) if native_recurrences() and self.rnn_type == "gru" else \
+                self.scanned(x, mask)
         elif self.clip_recurrence:
             out = self.clipped(x, mask)
         elif mask is None:
@@ -210,6 +213,14 @@ class RecurrentLayer(nn.Module):
         else:
             out = _ClippedReLURecurrence.apply(xw, w_hh, keep)
         return self.directions_out(out, x)
+
+    def onnx_gru(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The GRU as one operator that ONNX has (:mod:`framework.models.onnx_recurrence`)."""
+        suffixes = ["_l0", "_l0_reverse"][: 2 if self.bidirectional else 1]
+        w_ih, w_hh, b_ih, b_hh = (torch.stack([getattr(self.rnn, kind + s) for s in suffixes])
+                                  for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        out = onnx_recurrence.gru(x, lengths, w_ih, w_hh, b_ih, b_hh)
+        return out if mask is None else out * mask[..., None].to(out.dtype)
 
     def scanned(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The recurrence as a ``scan`` over time, for torch.export: the same function as
