@@ -366,7 +366,7 @@ def split_at_pauses(jobs: list[Job], min_pause_s: float) -> tuple[list[Job], lis
     (:mod:`framework.data.pauses`) as jobs of their own, the index of the job each came from,
     and each job's duration. A file that cannot be read stays whole: its failure is reported
     as any file's."""
-    from framework.data.pauses import frame_energies_db, speech_spans
+    from framework.data.pauses import speech_spans_of
 
     spans, parents, durations = [], [], []
     for i, job in enumerate(jobs):
@@ -375,7 +375,7 @@ def split_at_pauses(jobs: list[Job], min_pause_s: float) -> tuple[list[Job], lis
             info = soundfile.info(job.path)
             durations.append((job.stop if job.stop is not None else info.duration) - offset)
             found = [Job(job.name, job.path, offset + a, offset + b)
-                     for a, b in speech_spans(frame_energies_db(job.path, job.start, job.stop), min_pause_s)]
+                     for a, b in speech_spans_of(job.path, job.start, job.stop, min_pause_s)]
         except Exception:  # soundfile raises several types for bad files
             durations.append(0.0)
             found = [job]

@@ -449,16 +449,30 @@ def test_speech_spans_are_the_stretches_between_long_enough_quiet_runs():
     assert speech_spans(np.zeros(0), 0.3) == [(0.0, 0.0)]
 
 
+def test_each_stretch_starts_at_its_onset_to_the_millisecond_and_keeps_its_tail():
+    from framework.data.pauses import ONSET_LEAD_S, TAIL_S, refined
+
+    fine = np.full(2000, -60.0)  # 1 ms frames of room noise; speech rising at 503 ms and at 1203 ms
+    fine[503:900], fine[1203:1600] = -50.0, -50.0  # 10 dB above the noise: speech
+    fine[1203:1205] = -58.0  # a soft onset, under the threshold
+    spans = refined([(0.51, 0.9), (1.21, 1.6)], fine)  # the 10 ms frames' starts are late
+    assert [round(a, 4) for a, _ in spans] == [round(0.503 - ONSET_LEAD_S, 4), round(1.205 - ONSET_LEAD_S, 4)]
+    assert round(spans[0][1], 4) == round(1.205 - ONSET_LEAD_S, 4)  # the tail stops where the next starts
+    assert round(spans[1][1], 4) == round(1.6 + TAIL_S, 4)
+    # no quiet before it to measure: the start is kept; the tail never passes the end
+    assert refined([(0.0, 1.9)], fine) == [(0.0, 2.0)]
+
+
 def test_split_at_pauses_transcribes_each_stretch_with_times_from_the_file(one_epoch_run, tmp_path, data_dir):
-    from framework.data.pauses import frame_energies_db, speech_spans
+    from framework.data.pauses import TAIL_S, speech_spans_of
 
     wavs = sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:4]
     recording = tmp_path / "long.wav"
     duration = long_recording(recording, wavs, seconds_between=1.0)
-    spans = speech_spans(frame_energies_db(str(recording)), 0.3)
+    spans = speech_spans_of(str(recording), None, None, 0.3)
     assert len(spans) == len(wavs)  # one stretch per file: the pauses between them found
     for (a, b), wav, start in zip(spans, wavs, np.cumsum([0.0] + [soundfile.info(str(w)).duration + 1.0 for w in wavs])):
-        assert start - 0.02 <= a and b <= start + soundfile.info(str(wav)).duration + 0.02
+        assert start - 0.02 <= a and b <= start + soundfile.info(str(wav)).duration + TAIL_S + 0.02
     # the same stretches as manifest segments, each transcribed alone
     segments = tmp_path / "segments.jsonl"
     segments.write_text("".join(json.dumps({"audio_filepath": str(recording), "offset": a, "duration": b - a,
