@@ -14,7 +14,9 @@ intra-op thread each so that ``--jobs 2`` runs share two cores fairly):
 - ``char_epochs``: ``char`` planned in epochs as without a time budget: the most whole
   epochs that fit the budget at the epoch time (validation included) the ``char`` runs
   measured (``--hand-epochs`` to choose), the schedule over their steps. It runs after the
-  arms it is measured from.
+  arms it is measured from;
+- ``speech`` / ``speech_epochs``: the same two plans on the shipped speech corpus
+  (``experiment=asr_speech``, 400 utterances).
 
 After training, each run is decoded again on the test set by ``python -m framework.evaluate``
 with the arm's other decoders: CTC arms by beam search with a word 3-gram of the training
@@ -41,6 +43,8 @@ from framework.config.schema import parse_duration
 
 TIME_ARMS = {
     "char": ["experiment=asr_sentences"],
+    # the shipped speech corpus (400 utterances) on the same budget and schedule
+    "speech": ["experiment=asr_speech", "trainer.max_epochs=100000", "scheduler.over=time"],
     "bpe128": ["experiment=asr_sentences_bpe", "tokenizer.vocab_size=128"],
     "bpe512": ["experiment=asr_sentences_bpe", "tokenizer.vocab_size=512"],
     "transducer": ["experiment=asr_sentences_transducer"],
@@ -54,16 +58,18 @@ DECODERS = {  # arm -> {decoder name: framework.evaluate overrides}; every arm a
     "bpe128": {"beam + word 3-gram": FREE + PIECES, "beam + lexicon + word 3-gram": LEXICON + PIECES},
     "bpe512": {"beam + word 3-gram": FREE + PIECES, "beam + lexicon + word 3-gram": LEXICON + PIECES},
     "char_epochs": {},
+    "speech": {},
+    "speech_epochs": {},
     "transducer": {"beam": ["decoder=transducer_beam"]},
 }
 
 
-def hand_epochs(out: Path, budget_s: float, seeds: list[int]) -> int:
-    """The most whole epochs that fit the budget at the ``char`` runs' mean epoch time
+def hand_epochs(out: Path, arm: str, budget_s: float, seeds: list[int]) -> int:
+    """The most whole epochs that fit the budget at the ``arm`` runs' mean epoch time
     (training and validation): what a user who timed an epoch would choose."""
     times = []
     for seed in seeds:
-        history = json.loads((out / "char" / f"seed{seed}" / "metrics.json").read_text())["history"]
+        history = json.loads((out / arm / f"seed{seed}" / "metrics.json").read_text())["history"]
         ends = [h["elapsed_s"] for h in history]
         full = [b - a for a, b in zip([0.0, *ends], ends)]
         times.extend(full[:-1] or full)  # the last epoch was cut by the budget
@@ -73,8 +79,9 @@ def hand_epochs(out: Path, budget_s: float, seeds: list[int]) -> int:
 def arm_overrides(arm: str, out: Path, budget: str, seeds: list[int], hand: int | None) -> list[str]:
     if arm in TIME_ARMS:
         return [*TIME_ARMS[arm], f"trainer.max_time={budget}"]
-    epochs = hand or hand_epochs(out, parse_duration(budget), seeds)
-    return ["experiment=asr_sentences", "trainer.max_time=null", "scheduler.over=steps", f"trainer.max_epochs={epochs}"]
+    timed = arm.removesuffix("_epochs")  # planned in epochs: the arm it is timed from
+    epochs = hand or hand_epochs(out, timed, parse_duration(budget), seeds)
+    return [*TIME_ARMS[timed], "trainer.max_time=null", "scheduler.over=steps", f"trainer.max_epochs={epochs}"]
 
 
 def make_lm(out: Path) -> Path:

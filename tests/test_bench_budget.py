@@ -21,10 +21,10 @@ def fake_run(run_dir, epoch_ends: list[float], wer: float, cer: float, decodes: 
 def test_hand_chosen_epochs_fit_the_budget_at_the_measured_epoch_time(tmp_path):
     # epochs of 60 s, the last one cut by the budget: 600 s fit 10 whole epochs of 60 s...
     fake_run(tmp_path / "char" / "seed0", [60.0 * k for k in range(1, 10)] + [590.0], 0.3, 0.08)
-    assert hand_epochs(tmp_path, 600.0, [0]) == 10
+    assert hand_epochs(tmp_path, "char", 600.0, [0]) == 10
     # ...and a slower seed (epochs of 70 s) brings the mean to 65 s: 9 epochs
     fake_run(tmp_path / "char" / "seed1", [70.0 * k for k in range(1, 9)] + [600.0], 0.3, 0.08)
-    assert hand_epochs(tmp_path, 600.0, [0, 1]) == 9
+    assert hand_epochs(tmp_path, "char", 600.0, [0, 1]) == 9
 
 
 def test_the_table_has_each_arms_greedy_and_other_decoders_over_seeds(tmp_path):
