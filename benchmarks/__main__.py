@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     bu.add_argument("--arms", default="char,bpe128,bpe512,transducer,char_epochs", help="comma-separated")
     bu.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     bu.add_argument("--budget", default="10m", help="trainer.max_time of the time-budgeted arms")
-    bu.add_argument("--hand-epochs", type=int, help="epochs of char_epochs (default: the most that fit the budget)")
+    bu.add_argument("--hand-epochs", type=int,
+                    help="epochs of char_epochs and speech_epochs (default: the most that fit the budget)")
     bu.add_argument("--jobs", type=int, default=2, help="training runs at a time (one thread each)")
     bu.add_argument("--out", default="runs/budget", help="run folders (cached) and report.md")
     bu.add_argument("--report-only", action="store_true", help="the table from the runs already there")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from framework.augment import AddNoise, Augmentation, SpecAugment, SpeedPerturbation
-from framework.data.collate import SkippedExample, collate
+from framework.data.collate import SkippedExample, collate, pad_sequences
 from framework.errors import UserError
 from framework.features import FeaturePipeline, fbank, mfcc, spectrogram
 
@@ -30,7 +30,7 @@ def test_collate_pads_and_returns_absolute_and_relative_lengths():
 
 
 class _Ragged(torch.utils.data.Dataset):
-    """Rows of ones of lengths 3, 5, 2, 4 over memory that held other values (uninitialised)."""
+    """Rows of ones of lengths 3, 5, 2, 4."""
 
     def __len__(self) -> int:
         return 4
@@ -39,19 +39,20 @@ class _Ragged(torch.utils.data.Dataset):
         return {"id": str(i), "inputs": torch.ones([3, 5, 2, 4][i], 2)}
 
 
-def _collate_in_worker(examples: list[dict]) -> tuple[bool, dict]:
-    batch = collate(examples)
-    return batch.inputs.is_shared(), batch
+def _pad_in_worker(examples: list[dict]) -> tuple[bool, torch.Tensor]:
+    padded, _ = pad_sequences([ex["inputs"] for ex in examples], value=-1.0)
+    return padded.is_shared(), padded
 
 
 def test_a_loader_workers_batches_are_padded_in_shared_memory():
     """In a worker the padded batch is made in the shared memory it crosses to the main
-    process in (one copy of every batch less), and its padding is zeros as in the main process."""
-    for _ in range(3):  # fresh shared memory is zeros: reuse freed segments too
-        loader = torch.utils.data.DataLoader(_Ragged(), batch_size=4, num_workers=1, collate_fn=_collate_in_worker)
-        [(shared, batch)] = list(loader)
-        assert shared and torch.equal(batch.inputs, collate([_Ragged()[i] for i in range(4)]).inputs)
-        assert batch.inputs.sum() == 2 * (3 + 5 + 2 + 4)
+    process in (one copy of every batch less), every padded place set (fresh shared memory
+    is zeros: padding with -1 shows it), as in the main process."""
+    loader = torch.utils.data.DataLoader(_Ragged(), batch_size=4, num_workers=1, collate_fn=_pad_in_worker)
+    [(shared, padded)] = list(loader)
+    expected, _ = pad_sequences([_Ragged()[i]["inputs"] for i in range(4)], value=-1.0)
+    assert shared and torch.equal(padded, expected)
+    assert (padded == -1).sum() == 2 * 4 * 5 - 2 * (3 + 5 + 2 + 4)
     assert not collate([_Ragged()[0]]).inputs.is_shared()
 
 

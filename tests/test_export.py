@@ -150,20 +150,71 @@ def test_every_model_exports_with_the_eager_outputs_at_every_length(name, fmt, t
     eager_and_exported(name, run)
 
 
-def test_gru_layers_export_to_onnx_as_its_gru_operator_with_the_eager_outputs(tmp_path):
-    """Padded batches included: each sequence's length reaches the operator, so the reverse
-    direction starts at the sequence's own last frame, as packed sequences do in PyTorch."""
+@pytest.mark.parametrize("options", [dict(bidirectional=False), dict(shared_projection=True, merge="concat")])
+def test_gru_layers_export_to_onnx_as_its_gru_operator_with_the_eager_outputs(options, tmp_path):
+    """One direction, and a shared projection (a frozen identity input weight), beside the
+    shipped ds2_small case of the test above. Padded batches included: each sequence's
+    length reaches the operator, as packed sequences do in PyTorch."""
     import onnx
     import onnxruntime
 
+    torch.manual_seed(0)
+    model = ds2(rnn_type="gru", **options)
+    with torch.no_grad():
+        for _ in range(3):
+            model(*example("ds2", [120, 90, 70]))
+    model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        formats.save(trained("ds2_small"), "onnx", tmp_path, example("ds2_small", [120, 90]))
+        formats.save(model, "onnx", tmp_path, example("ds2", [120, 90]))
     ops = [node.op_type for node in onnx.load(str(tmp_path / "model.onnx")).graph.node]
     assert ops.count("GRU") == 2 and "Scan" not in ops, ops
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
-    eager_and_exported("ds2_small", lambda x, lengths: session.run(None, {"inputs": x.numpy(),
-                                                                          "lengths": lengths.numpy()}))
+    for lengths in CASES:
+        inputs = example("ds2", lengths)
+        with torch.no_grad():
+            expected = model(*inputs)
+        got = session.run(None, {"inputs": inputs[0].numpy(), "lengths": inputs[1].numpy()})
+        for e, g in zip(expected, got):
+            torch.testing.assert_close(torch.as_tensor(g).to(e.dtype), e, rtol=1e-4, atol=1e-4)
+
+
+def test_the_gru_op_is_the_packed_gru_of_pytorch():
+    """What ``framework::gru`` computes when run in PyTorch (its ONNX translation is checked
+    above): nn.GRU on packed sequences, both directions, and a consistent fake for tracing."""
+    from framework.models import onnx_recurrence
+
+    torch.manual_seed(0)
+    for bidirectional in (True, False):
+        rnn = torch.nn.GRU(5, 4, batch_first=True, bidirectional=bidirectional)
+        x, lengths = torch.randn(3, 7, 5), torch.tensor([7, 4, 1])
+        names = ["_l0", "_l0_reverse"][: 2 if bidirectional else 1]
+        weights = [torch.stack([getattr(rnn, kind + n) for n in names]).detach()
+                   for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        expected, _ = torch.nn.utils.rnn.pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=7)
+        torch.testing.assert_close(onnx_recurrence.gru(x, lengths, *weights), expected.detach())
+        torch.library.opcheck(torch.ops.framework.gru.default, (x, lengths, *weights),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+def test_int8_onnx_quantizes_matrix_products_and_convolutions_only_without_them(tmp_path):
+    """ConvInteger ran 9x slower than fp32 Conv in ds2_small: a model with matrix products
+    keeps fp32 convolutions; an image classifier (no MatMul) gets int8 ones."""
+    import onnx
+
+    ops = {}
+    for name in ("ds2_small", "wideresnet"):
+        inputs = example(name, [120, 90])
+        args = inputs if len(inputs) == 2 else (*inputs, torch.tensor([16, 16]))
+        graph = trained(name) if len(inputs) == 2 else ImageGraph(trained(name))
+        (tmp_path / name).mkdir()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            formats.save(graph, "onnx", tmp_path / name, args, quantize="int8")
+        ops[name] = {node.op_type for node in onnx.load(str(tmp_path / name / "model.onnx")).graph.node}
+    assert ops["ds2_small"] & {"DynamicQuantizeMatMul", "MatMulInteger"} and "ConvInteger" not in ops["ds2_small"]
+    assert "ConvInteger" in ops["wideresnet"], ops["wideresnet"]
 
 
 class ImageGraph(torch.nn.Module):
@@ -453,14 +504,32 @@ def test_each_stretch_starts_at_its_onset_to_the_millisecond_and_keeps_its_tail(
     from framework.data.pauses import ONSET_LEAD_S, TAIL_S, refined
 
     fine = np.full(2000, -60.0)  # 1 ms frames of room noise; speech rising at 503 ms and at 1203 ms
-    fine[503:900], fine[1203:1600] = -50.0, -50.0  # 10 dB above the noise: speech
+    fine[503:950], fine[1203:1600] = -50.0, -50.0  # 10 dB above the noise: speech
     fine[1203:1205] = -58.0  # a soft onset, under the threshold
-    spans = refined([(0.51, 0.9), (1.21, 1.6)], fine)  # the 10 ms frames' starts are late
+    spans = refined([(0.51, 0.95), (1.21, 1.6)], fine)  # the 10 ms frames' starts are late
     assert [round(a, 4) for a, _ in spans] == [round(0.503 - ONSET_LEAD_S, 4), round(1.205 - ONSET_LEAD_S, 4)]
     assert round(spans[0][1], 4) == round(1.205 - ONSET_LEAD_S, 4)  # the tail stops where the next starts
     assert round(spans[1][1], 4) == round(1.6 + TAIL_S, 4)
     # no quiet before it to measure: the start is kept; the tail never passes the end
     assert refined([(0.0, 1.9)], fine) == [(0.0, 2.0)]
+    # a pause shorter than the search: the next stretch never starts inside the speech before
+    close = refined([(0.51, 0.95), (0.96, 1.6)], fine)
+    assert close[1][0] >= 0.95 and all(a < b for a, b in close)
+
+
+def test_stretch_times_stay_on_the_clock_at_44_1_khz(tmp_path):
+    """1 ms is 44.1 samples at 44.1 kHz: frames of 44 samples, counted as such."""
+    from framework.data.pauses import speech_spans_of
+
+    rate, rng = 44100, np.random.default_rng(0)
+    wave = rng.normal(0.0, 1e-3, 60 * rate).astype(np.float32)  # a minute of room noise
+    for start in (10.0, 30.0, 55.0):  # a second of tone at each
+        n = np.arange(rate)
+        wave[int(start * rate): int(start * rate) + rate] += (0.3 * np.sin(2 * np.pi * 440 * n / rate)).astype(np.float32)
+    path = tmp_path / "long.wav"
+    soundfile.write(path, wave, rate)
+    starts = [a for a, _ in speech_spans_of(str(path), None, None, 0.3)]
+    assert len(starts) == 3 and all(abs(a - t) < 0.01 for a, t in zip(starts, (10.0, 30.0, 55.0))), starts
 
 
 def test_split_at_pauses_transcribes_each_stretch_with_times_from_the_file(one_epoch_run, tmp_path, data_dir):

@@ -38,19 +38,26 @@ def speech_spans_of(path: str, start: float | None, stop: float | None, min_paus
     """``(start, stop)`` seconds, from ``start``, of the stretches of ``path`` between pauses of at
     least ``min_pause_s``, each refined to its onset and tail (:func:`refined`)."""
     fine = frame_energies_db(path, start, stop, FRAME_S / FINE)
+    step = frame_seconds(soundfile.info(path).samplerate, FRAME_S / FINE)  # 44 samples at 44.1 kHz: not 1 ms
     n = len(fine) // FINE
     power = np.mean(10 ** (fine[: n * FINE].reshape(n, FINE) / 10), axis=1)
-    return refined(speech_spans(10 * np.log10(power), min_pause_s), fine)
+    return refined(speech_spans(10 * np.log10(power), min_pause_s, FINE * step), fine, step)
 
 
-def refined(spans: list[tuple[float, float]], fine_db: np.ndarray) -> list[tuple[float, float]]:
+def frame_seconds(rate: int, frame_s: float) -> float:
+    """The length of :func:`frame_energies_db`'s frames of ``frame_s`` at ``rate``: whole samples."""
+    return max(1, round(rate * frame_s)) / rate
+
+
+def refined(spans: list[tuple[float, float]], fine_db: np.ndarray, step: float = FRAME_S / FINE
+            ) -> list[tuple[float, float]]:
     """Each stretch started at the first 1 ms frame within 30 ms of its start that is
     ``ONSET_RATIO_DB`` above the quiet of the 0.2 s before (less ``ONSET_LEAD_S``), and ended
     ``TAIL_S`` later, never into its neighbours."""
-    step, total = FRAME_S / FINE, len(fine_db) * FRAME_S / FINE
+    total = len(fine_db) * step
     window = 30  # 1 ms frames each side of the 10 ms frames' start
     onsets = []
-    for a, _ in spans:
+    for k, (a, b) in enumerate(spans):
         i = round(a / step)
         lo, floor = max(0, i - window), fine_db[max(0, i - 230): max(0, i - window)]
         onset = a
@@ -58,12 +65,13 @@ def refined(spans: list[tuple[float, float]], fine_db: np.ndarray) -> list[tuple
             noise = 10 * np.log10(np.mean(10 ** (floor / 10)))
             loud = np.flatnonzero(fine_db[lo: i + window] > noise + ONSET_RATIO_DB)
             if len(loud):
-                onset = (lo + loud[0]) * step
-        onsets.append(onset - ONSET_LEAD_S)
+                onset = min((lo + loud[0]) * step, b)
+        # never into the speech before (pauses shorter than the search window)
+        onsets.append(max(spans[k - 1][1] if k else 0.0, onset - ONSET_LEAD_S))
     out: list[tuple[float, float]] = []
     for k, (_, b) in enumerate(spans):
         upper = onsets[k + 1] if k + 1 < len(spans) else total
-        out.append((max(out[-1][1] if out else 0.0, onsets[k]), min(upper, b + TAIL_S)))
+        out.append((onsets[k], min(upper, b + TAIL_S)))
     return out
 
 
@@ -71,7 +79,7 @@ def frame_energies_db(path: str, start: float | None = None, stop: float | None 
                       frame_s: float = FRAME_S) -> np.ndarray:
     """Energy in dB of each ``frame_s`` frame of ``path`` (mixed to mono) from ``start`` to ``stop`` seconds."""
     with soundfile.SoundFile(path) as f:
-        hop = max(1, round(f.samplerate * frame_s))
+        hop = round(frame_seconds(f.samplerate, frame_s) * f.samplerate)
         first = round(start * f.samplerate) if start else 0
         last = min(f.frames, round(stop * f.samplerate)) if stop is not None else f.frames
         f.seek(first)
@@ -87,13 +95,13 @@ def frame_energies_db(path: str, start: float | None = None, stop: float | None 
     return np.concatenate(energies) if energies else np.zeros(0)
 
 
-def speech_spans(energies_db: np.ndarray, min_pause_s: float) -> list[tuple[float, float]]:
+def speech_spans(energies_db: np.ndarray, min_pause_s: float, frame_s: float = FRAME_S) -> list[tuple[float, float]]:
     """``(start, stop)`` seconds of the stretches between pauses of at least ``min_pause_s``;
     the whole when there is no such pause or nothing loud. The stretches are not widened into
     the pauses: a model that never heard room noise writes characters into it (measured on the
     speech corpus: 0.1 s of it on each side, CER 0.28 against 0.20)."""
     n = len(energies_db)
-    whole = [(0.0, n * FRAME_S)]
+    whole = [(0.0, n * frame_s)]
     if n == 0:
         return whole
     quiet = energies_db < np.percentile(energies_db, 95) - QUIET_DB
@@ -102,7 +110,7 @@ def speech_spans(energies_db: np.ndarray, min_pause_s: float) -> list[tuple[floa
     # runs of quiet frames: [begin, end) frame indices
     edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
     runs = edges.reshape(-1, 2)
-    pauses = [(b, e) for b, e in runs if (e - b) * FRAME_S >= min_pause_s]
+    pauses = [(b, e) for b, e in runs if (e - b) * frame_s >= min_pause_s]
     spans, start = [], 0
     for b, e in pauses:
         if b > start:
@@ -110,4 +118,4 @@ def speech_spans(energies_db: np.ndarray, min_pause_s: float) -> list[tuple[floa
         start = e
     if start < n:
         spans.append((start, n))
-    return [(b * FRAME_S, e * FRAME_S) for b, e in spans] or whole
+    return [(b * frame_s, e * frame_s) for b, e in spans] or whole

@@ -1,4 +1,4 @@
-"""A corpus as WebDataset shards: the index, reading a shard from start to end, the dataset.
+"""A corpus as WebDataset shards: the index, reading a shard whole, the dataset.
 
 A shards folder (``python -m framework.prepare shards`` writes it) holds plain tar files
 in WebDataset's layout, one utterance per key, and an index::
@@ -49,7 +49,7 @@ FORMAT = "framework-shards"
 VERSION = 1
 INDEX = "index.json"
 PAYLOAD = {"audio": "flac", "features": "npy"}  # the member of each key that holds the inputs
-READ_BUFFER = 1 << 20  # tarfile reads in 10 kB records; a remote file answers each read with a round trip
+READ_BUFFER = 1 << 20  # reads of a remote file through fsspec: each answers with a round trip
 HTTP_TIMEOUT_S = 60  # a server that stops answering for this long is an error, not a hang
 
 
@@ -386,7 +386,6 @@ def _keys(data: memoryview) -> Iterator[tuple[str, dict[str, memoryview]]]:
 
 
 BLOCK = tarfile.BLOCKSIZE
-_EMPTY = bytes(BLOCK)
 
 
 def tar_members(data: memoryview) -> Iterator[tuple[str, memoryview]]:
@@ -399,8 +398,8 @@ def tar_members(data: memoryview) -> Iterator[tuple[str, memoryview]]:
     offset, end = 0, len(data)
     while offset < end:
         header = bytes(data[offset:offset + BLOCK])
-        if header == _EMPTY:
-            return  # the end-of-archive blocks
+        if not any(header):
+            return  # the end-of-archive blocks (or what is left of them)
         if len(header) < BLOCK:
             raise tarfile.ReadError(f"unexpected end of data (a header cut short at byte {offset})")
         kind = header[156:157]
@@ -410,11 +409,12 @@ def tar_members(data: memoryview) -> Iterator[tuple[str, memoryview]]:
         stored = _octal(header[148:156])  # over the header with its checksum field as spaces
         if stored != 256 + sum(header[:148]) + sum(header[156:]) and stored != 256 + _signed_sum(header):
             raise tarfile.ReadError(f"bad checksum in the header at byte {offset}")
-        size, start = _octal(header[124:136]), offset + BLOCK
         name = header[:100].split(b"\0", 1)[0]
+        directory = kind == b"5" or (kind == b"\0" and name.endswith(b"/"))  # as tarfile reads them
+        size, start = 0 if directory else _octal(header[124:136]), offset + BLOCK
         if start + size > end:
             raise tarfile.ReadError(f"unexpected end of data ({name.decode(errors='replace')!r} is cut short)")
-        if kind != b"5":  # not a directory
+        if not directory:
             prefix = header[345:500].split(b"\0", 1)[0] if header[257:265] == b"ustar\x0000" else b""
             yield (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape"), data[start:start + size]
         offset = start + -(-size // BLOCK) * BLOCK

@@ -214,11 +214,16 @@ class RecurrentLayer(nn.Module):
             out = _ClippedReLURecurrence.apply(xw, w_hh, keep)
         return self.directions_out(out, x)
 
+    def direction_weights(self) -> tuple[list[torch.Tensor], ...]:
+        """``self.rnn``'s input weights, recurrent weights, input and recurrent biases, each a
+        list over the directions (forward first), for the export paths."""
+        suffixes = ["_l0", "_l0_reverse"][: 2 if self.bidirectional else 1]
+        return tuple([getattr(self.rnn, kind + s) for s in suffixes]
+                     for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
     def onnx_gru(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The GRU as one operator that ONNX has (:mod:`framework.models.onnx_recurrence`)."""
-        suffixes = ["_l0", "_l0_reverse"][: 2 if self.bidirectional else 1]
-        w_ih, w_hh, b_ih, b_hh = (torch.stack([getattr(self.rnn, kind + s) for s in suffixes])
-                                  for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        w_ih, w_hh, b_ih, b_hh = (torch.stack(weights) for weights in self.direction_weights())
         out = onnx_recurrence.gru(x, lengths, w_ih, w_hh, b_ih, b_hh)
         return out if mask is None else out * mask[..., None].to(out.dtype)
 
@@ -227,9 +232,7 @@ class RecurrentLayer(nn.Module):
         ``self.rnn`` on packed sequences (or :meth:`clipped`), the time axis left dynamic. Each
         direction's weights stay a matrix of their own (plain linear layers, which int8
         quantization of the exported graph finds)."""
-        suffixes = ["_l0", "_l0_reverse"][: 2 if self.bidirectional else 1]
-        w_ih, w_hh, b_ih, b_hh = ([getattr(self.rnn, kind + s) for s in suffixes]
-                                  for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        w_ih, w_hh, b_ih, b_hh = self.direction_weights()
         if self.rnn_type != "gru":  # only a GRU's recurrent bias sits inside a gate
             b_ih, b_hh = [i + h for i, h in zip(b_ih, b_hh)], [torch.zeros_like(h) for h in b_hh]
         if self.projection is not None and self.rnn_type == "rnn":  # the frozen identity input weight
@@ -240,7 +243,7 @@ class RecurrentLayer(nn.Module):
         keep = xw.new_ones(1, xw.shape[1], xw.shape[2], 1)
         if mask is not None:
             keep = mask.transpose(0, 1)[None, :, :, None].to(xw.dtype)
-            keep = torch.cat([keep, keep.flip(1)]) if len(suffixes) == 2 else keep
+            keep = torch.cat([keep, keep.flip(1)]) if len(w_hh) == 2 else keep
         out = scan_recurrence(self.rnn_type, xw, w_hh, b_hh, keep, self.clip_recurrence)
         return self.directions_out(out, x)
 
