@@ -422,7 +422,10 @@ def test_each_shard_is_one_request_and_the_next_downloads_while_one_is_read(shar
             assert list(a["id"]) == list(b["id"]) and torch.equal(a["inputs"], b["inputs"])
     paths = sorted(r[0] for r in requests)
     assert paths == sorted(["/train/index.json", *(f"/train/{s['name']}" for s in local.shards)]), paths
-    in_flight = [sum(r[1] <= t < r[2] for r in requests) for t in (r[1] for r in requests)]
+    # at each GET's start, the GETs still sending for more than 50 ms after it: the server
+    # records a GET's end after its last write, which a loaded machine may delay by some ms
+    # after the client has the bytes and has moved on
+    in_flight = [sum(r[1] <= t and r[2] > t + 0.05 for r in requests) for t in (r[1] for r in requests)]
     assert max(in_flight) == 2, requests
 
 
