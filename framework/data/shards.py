@@ -32,7 +32,7 @@ import urllib.request
 import zlib
 from collections.abc import Collection, Iterator
 from concurrent.futures import Future
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -66,46 +66,6 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-class _RawReads(io.RawIOBase):
-    """A file object as the raw layer under :class:`io.BufferedReader`, so small reads come
-    from a large buffer instead of each reaching the (remote) file."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.f.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self.f.close()
-        super().close()
-
-
-def open_sequential(url: str, storage_options: dict[str, Any] | None = None) -> BinaryIO:
-    """``url`` opened for one pass from start to end: a local file, or over HTTP one streamed
-    request (no range requests), or any other fsspec file, buffered in 1 MB reads."""
-    if not is_remote(url):
-        return open(url.removeprefix("file://"), "rb", buffering=READ_BUFFER)
-    if url.startswith(("http://", "https://")) and not storage_options:
-        # the standard library's blocking reads: 12% less time per epoch than fsspec's
-        # aiohttp, whose every read is handed to an event loop in another thread
-        return io.BufferedReader(_http_get(url), READ_BUFFER)
-    import fsspec
-
-    options = dict(storage_options or {})
-    if url.startswith(("http://", "https://")):
-        options.setdefault("block_size", 0)  # HTTPStreamFile: one GET, read as it arrives
-    # a filesystem per process: fsspec's cache is per process, so DataLoader workers forked
-    # from a parent that read the index get their own connections
-    f = fsspec.open(url, "rb", **options).open()
-    return io.BufferedReader(_RawReads(f), READ_BUFFER)
-
-
 def _http_get(url: str) -> http.client.HTTPResponse:
     """One streamed GET of ``url``; 404 is FileNotFoundError, as from fsspec and the disk."""
     try:
@@ -117,19 +77,29 @@ def _http_get(url: str) -> http.client.HTTPResponse:
 
 
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> memoryview:
-    """The whole of ``url`` in one buffer, copied once from the kernel where the size is known
-    (a local file, an HTTP answer with a Content-Length). A download cut short gives the
-    bytes that came: the shard's reader finds it truncated and says so."""
+    """The whole of ``url`` (a local path, ``http(s)://`` or any fsspec URL) in one request and
+    one buffer, copied once from the kernel where the size is known (a local file, an HTTP
+    answer with a Content-Length). A download cut short gives the bytes that came: the
+    shard's reader finds it truncated and says so."""
     if not is_remote(url):
         with open(url.removeprefix("file://"), "rb", buffering=0) as f:
             return _fill(f, os.fstat(f.fileno()).st_size)
     if url.startswith(("http://", "https://")) and not storage_options:
+        # the standard library's blocking reads: 12% less time per epoch than fsspec's
+        # aiohttp, whose every read is handed to an event loop in another thread
         with _http_get(url) as response:
             if response.length is not None:
                 return _fill(response, response.length)
             return memoryview(response.read())
-    with open_sequential(url, storage_options) as f:
-        # in buffer-sized reads: read() to the end goes through a remote file in 8 kB calls
+    import fsspec
+
+    options = dict(storage_options or {})
+    if url.startswith(("http://", "https://")):
+        options.setdefault("block_size", 0)  # HTTPStreamFile: one GET, read as it arrives
+    # a filesystem per process: fsspec's cache is per process, so DataLoader workers forked
+    # from a parent that read the index get their own connections
+    with fsspec.open(url, "rb", **options).open() as f:
+        # in large reads: read() to the end goes through a remote file in 8 kB calls
         return memoryview(b"".join(iter(lambda: f.read(READ_BUFFER), b"")))
 
 
@@ -163,8 +133,7 @@ def read_index(path: str, storage_options: dict[str, Any] | None = None) -> dict
     """The index of the shards folder ``path``, checked."""
     url = join(path, INDEX)
     try:
-        with open_sequential(url, storage_options) as f:
-            index = json.loads(f.read())
+        index = json.loads(bytes(read_bytes(url, storage_options)))
     except FileNotFoundError:
         raise ShardError(f"{url} not found: {path} is not a shards folder; write one with `python -m framework.prepare "
                          "shards MANIFEST OUT_DIR --shard-size N`") from None

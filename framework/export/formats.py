@@ -111,15 +111,15 @@ def save_onnx(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor], path
     fp32 = path.with_name(f".{path.name}.fp32")
     program.save(str(fp32), external_data=False)
     # the feature extraction stays fp32: int8 activations cannot hold a power spectrum's range
-    features = [n.name for n in program.model_proto.graph.node
-                if any(p.key == "namespace" and "FeatureGraph" in p.value for p in n.metadata_props)]
+    features = {n.name for n in program.model_proto.graph.node
+                if any(p.key == "namespace" and "FeatureGraph" in p.value for p in n.metadata_props)}
     # the model's own matrix products, where it has any (its FeatureGraph excluded): ONNX Runtime's
     # ConvInteger ran 9x slower than its fp32 Conv in ds2_small, and there is no int8 GRU. A model
     # with none (a convolutional classifier, whose last layer is a Gemm) gets int8 convolutions.
-    model_ops = {n.op_type for n in program.model_proto.graph.node if n.name not in set(features)}
+    model_ops = {n.op_type for n in program.model_proto.graph.node if n.name not in features}
     op_types = ["MatMul", "LSTM"] if model_ops & {"MatMul", "LSTM"} else ["Conv"]
     try:
-        onnx_quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, nodes_to_exclude=features,
+        onnx_quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, nodes_to_exclude=sorted(features),
                               op_types_to_quantize=op_types, extra_options={"EnableSubgraph": True})
     finally:
         os.remove(fp32)
