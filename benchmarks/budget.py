@@ -1,7 +1,7 @@
 """Units, models and schedules at an equal time budget on the sentence corpus: real runs,
 several seeds each.
 
-    python -m benchmarks budget [--arms char,bpe128,bpe512,transducer,char_epochs,speech,speech_epochs] [--seeds 0,1,2]
+    python -m benchmarks budget [--arms char,bpe128,bpe512,transducer,char_epochs,speech,speech_epochs,tones,tones_epochs] [--seeds 0,1,2]
         [--budget 10m] [--hand-epochs N] [--jobs 2] [--out runs/budget] [--report-only] [key=value ...]
 
 Arms (each a ``python -m framework.train`` subprocess in ``<out>/<arm>/seed<k>``, one
@@ -16,7 +16,9 @@ intra-op thread each so that ``--jobs 2`` runs share two cores fairly):
   measured (``--hand-epochs`` to choose), the schedule over their steps. It runs after the
   arms it is measured from;
 - ``speech`` / ``speech_epochs``: the same two plans on the shipped speech corpus
-  (``experiment=asr_speech``, 400 utterances).
+  (``experiment=asr_speech``, 400 utterances);
+- ``tones`` / ``tones_epochs``: the same on the tones corpus of the default run (800
+  utterances, ``ds2_small``).
 
 After training, each run is decoded again on the test set by ``python -m framework.evaluate``
 with the arm's other decoders: CTC arms by beam search with a word 3-gram of the training
@@ -44,13 +46,16 @@ from framework.config.schema import parse_duration
 TIME_ARMS = {
     "char": ["experiment=asr_sentences"],
     "speech": ["experiment=asr_speech"],  # the shipped speech corpus (400 utterances)
+    "tones": [],  # the default run: the tones corpus (800 utterances)
 }
 ON_THE_BUDGET = {  # what an arm's experiment does not set itself to train for a time budget
     "speech": ["trainer.max_epochs=100000", "scheduler.over=time"],
+    "tones": ["trainer.max_epochs=100000", "scheduler.over=time"],
     "bpe128": ["experiment=asr_sentences_bpe", "tokenizer.vocab_size=128"],
     "bpe512": ["experiment=asr_sentences_bpe", "tokenizer.vocab_size=512"],
     "transducer": ["experiment=asr_sentences_transducer"],
 }
+CORPUS = {"speech": "speech", "tones": "tones"}  # arm -> its corpus (the others: sentences)
 LM = "{out}/sentences-3gram.arpa"
 LEXICON = ["decoder=beam", f"decoder.lm={LM}", "decoder.lexicon=train"]
 FREE = ["decoder=beam", f"decoder.lm={LM}"]
@@ -62,6 +67,8 @@ DECODERS = {  # arm -> {decoder name: framework.evaluate overrides}; every arm a
     "char_epochs": {},
     "speech": {},
     "speech_epochs": {},
+    "tones": {},
+    "tones_epochs": {},
     "transducer": {"beam": ["decoder=transducer_beam"]},
 }
 
@@ -79,11 +86,19 @@ def hand_epochs(out: Path, arm: str, budget_s: float, seeds: list[int]) -> int:
 
 
 def arm_overrides(arm: str, out: Path, budget: str, seeds: list[int], hand: int | None) -> list[str]:
-    if arm in TIME_ARMS:
-        return [*TIME_ARMS[arm], *ON_THE_BUDGET.get(arm, []), f"trainer.max_time={budget}"]
     timed = arm.removesuffix("_epochs")  # planned in epochs: the arm it is timed from
+    # the tones corpus written once before the runs (not by each, racing, on its budget)
+    data = [f"dataset.root={tones_corpus(out)}"] if CORPUS.get(timed) == "tones" else []
+    if arm in TIME_ARMS:
+        return [*TIME_ARMS[arm], *data, *ON_THE_BUDGET.get(arm, []), f"trainer.max_time={budget}"]
     epochs = hand or hand_epochs(out, timed, parse_duration(budget), seeds)
-    return [*TIME_ARMS[timed], "trainer.max_time=null", "scheduler.over=steps", f"trainer.max_epochs={epochs}"]
+    return [*TIME_ARMS[timed], *data, "trainer.max_time=null", "scheduler.over=steps", f"trainer.max_epochs={epochs}"]
+
+
+def tones_corpus(out: Path) -> Path:
+    from framework.data.synthetic import prepare_tone_corpus
+
+    return prepare_tone_corpus(out / "tones-corpus")  # the default run's splits
 
 
 def make_lm(out: Path) -> Path:
@@ -136,7 +151,7 @@ def main(arms: list[str], seeds: list[int], budget: str, out: Path, parallel: in
         first = [a for a in arms if a in TIME_ARMS]
         later = [a for a in arms if a not in TIME_ARMS]
         for group in (first, later):  # the hand-chosen epochs are measured from the time-budgeted runs
-            jobs = [Job("speech" if arm.startswith("speech") else "sentences", arm, seed, out / arm / f"seed{seed}",
+            jobs = [Job(CORPUS.get(arm.removesuffix("_epochs"), "sentences"), arm, seed, out / arm / f"seed{seed}",
                         [*arm_overrides(arm, out, budget, seeds, hand), *overrides, f"seed={seed}"])
                     for seed in seeds for arm in group]
             run_jobs(jobs, parallel, threads=1)

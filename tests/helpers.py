@@ -108,8 +108,9 @@ def run_doc(name: str, cwd: Path, data_dir: Path) -> str:
     return "\n".join(output)
 
 
-def torchrun(args, cwd):
-    return run_cli("torch.distributed.run", ["--standalone", "--nproc_per_node=2", *args], cwd=cwd, timeout=900)
+def torchrun(args, cwd, env=None):
+    return run_cli("torch.distributed.run", ["--standalone", "--nproc_per_node=2", *args], cwd=cwd, env=env,
+                   timeout=900)
 
 
 def steps_per_epoch(log_text):

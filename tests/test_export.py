@@ -150,6 +150,27 @@ def test_every_model_exports_with_the_eager_outputs_at_every_length(name, fmt, t
     eager_and_exported(name, run)
 
 
+@pytest.mark.parametrize("n_fft, win_length, hop_length", [(400, 400, 160), (512, 400, 160), (400, 320, 100),
+                                                         (401, 401, 100), (256, 256, 7)])
+def test_the_spectrogram_onnx_takes_equals_torchaudios(n_fft, win_length, hop_length):
+    """The STFT as ONNX computes it (a DFT matrix product, graph.DFTSpectrogram) against torch's
+    FFT, with a window shorter than the frame, at lengths that end mid-frame or before one."""
+    import torchaudio
+
+    from framework.export.graph import DFTSpectrogram
+
+    settings = dict(n_fft=n_fft, win_length=win_length, hop_length=hop_length, pad_mode="constant")
+    torch.manual_seed(0)
+    for transform in (torchaudio.transforms.Spectrogram(**settings),
+                      torchaudio.transforms.MelSpectrogram(16000, n_mels=40, **settings)):
+        dft = DFTSpectrogram(transform)
+        for samples in (1, n_fft - 1, 16000, 16000 + hop_length // 2):
+            wave = torch.randn(2, samples) * 0.1
+            expected, got = transform(wave), dft(wave)
+            assert got.shape == expected.shape
+            assert (got - expected).abs().max() <= 1e-5 * expected.abs().max(), (samples, type(transform).__name__)
+
+
 @pytest.mark.parametrize("options", [dict(bidirectional=False), dict(shared_projection=True, merge="concat")])
 def test_gru_layers_export_to_onnx_as_its_gru_operator_with_the_eager_outputs(options, tmp_path):
     """One direction, and a shared projection (a frozen identity input weight), beside the

@@ -5,13 +5,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from framework.trainer.checkpoint import Checkpointer, CheckpointError, load_checkpoint, materialize
-from tests.conftest import TINY, run_cli
+from tests.conftest import ROOT, TINY, run_cli
 from tests.helpers import (
     ENV,
     as_from_a_shell,
@@ -48,9 +49,19 @@ def test_a_checkpoint_of_two_sharded_ranks_continues_in_one_process(data_dir, tm
     # 13 and 17 evaluation utterances: the ranks evaluate different numbers of batches
     args = [*TINY, f"dataset.root={data_dir}/tones-ddp", "dataset.prepare.splits={train:47,valid:13,test:17}",
             f"hydra.run.dir={run_dir}", "trainer.device=cpu", "trainer.max_epochs=1", "trainer.grad_accumulation=2"]
+    (tmp_path / "keeper.py").write_text(KEEPER)  # a tracker that keeps the files it is sent
     torchrun(["-m", "framework.train", *args, "trainer.strategy=fsdp", "trainer.precision=bf16",
-              "trainer.activation_checkpointing=[rnns]"], cwd=tmp_path)
+              "trainer.activation_checkpointing=[rnns]", "logger=csv", "+loggers.keeper._target_=keeper.Keeper",
+              "logger.upload_checkpoint=true"], cwd=tmp_path, env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
     assert "sharded over 2 ranks" in (run_dir / "train.log").read_text()
+    # the best checkpoint was uploaded as one file: its state whole, no shards named
+    best = Checkpointer(run_dir / "checkpoints").best()
+    uploaded = run_dir / "kept" / best.name
+    assert "shards" not in torch.load(uploaded, weights_only=True)
+    whole, reference = load_checkpoint(uploaded), materialize(load_checkpoint(best))
+    assert whole["model"].keys() == reference["model"].keys()
+    assert all(torch.equal(whole["model"][k], reference["model"][k]) for k in reference["model"])
+    assert not list(Path(tempfile.gettempdir()).glob("whole-checkpoint-*"))  # the temporary copy is gone
     # sharded: each rank wrote its own shards of the model and optimizer; the .pt holds neither
     pt = run_dir / "checkpoints" / index_of(run_dir)[-1]["file"]
     raw = torch.load(pt, weights_only=True)
@@ -87,6 +98,18 @@ def test_a_checkpoint_of_two_sharded_ranks_continues_in_one_process(data_dir, tm
               "trainer.precision=bf16", "trainer.activation_checkpointing=[rnns]"], cwd=tmp_path)
     assert index_of(run_dir)[-1]["epoch"] == 3 and len(metrics_of(run_dir)["history"]) == 3
     assert (run_dir / "checkpoints" / index_of(run_dir)[-1]["shards"]).is_dir()
+
+
+KEEPER = """
+import shutil
+from framework.trainer.loggers import Tracker
+
+
+class Keeper(Tracker):
+    def artifact(self, path):
+        (self.run_dir / "kept").mkdir(exist_ok=True)
+        shutil.copy(path, self.run_dir / "kept" / path.name)
+"""
 
 
 def test_sharded_checkpoints_are_verified_pruned_and_their_leftovers_removed(tmp_path):
@@ -197,11 +220,6 @@ def test_what_sharding_does_not_do_is_refused_before_the_run(tmp_path):
     assert proc.returncode == 2
     assert one_line(proc.stderr) == ("error: trainer.ema_decay with trainer.strategy=fsdp: the weight average is not "
                                      "sharded; use trainer.strategy=ddp for it")
-    proc = run_cli("framework.train", [*TINY, "trainer.strategy=fsdp", "logger.upload_checkpoint=true",
-                                       f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, check=False)
-    assert proc.returncode == 2
-    assert one_line(proc.stderr).startswith("error: logger.upload_checkpoint with trainer.strategy=fsdp: a sharded "
-                                            "checkpoint is a folder")
     proc = run_cli("framework.train", [*TINY, "trainer.strategy=fsdp", "trainer.precision=bf16",
                                        "trainer.eval_precision=fp32", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path,
                    check=False)

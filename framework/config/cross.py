@@ -50,11 +50,6 @@ def check_settings(cfg: DictConfig, problems: list[Problem]) -> None:
                                                          "the CPU); use trainer.precision=bf16 or fp32"))
     if resolved(trainer, "strategy") == "fsdp":
         _check_fsdp(trainer, problems)
-        logger = cfg.get("logger")
-        if isinstance(logger, DictConfig) and resolved(logger, "upload_checkpoint"):
-            problems.append(Problem("logger.upload_checkpoint", "logger.upload_checkpoint with trainer.strategy=fsdp: "
-                                    "a sharded checkpoint is a folder, not a file; after the run, `python -m "
-                                    "framework.average RUN_DIR --best 1` writes it as one file to upload"))
     _check_checkpoints_kept(trainer, problems)
 
 

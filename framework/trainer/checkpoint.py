@@ -30,7 +30,9 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -412,6 +414,20 @@ class Checkpointer:
             f"no usable checkpoint in {self.directory}: nothing trained to evaluate; train the run first "
             "(or pass --checkpoint PATH)"
         )
+
+
+@contextmanager
+def whole_checkpoint(path: Path) -> Iterator[Path]:
+    """``path`` as one file that stands alone: itself, or for a sharded checkpoint its state
+    read whole (in this process's memory) into a temporary file of the same name, removed
+    when the block ends."""
+    if _shards_named_by(path) is None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="whole-checkpoint-") as folder:
+        whole = Path(folder) / path.name
+        save_verified(materialize(load_checkpoint(path)), whole)
+        yield whole
 
 
 def save_verified(state: dict[str, Any], path: Path, expected_bytes: int | None = None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from framework.config.schema import LoggerConfig, typed
+from framework.trainer.checkpoint import whole_checkpoint
 from framework.trainer.loggers.base import Tracker, flatten, sweep_group
 
 log = logging.getLogger(__name__)
@@ -72,17 +74,18 @@ class Loggers:
 
     def finish(self, metrics: dict[str, float], best_checkpoint: Path | None = None) -> None:
         """The run ended as planned: the result files of the run directory, the best
-        checkpoint (its file with ``logger.upload_checkpoint``), the final metrics as
-        ``final/<name>``; then :meth:`close`."""
+        checkpoint (its file with ``logger.upload_checkpoint``; a sharded one read whole into
+        one file first), the final metrics as ``final/<name>``; then :meth:`close`."""
         for pattern in RESULT_FILES:
             for path in sorted(self.run_dir.glob(pattern)):
                 self.artifact(path)
-        if best_checkpoint is not None and self.upload_checkpoint:
-            self.artifact(best_checkpoint)
-        final = {f"final/{k}": float(v) for k, v in metrics.items()}
-        for tracker in self.trackers.values():
-            tracker.finish(final, best_checkpoint)
-        self.close()
+        with ExitStack() as uploads:  # a whole copy of a sharded checkpoint lives until the trackers have sent it
+            if best_checkpoint is not None and self.upload_checkpoint and self.trackers:
+                self.artifact(uploads.enter_context(whole_checkpoint(best_checkpoint)))
+            final = {f"final/{k}": float(v) for k, v in metrics.items()}
+            for tracker in self.trackers.values():
+                tracker.finish(final, best_checkpoint)
+            self.close()
 
     def flush(self) -> None:
         for tracker in self.trackers.values():
