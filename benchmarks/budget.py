@@ -48,9 +48,10 @@ TIME_ARMS = {
     "speech": ["experiment=asr_speech"],  # the shipped speech corpus (400 utterances)
     "tones": [],  # the default run: the tones corpus (800 utterances)
 }
+OVER_TIME = ["trainer.max_epochs=100000", "scheduler.over=time"]  # the epochs left to the budget
 ON_THE_BUDGET = {  # what an arm's experiment does not set itself to train for a time budget
-    "speech": ["trainer.max_epochs=100000", "scheduler.over=time"],
-    "tones": ["trainer.max_epochs=100000", "scheduler.over=time"],
+    "speech": OVER_TIME,
+    "tones": OVER_TIME,
     "bpe128": ["experiment=asr_sentences_bpe", "tokenizer.vocab_size=128"],
     "bpe512": ["experiment=asr_sentences_bpe", "tokenizer.vocab_size=512"],
     "transducer": ["experiment=asr_sentences_transducer"],
@@ -85,10 +86,14 @@ def hand_epochs(out: Path, arm: str, budget_s: float, seeds: list[int]) -> int:
     return max(1, math.floor(budget_s / float(np.mean(times))))
 
 
+def corpus_of(arm: str) -> str:
+    return CORPUS.get(arm.removesuffix("_epochs"), "sentences")  # an _epochs arm: its timed arm's
+
+
 def arm_overrides(arm: str, out: Path, budget: str, seeds: list[int], hand: int | None) -> list[str]:
     timed = arm.removesuffix("_epochs")  # planned in epochs: the arm it is timed from
     # the tones corpus written once before the runs (not by each, racing, on its budget)
-    data = [f"dataset.root={tones_corpus(out)}"] if CORPUS.get(timed) == "tones" else []
+    data = [f"dataset.root={tones_corpus(out)}"] if corpus_of(arm) == "tones" else []
     if arm in TIME_ARMS:
         return [*TIME_ARMS[arm], *data, *ON_THE_BUDGET.get(arm, []), f"trainer.max_time={budget}"]
     epochs = hand or hand_epochs(out, timed, parse_duration(budget), seeds)
@@ -151,7 +156,7 @@ def main(arms: list[str], seeds: list[int], budget: str, out: Path, parallel: in
         first = [a for a in arms if a in TIME_ARMS]
         later = [a for a in arms if a not in TIME_ARMS]
         for group in (first, later):  # the hand-chosen epochs are measured from the time-budgeted runs
-            jobs = [Job(CORPUS.get(arm.removesuffix("_epochs"), "sentences"), arm, seed, out / arm / f"seed{seed}",
+            jobs = [Job(corpus_of(arm), arm, seed, out / arm / f"seed{seed}",
                         [*arm_overrides(arm, out, budget, seeds, hand), *overrides, f"seed={seed}"])
                     for seed in seeds for arm in group]
             run_jobs(jobs, parallel, threads=1)

@@ -155,6 +155,41 @@ def test_sharded_checkpoints_are_verified_pruned_and_their_leftovers_removed(tmp
     assert not (directory / folders[1]).exists()  # step 2 pruned (keep_last=2), its folder with it
 
 
+def test_a_sharded_best_checkpoint_is_uploaded_whole_and_a_damaged_one_costs_a_warning(tmp_path, caplog):
+    """What a DDP run resumed from a sharded run (or a sharded run itself) hands the trackers at
+    the end: one file, its shards read in; a damaged shard loses the upload, not the run."""
+    from framework.trainer.loggers import Loggers, Tracker
+
+    class Keeper(Tracker):
+        kept: list[tuple[str, dict]] = []
+        closed = False
+
+        def artifact(self, path: Path) -> None:
+            self.kept.append((path.name, torch.load(path, weights_only=True)))
+
+        def close(self, error=None) -> None:
+            type(self).closed = True
+
+    directory = tmp_path / "checkpoints"
+    checkpointer = Checkpointer(directory)
+    shards = checkpointer.save_shards({"model": {"w": torch.arange(3.0)}}, 7)
+    checkpointer.save({"progress": {"step": 7}, "shards": shards, "model": {"sharded": "model"}}, 7)
+    best = directory / "ckpt-000000007.pt"
+
+    Loggers({"keeper": Keeper(tmp_path)}, tmp_path, upload_checkpoint=True).finish({"test_cer": 0.1}, best)
+    [(name, state)] = Keeper.kept
+    assert name == best.name and "shards" not in state and torch.equal(state["model"]["w"], torch.arange(3.0))
+    assert not list(Path(tempfile.gettempdir()).glob("whole-checkpoint-*"))
+
+    Keeper.kept.clear()
+    Keeper.closed = False
+    (directory / shards["folder"] / "__0_0.distcp").write_bytes(b"damaged")
+    with caplog.at_level("WARNING"):
+        Loggers({"keeper": Keeper(tmp_path)}, tmp_path, upload_checkpoint=True).finish({"test_cer": 0.1}, best)
+    assert Keeper.kept == [] and Keeper.closed
+    assert f"the best checkpoint was not uploaded: checkpoint {best} is damaged" in caplog.text
+
+
 @pytest.mark.slow  # ~60 s: two torchrun trainings and a resumed one (DDP's twin runs in the fast suite)
 def test_sigterm_to_a_sharded_torchrun_resumes_bitwise(data_dir, tmp_path):
     args = ["trainer.device=cpu", "trainer.max_epochs=1", "trainer.checkpoint.every_n_steps=2", "trainer.strategy=fsdp",

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from framework.config.schema import LoggerConfig, typed
-from framework.trainer.checkpoint import whole_checkpoint
+from framework.trainer.checkpoint import CheckpointError, whole_checkpoint
 from framework.trainer.loggers.base import Tracker, flatten, sweep_group
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,10 @@ class Loggers:
                 self.artifact(path)
         with ExitStack() as uploads:  # a whole copy of a sharded checkpoint lives until the trackers have sent it
             if best_checkpoint is not None and self.upload_checkpoint and self.trackers:
-                self.artifact(uploads.enter_context(whole_checkpoint(best_checkpoint)))
+                try:
+                    self.artifact(uploads.enter_context(whole_checkpoint(best_checkpoint)))
+                except (CheckpointError, OSError) as exc:  # the run is trained and scored: say so, send the rest
+                    log.warning("the best checkpoint was not uploaded: %s", exc)
             final = {f"final/{k}": float(v) for k, v in metrics.items()}
             for tracker in self.trackers.values():
                 tracker.finish(final, best_checkpoint)
