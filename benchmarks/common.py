@@ -125,8 +125,8 @@ def training_loader(cfg: DictConfig, dataset, features=None, pin_memory: bool = 
     (:mod:`framework.data.loader`): ``cfg.batching``'s batches in training order,
     ``trainer.num_workers`` workers, each example through ``features``' worker transform
     when ``features.where=worker``."""
-    transform, stretch = features.for_loader(train=True) if features is not None else (None, 1.0)
-    sampler = make_sampler(cfg.batching, dataset.lengths * stretch, cfg.seed, train=True, ids=dataset_ids(dataset))
+    transform, lengths = features.for_loader(True, dataset.lengths) if features is not None else (None, dataset.lengths)
+    sampler = make_sampler(cfg.batching, lengths, cfg.seed, train=True, ids=dataset_ids(dataset))
     return make_loader(dataset, sampler, trainer_options(cfg.trainer).num_workers, cfg.seed, pin_memory=pin_memory,
                        transform=transform)
 

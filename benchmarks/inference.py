@@ -4,8 +4,9 @@ eager PyTorch (the run directory), TorchScript fp32 and int8, torch.export, ONNX
 and int8 (the run's exported artifacts in ``RUN_DIR/export/``, made with
 ``python -m framework.export`` first).
 
-The recordings are the speech corpus's test utterances (``recipes/asr_ctc/speech/test``) one
-after another, cycled until the length is reached, with 0.3-1.5 s of silence (noise at -60 dBFS)
+The recordings are the test utterances of the speech corpus (``recipes/asr_ctc/speech/test``,
+40 utterances) or, with ``--corpus sentences``, of the sentence corpus (300), one after
+another, cycled until the length is reached, with 0.3-1.5 s of silence (noise at -60 dBFS)
 between them, so the transcript is known. Word times are known from the forced alignment
 (``torchaudio.functional.forced_align``) of each utterance's reference words with the run's
 model on the utterance alone, shifted by where the utterance sits in the recording; a
@@ -33,14 +34,16 @@ import numpy as np
 import soundfile
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEECH = ROOT / "recipes" / "asr_ctc" / "speech"
+CORPORA = ROOT / "recipes" / "asr_ctc"
 ENGINES = {"eager": None, "torchscript": "torchscript", "torchscript_int8": "torchscript-int8",
            "torch_export": "torch_export", "onnx": "onnx", "onnx_int8": "onnx-int8"}
 
 
-def utterances() -> list[dict]:
-    manifest = json.loads((SPEECH / "test.json").read_text())
-    return [{"id": uid, "path": str(SPEECH / e["wav"].replace("{data_root}/", "")), "words": e["words"].lower()}
+def utterances(corpus: str = "speech") -> list[dict]:
+    """The test utterances of a shipped corpus (``recipes/asr_ctc/<corpus>``)."""
+    folder = CORPORA / corpus
+    manifest = json.loads((folder / "test.json").read_text())
+    return [{"id": uid, "path": str(folder / e["wav"].replace("{data_root}/", "")), "words": e["words"].lower()}
             for uid, e in sorted(manifest.items())]
 
 
@@ -121,13 +124,13 @@ def measure(source: str, audio: Path, threads: int, out: Path, pause_s: float | 
 
 
 def score(hypothesis: dict, truth: dict, alone: dict[str, str] | None) -> dict:
-    """CER / WER per utterance (hypothesis words assigned to the utterance nearest their middle),
-    the CER of the same utterances transcribed each alone, and the median word-time error."""
+    """CER / WER per utterance (a hypothesis word belongs to the utterance whose stretch, to the
+    middle of the pauses either side, holds its middle), the CER of the same utterances
+    transcribed each alone, and the median word-time error."""
     from framework.text import ErrorRate
 
     placed = truth["utterances"]
-    mids = np.array([(u["start"] + u["end"]) / 2 for u in placed])
-    bounds = (mids[1:] + mids[:-1]) / 2
+    bounds = np.array([(a["end"] + b["start"]) / 2 for a, b in zip(placed, placed[1:])])
     assigned: list[list[dict]] = [[] for _ in placed]
     for w in hypothesis["words"]:
         assigned[int(np.searchsorted(bounds, (w["start"] + w["end"]) / 2))].append(w)
@@ -169,14 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", default="10,60", help="comma-separated recording lengths")
     parser.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
-    parser.add_argument("--work", default="/tmp/bench-inference", help="recordings and transcripts")
+    parser.add_argument("--corpus", default="speech", choices=["speech", "sentences"],
+                        help="whose test utterances make the recordings (the run must be trained on it)")
+    parser.add_argument("--work", help="recordings and transcripts (default RUN_DIR/bench-inference: the "
+                                       "recordings' word times are the run's own alignments)")
     parser.add_argument("--split-at-pauses", default="none,0.3",
                         help="comma-separated: none (chunks only) and/or the --split-at-pauses seconds")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
-    work = Path(args.work)
+    work = Path(args.work or Path(args.run_dir) / "bench-inference")
     work.mkdir(parents=True, exist_ok=True)
-    items = utterances()
+    items = utterances(args.corpus)
     spans_file = work / "word_spans.json"
     if not spans_file.is_file():
         spans_file.write_text(json.dumps(word_spans(args.run_dir, items)))

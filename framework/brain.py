@@ -163,8 +163,9 @@ class Brain:
         the workers when ``features.where=worker``. Evaluation keeps the order, scores every
         example and shards without duplicates."""
         train = stage == Stage.TRAIN
-        transform, stretch = self.features.for_loader(train) if self.features is not None else (None, 1.0)
-        sampler = make_sampler(self.cfg.batching, dataset.lengths * stretch, self.cfg.seed, train, dataset_ids(dataset))
+        transform, lengths = (self.features.for_loader(train, dataset.lengths) if self.features is not None
+                              else (None, dataset.lengths))
+        sampler = make_sampler(self.cfg.batching, lengths, self.cfg.seed, train, dataset_ids(dataset))
         return make_loader(dataset, sampler, self.options.num_workers, self.cfg.seed,
                            pin_memory=self.device.type == "cuda", transform=transform)
 

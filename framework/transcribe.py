@@ -38,7 +38,9 @@ import soundfile
 import torch
 import torchaudio.functional as AF
 
+from framework.augment.quiet import quiet_lead_of
 from framework.cli import exit_on_error
+from framework.data.pauses import lead_for
 from framework.errors import UserError
 from framework.text.decoders import GreedyDecoder
 from framework.text.tokenizer import CharTokenizer
@@ -361,11 +363,11 @@ def whole_recordings(brain, jobs: list[Job], geometry: Geometry) -> Iterator[Res
         yield failed or Result(job.name, text, chunk.duration)
 
 
-def split_at_pauses(jobs: list[Job], min_pause_s: float) -> tuple[list[Job], list[int], list[float]]:
-    """Each job's stretches between pauses of at least ``min_pause_s`` seconds
-    (:mod:`framework.data.pauses`) as jobs of their own, the index of the job each came from,
-    and each job's duration. A file that cannot be read stays whole: its failure is reported
-    as any file's."""
+def split_at_pauses(jobs: list[Job], min_pause_s: float, lead_s: float) -> tuple[list[Job], list[int], list[float]]:
+    """Each job's stretches between pauses of at least ``min_pause_s`` seconds, started
+    ``lead_s`` before their onsets (:mod:`framework.data.pauses`), as jobs of their own, the
+    index of the job each came from, and each job's duration. A file that cannot be read stays
+    whole: its failure is reported as any file's."""
     from framework.data.pauses import speech_spans_of
 
     spans, parents, durations = [], [], []
@@ -375,7 +377,7 @@ def split_at_pauses(jobs: list[Job], min_pause_s: float) -> tuple[list[Job], lis
             info = soundfile.info(job.path)
             durations.append((job.stop if job.stop is not None else info.duration) - offset)
             found = [Job(job.name, job.path, offset + a, offset + b)
-                     for a, b in speech_spans_of(job.path, job.start, job.stop, min_pause_s)]
+                     for a, b in speech_spans_of(job.path, job.start, job.stop, min_pause_s, lead_s)]
         except Exception:  # soundfile raises several types for bad files
             durations.append(0.0)
             found = [job]
@@ -449,11 +451,13 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
     results: list[Result] = []
     failures = 0
 
-    def spanned(transcribe_jobs) -> Iterator[Result | Failure]:
-        """``transcribe_jobs(jobs)``, or over the stretches between pauses, joined again."""
+    def spanned(transcribe_jobs, quiet_lead_s: float | None) -> Iterator[Result | Failure]:
+        """``transcribe_jobs(jobs)``, or over the stretches between pauses, joined again (each
+        stretch started as long before its speech as the model's training utterances were:
+        ``quiet_lead_s``, the most quiet padding put before them)."""
         if pause_s is None:
             return transcribe_jobs(jobs)
-        spans, parents, durations = split_at_pauses(jobs, pause_s)
+        spans, parents, durations = split_at_pauses(jobs, pause_s, lead_for(quiet_lead_s))
         return joined(transcribe_jobs(spans), jobs, spans, parents, durations)
 
     def emit(items) -> None:
@@ -480,7 +484,7 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
         geometry = Geometry(meta["sample_rate"], meta["samples_per_frame"], meta["min_samples"], meta["pad_to"],
                             meta["first_frame_centre"])
         emit(spanned(Transcriber(artifact_runner(artifact), geometry, GreedyDecoder(tokenizer), tokenizer, chunk_s,
-                                 overlap_s, batch_size, timestamps)))
+                                 overlap_s, batch_size, timestamps), meta.get("quiet_lead_s")))
     else:
         from framework.export.graph import frame_geometry
         from framework.run_dir import load_run_config, open_brain
@@ -495,13 +499,14 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
             if timestamps:
                 raise UserError(f"--format {fmt}: word times come from a CTC alignment; {cfg.brain._target_} gives "
                                 "transcripts only (--format text)")
-            emit(spanned(lambda some: whole_recordings(brain, some, Geometry(int(cfg.sample_rate), 1, 1, 0))))
+            emit(spanned(lambda some: whole_recordings(brain, some, Geometry(int(cfg.sample_rate), 1, 1, 0)),
+                         quiet_lead_of(brain.features)))
         else:
             unit, min_samples, centre = frame_geometry(brain.features, brain.module)
             geometry = Geometry(int(cfg.sample_rate), unit, min_samples, 0, centre)
             with brain_runner(brain) as run:
                 emit(spanned(Transcriber(run, geometry, brain.decoder, brain.tokenizer, chunk_s, overlap_s, batch_size,
-                                         timestamps)))
+                                         timestamps), quiet_lead_of(brain.features)))
         brain.logger.close()
     if failures:
         raise UserError(f"{failures} of {len(jobs)} files could not be transcribed (named above); the others were")

@@ -45,10 +45,11 @@ def test_features_in_workers_with_global_normalisation_and_specaugment(train_cli
 
 @pytest.mark.parametrize("where", [pytest.param("device", marks=pytest.mark.slow), "worker"])  # one fast case
 def test_training_with_speech_augmentation(train_cli, where):
-    """Speed perturbation, noise and SpecAugment on training batches only; the training
-    sampler budgets with lengths scaled by the speed bound, evaluation sees the audio as is."""
+    """Speed perturbation, quiet padding, noise and SpecAugment on training batches only; the
+    training sampler budgets with lengths bounded by both, evaluation sees the audio as is."""
     _, run_dir = train_cli("augment=speech", f"features.where={where}", "trainer.num_workers=2",
-                           "augment.speed.factors=[0.8,1.0]")
+                           "augment.speed.factors=[0.8,1.0]",
+                           "augment.quiet={_target_:framework.augment.QuietPadding,sample_rate:16000,lead_s:0.2,tail_s:0.1}")
     history = run_result(run_dir)["history"]
     assert history[1]["train_loss"] < history[0]["train_loss"] and all(h["valid_cer"] < 1.2 for h in history)
 
@@ -62,7 +63,7 @@ def test_training_with_speech_augmentation(train_cli, where):
     datasets = build_datasets(cfg)
     train = brain.make_dataloader(datasets["train"], Stage.TRAIN).batch_sampler
     valid = brain.make_dataloader(datasets["valid"], Stage.VALID).batch_sampler
-    assert train.lengths == pytest.approx(datasets["train"].lengths / 0.8)
+    assert train.lengths == pytest.approx(datasets["train"].lengths / 0.8 + 0.3)
     assert valid.lengths == pytest.approx(datasets["valid"].lengths)
 
 

@@ -11,8 +11,9 @@ import soundfile
 import torch
 import torchaudio.functional as AF
 
-from framework.augment import AddNoise, SpeedPerturbation
+from framework.augment import AddNoise, QuietPadding, SpeedPerturbation
 from framework.data.audio import AudioError
+from framework.data.collate import length_mask
 from framework.data.manifest import ManifestError
 
 SR = 16000
@@ -182,3 +183,32 @@ def test_a_bad_noise_manifest_names_the_file(tmp_path):
     module = AddNoise(p=1.0, noise_manifest=manifest)
     with pytest.raises(AudioError, match=r"noise.json: entry 'text': .*text.wav: cannot read audio"):
         module(*sine([4000]))
+
+
+def test_quiet_padding_moves_each_utterance_into_noise_at_the_drawn_level():
+    torch.manual_seed(0)
+    module = QuietPadding(SR, lead_s=0.25, tail_s=0.1, level_db=(-60.0, -60.0))
+    wav, lengths = zero_padded([8000, 5000, 3000] * 8)
+    out, new_lengths = module(wav, lengths)
+    grown = new_lengths - lengths
+    assert (grown >= 0).all() and (grown <= round(module.extra_s * SR)).all() and grown.float().std() > 0
+    assert out.shape[1] == new_lengths.max() and not (out * ~length_mask(new_lengths, out.shape[1])).any()
+    for i, (n, m) in enumerate(zip(lengths.tolist(), new_lengths.tolist())):
+        row = out[i, :m]
+        # the utterance, sample for sample, somewhere in the first 0.25 s; noise before and after it
+        lead = next(k for k in range(m - n + 1) if torch.equal(row[k:k + n], wav[i, :n]))
+        assert lead <= 0.25 * SR and m - n - lead <= 0.1 * SR
+        quiet = torch.cat([row[:lead], row[lead + n:]])
+        if len(quiet) > 1000:
+            assert quiet.pow(2).mean().sqrt().item() == pytest.approx(1e-3, rel=0.15)  # -60 dBFS
+
+
+def test_quiet_padding_identities_and_bad_settings():
+    wav, lengths = zero_padded([4000, 3000])
+    for module in (QuietPadding(SR, p=0.0), QuietPadding(SR, lead_s=0.0, tail_s=0.0), QuietPadding(SR).eval()):
+        out, new_lengths = module(wav, lengths)
+        assert torch.equal(out, wav) and torch.equal(new_lengths, lengths)
+    with pytest.raises(ValueError, match="level_db"):
+        QuietPadding(SR, level_db=(-40.0, -60.0))
+    with pytest.raises(ValueError, match="lead_s=-0.1"):
+        QuietPadding(SR, lead_s=-0.1)

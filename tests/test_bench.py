@@ -209,3 +209,18 @@ def test_bench_freeze_memory_frozen_modules_keep_no_optimizer_state_and_lower_th
     assert whole["trainable"] == 1.0 and 0 < frozen["trainable"] < 0.5
     assert frozen["optimizer_mb"] == pytest.approx(whole["optimizer_mb"] * frozen["trainable"], rel=0.05)
     assert frozen["peak_mb"] < whole["peak_mb"]
+
+
+def test_the_inference_benchmark_gives_each_word_to_the_utterance_whose_stretch_holds_it():
+    """A short utterance before a long one: the long one's first word, nearer the short one's
+    middle than its own, is still its own."""
+    from benchmarks.inference import score
+
+    truth = {"utterances": [
+        {"id": "a", "start": 0.0, "end": 1.0, "words": "hen", "spans": [["hen", 0.1, 0.5]]},
+        {"id": "b", "start": 1.4, "end": 9.4, "words": "their ship sailed",
+         "spans": [["their", 1.5, 1.8], ["ship", 5.0, 5.5], ["sailed", 8.5, 9.0]]}]}
+    words = [{"word": w, "start": a, "end": b} for w, a, b in
+             [("hen", 0.1, 0.5), ("their", 1.5, 1.8), ("ship", 5.0, 5.5), ("sailed", 8.5, 9.0)]]
+    scores = score({"words": words}, truth, {"a": "hen", "b": "their ship sailed"})
+    assert scores["cer"] == 0 and scores["cer_alone"] == 0 and scores["word_time_error_ms"] == 0

@@ -8,12 +8,15 @@ at least ``S`` seconds and transcribes each span on its own, as the model was tr
 Quiet is relative to the recording: a 10 ms frame whose energy is more than ``QUIET_DB``
 below the loud frames' (the 95th percentile) counts as quiet, so the threshold follows the
 recording's gain and noise floor. Each stretch then starts where its first millisecond rises
-``ONSET_RATIO_DB`` above the noise floor before it, less ``ONSET_LEAD_S``, and keeps
-``TAIL_S`` of the quiet after it: a model trained on trimmed utterances (speech from their
-first sample, ~0.3 s of their own quiet at the end) misreads a stretch that starts a few
-milliseconds late or ends where the speech does (measured on the speech corpus, below). The
-file is read in blocks: memory grows with the number of 1 ms frames (8 bytes each), not with
-the audio.
+``ONSET_RATIO_DB`` above the noise floor before it, less a lead, and keeps ``TAIL_S`` of the
+quiet after it. The lead is what the model heard before speech in training
+(:func:`lead_for`): a model trained on trimmed utterances (speech from their first sample,
+~0.3 s of their own quiet at the end) misreads a stretch that starts a few milliseconds late
+or early (measured on the speech corpus, below), so its lead is ``ONSET_LEAD_S``; one trained
+with quiet padding (``augment=quiet``) heard up to ``lead_s`` of room noise first, and its
+stretches start half that before their onset, where a soft onset found late still has its
+beginning. The file is read in blocks: memory grows with the number of 1 ms frames (8 bytes
+each), not with the audio.
 """
 
 from __future__ import annotations
@@ -28,20 +31,28 @@ QUIET_DB = 35.0  # below the loud frames' energy: speech's quiet consonants stay
 # stretch that starts exactly where its utterance does gives CER 0.167 (as the utterances one by
 # one), 2 ms later 0.183, 5 ms later 0.195, 5 ms earlier 0.165, 20 ms earlier 0.259.
 ONSET_RATIO_DB = 6.0  # a 1 ms frame this far above the quiet before the stretch: its speech has begun
-ONSET_LEAD_S = 0.005
+ONSET_LEAD_S = 0.005  # the lead for a model trained on trimmed utterances
 TAIL_S = 0.3
 BLOCK_FRAMES = 6000  # 60 s per read (of 10 ms frames)
 
 
-def speech_spans_of(path: str, start: float | None, stop: float | None, min_pause_s: float
-                    ) -> list[tuple[float, float]]:
+def lead_for(quiet_lead_s: float | None) -> float:
+    """How long before its onset a stretch starts, for a model trained with quiet padding of up
+    to ``quiet_lead_s`` before each utterance (None: trained on trimmed utterances): the
+    median of what it heard."""
+    return quiet_lead_s / 2 if quiet_lead_s else ONSET_LEAD_S
+
+
+def speech_spans_of(path: str, start: float | None, stop: float | None, min_pause_s: float,
+                    lead_s: float = ONSET_LEAD_S) -> list[tuple[float, float]]:
     """``(start, stop)`` seconds, from ``start``, of the stretches of ``path`` between pauses of at
-    least ``min_pause_s``, each refined to its onset and tail (:func:`refined`)."""
+    least ``min_pause_s``, each refined to its onset (started ``lead_s`` before it) and tail
+    (:func:`refined`)."""
     fine = frame_energies_db(path, start, stop, FRAME_S / FINE)
     step = frame_seconds(soundfile.info(path).samplerate, FRAME_S / FINE)  # 44 samples at 44.1 kHz: not 1 ms
     n = len(fine) // FINE
     power = np.mean(10 ** (fine[: n * FINE].reshape(n, FINE) / 10), axis=1)
-    return refined(speech_spans(10 * np.log10(power), min_pause_s, FINE * step), fine, step)
+    return refined(speech_spans(10 * np.log10(power), min_pause_s, FINE * step), fine, step, lead_s)
 
 
 def frame_seconds(rate: int, frame_s: float) -> float:
@@ -49,10 +60,10 @@ def frame_seconds(rate: int, frame_s: float) -> float:
     return max(1, round(rate * frame_s)) / rate
 
 
-def refined(spans: list[tuple[float, float]], fine_db: np.ndarray, step: float = FRAME_S / FINE
-            ) -> list[tuple[float, float]]:
+def refined(spans: list[tuple[float, float]], fine_db: np.ndarray, step: float = FRAME_S / FINE,
+            lead_s: float = ONSET_LEAD_S) -> list[tuple[float, float]]:
     """Each stretch started at the first 1 ms frame within 30 ms of its start that is
-    ``ONSET_RATIO_DB`` above the quiet of the 0.2 s before (less ``ONSET_LEAD_S``), and ended
+    ``ONSET_RATIO_DB`` above the quiet of the 0.2 s before (less ``lead_s``), and ended
     ``TAIL_S`` later, never into its neighbours."""
     total = len(fine_db) * step
     window = 30  # 1 ms frames each side of the 10 ms frames' start
@@ -67,7 +78,7 @@ def refined(spans: list[tuple[float, float]], fine_db: np.ndarray, step: float =
             if len(loud):
                 onset = min((lo + loud[0]) * step, b)
         # never into the speech before (pauses shorter than the search window)
-        onsets.append(max(spans[k - 1][1] if k else 0.0, onset - ONSET_LEAD_S))
+        onsets.append(max(spans[k - 1][1] if k else 0.0, onset - lead_s))
     out: list[tuple[float, float]] = []
     for k, (_, b) in enumerate(spans):
         upper = onsets[k + 1] if k + 1 < len(spans) else total

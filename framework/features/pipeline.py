@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torchaudio
 from torch import nn
@@ -178,15 +179,16 @@ class FeaturePipeline(nn.Module):
             inputs = self.augmentation.spectrogram(inputs)
         return inputs, lengths
 
-    def for_loader(self, train: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, float]:
+    def for_loader(self, train: bool, seconds: np.ndarray
+                   ) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, np.ndarray]:
         """What a DataLoader of this run needs from the pipeline: the per-example transform
         its workers run (a CPU copy; None when features are computed on the device), and the
-        factor by which augmentation lengthens examples (speed perturbation), for the batch budget."""
+        lengths, in seconds, to which augmentation can lengthen ``seconds`` (speed
+        perturbation, quiet padding), for the batch budget."""
         transform = None
         if self.where == "worker":
             transform = functools.partial(copy.deepcopy(self).cpu().per_example, augment=train)
-        stretch = self.augmentation.length_factor if train and self.augmentation is not None else 1.0
-        return transform, stretch
+        return transform, self.augmentation.longest(seconds) if train and self.augmentation is not None else seconds
 
     def describe(self) -> str:
         kind = type(self.extractor.transform).__name__ if self.extractor.transform is not None else "raw audio"
