@@ -233,9 +233,7 @@ class Brain:
                 if self.stop.out_of_time or self.early_stopping.stopped:
                     break
                 if self.stop.time_up():  # spent during the last validation, or before a resumed run began
-                    self.stop.say_out_of_time(epoch, self.step)
-                    if self.history:
-                        self.history[-1]["stopped_on_time"] = 1
+                    self.stopped_on_time_before(epoch)
                     break
                 self.run_epoch(train_loader, valid_loader, epoch)
         self.on_fit_end()
@@ -281,12 +279,23 @@ class Brain:
         set_rng_state(rng)
         self.state.files.check_monitored(metrics)
 
+    def stopped_on_time_before(self, epoch: int) -> None:
+        """The time budget ran out before ``epoch``'s first step: the run ends where the last
+        epoch did (validated and checkpointed), and this one is left to a larger budget."""
+        self.stop.say_out_of_time(epoch, self.step)
+        if self.history:
+            self.history[-1]["stopped_on_time"] = 1
+
     def run_epoch(self, train_loader, valid_loader, epoch: int) -> None:
         """Train, validate, record and checkpoint one epoch."""
         self.train_sampler.set_epoch(epoch)
         train_loss = self.train_epoch(train_loader, epoch)
         if self.stop.stopping:
             self.stop_now("in epoch %d at step %d" % (epoch + 1, self.step))
+        if self.stop.out_of_time and self.meter.steps == 0 and self.progress.batch_in_epoch == 0:
+            self.meter = None  # spent between the check before the epoch and its first step
+            self.stopped_on_time_before(epoch)
+            return
         self.skips.check_epoch(epoch, self.meter.steps)
         metrics = {"train_loss": train_loss}
         if valid_loader is not None:  # a stop signal now lets validation finish first

@@ -12,7 +12,7 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.helpers import metrics_of, start_training, tiny_args, wait_for
 
 BUDGET = ["trainer.max_epochs=1000", "scheduler.over=time"]
@@ -44,6 +44,36 @@ def test_max_time_stops_within_a_step_then_validates_checkpoints_and_tests(tmp_p
     peak = max(range(len(rates)), key=lambda i: rates[i][1])
     assert all(b[1] <= a[1] for a, b in zip(rates[peak:], rates[peak + 1:]))  # annealing after the warm-up
     assert rates[-1][1] < 0.01 * rates[peak][1]  # the schedule's end reached at the budget
+
+
+STALLED_BRAIN = """
+from framework.brain import Stage
+from recipes.asr_ctc.brain import ASRBrain
+
+
+class StalledBrain(ASRBrain):
+    def on_stage_start(self, stage, epoch):
+        super().on_stage_start(stage, epoch)
+        if stage == Stage.TRAIN and epoch == 1:  # the machine stalls past the budget before epoch 2's first step
+            self.progress.elapsed_s += self.stop.max_time_s
+"""
+
+
+def test_a_budget_spent_before_an_epochs_first_step_ends_the_run_where_the_last_epoch_did(tmp_path, data_dir):
+    """The budget runs out after the check before epoch 2 and before its first step (a busy
+    machine): the run stops on time after epoch 1, validated and checkpointed, exit 0."""
+    (tmp_path / "stalled.py").write_text(STALLED_BRAIN)
+    run_dir = tmp_path / "run"
+    run_cli("framework.train", tiny_args(data_dir, run_dir, *BUDGET, "trainer.max_time=10m",
+                                         "brain._target_=stalled.StalledBrain"),
+            cwd=tmp_path, env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    result = metrics_of(run_dir)
+    assert len(result["history"]) == 1 and result["history"][0]["stopped_on_time"] == 1
+    assert "test_cer" in result["metrics"]
+    assert re.search(r"stopped on time: .* at epoch 2, step %d" % result["history"][0]["step"],
+                     (run_dir / "train.log").read_text())
+    index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
+    assert index[-1]["step"] == result["history"][0]["step"]
 
 
 def test_a_stopped_time_budgeted_run_resumes_for_the_same_total_budget(tmp_path, data_dir):
