@@ -1,4 +1,5 @@
-"""``python -m benchmarks.inference RUN_DIR [--minutes 10,60] [--threads 1,2] [--engines ...]``:
+"""``python -m benchmarks.inference RUN_DIR [--corpus speech|sentences] [--minutes 10,60] [--threads 1,2]
+[--engines ...] [--split-at-pauses none,0.3] [--work DIR]``:
 real-time factor, peak memory, CER and word-time error of long-recording transcription with
 eager PyTorch (the run directory), TorchScript fp32 and int8, torch.export, ONNX Runtime fp32
 and int8 (the run's exported artifacts in ``RUN_DIR/export/``, made with
@@ -75,9 +76,10 @@ def word_spans(run_dir: str, items: list[dict]) -> dict[str, list[tuple[str, flo
     return spans
 
 
-def make_recording(folder: Path, minutes: float, items: list[dict], spans: dict, seed: int = 0) -> Path:
-    """``folder/recording-<minutes>min.flac`` and its truth, ``.json``: each utterance's place and words."""
-    path = folder / f"recording-{minutes:g}min.flac"
+def make_recording(folder: Path, minutes: float, items: list[dict], spans: dict, corpus: str = "speech",
+                   seed: int = 0) -> Path:
+    """``folder/recording-<corpus>-<minutes>min.flac`` and its truth, ``.json``: each utterance's place and words."""
+    path = folder / f"recording-{corpus}-{minutes:g}min.flac"
     truth_path = path.with_suffix(".json")
     if path.is_file() and truth_path.is_file():
         return path
@@ -167,7 +169,7 @@ def transcribe_alone(run_dir: str, items: list[dict], out: Path) -> dict[str, st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="a run of the speech corpus, e.g. experiment=asr_speech_best, exported "
+    parser.add_argument("run_dir", help="a run trained on --corpus (e.g. experiment=asr_speech), exported "
                                         "with python -m framework.export RUN_DIR --format ...")
     parser.add_argument("--minutes", default="10,60", help="comma-separated recording lengths")
     parser.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or Path(args.run_dir) / "bench-inference")
     work.mkdir(parents=True, exist_ok=True)
     items = utterances(args.corpus)
-    spans_file = work / "word_spans.json"
+    spans_file = work / f"word_spans-{args.corpus}.json"
     if not spans_file.is_file():
         spans_file.write_text(json.dumps(word_spans(args.run_dir, items)))
     spans = json.loads(spans_file.read_text())
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| recording | engine | threads | split at pauses | RTF | x real time | peak RSS (MB) | CER | WER | "
           "CER one by one | median word-time error (ms) |\n|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for minutes in (float(m) for m in args.minutes.split(",")):
-        audio = make_recording(work, minutes, items, spans)
+        audio = make_recording(work, minutes, items, spans, args.corpus)
         truth = json.loads(audio.with_suffix(".json").read_text())
         for threads, pause, engine in itertools.product((int(t) for t in args.threads.split(",")),
                                                        args.split_at_pauses.split(","), args.engines.split(",")):

@@ -280,11 +280,16 @@ class Brain:
         self.state.files.check_monitored(metrics)
 
     def stopped_on_time_before(self, epoch: int) -> None:
-        """The time budget ran out before ``epoch``'s first step: the run ends where the last
-        epoch did (validated and checkpointed), and this one is left to a larger budget."""
+        """The time budget ran out before this process's first step of ``epoch``: the run ends
+        where it was (the last epoch's end, validated, or where an earlier process stopped on
+        time), checkpointed there, and the rest is left to a larger budget."""
         self.stop.say_out_of_time(epoch, self.step)
-        if self.history:
-            self.history[-1]["stopped_on_time"] = 1
+        last = self.history[-1] if self.history else {}
+        if last:
+            last["stopped_on_time"] = 1
+        if self.state.saved_at != self.progress.position:  # checkpoints every n steps only
+            scores = {} if self.progress.mid_epoch else validation_scores(last)  # the last epoch's end: its scores
+            self.state.save(scores or None)
 
     def run_epoch(self, train_loader, valid_loader, epoch: int) -> None:
         """Train, validate, record and checkpoint one epoch."""
@@ -292,7 +297,7 @@ class Brain:
         train_loss = self.train_epoch(train_loader, epoch)
         if self.stop.stopping:
             self.stop_now("in epoch %d at step %d" % (epoch + 1, self.step))
-        if self.stop.out_of_time and self.meter.steps == 0 and self.progress.batch_in_epoch == 0:
+        if self.stop.out_of_time and self.meter.steps == 0:
             self.meter = None  # spent between the check before the epoch and its first step
             self.stopped_on_time_before(epoch)
             return
@@ -312,7 +317,7 @@ class Brain:
             self.early_stopping.update(distributed.broadcast_object(metrics[f"valid_{self.early_stopping.monitor}"]))
         stop = self.stop.agreed()
         if self.options.checkpoint.every_epoch or stop or self.stop.out_of_time:
-            self.state.save({k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")})
+            self.state.save(validation_scores(metrics))
         if stop:
             self.stop_now("after epoch %d" % self.epoch)
 
@@ -428,3 +433,8 @@ class Brain:
         self.logger.flush()
         log.info("test: %s", format_metrics(metrics))
         return metrics
+
+
+def validation_scores(metrics: dict[str, float]) -> dict[str, float]:
+    """An epoch's validation metrics as a checkpoint's scores (``valid_cer`` -> ``cer``)."""
+    return {k.removeprefix("valid_"): v for k, v in metrics.items() if k.startswith("valid_")}

@@ -40,7 +40,7 @@ import torchaudio.functional as AF
 
 from framework.augment.quiet import quiet_lead_of
 from framework.cli import exit_on_error
-from framework.data.pauses import lead_for
+from framework.data.pauses import ONSET_LEAD_S, lead_for
 from framework.errors import UserError
 from framework.text.decoders import GreedyDecoder
 from framework.text.tokenizer import CharTokenizer
@@ -451,13 +451,12 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
     results: list[Result] = []
     failures = 0
 
-    def spanned(transcribe_jobs, quiet_lead_s: float | None) -> Iterator[Result | Failure]:
+    def spanned(transcribe_jobs, lead_s: float) -> Iterator[Result | Failure]:
         """``transcribe_jobs(jobs)``, or over the stretches between pauses, joined again (each
-        stretch started as long before its speech as the model's training utterances were:
-        ``quiet_lead_s``, the most quiet padding put before them)."""
+        stretch started ``lead_s`` before its speech, as the model's training utterances were)."""
         if pause_s is None:
             return transcribe_jobs(jobs)
-        spans, parents, durations = split_at_pauses(jobs, pause_s, lead_for(quiet_lead_s))
+        spans, parents, durations = split_at_pauses(jobs, pause_s, lead_s)
         return joined(transcribe_jobs(spans), jobs, spans, parents, durations)
 
     def emit(items) -> None:
@@ -484,7 +483,7 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
         geometry = Geometry(meta["sample_rate"], meta["samples_per_frame"], meta["min_samples"], meta["pad_to"],
                             meta["first_frame_centre"])
         emit(spanned(Transcriber(artifact_runner(artifact), geometry, GreedyDecoder(tokenizer), tokenizer, chunk_s,
-                                 overlap_s, batch_size, timestamps), meta.get("quiet_lead_s")))
+                                 overlap_s, batch_size, timestamps), meta.get("stretch_lead_s", ONSET_LEAD_S)))
     else:
         from framework.export.graph import frame_geometry
         from framework.run_dir import load_run_config, open_brain
@@ -500,13 +499,13 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
                 raise UserError(f"--format {fmt}: word times come from a CTC alignment; {cfg.brain._target_} gives "
                                 "transcripts only (--format text)")
             emit(spanned(lambda some: whole_recordings(brain, some, Geometry(int(cfg.sample_rate), 1, 1, 0)),
-                         quiet_lead_of(brain.features)))
+                         lead_for(quiet_lead_of(brain.features))))
         else:
             unit, min_samples, centre = frame_geometry(brain.features, brain.module)
             geometry = Geometry(int(cfg.sample_rate), unit, min_samples, 0, centre)
             with brain_runner(brain) as run:
                 emit(spanned(Transcriber(run, geometry, brain.decoder, brain.tokenizer, chunk_s, overlap_s, batch_size,
-                                         timestamps), quiet_lead_of(brain.features)))
+                                         timestamps), lead_for(quiet_lead_of(brain.features))))
         brain.logger.close()
     if failures:
         raise UserError(f"{failures} of {len(jobs)} files could not be transcribed (named above); the others were")

@@ -49,7 +49,7 @@ def test_training_with_speech_augmentation(train_cli, where):
     training sampler budgets with lengths bounded by both, evaluation sees the audio as is."""
     _, run_dir = train_cli("augment=speech", f"features.where={where}", "trainer.num_workers=2",
                            "augment.speed.factors=[0.8,1.0]",
-                           "augment.quiet={_target_:framework.augment.QuietPadding,sample_rate:16000,lead_s:0.2,tail_s:0.1}")
+                           "augment.quiet={_target_:framework.augment.QuietPadding,sample_rate:${sample_rate},lead_s:0.2,tail_s:0.1}")
     history = run_result(run_dir)["history"]
     assert history[1]["train_loss"] < history[0]["train_loss"] and all(h["valid_cer"] < 1.2 for h in history)
 

@@ -11,7 +11,8 @@ import soundfile
 import torch
 import torchaudio.functional as AF
 
-from framework.augment import AddNoise, QuietPadding, SpeedPerturbation
+from framework.augment import AddNoise, Augmentation, QuietPadding, SpeedPerturbation
+from framework.augment.quiet import quiet_lead_of
 from framework.data.audio import AudioError
 from framework.data.collate import length_mask
 from framework.data.manifest import ManifestError
@@ -212,3 +213,11 @@ def test_quiet_padding_identities_and_bad_settings():
         QuietPadding(SR, level_db=(-40.0, -60.0))
     with pytest.raises(ValueError, match="lead_s=-0.1"):
         QuietPadding(SR, lead_s=-0.1)
+
+
+def test_the_median_quiet_before_an_utterance_follows_the_padding_probability():
+    def median(p):  # as the features pipeline holds it
+        return quiet_lead_of(type("Features", (), {"augmentation": Augmentation(quiet=QuietPadding(SR, p=p))})())
+
+    assert median(1.0) == pytest.approx(0.15) and median(0.75) == pytest.approx(0.1)
+    assert median(0.5) == 0.0 and quiet_lead_of(None) == 0.0

@@ -540,8 +540,8 @@ def test_each_stretch_starts_at_its_onset_to_the_millisecond_and_keeps_its_tail(
 
 def test_a_model_trained_with_quiet_padding_has_its_stretches_started_where_its_utterances_were(
         train_cli, tmp_path, data_dir):
-    """Half the most quiet padding put before a training utterance (0.15 s of augment=quiet's
-    0.3 s) before each onset: from the run directory and from its export alike."""
+    """The median quiet padding put before a training utterance (0.15 s of augment=quiet's
+    0-0.3 s) before each onset: from the run directory and from its export alike."""
     from framework.data.pauses import ONSET_LEAD_S, lead_for, speech_spans_of
 
     _, run_dir = train_cli("augment=quiet", "trainer.max_epochs=1")
@@ -549,8 +549,8 @@ def test_a_model_trained_with_quiet_padding_has_its_stretches_started_where_its_
     recording = tmp_path / "long.wav"
     long_recording(recording, wavs, seconds_between=1.0)
     trimmed = speech_spans_of(str(recording), None, None, 0.3)
-    padded = speech_spans_of(str(recording), None, None, 0.3, lead_for(0.3))
-    assert lead_for(0.3) == 0.15 and lead_for(None) == ONSET_LEAD_S
+    padded = speech_spans_of(str(recording), None, None, 0.3, 0.15)
+    assert lead_for(0.15) == 0.15 and lead_for(0.0) == ONSET_LEAD_S
     for (a, _), (q, _) in zip(trimmed[1:], padded[1:]):  # the first file starts at 0: nothing to lead with
         assert q == pytest.approx(a + ONSET_LEAD_S - 0.15, abs=1e-3)
     segments = tmp_path / "segments.jsonl"
@@ -561,7 +561,7 @@ def test_a_model_trained_with_quiet_padding_has_its_stretches_started_where_its_
     assert split["text"] == alone
     run_cli("framework.export", [str(run_dir), "--format", "torchscript"], cwd=tmp_path)
     artifact = run_dir / "export" / "torchscript"
-    assert json.loads((artifact / "artifact.json").read_text())["quiet_lead_s"] == 0.3
+    assert json.loads((artifact / "artifact.json").read_text())["stretch_lead_s"] == 0.15
     exported, = transcribe_json(artifact, [recording], tmp_path, "--split-at-pauses", "0.3")
     assert exported["text"] == alone
 

@@ -47,33 +47,61 @@ def test_max_time_stops_within_a_step_then_validates_checkpoints_and_tests(tmp_p
 
 
 STALLED_BRAIN = """
+import os
+
 from framework.brain import Stage
 from recipes.asr_ctc.brain import ASRBrain
 
 
 class StalledBrain(ASRBrain):
+    '''The machine stalls past the budget (the run's clock moved on) where STALL says: before
+    epoch 2's first step (epoch2), after step 3 (step3), or before a resumed run's first step (resumed).'''
+
     def on_stage_start(self, stage, epoch):
         super().on_stage_start(stage, epoch)
-        if stage == Stage.TRAIN and epoch == 1:  # the machine stalls past the budget before epoch 2's first step
+        stall = os.environ["STALL"]
+        if stage == Stage.TRAIN and (stall == "epoch2" and epoch == 1 or stall == "resumed"):
+            self.progress.elapsed_s += self.stop.max_time_s
+
+    def on_train_step_end(self, step, loss, grad_norm):
+        super().on_train_step_end(step, loss, grad_norm)
+        if os.environ["STALL"] == "step3" and step == 3:
             self.progress.elapsed_s += self.stop.max_time_s
 """
 
 
-def test_a_budget_spent_before_an_epochs_first_step_ends_the_run_where_the_last_epoch_did(tmp_path, data_dir):
-    """The budget runs out after the check before epoch 2 and before its first step (a busy
-    machine): the run stops on time after epoch 1, validated and checkpointed, exit 0."""
+def stalled_run(tmp_path, data_dir, run_dir, stall: str, *overrides: str):
     (tmp_path / "stalled.py").write_text(STALLED_BRAIN)
+    return run_cli("framework.train", tiny_args(data_dir, run_dir, *BUDGET, "brain._target_=stalled.StalledBrain",
+                                                *overrides),
+                   cwd=tmp_path, env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "STALL": stall})
+
+
+@pytest.mark.parametrize("checkpoints", [[], ["trainer.checkpoint.every_epoch=false",
+                                              "trainer.checkpoint.every_n_steps=1000"]])
+def test_a_budget_spent_before_an_epochs_first_step_ends_the_run_where_the_last_epoch_did(tmp_path, data_dir,
+                                                                                          checkpoints):
+    """The budget runs out after the check before epoch 2 and before its first step (a busy
+    machine): the run stops on time after epoch 1, validated and checkpointed (also when
+    checkpoints are written every n steps only), exit 0."""
     run_dir = tmp_path / "run"
-    run_cli("framework.train", tiny_args(data_dir, run_dir, *BUDGET, "trainer.max_time=10m",
-                                         "brain._target_=stalled.StalledBrain"),
-            cwd=tmp_path, env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    stalled_run(tmp_path, data_dir, run_dir, "epoch2", "trainer.max_time=10m", *checkpoints)
     result = metrics_of(run_dir)
     assert len(result["history"]) == 1 and result["history"][0]["stopped_on_time"] == 1
     assert "test_cer" in result["metrics"]
     assert re.search(r"stopped on time: .* at epoch 2, step %d" % result["history"][0]["step"],
                      (run_dir / "train.log").read_text())
     index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
-    assert index[-1]["step"] == result["history"][0]["step"]
+    assert index[-1]["step"] == result["history"][0]["step"] and "cer" in index[-1]["metrics"]
+
+
+def test_a_resumed_run_whose_budget_is_spent_before_its_first_step_ends_where_it_was(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    stalled_run(tmp_path, data_dir, run_dir, "step3", "trainer.max_time=10m")  # stopped on time mid-epoch 1
+    stalled_run(tmp_path, data_dir, run_dir, "resumed", "trainer.max_time=30m", "trainer.resume=auto")
+    log = (run_dir / "train.log").read_text()
+    assert len(re.findall(r"stopped on time: .* at epoch 1, step 3\b", log)) == 2, log
+    assert "test_cer" in metrics_of(run_dir)["metrics"]
 
 
 def test_a_stopped_time_budgeted_run_resumes_for_the_same_total_budget(tmp_path, data_dir):

@@ -60,8 +60,10 @@ class QuietPadding(nn.Module):
         return out, new_lengths
 
 
-def quiet_lead_of(features) -> float | None:
-    """The most quiet that padding put before a training utterance, for the run whose feature
-    pipeline is ``features`` (None: its utterances were not padded)."""
+def quiet_lead_of(features) -> float:
+    """The median quiet that padding put before a training utterance, in seconds, for the run
+    whose feature pipeline is ``features`` (0: most were not padded, or none)."""
     quiet = getattr(getattr(features, "augmentation", None), "quiet", None)
-    return quiet.lead_s if quiet is not None and quiet.p > 0 else None
+    if quiet is None or quiet.p <= 0.5:  # half or more of the leads are 0
+        return 0.0
+    return quiet.lead_s * (1 - 0.5 / quiet.p)  # lead ~ U[0, lead_s] with probability p, else 0

@@ -12,10 +12,10 @@ recording's gain and noise floor. Each stretch then starts where its first milli
 quiet after it. The lead is what the model heard before speech in training
 (:func:`lead_for`): a model trained on trimmed utterances (speech from their first sample,
 ~0.3 s of their own quiet at the end) misreads a stretch that starts a few milliseconds late
-or early (measured on the speech corpus, below), so its lead is ``ONSET_LEAD_S``; one trained
-with quiet padding (``augment=quiet``) heard up to ``lead_s`` of room noise first, and its
-stretches start half that before their onset, where a soft onset found late still has its
-beginning. The file is read in blocks: memory grows with the number of 1 ms frames (8 bytes
+or 20 ms early (measured on the speech corpus, below), so its lead is ``ONSET_LEAD_S``; one
+trained with quiet padding (``augment=quiet``) heard up to ``lead_s`` of room noise first,
+and its stretches start the median of that before their onset (0.15 s with ``augment=quiet``),
+where a soft onset found late still has its beginning. The file is read in blocks: memory grows with the number of 1 ms frames (8 bytes
 each), not with the audio.
 """
 
@@ -36,11 +36,10 @@ TAIL_S = 0.3
 BLOCK_FRAMES = 6000  # 60 s per read (of 10 ms frames)
 
 
-def lead_for(quiet_lead_s: float | None) -> float:
-    """How long before its onset a stretch starts, for a model trained with quiet padding of up
-    to ``quiet_lead_s`` before each utterance (None: trained on trimmed utterances): the
-    median of what it heard."""
-    return quiet_lead_s / 2 if quiet_lead_s else ONSET_LEAD_S
+def lead_for(median_quiet_s: float) -> float:
+    """How long before its onset a stretch starts, for a model whose training utterances had a
+    median of ``median_quiet_s`` of quiet before them (0: trimmed utterances)."""
+    return max(median_quiet_s, ONSET_LEAD_S)
 
 
 def speech_spans_of(path: str, start: float | None, stop: float | None, min_pause_s: float,

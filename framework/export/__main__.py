@@ -26,6 +26,7 @@ import torch
 from framework.augment.quiet import quiet_lead_of
 from framework.cli import exit_on_error
 from framework.config import split_given
+from framework.data.pauses import lead_for
 from framework.errors import UserError
 from framework.experiment import build_datasets
 from framework.export import formats, inference, parity
@@ -84,7 +85,7 @@ def write_artifact(brain, run_dir: str, fmt: str, quantize: str | None, weights:
         unit, meta["min_samples"], meta["first_frame_centre"] = frame_geometry(brain.features, brain.module)
         meta["samples_per_frame"], meta["pad_to"] = unit, max(meta["pad_to"], meta["min_samples"])
         meta["tokenizer"] = "tokenizer.json"
-        meta["quiet_lead_s"] = quiet_lead_of(brain.features)  # where transcribe starts a stretch cut at pauses
+        meta["stretch_lead_s"] = lead_for(quiet_lead_of(brain.features))  # before a stretch cut at pauses
         shutil.copy(Path(run_dir) / "tokenizer.json", folder / "tokenizer.json")
     stats = Path(run_dir) / "feature_stats.pt"
     if brain.features is not None and brain.features.normalize == "global" and stats.is_file():
