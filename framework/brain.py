@@ -232,9 +232,6 @@ class Brain:
             for epoch in range(self.progress.epoch, self.options.max_epochs):
                 if self.stop.out_of_time or self.early_stopping.stopped:
                     break
-                if self.stop.time_up():  # spent during the last validation, or before a resumed run began
-                    self.stopped_on_time_before(epoch)
-                    break
                 self.run_epoch(train_loader, valid_loader, epoch)
         self.on_fit_end()
         self.logger.flush()
@@ -298,7 +295,9 @@ class Brain:
         if self.stop.stopping:
             self.stop_now("in epoch %d at step %d" % (epoch + 1, self.step))
         if self.stop.out_of_time and self.meter.steps == 0:
-            self.meter = None  # spent between the check before the epoch and its first step
+            # spent before this process's first step of the epoch: in the last validation, before a
+            # resumed run began, or stalled on the first batch (the ranks agree on it at that step)
+            self.meter = None
             self.stopped_on_time_before(epoch)
             return
         self.skips.check_epoch(epoch, self.meter.steps)

@@ -494,18 +494,18 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
         if not hasattr(brain, "tokenizer"):
             raise UserError(f"{cfg.brain._target_} has no tokenizer: this run is not a speech recognition recipe")
         brain.load_weights(checkpoint)
+        lead_s = lead_for(quiet_lead_of(brain.features))  # where the model's training utterances started
         if not getattr(brain, "ctc", True):  # a transducer: no CTC frames to merge chunks at or align words with
             if timestamps:
                 raise UserError(f"--format {fmt}: word times come from a CTC alignment; {cfg.brain._target_} gives "
                                 "transcripts only (--format text)")
-            emit(spanned(lambda some: whole_recordings(brain, some, Geometry(int(cfg.sample_rate), 1, 1, 0)),
-                         lead_for(quiet_lead_of(brain.features))))
+            emit(spanned(lambda some: whole_recordings(brain, some, Geometry(int(cfg.sample_rate), 1, 1, 0)), lead_s))
         else:
             unit, min_samples, centre = frame_geometry(brain.features, brain.module)
             geometry = Geometry(int(cfg.sample_rate), unit, min_samples, 0, centre)
             with brain_runner(brain) as run:
                 emit(spanned(Transcriber(run, geometry, brain.decoder, brain.tokenizer, chunk_s, overlap_s, batch_size,
-                                         timestamps), lead_for(quiet_lead_of(brain.features))))
+                                         timestamps), lead_s))
         brain.logger.close()
     if failures:
         raise UserError(f"{failures} of {len(jobs)} files could not be transcribed (named above); the others were")

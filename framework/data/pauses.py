@@ -14,9 +14,9 @@ quiet after it. The lead is what the model heard before speech in training
 ~0.3 s of their own quiet at the end) misreads a stretch that starts a few milliseconds late
 or 20 ms early (measured on the speech corpus, below), so its lead is ``ONSET_LEAD_S``; one
 trained with quiet padding (``augment=quiet``) heard up to ``lead_s`` of room noise first,
-and its stretches start the median of that before their onset (0.15 s with ``augment=quiet``),
-where a soft onset found late still has its beginning. The file is read in blocks: memory grows with the number of 1 ms frames (8 bytes
-each), not with the audio.
+and its stretches start the median of that before their onset (0.15 s with
+``augment=quiet``), where a soft onset found late still has its beginning. The file is read
+in blocks: memory grows with the number of 1 ms frames (8 bytes each), not with the audio.
 """
 
 from __future__ import annotations
