@@ -1,5 +1,5 @@
 """``python -m benchmarks.inference RUN_DIR [--corpus speech|sentences] [--minutes 10,60] [--threads 1,2]
-[--engines ...] [--split-at-pauses none,0.3] [--work DIR]``:
+[--engines ...] [--split-at-pauses none,0.3] [--work DIR] [--utterances]``:
 real-time factor, peak memory, CER and word-time error of long-recording transcription with
 eager PyTorch (the run directory), TorchScript fp32 and int8, torch.export, ONNX Runtime fp32
 and int8 (the run's exported artifacts in ``RUN_DIR/export/``, made with
@@ -17,6 +17,10 @@ wall time over the audio's duration is the real-time factor (model loading inclu
 ``ru_maxrss`` the peak RSS. CER and WER are computed per utterance (hypothesis words assigned
 by their time), against the references and against transcribing each utterance file on its
 own with the eager model. Prints a markdown table; ``--json`` writes the rows.
+
+``--utterances``: each engine transcribes the test utterances as files instead (any speech
+model, a transducer too, whose transcription needs no CTC alignment): the whole command's
+time in a fresh process, its peak RSS, and CER / WER against the references.
 """
 
 from __future__ import annotations
@@ -108,11 +112,14 @@ def make_recording(folder: Path, minutes: float, items: list[dict], spans: dict,
     return path
 
 
-def measure(source: str, audio: Path, threads: int, out: Path, pause_s: float | None = None) -> dict:
-    """One transcription in a fresh process: its time and peak RSS."""
+def measure(source: str, audio: Path | list[str], threads: int, out: Path, pause_s: float | None = None) -> dict:
+    """One transcription in a fresh process: its time and peak RSS, and the hypothesis (JSON of
+    one recording; the text of each of a list of files)."""
+    files = [str(audio)] if isinstance(audio, Path) else audio
+    fmt = "json" if isinstance(audio, Path) else "text"
     code = ("import json, resource, sys, time; from framework.transcribe import transcribe\n"
             "t = time.perf_counter()\n"
-            f"transcribe({source!r}, [{str(audio)!r}], fmt='json', out={str(out)!r}, threads={threads}, "
+            f"transcribe({source!r}, {files!r}, fmt={fmt!r}, out={str(out)!r}, threads={threads}, "
             f"pause_s={pause_s!r})\n"
             "print(json.dumps({'seconds': time.perf_counter() - t, "
             "'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
@@ -121,8 +128,39 @@ def measure(source: str, audio: Path, threads: int, out: Path, pause_s: float | 
     if proc.returncode:
         raise SystemExit(f"transcription with {source} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["hypothesis"] = json.loads((out / (audio.name + ".json")).read_text())
+    if isinstance(audio, Path):
+        result["hypothesis"] = json.loads((out / (audio.name + ".json")).read_text())
+    else:
+        result["hypothesis"] = {f: (out / (Path(f).name + ".txt")).read_text().rstrip("\n").split("\t", 1)[1]
+                                for f in files}
     return result
+
+
+def utterance_rows(args, items: list[dict]) -> list[dict]:
+    """Each engine transcribing the test utterances as files, in a fresh process: files per
+    second over the whole command (model loading included), peak RSS, CER and WER."""
+    from framework.text import ErrorRate
+
+    duration = sum(soundfile.info(i["path"]).duration for i in items)
+    work = Path(args.work or Path(args.run_dir) / "bench-inference")
+    rows = []
+    print("| engine | threads | seconds | x real time | peak RSS (MB) | CER | WER |\n|---|---|---|---|---|---|---|",
+          flush=True)
+    for threads, engine in itertools.product((int(t) for t in args.threads.split(",")), args.engines.split(",")):
+        folder = ENGINES[engine]
+        source = args.run_dir if folder is None else str(Path(args.run_dir) / "export" / folder)
+        out = work / f"utterances-{args.corpus}-{engine}-{threads}t"
+        out.mkdir(parents=True, exist_ok=True)
+        result = measure(source, [i["path"] for i in items], threads, out)
+        cer, wer = ErrorRate("char"), ErrorRate("word")
+        for rate in (cer, wer):
+            rate.update([i["words"] for i in items], [result["hypothesis"][i["path"]] for i in items])
+        row = {"engine": engine, "threads": threads, "seconds": result["seconds"], "peak_rss_mb": result["peak_rss_mb"],
+               "x_real_time": duration / result["seconds"], "cer": cer.value, "wer": wer.value}
+        rows.append(row)
+        print(f"| {engine} | {threads} | {row['seconds']:.2f} | {row['x_real_time']:.0f} | {row['peak_rss_mb']:.0f} | "
+              f"{row['cer']:.4f} | {row['wer']:.4f} |", flush=True)
+    return rows
 
 
 def score(hypothesis: dict, truth: dict, alone: dict[str, str] | None) -> dict:
@@ -180,11 +218,19 @@ def main(argv: list[str] | None = None) -> int:
                                        "recordings' word times are the run's own alignments)")
     parser.add_argument("--split-at-pauses", default="none,0.3",
                         help="comma-separated: none (chunks only) and/or the --split-at-pauses seconds")
+    parser.add_argument("--utterances", action="store_true",
+                        help="transcribe the test utterances as files instead of long recordings (any speech "
+                             "model, a transducer included): throughput, memory, CER")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     work = Path(args.work or Path(args.run_dir) / "bench-inference")
     work.mkdir(parents=True, exist_ok=True)
     items = utterances(args.corpus)
+    if args.utterances:
+        rows = utterance_rows(args, items)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     spans_file = work / f"word_spans-{args.corpus}.json"
     if not spans_file.is_file():
         spans_file.write_text(json.dumps(word_spans(args.run_dir, items)))

@@ -30,7 +30,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from framework.cli import exit_on_error
 from framework.data.pauses import ONSET_LEAD_S, lead_for
 from framework.errors import UserError
 from framework.text.decoders import GreedyDecoder
+from framework.text.subword import SentencePieceTokenizer
 from framework.text.tokenizer import CharTokenizer
 
 FORMATS = ("text", "json", "srt", "vtt")
@@ -345,22 +346,38 @@ def write(result: Result, fmt: str, out: Path | None) -> None:
 
 
 @torch.no_grad()
-def whole_recordings(brain, jobs: list[Job], geometry: Geometry) -> Iterator[Result | Failure]:
-    """Each job in one pass through ``brain.recognize`` (a model whose outputs cannot be merged
-    across chunks, such as a transducer): memory grows with the recording's length."""
-    brain.set_mode(training=False)
+def whole_recordings(recognize: Callable[[torch.Tensor], str], jobs: list[Job],
+                     geometry: Geometry) -> Iterator[Result | Failure]:
+    """Each job in one pass through ``recognize(samples [S]) -> text`` (a model whose outputs
+    cannot be merged across chunks, such as a transducer): memory grows with the recording's
+    length."""
     for i, job in enumerate(jobs):
         failed = None
         for chunk in chunk_stream([job], geometry, chunk_s=1e9, overlap_s=0.0):
             if isinstance(chunk, Failure):
                 failed = Failure(i, chunk.message)
                 continue
-            samples = chunk.samples.to(brain.device)[None]
-            lengths = torch.tensor([samples.shape[1]], device=brain.device)
-            with brain.eval_weights():
-                feats, feat_lens = brain.features.extract(samples, lengths)
-                text = brain.recognize(feats, feat_lens)[0]
+            text = recognize(chunk.samples)
         yield failed or Result(job.name, text, chunk.duration)
+
+
+def brain_recognizer(brain) -> Callable[[torch.Tensor], str]:
+    """``brain.recognize`` of one waveform, on the weights evaluation uses."""
+    brain.set_mode(training=False)
+
+    def recognize(samples: torch.Tensor) -> str:
+        samples = samples.to(brain.device)[None]
+        with brain.eval_weights():
+            feats, feat_lens = brain.features.extract(samples, torch.tensor([samples.shape[1]], device=brain.device))
+            return brain.recognize(feats, feat_lens)[0]
+
+    return recognize
+
+
+def refuse_timestamps(fmt: str, model: str) -> None:
+    if fmt != "text":
+        raise UserError(f"--format {fmt}: word times come from a CTC alignment; {model} gives transcripts only "
+                        "(--format text)")
 
 
 def split_at_pauses(jobs: list[Job], min_pause_s: float, lead_s: float) -> tuple[list[Job], list[int], list[float]]:
@@ -477,13 +494,22 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
                             "directories only")
         artifact = Artifact(source, threads)
         meta = artifact.meta
-        if meta["task"] != "ctc":
+        lead_s = meta.get("stretch_lead_s", ONSET_LEAD_S)
+        if meta["task"] == "transducer":
+            refuse_timestamps(fmt, f"{source}, an exported transducer,")
+            geometry = Geometry(meta["sample_rate"], 1, meta["min_samples"], 0)
+            emit(spanned(lambda some: whole_recordings(lambda samples: artifact.transcribe([samples.numpy()])[0], some,
+                                                       geometry), lead_s))
+        elif meta["task"] == "ctc":
+            units = meta.get("subword_model")
+            tokenizer = (SentencePieceTokenizer.load(Path(source) / units) if units
+                         else CharTokenizer.load(Path(source) / meta["tokenizer"]))
+            geometry = Geometry(meta["sample_rate"], meta["samples_per_frame"], meta["min_samples"], meta["pad_to"],
+                                meta["first_frame_centre"])
+            emit(spanned(Transcriber(artifact_runner(artifact), geometry, GreedyDecoder(tokenizer), tokenizer, chunk_s,
+                                     overlap_s, batch_size, timestamps), lead_s))
+        else:
             raise UserError(f"{source}: an exported {meta['task']} model, not speech recognition")
-        tokenizer = CharTokenizer.load(Path(source) / meta["tokenizer"])
-        geometry = Geometry(meta["sample_rate"], meta["samples_per_frame"], meta["min_samples"], meta["pad_to"],
-                            meta["first_frame_centre"])
-        emit(spanned(Transcriber(artifact_runner(artifact), geometry, GreedyDecoder(tokenizer), tokenizer, chunk_s,
-                                 overlap_s, batch_size, timestamps), meta.get("stretch_lead_s", ONSET_LEAD_S)))
     else:
         from framework.export.graph import frame_geometry
         from framework.run_dir import load_run_config, open_brain
@@ -496,10 +522,9 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
         brain.load_weights(checkpoint)
         lead_s = lead_for(quiet_lead_of(brain.features))  # where the model's training utterances started
         if not getattr(brain, "ctc", True):  # a transducer: no CTC frames to merge chunks at or align words with
-            if timestamps:
-                raise UserError(f"--format {fmt}: word times come from a CTC alignment; {cfg.brain._target_} gives "
-                                "transcripts only (--format text)")
-            emit(spanned(lambda some: whole_recordings(brain, some, Geometry(int(cfg.sample_rate), 1, 1, 0)), lead_s))
+            refuse_timestamps(fmt, cfg.brain._target_)
+            recognize = brain_recognizer(brain)
+            emit(spanned(lambda some: whole_recordings(recognize, some, Geometry(int(cfg.sample_rate), 1, 1, 0)), lead_s))
         else:
             unit, min_samples, centre = frame_geometry(brain.features, brain.module)
             geometry = Geometry(int(cfg.sample_rate), unit, min_samples, 0, centre)

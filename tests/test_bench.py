@@ -224,3 +224,20 @@ def test_the_inference_benchmark_gives_each_word_to_the_utterance_whose_stretch_
              [("hen", 0.1, 0.5), ("their", 1.5, 1.8), ("ship", 5.0, 5.5), ("sailed", 8.5, 9.0)]]
     scores = score({"words": words}, truth, {"a": "hen", "b": "their ship sailed"})
     assert scores["cer"] == 0 and scores["cer_alone"] == 0 and scores["word_time_error_ms"] == 0
+
+
+@pytest.mark.slow  # two transcriptions of the speech corpus's 40 test files
+def test_the_inference_benchmark_times_each_engine_on_the_test_utterances(one_epoch_run, tmp_path):
+    import json
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run_dir)
+    run_cli("framework.export", [str(run_dir), "--format", "torchscript"], cwd=tmp_path)
+    proc = run_cli("benchmarks.inference", [str(run_dir), "--utterances", "--engines", "eager,torchscript", "--threads",
+                                            "1", "--json", str(tmp_path / "rows.json")], cwd=ROOT)
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["engine"] for r in rows] == ["eager", "torchscript"]
+    assert [line.split(" | ")[0] for line in proc.stdout.splitlines()] == ["| engine", "|---|---|---|---|---|---|---|",
+                                                                         "| eager", "| torchscript"]
+    assert rows[0]["cer"] == rows[1]["cer"] > 0 and all(r["seconds"] > 0 and r["peak_rss_mb"] > 50 for r in rows)

@@ -83,6 +83,7 @@ def test_asr_tutorial(tmp_path, data_dir):
     assert "test_cer" in json.loads((interctc / "metrics.json").read_text())["metrics"]
     assert (tmp_path / "runs" / "bpe" / "tokenizer.model").read_bytes() == (tmp_path / "speech-bpe.model").read_bytes()
     assert "test_cer" in json.loads((tmp_path / "runs" / "transducer" / "metrics.json").read_text())["metrics"]
+    assert (tmp_path / "runs" / "transducer" / "export" / "torchscript" / "joiner.ts").is_file()
     assert "stopped on time: trainer.max_time=10s" in (tmp_path / "runs" / "sentences" / "train.log").read_text()
 
 

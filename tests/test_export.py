@@ -20,6 +20,7 @@ import torch
 
 from framework.data.synthetic import letter_tone
 from framework.export import formats
+from framework.export.graph import Graph
 from framework.models import ConformerCTC, DeepSpeech2, WideResNet
 from framework.models.wav2vec2 import Wav2Vec2CTC
 from tests.conftest import run_cli, run_result
@@ -126,7 +127,7 @@ def test_every_model_exports_with_the_eager_outputs_at_every_length(name, fmt, t
     graph = model if len(inputs) == 2 else ImageGraph(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pad_to = formats.save(graph, fmt, tmp_path, args)
+        pad_to = formats.save(Graph.of_batch(graph, args), fmt, tmp_path / formats.FORMATS[fmt])
     if fmt == "torch_export":
         module = torch.export.load(str(tmp_path / "model.pt2")).module()
     else:
@@ -187,7 +188,7 @@ def test_gru_layers_export_to_onnx_as_its_gru_operator_with_the_eager_outputs(op
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        formats.save(model, "onnx", tmp_path, example("ds2", [120, 90]))
+        formats.save(Graph.of_batch(model, example("ds2", [120, 90])), "onnx", tmp_path / "model.onnx")
     ops = [node.op_type for node in onnx.load(str(tmp_path / "model.onnx")).graph.node]
     assert ops.count("GRU") == 2 and "Scan" not in ops, ops
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
@@ -232,7 +233,7 @@ def test_int8_onnx_quantizes_matrix_products_and_convolutions_only_without_them(
         (tmp_path / name).mkdir()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            formats.save(graph, "onnx", tmp_path / name, args, quantize="int8")
+            formats.save(Graph.of_batch(graph, args), "onnx", tmp_path / name / "model.onnx", quantize="int8")
         ops[name] = {node.op_type for node in onnx.load(str(tmp_path / name / "model.onnx")).graph.node}
     assert ops["ds2_small"] & {"DynamicQuantizeMatMul", "MatMulInteger"} and "ConvInteger" not in ops["ds2_small"]
     assert "ConvInteger" in ops["wideresnet"], ops["wideresnet"]

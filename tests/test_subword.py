@@ -242,3 +242,30 @@ def test_a_run_from_before_tokenizers_were_chosen_still_evaluates_in_characters(
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
     metrics = json.loads(run_cli("framework.evaluate", [str(run_dir)], cwd=tmp_path).stdout.strip().splitlines()[-1])
     assert metrics == pytest.approx({k: v for k, v in run_result(run_dir)["metrics"].items() if k.startswith("test_")})
+
+
+def test_a_run_in_pieces_exports_and_its_artifact_spells_what_the_run_transcribes(train_cli, tones, tmp_path):
+    """The artifact's tokenizer.json holds what each piece spells (a leading space for a
+    piece that starts a word), which inference.py decodes with; the framework decodes an
+    artifact with the run's sentencepiece model, kept beside it."""
+    import subprocess
+    import sys
+
+    from tests.test_export import isolated_env
+
+    _, run_dir = train_cli("tokenizer=bpe", "tokenizer.vocab_size=30", "trainer.max_epochs=2")
+    out = tmp_path / "export"
+    run_cli("framework.export", [str(run_dir), "--format", "torchscript", "--out", str(out)], cwd=tmp_path)
+    meta = json.loads((out / "artifact.json").read_text())
+    assert meta["subword_model"] == "tokenizer.model"
+    assert (out / "tokenizer.model").read_bytes() == (run_dir / "tokenizer.model").read_bytes()
+    spelt = json.loads((out / "tokenizer.json").read_text())["symbols"]
+    pieces = SentencePieceTokenizer.load(run_dir / "tokenizer.model")
+    assert spelt == pieces.surface[1:] and any(s.startswith(" ") for s in spelt) and not any("\u2581" in s for s in spelt)
+    wavs = [str(w) for w in sorted((tones / "test").glob("*.wav"))[:6]]
+    isolated = subprocess.run([sys.executable, "-I", str(out / "inference.py"), *wavs], cwd=tmp_path,
+                              env=isolated_env(), capture_output=True, text=True, timeout=300)
+    assert isolated.returncode == 0, isolated.stderr
+    from_run = run_cli("framework.transcribe", [str(run_dir), *wavs], cwd=tmp_path).stdout
+    assert isolated.stdout == from_run == run_cli("framework.transcribe", [str(out), *wavs], cwd=tmp_path).stdout
+    assert any(line.split("\t")[1] for line in from_run.splitlines())

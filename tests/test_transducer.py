@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,9 +153,6 @@ def test_trains_in_pieces_with_bf16_accumulation_and_checkpointed_blocks_then_de
     wavs = [str(w) for w in sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:2]]
     out = run_cli("framework.transcribe", [str(run_dir), *wavs, "decoder=transducer_beam"], cwd=tmp_path).stdout
     assert [line.split("\t")[0] for line in out.rstrip("\n").split("\n")] == wavs
-    proc = run_cli("framework.export", [str(run_dir), "--format", "onnx"], cwd=tmp_path, check=False)
-    assert last_line(proc) == ("error: TransducerBrain is a transducer: its decoding loop is not exported yet; "
-                               "transcribe with the run directory (python -m framework.transcribe RUN_DIR FILES)")
     proc = run_cli("framework.transcribe", [str(run_dir), wavs[0], "--format", "json"], cwd=tmp_path, check=False)
     assert last_line(proc) == ("error: --format json: word times come from a CTC alignment; "
                                "recipes.asr_transducer.brain.TransducerBrain gives transcripts only (--format text)")
@@ -172,6 +170,102 @@ def test_decoders_and_models_of_the_other_recipe_are_refused_at_start(transducer
                                "decoder=beam")
     proc, _ = transducer_cli("ctc_weight=0", run_dir=tmp_path / "weight", check=False)
     assert last_line(proc).startswith("error: ctc_weight=0.0: must be in (0, 1) with model.ctc_head=true")
+
+
+# ------------------------------------------------------------------------- export
+@pytest.fixture(scope="module")
+def decoding_transducer(tmp_path_factory, data_dir) -> Path:
+    """The tiny transducer after 40 epochs (~15 s): it emits labels (test CER ~0.85), so the
+    exported decoding loop has labels, blanks and the per-frame cap to get right."""
+    run_dir = tmp_path_factory.mktemp("transducer") / "run"
+    run_cli("framework.train", [*TINY_TRANSDUCER, f"dataset.root={data_dir}/tones-tiny", "trainer.max_epochs=40",
+                                f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
+    assert run_result(run_dir)["metrics"]["test_cer"] < 0.95
+    return run_dir
+
+
+def test_an_exported_transducer_decodes_without_the_framework_as_the_recipe_does(decoding_transducer, tmp_path,
+                                                                                 data_dir):
+    """Three graphs (encoder, one prediction network step, joiner) and inference.py's greedy
+    loop: parity with the recipe's encoder, prediction network, joiner and greedy decoder on
+    the test set; the standalone artifact transcribes as the run directory does."""
+    from tests.test_export import isolated_env
+
+    run_dir, out = decoding_transducer, tmp_path / "ts"
+    proc = run_cli("framework.export", [str(run_dir), "--format", "torchscript", "--out", str(out)], cwd=tmp_path)
+    assert "(model.ts, predictor.ts, joiner.ts," in proc.stdout
+    meta = json.loads((out / "artifact.json").read_text())
+    parity = meta["parity"]
+    assert parity["max_abs_diff"] <= 1e-4 and parity["exported_cer"] == parity["pytorch_cer"] < 0.95, parity
+    assert parity["pytorch_cer"] == pytest.approx(run_result(run_dir)["metrics"]["test_cer"])
+    assert meta["task"] == "transducer" and meta["transducer"]["state"] == [1, 32]
+    assert sorted(p.name for p in out.iterdir()) == ["artifact.json", "inference.py", "joiner.ts", "model.ts",
+                                                     "predictor.ts", "tokenizer.json"]
+    wavs = [str(w) for w in sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:6]]
+    isolated = subprocess.run([sys.executable, "-I", str(out / "inference.py"), *wavs], cwd=tmp_path,
+                              env=isolated_env(), capture_output=True, text=True, timeout=300)
+    assert isolated.returncode == 0 and "framework" not in isolated.stderr, isolated.stderr
+    from_run = run_cli("framework.transcribe", [str(run_dir), *wavs], cwd=tmp_path).stdout
+    from_artifact = run_cli("framework.transcribe", [str(out), *wavs], cwd=tmp_path).stdout
+    assert isolated.stdout == from_run == from_artifact
+    assert any(line.split("\t")[1] for line in from_run.splitlines())  # something was emitted
+    proc = run_cli("framework.transcribe", [str(out), wavs[0], "--format", "srt"], cwd=tmp_path, check=False)
+    assert last_line(proc) == (f"error: --format srt: word times come from a CTC alignment; {out}, an exported "
+                               "transducer, gives transcripts only (--format text)")
+
+
+def test_the_decoding_loop_emits_up_to_the_cap_a_frame_and_keeps_each_rows_state(decoding_transducer, tmp_path):
+    """``Artifact.search`` against the recipe's batched greedy decoder, also where labels win
+    more often (the joiner's blank score lowered): rows emit several labels a frame, up to
+    the cap, and the rows of one batch stop emitting at different frames and labels."""
+    from framework.data.collate import collate
+    from framework.experiment import build_datasets
+    from framework.export.__main__ import example_inputs, write_artifact
+    from framework.export.inference import Artifact
+    from framework.run_dir import load_run_config, open_brain
+
+    cfg = load_run_config(str(decoding_transducer), [])
+    brain = open_brain(cfg, log_name="probe")
+    brain.setup(None)
+    weights = brain.load_weights("best")
+    brain.model.eval()
+    test_set = build_datasets(cfg, True)["test"]
+    batch = collate([test_set[i] for i in range(8)])
+    emitted = []
+    for shift in (0.0, 2.0, 4.0):
+        with torch.no_grad():
+            brain.module.joiner.output.bias[0] -= shift
+            folder = tmp_path / f"shift-{shift}"
+            folder.mkdir()
+            write_artifact(brain, str(decoding_transducer), "torchscript", None, weights, example_inputs(test_set),
+                           folder)
+            artifact = Artifact(folder)
+            encodings, frames = artifact.run(batch.inputs.numpy(), batch.inputs_lens.numpy())
+            hyps = artifact.search(encodings, frames)
+            expected = TransducerGreedyDecoder(brain.tokenizer).search(brain.module, torch.from_numpy(encodings),
+                                                                       torch.from_numpy(frames))
+            brain.module.joiner.output.bias[0] += shift
+        assert hyps == expected, shift
+        emitted.append(sum(map(len, hyps)))
+    assert 0 < emitted[0] < emitted[1] < emitted[2], emitted
+    brain.logger.close()
+
+
+@pytest.mark.slow  # ONNX and torch.export traces of three graphs, quantization, parity checks
+def test_a_transducer_exports_in_every_format_and_int8(decoding_transducer, tmp_path):
+    sizes = {}
+    for fmt, quantize in (("onnx", None), ("torch_export", None), ("onnx", "int8"), ("torchscript", "int8")):
+        out = tmp_path / f"{fmt}-{quantize}"
+        run_cli("framework.export", [str(decoding_transducer), "--format", fmt, "--out", str(out),
+                                     *(["--quantize", quantize] if quantize else [])], cwd=tmp_path)
+        meta = json.loads((out / "artifact.json").read_text())
+        parity = meta["parity"]
+        sizes[(fmt, quantize)] = parity["bytes"]
+        if quantize is None:
+            assert parity["max_abs_diff"] <= 1e-4 and parity["exported_cer"] == parity["pytorch_cer"], (fmt, parity)
+        else:
+            assert abs(parity["exported_cer"] - parity["pytorch_cer"]) < 0.2, (fmt, parity)
+    assert sizes[("onnx", "int8")] < sizes[("onnx", None)]
 
 
 @pytest.mark.slow  # 15-30 s: `make test-slow` runs it

@@ -2,10 +2,12 @@
 [--checkpoint best|latest|averaged|PATH] [--out DIR] [overrides]``
 
 Writes one self-contained folder (default ``RUN_DIR/export/<format>[-int8]``): the network with
-its feature extraction inside the graph (``model.onnx``, ``model.pt2`` or ``model.ts``), the
-run's ``tokenizer.json`` and ``feature_stats.pt`` where it has them, ``inference.py`` (needs
-torch or onnxruntime, numpy and soundfile, not the framework) and ``artifact.json``. The
-weights are those evaluation uses (the weight average with ``trainer.ema_decay``).
+its feature extraction inside the graph (``model.onnx``, ``model.pt2`` or ``model.ts``; a
+transducer's encoder, with its ``predictor`` and ``joiner`` graphs beside it), what each label
+spells (``tokenizer.json``; a subword run's ``tokenizer.model`` too), ``feature_stats.pt``
+where the run has them, ``inference.py`` (needs torch or onnxruntime, numpy and soundfile,
+not the framework; it holds a transducer's decoding loop) and ``artifact.json``. The weights
+are those evaluation uses (the weight average with ``trainer.ema_decay``).
 
 Then the artifact, as written, runs on the run's test set beside the PyTorch model: an fp32
 export must agree within 1e-4 and give the same CER / WER (accuracy for a classifier), or
@@ -30,8 +32,9 @@ from framework.data.pauses import lead_for
 from framework.errors import UserError
 from framework.experiment import build_datasets
 from framework.export import formats, inference, parity
-from framework.export.graph import frame_geometry, inference_graph
+from framework.export.graph import frame_geometry, inference_graphs
 from framework.files import write_text_atomic
+from framework.models.transducer import Transducer
 from framework.run_dir import load_run_config, open_brain
 
 
@@ -71,22 +74,39 @@ def install(staging: Path, target: Path) -> None:
 
 def write_artifact(brain, run_dir: str, fmt: str, quantize: str | None, weights: Path,
                    example: tuple[torch.Tensor, torch.Tensor], folder: Path) -> dict:
-    """The graph, the files it needs and ``artifact.json`` (without the parity record) in ``folder``."""
-    ctc = hasattr(brain, "tokenizer")
+    """The graphs, the files they need and ``artifact.json`` (without the parity record) in ``folder``."""
+    speech = hasattr(brain, "tokenizer")
+    transducer = isinstance(brain.module, Transducer)
+    suffix = Path(formats.FORMATS[fmt]).suffix
     meta: dict = {"format": fmt, "model": formats.FORMATS[fmt], "quantized": quantize,
-                  "task": "ctc" if ctc else "classification", "sample_rate": int(brain.cfg.sample_rate),
+                  "task": "transducer" if transducer else "ctc" if speech else "classification",
+                  "sample_rate": int(brain.cfg.sample_rate),
                   "features": brain.features.describe() if brain.features is not None else None,
                   "source": {"run": str(Path(run_dir).resolve()), "checkpoint": str(weights), "step": brain.step}}
     with brain.eval_weights():
-        graph = inference_graph(brain, onnx=fmt == "onnx")
-        meta["pad_to"] = formats.save(graph, fmt, folder, (example[0].cpu(), example[1].cpu()), quantize)
+        graphs = inference_graphs(brain, (example[0].cpu(), example[1].cpu()), onnx=fmt == "onnx")
+        for name, graph in graphs.items():
+            pad_to = formats.save(graph, fmt, folder / (name + suffix), quantize)
+            meta.setdefault("pad_to", pad_to)  # the first graph's: the one that takes the inputs
     meta["min_samples"] = 0
-    if ctc:
-        unit, meta["min_samples"], meta["first_frame_centre"] = frame_geometry(brain.features, brain.module)
+    if transducer:
+        lstm = brain.module.predictor.lstm
+        meta["transducer"] = {"predictor": "predictor" + suffix, "joiner": "joiner" + suffix,
+                              "state": [lstm.num_layers, lstm.hidden_size],
+                              "max_symbols_per_frame": brain.decoder.max_symbols}
+    if speech:
+        acoustic = brain.module.encoder if transducer else brain.module
+        unit, meta["min_samples"], meta["first_frame_centre"] = frame_geometry(brain.features, acoustic)
         meta["samples_per_frame"], meta["pad_to"] = unit, max(meta["pad_to"], meta["min_samples"])
-        meta["tokenizer"] = "tokenizer.json"
         meta["stretch_lead_s"] = lead_for(quiet_lead_of(brain.features))  # before a stretch cut at pauses
-        shutil.copy(Path(run_dir) / "tokenizer.json", folder / "tokenizer.json")
+        # what each label id spells, for inference.py; the run's own tokenizer file for the framework
+        meta["tokenizer"] = "tokenizer.json"
+        write_text_atomic(folder / "tokenizer.json", json.dumps({"symbols": brain.tokenizer.surface[1:]},
+                                                                ensure_ascii=False))
+        units = Path(run_dir) / "tokenizer.model"
+        if units.is_file():
+            meta["subword_model"] = units.name
+            shutil.copy(units, folder / units.name)
     stats = Path(run_dir) / "feature_stats.pt"
     if brain.features is not None and brain.features.normalize == "global" and stats.is_file():
         shutil.copy(stats, folder / "feature_stats.pt")  # also inside the graph, as buffers
@@ -94,6 +114,12 @@ def write_artifact(brain, run_dir: str, fmt: str, quantize: str | None, weights:
     shutil.copy(inference.__file__, folder / "inference.py")
     write_text_atomic(folder / "artifact.json", json.dumps(meta, indent=1))
     return meta
+
+
+def graph_files(meta: dict) -> list[str]:
+    """The artifact's graph files."""
+    return [meta["model"], *([meta["transducer"]["predictor"], meta["transducer"]["joiner"]]
+                             if "transducer" in meta else [])]
 
 
 def export(run_dir: str, fmt: str, quantize: str | None = None, checkpoint: str = "best", out: str | None = None,
@@ -114,7 +140,7 @@ def export(run_dir: str, fmt: str, quantize: str | None = None, checkpoint: str 
     try:
         meta = write_artifact(brain, run_dir, fmt, quantize, weights, example, staging)
         record = parity.check(brain, test_set, inference.Artifact(staging))
-        record["bytes"] = (staging / meta["model"]).stat().st_size
+        record["bytes"] = sum((staging / name).stat().st_size for name in graph_files(meta))
         meta["parity"] = record
         write_text_atomic(staging / "artifact.json", json.dumps(meta, indent=1))
         if not quantize and not parity.agrees(record):
@@ -128,7 +154,7 @@ def export(run_dir: str, fmt: str, quantize: str | None = None, checkpoint: str 
         shutil.rmtree(staging, ignore_errors=True)  # what is left of it after a failure
         brain.logger.close()
     size = f"{record['bytes'] / 1e6:.2f} MB"
-    print(f"exported {target} ({meta['model']}, {size}{', int8' if quantize else ''}): {parity.describe(record)}")
+    print(f"exported {target} ({', '.join(graph_files(meta))}, {size}{', int8' if quantize else ''}): {parity.describe(record)}")
     return meta
 
 

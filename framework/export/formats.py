@@ -1,15 +1,16 @@
-"""Writing an inference graph in one of the export formats, optionally quantized to int8.
+"""Writing an inference graph (:class:`framework.export.graph.Graph`) in one of the export
+formats, optionally quantized to int8.
 
-- ``onnx``: ``torch.onnx.export`` (its torch.export-based exporter), one ``model.onnx`` file;
+- ``onnx``: ``torch.onnx.export`` (its torch.export-based exporter), one ``.onnx`` file;
   int8 by ``onnxruntime.quantization.quantize_dynamic`` (weights int8, activations
   quantized per batch).
-- ``torch_export``: ``torch.export`` saved as ``model.pt2``; loaded with ``torch.export.load``.
-- ``torchscript``: ``torch.jit.script`` saved as ``model.ts``; int8 by torch's dynamic
+- ``torch_export``: ``torch.export`` saved as ``.pt2``; loaded with ``torch.export.load``.
+- ``torchscript``: ``torch.jit.script`` saved as ``.ts``; int8 by torch's dynamic
   quantization of the Linear, GRU and LSTM layers.
 
-Batch and time are dynamic axes. torch.export checks the example's sizes against 0 and 1 and
-keeps those checks as run-time assertions (an exported program would then refuse a batch of
-one); as torch.onnx does, the capture reasons about sizes without them
+The graph names its dynamic axes (batch and time for a model's inputs). torch.export checks
+the example's sizes against 0 and 1 and keeps those checks as run-time assertions (an
+exported program would then refuse a batch of one); as torch.onnx does, the capture reasons about sizes without them
 (``backed_size_oblivious``) and the assertions left are removed, and the export's parity check
 runs the artifact at batch sizes of one and more. The shortest batch tensor the graph is
 captured for is recorded (``pad_to``): runners pad shorter batches, which changes no output.
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from framework.errors import UserError
+from framework.export.graph import Graph
 
 FORMATS = {"onnx": "model.onnx", "torch_export": "model.pt2", "torchscript": "model.ts"}
 MISSING_ONNX = "the onnx format needs onnx, onnxscript and onnxruntime: pip install -e .[export]"
@@ -47,37 +49,28 @@ def check_format(fmt: str, quantize: str | None) -> None:
             raise UserError(MISSING_ONNX) from None
 
 
-def save(graph: nn.Module, fmt: str, folder: Path, example: tuple[torch.Tensor, torch.Tensor],
-         quantize: str | None = None) -> int:
-    """Writes ``graph`` (in evaluation mode) to ``folder / FORMATS[fmt]``; returns the shortest
-    time axis of a batch the written graph takes (0: any)."""
-    path = folder / FORMATS[fmt]
+def save(graph: Graph, fmt: str, path: Path, quantize: str | None = None) -> int:
+    """Writes ``graph`` (its module in evaluation mode) to ``path``; returns the shortest time
+    axis of a batch the written graph takes (0: any)."""
     with torch.no_grad():
         if fmt == "torchscript":
-            fold_parametrizations(graph)
-            module = quantize_dynamic(graph) if quantize else graph
+            fold_parametrizations(graph.module)
+            module = quantize_dynamic(graph.module) if quantize else graph.module
             torch.jit.save(torch.jit.script(module), str(path))
         elif fmt == "torch_export":
-            program = export_program(graph, example)
+            program = export_program(graph)
             torch.export.save(program, str(path))
             return min_batch_length(program)
         else:
-            save_onnx(graph, example, path, quantize)
+            save_onnx(graph, path, quantize)
     return 0
 
 
-def dynamic_shapes(example: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[int, object], dict[int, object]]:
-    """Batch and time dynamic; any further input axis (feature bins, image sizes) static."""
-    dynamic = torch.export.Dim.DYNAMIC
-    inputs = {0: dynamic, 1: dynamic} if example[0].dim() <= 3 else {0: dynamic}
-    return inputs, {0: dynamic}
-
-
-def export_program(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> torch.export.ExportedProgram:
+def export_program(graph: Graph) -> torch.export.ExportedProgram:
     from torch._export.passes.remove_runtime_assertions import _RemoveRuntimeAssertionsPass
 
     with torch.fx.experimental._config.patch(backed_size_oblivious=True):  # as torch.onnx captures
-        program = torch.export.export(graph, example, dynamic_shapes=dynamic_shapes(example),
+        program = torch.export.export(graph.module, graph.example, dynamic_shapes=graph.dynamic,
                                       prefer_deferred_runtime_asserts_over_guards=True)
     _RemoveRuntimeAssertionsPass()(program.graph_module)
     program.graph_module.graph.eliminate_dead_code()
@@ -88,6 +81,8 @@ def export_program(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor])
 def min_batch_length(program: torch.export.ExportedProgram) -> int:
     """The shortest time axis of the first input the exported program accepts."""
     node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == program.graph_signature.user_inputs[0])
+    if node.meta["val"].dim() < 2:
+        return 0
     size = node.meta["val"].shape[1]
     if not isinstance(size, torch.SymInt):
         return int(size)
@@ -95,13 +90,20 @@ def min_batch_length(program: torch.export.ExportedProgram) -> int:
     return int(constraint.lower) if constraint is not None else 0
 
 
-def save_onnx(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor], path: Path, quantize: str | None) -> None:
+def save_onnx(graph: Graph, path: Path, quantize: str | None) -> None:
     from framework.models.onnx_recurrence import TRANSLATIONS, onnx_recurrences
 
     with onnx_recurrences():  # GRU layers as ONNX's GRU operator, not a scan
-        program = torch.onnx.export(graph, example, dynamic_shapes=dynamic_shapes(example), dynamo=True,
-                                    input_names=["inputs", "lengths"], verbose=False,
+        program = torch.onnx.export(graph.module, graph.example, dynamic_shapes=graph.dynamic, dynamo=True,
+                                    input_names=list(graph.names), verbose=False,
                                     custom_translation_table=TRANSLATIONS)
+        computed = graph.module(*graph.example)
+    computed = computed if isinstance(computed, (tuple, list)) else (computed,)
+    for value, tensor in zip(program.model.graph.outputs, computed):
+        # torch.onnx declares an LSTM's final states with one axis too many ([L, 1, B, H]), which
+        # ONNX Runtime warns about at every session: such an output's shape is left to inference
+        if value.shape is not None and len(value.shape) != tensor.dim():
+            value.shape = None
     if not quantize:
         program.save(str(path), external_data=False)
         return

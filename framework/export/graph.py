@@ -6,11 +6,17 @@ Speech recognition (a Brain with a ``tokenizer``): the feature pipeline, the aco
 and the log-softmax, ``-> (log_probs [B, T, C], frames [B])``. Other recipes give their own
 module through a hook, ``brain.inference_model(features) -> nn.Module`` (``(inputs, lengths)
 -> logits``), built around the exportable features passed in.
+
+A transducer exports as three graphs, as sherpa-onnx runs icefall's: the encoder (features
+and encoder, ``-> (encodings [B, T, J], frames [B])``), one step of the prediction network
+(:class:`PredictorStep`) and the joiner of one (frame, prediction) pair per row
+(:class:`JoinerStep`); the decoding loop between them is the artifact's ``inference.py``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torchaudio
@@ -19,6 +25,7 @@ from torch import nn
 from framework.data.collate import length_mask
 from framework.errors import UserError
 from framework.features.pipeline import FeaturePipeline, GlobalNorm, UtteranceNorm
+from framework.models.transducer import Joiner, Predictor, Transducer
 
 
 class DFTSpectrogram(nn.Module):
@@ -121,23 +128,105 @@ class CTCGraph(nn.Module):
         return logits.float().log_softmax(-1), out_lens
 
 
-def inference_graph(brain, onnx: bool = False) -> nn.Module:
-    """The exportable module of a run's Brain (set up, weights loaded), in evaluation mode. It
-    shares the Brain's parameters: build it inside ``brain.eval_weights()`` to export the
-    weight average. ``onnx``: the spectrogram as a DFT matmul."""
+class EncoderGraph(nn.Module):
+    """``(waveforms [B, S], lengths [B]) -> (encodings [B, T, J], frames [B])``: features and a
+    transducer's encoder, its frames in the joint space."""
+
+    def __init__(self, features: FeatureGraph, model: Transducer) -> None:
+        super().__init__()
+        self.features = features
+        self.encoder = model.encoder  # Transducer.transcribe; the rest of the model is the other graphs'
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, feat_lens = self.features(inputs, lengths)
+        encodings, frames = self.encoder(feats, feat_lens)
+        return encodings.float(), frames
+
+
+class PredictorStep(nn.Module):
+    """``(labels [B], h [L, B, H], c [L, B, H]) -> (predictions [B, J], h', c')``: the
+    prediction network after one more label, its LSTM state in ``nn.LSTM``'s layout (zeros
+    before the first label, the blank)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        super().__init__()
+        # Predictor.forward for one label, without its batch-first state (dropout: none in evaluation)
+        self.embedding, self.lstm, self.output = predictor.embedding, predictor.lstm, predictor.output
+
+    def forward(self, labels: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, (h, c) = self.lstm(self.embedding(labels[:, None]), (h, c))
+        return self.output(x[:, 0]).float(), h, c
+
+
+class JoinerStep(nn.Module):
+    """``(encodings [N, J], predictions [N, J]) -> logits [N, V]``: the joiner, one pair a row."""
+
+    def __init__(self, joiner: Joiner) -> None:
+        super().__init__()
+        self.joiner = joiner
+
+    def forward(self, encodings: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+        return self.joiner(encodings[:, None], predictions[:, None])[:, 0, 0].float()
+
+
+@dataclass
+class Graph:
+    """One exported graph: the module, example inputs, each input's dynamic axes and name."""
+
+    module: nn.Module
+    example: tuple[torch.Tensor, ...]
+    dynamic: tuple[dict[int, object], ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def of_batch(cls, module: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> Graph:
+        """A module of ``(inputs, lengths)``, with a padded batch of them."""
+        return cls(module.eval(), example, dynamic_shapes(example), ("inputs", "lengths"))
+
+
+def dynamic_shapes(example: tuple[torch.Tensor, ...]) -> tuple[dict[int, object], dict[int, object]]:
+    """Of ``(inputs, lengths)``: batch and time dynamic; any further input axis (feature bins,
+    image sizes) static."""
+    dynamic = torch.export.Dim.DYNAMIC
+    return ({0: dynamic, 1: dynamic} if example[0].dim() <= 3 else {0: dynamic}), {0: dynamic}
+
+
+def inference_graphs(brain, example: tuple[torch.Tensor, torch.Tensor], onnx: bool = False) -> dict[str, Graph]:
+    """The exportable graphs of a run's Brain (set up, weights loaded), in evaluation mode, by
+    file name (without its format's suffix): ``model`` (``(inputs, lengths) -> outputs``), and
+    for a transducer ``predictor`` and ``joiner`` beside it. They share the Brain's
+    parameters: build them inside ``brain.eval_weights()`` to export the weight average.
+    ``example``: a padded batch of inputs. ``onnx``: the spectrogram as a DFT matmul."""
     features = FeatureGraph(brain.features, dft=onnx) if brain.features is not None else None
     hook = getattr(brain, "inference_model", None)
     if hook is not None:
-        graph = hook(features)
-    elif not getattr(brain, "ctc", True):
-        raise UserError(f"{type(brain).__name__} is a transducer: its decoding loop is not exported yet; transcribe "
-                        "with the run directory (python -m framework.transcribe RUN_DIR FILES)")
+        model = hook(features)
+    elif isinstance(brain.module, Transducer):
+        model = EncoderGraph(features, brain.module)
     elif hasattr(brain, "tokenizer"):
-        graph = CTCGraph(features, brain.module)
+        model = CTCGraph(features, brain.module)
     else:
         raise UserError(f"{type(brain).__name__} has no inference_model(features) hook: a recipe other than speech "
                         "recognition defines one to be exported (see docs/export.md)")
-    return graph.eval()
+    graphs = {"model": Graph.of_batch(model, example)}
+    if isinstance(brain.module, Transducer):
+        graphs.update(transducer_steps(brain.module))
+    return graphs
+
+
+def transducer_steps(model: Transducer) -> dict[str, Graph]:
+    """The prediction network's step and the joiner, with examples for a batch of two."""
+    lstm, joint = model.predictor.lstm, model.joiner.output.in_features
+    state = torch.zeros(lstm.num_layers, 2, lstm.hidden_size)
+    batch = {0: torch.export.Dim.DYNAMIC}
+    rows = {1: torch.export.Dim.DYNAMIC}  # the LSTM state's batch axis
+    return {
+        "predictor": Graph(PredictorStep(model.predictor).eval(), (torch.tensor([0, 1]), state, state.clone()),
+                           (batch, rows, rows), ("labels", "h", "c")),
+        "joiner": Graph(JoinerStep(model.joiner).eval(), (torch.randn(2, joint), torch.randn(2, joint)),
+                        (batch, batch), ("encodings", "predictions")),
+    }
 
 
 def frame_geometry(features: FeaturePipeline | None, model: nn.Module) -> tuple[int, int, float]:

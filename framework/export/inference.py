@@ -3,16 +3,17 @@ or torch (``model.pt2``, ``model.ts``), not the framework that trained it.
 
     python inference.py audio.wav [more.flac ...] [--batch-size 8] [--threads N]
 
-prints ``file<TAB>transcript`` for a speech recognition model (greedy CTC decoding with the
-run's alphabet, ``tokenizer.json``), and for a classifier takes ``.npy`` arrays of inputs
+prints ``file<TAB>transcript`` for a speech recognition model (greedy decoding, CTC or
+transducer, with the run's units, ``tokenizer.json``), and for a classifier takes ``.npy`` arrays of inputs
 (``[N, ...]`` as the model takes them) and prints ``file<TAB>row<TAB>class``. A file that
 cannot be used is reported in one line and the others are still processed; the exit status
 is then 2. Each file is read whole: for long recordings (chunks, timestamps) use
 ``python -m framework.transcribe THIS_FOLDER ...`` where the framework is installed.
 
 From Python: ``Artifact(folder).run(inputs, lengths)`` gives the model's outputs as numpy
-arrays (log-probabilities ``[B, T, C]`` and frame counts for speech), ``.transcribe(paths)``
-the transcripts. ``artifact.json`` describes the model, its inputs and the parity check made
+arrays (log-probabilities ``[B, T, C]`` and frame counts for CTC; a transducer's encoder
+frames ``[B, T, J]`` and their counts, which ``.search`` decodes through its prediction
+network and joiner, ``.predict`` and ``.join``), ``.transcribe(waveforms)`` the transcripts. ``artifact.json`` describes the model, its inputs and the parity check made
 when it was exported.
 """
 
@@ -30,13 +31,26 @@ HERE = Path(__file__).resolve().parent
 
 
 class Artifact:
-    """An exported model folder: ``artifact.json``, the network, and for speech the alphabet."""
+    """An exported model folder: ``artifact.json``, the graphs, and for speech the alphabet."""
 
     def __init__(self, folder: str | Path = HERE, threads: int | None = None) -> None:
         self.folder = Path(folder)
         self.meta = json.loads((self.folder / "artifact.json").read_text())
         self.format = self.meta["format"]
-        path = str(self.folder / self.meta["model"])
+        self.threads = threads
+        self.model = self.load(self.meta["model"])
+        self.transducer = self.meta.get("transducer")
+        if self.transducer:
+            self.predictor = self.load(self.transducer["predictor"])
+            self.joiner = self.load(self.transducer["joiner"])
+        tokenizer = self.meta.get("tokenizer")
+        self.symbols = None
+        if tokenizer:
+            self.symbols = ["", *json.loads((self.folder / tokenizer).read_text())["symbols"]]  # 0: the blank
+
+    def load(self, name: str):
+        """One graph of the folder as a function of numpy arrays to a list of numpy arrays."""
+        path = str(self.folder / name)
         if self.format == "onnx":
             try:
                 import onnxruntime
@@ -45,41 +59,76 @@ class Artifact:
             options = onnxruntime.SessionOptions()
             options.enable_cpu_mem_arena = False  # the arena keeps the largest batch's memory for good
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if threads:
-                options.intra_op_num_threads = threads
+            if self.threads:
+                options.intra_op_num_threads = self.threads
                 options.inter_op_num_threads = 1
-            self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        else:
-            import torch
+            session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            names = [i.name for i in session.get_inputs()]
+            return lambda *arrays: list(session.run(None, dict(zip(names, arrays))))
+        import torch
 
-            if threads:
-                torch.set_num_threads(threads)
-            self.module = torch.export.load(path).module() if self.format == "torch_export" else torch.jit.load(path)
-        tokenizer = self.meta.get("tokenizer")
-        self.symbols = None
-        if tokenizer:
-            self.symbols = ["", *json.loads((self.folder / tokenizer).read_text())["symbols"]]  # 0: the CTC blank
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        module = torch.export.load(path).module() if self.format == "torch_export" else torch.jit.load(path)
+
+        def run(*arrays: np.ndarray) -> list[np.ndarray]:
+            with torch.inference_mode():
+                outputs = module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
+            return [o.numpy() for o in (outputs if isinstance(outputs, (tuple, list)) else (outputs,))]
+
+        return run
 
     @property
     def sample_rate(self) -> int:
         return int(self.meta["sample_rate"])
 
     def run(self, inputs: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-        """The model's outputs for a padded batch ``inputs [B, S, ...]`` with ``lengths [B]``."""
+        """The model's outputs for a padded batch ``inputs [B, S, ...]`` with ``lengths [B]``
+        (a transducer's: its encoder's frames and their counts)."""
         pad = int(self.meta["pad_to"]) - inputs.shape[1]
         if pad > 0:  # the graph is exported for batches at least this long; padding changes no output
             inputs = np.pad(inputs, [(0, 0), (0, pad)] + [(0, 0)] * (inputs.ndim - 2))
-        lengths = np.asarray(lengths, dtype=np.int64)
-        if self.format == "onnx":
-            names = [i.name for i in self.session.get_inputs()]
-            feed = dict(zip(names, (inputs, lengths)))
-            return list(self.session.run(None, feed))
-        import torch
+        return self.model(inputs, np.asarray(lengths, dtype=np.int64))
 
-        with torch.inference_mode():
-            outputs = self.module(torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(lengths))
-        return [o.numpy() for o in (outputs if isinstance(outputs, (tuple, list)) else (outputs,))]
+    # ------------------------------------------------------------------ a transducer's steps
+    def initial_state(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The prediction network's LSTM state before any label: zeros ``[layers, B, hidden]``."""
+        layers, hidden = self.transducer["state"]
+        return np.zeros((layers, batch, hidden), np.float32), np.zeros((layers, batch, hidden), np.float32)
 
+    def predict(self, labels: np.ndarray, state: tuple[np.ndarray, np.ndarray]
+                ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """The prediction network after one more label a row: ``[B, J]`` and the new state."""
+        prediction, h, c = self.predictor(np.asarray(labels, dtype=np.int64), *state)
+        return prediction, (h, c)
+
+    def join(self, encodings: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+        """The joiner's label scores ``[N, V]`` for ``N`` (frame, prediction) pairs ``[N, J]``."""
+        return self.joiner(np.ascontiguousarray(encodings), np.ascontiguousarray(predictions))[0]
+
+    def search(self, encodings: np.ndarray, frames: np.ndarray) -> list[list[int]]:
+        """Greedy transducer decoding of a batch of encoder frames ``[B, T, J]``: at each frame
+        the best label is emitted and the prediction network advanced until the blank (0)
+        wins, at most ``max_symbols_per_frame`` labels a frame. Label ids of each row."""
+        batch = len(encodings)
+        hyps: list[list[int]] = [[] for _ in range(batch)]
+        prediction, state = self.predict(np.zeros(batch, np.int64), self.initial_state(batch))  # the blank starts
+        for t in range(int(frames.max()) if batch else 0):
+            active = t < frames  # rows that still have frame t
+            for _ in range(int(self.transducer["max_symbols_per_frame"])):
+                best = self.join(encodings[:, t], prediction).argmax(-1)
+                emit = active & (best != 0)
+                if not emit.any():
+                    break
+                for i in np.flatnonzero(emit):
+                    hyps[i].append(int(best[i]))
+                new_prediction, new_state = self.predict(best, state)
+                prediction = np.where(emit[:, None], new_prediction, prediction)  # the others stay where they were
+                state = tuple(np.where(emit[None, :, None], new, old) for new, old in zip(new_state, state))
+                active = emit  # only a row that emitted may emit again at this frame
+        return hyps
+
+    # ------------------------------------------------------------------ files
     def read(self, path: str | Path) -> np.ndarray:
         """A mono float32 waveform at the model's sample rate; ValueError naming the file otherwise."""
         try:
@@ -106,10 +155,20 @@ class Artifact:
             batch = np.zeros((len(chosen), int(lengths.max())), dtype=np.float32)
             for row, i in enumerate(chosen):
                 batch[row, : lengths[row]] = waveforms[i]
-            log_probs, frames = self.run(batch, lengths)[:2]
-            for row, i in enumerate(chosen):
-                texts[i] = greedy_text(log_probs[row, : frames[row]], self.symbols)
+            outputs, frames = self.run(batch, lengths)[:2]
+            if self.transducer:
+                for i, ids in zip(chosen, self.search(outputs, frames)):
+                    texts[i] = spelled(ids, self.symbols)
+            else:
+                for row, i in enumerate(chosen):
+                    texts[i] = greedy_text(outputs[row, : frames[row]], self.symbols)
         return texts
+
+
+def spelled(ids, symbols: list[str]) -> str:
+    """The text of label ids, whitespace collapsed (a subword piece that starts a word spells
+    its leading space)."""
+    return " ".join("".join(symbols[i] for i in ids).split())
 
 
 def greedy_text(log_probs: np.ndarray, symbols: list[str]) -> str:
@@ -118,7 +177,7 @@ def greedy_text(log_probs: np.ndarray, symbols: list[str]) -> str:
     best = log_probs.argmax(-1)
     keep = np.ones(len(best), dtype=bool)
     keep[1:] = best[1:] != best[:-1]
-    return " ".join("".join(symbols[i] for i in best[keep & (best != 0)]).split())
+    return spelled(best[keep & (best != 0)], symbols)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     artifact = Artifact(HERE, args.threads)
     failed = 0
-    if artifact.meta["task"] == "ctc":
+    if artifact.meta["task"] in ("ctc", "transducer"):
         paths, waveforms = [], []
         for path in args.files:
             try:

@@ -12,13 +12,17 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from framework.data.collate import SkippedExample, collate
+from framework.data.collate import SkippedExample, collate, length_mask
 from framework.export.inference import Artifact
 from framework.export.runners import artifact_runner, brain_runner
 from framework.text.decoders import GreedyDecoder
 from framework.text.metrics import ErrorRate
+from framework.text.transducer_decoders import TransducerGreedyDecoder
 
 TOLERANCE = 1e-4
 
@@ -41,6 +45,8 @@ def test_batches(test_set, batch_size: int = 8):
 
 def check(brain, test_set, artifact: Artifact) -> dict[str, float]:
     """The parity record: examples, the largest output difference, the metrics of both."""
+    if artifact.transducer:
+        return check_transducer(brain, test_set, artifact)
     ctc = artifact.meta["task"] == "ctc"
     run_artifact = artifact_runner(artifact)
     greedy = GreedyDecoder(brain.tokenizer) if ctc else None
@@ -77,6 +83,62 @@ def check(brain, test_set, artifact: Artifact) -> dict[str, float]:
             record[f"{side}_cer"], record[f"{side}_wer"] = (r.value for r in rates[side])
         else:
             record[f"{side}_accuracy"] = correct[side] / max(examples, 1)
+    return record
+
+
+def check_transducer(brain, test_set, artifact: Artifact) -> dict[str, float]:
+    """A transducer's three graphs against the model's: the encoder's frames; the prediction
+    network stepped through each reference transcript and the joiner over every (frame,
+    label position) pair, as the transducer loss sees them; and greedy decoding, the
+    artifact's loop against the recipe's decoder."""
+    model = brain.module
+    greedy = TransducerGreedyDecoder(brain.tokenizer, artifact.transducer["max_symbols_per_frame"])
+    rates = {side: (ErrorRate("char"), ErrorRate("word")) for side in ("pytorch", "exported")}
+    worst, examples = 0.0, 0
+
+    def encode(batch):
+        return model.transcribe(*brain.features(batch.inputs, batch.inputs_lens, augment=False))
+
+    def differ(ref: torch.Tensor, got, mask: torch.Tensor) -> float:
+        gap = (ref.float().cpu() - torch.as_tensor(got).float()).abs()
+        return float(gap[mask].max()) if mask.any() else 0.0
+
+    with brain_runner(brain, encode) as run_pytorch:  # evaluation weights, no gradients, for the whole check
+        for batch in test_batches(test_set):
+            ref, ref_lens = run_pytorch(batch.inputs, batch.inputs_lens)
+            got, got_lens = artifact.run(batch.inputs.cpu().numpy(), batch.inputs_lens.cpu().numpy())
+            got_lens = torch.as_tensor(got_lens)
+            if not torch.equal(ref_lens.cpu(), got_lens.to(ref_lens.dtype)):
+                raise ParityError(f"the exported encoder gives {got_lens.tolist()} frames where PyTorch gives "
+                                  f"{ref_lens.cpu().tolist()}")
+            examples += len(batch)
+            frames = length_mask(got_lens, got.shape[1])
+            worst = max(worst, differ(ref, got, frames))
+            # the prediction network through the references (the blank first), the joiner over every pair
+            texts = [t.lower() for t in batch.text]
+            targets, target_lens = brain.tokenizer.encode_batch(texts, drop_unknown=True)
+            rows = nn.utils.rnn.pad_sequence(list(targets.split(target_lens.tolist())), batch_first=True)
+            labels = F.pad(rows, (1, 0)).to(brain.device)
+            ref_pred = model.predict(labels, target_lens.to(brain.device) + 1, None)[0].float()
+            state, predictions = artifact.initial_state(len(batch)), []
+            for column in labels.cpu().numpy().T:
+                prediction, state = artifact.predict(column, state)
+                predictions.append(prediction)
+            got_pred = np.stack(predictions, 1)  # [B, U + 1, J]
+            worst = max(worst, differ(ref_pred, got_pred, length_mask(target_lens + 1, labels.shape[1])))
+            for i, (n, u) in enumerate(zip(got_lens.tolist(), (target_lens + 1).tolist())):  # [n, u] pairs
+                ref_joint = model.joiner(ref[i:i + 1, :n].float(), ref_pred[i:i + 1, :u])[0]
+                pairs = (n, u, got.shape[2])
+                joint = artifact.join(np.broadcast_to(got[i, :n, None], pairs).reshape(n * u, -1),
+                                      np.broadcast_to(got_pred[i, None, :u], pairs).reshape(n * u, -1))
+                worst = max(worst, differ(ref_joint, joint.reshape(n, u, -1), torch.ones(n, u, dtype=torch.bool)))
+            hyps = {"pytorch": greedy.search(model, ref, ref_lens), "exported": artifact.search(got, got_lens.numpy())}
+            for side, ids in hyps.items():
+                for rate in rates[side]:
+                    rate.update(texts, [brain.tokenizer.decode(h) for h in ids])
+    record: dict[str, float] = {"examples": examples, "max_abs_diff": worst}
+    for side in ("pytorch", "exported"):
+        record[f"{side}_cer"], record[f"{side}_wer"] = (r.value for r in rates[side])
     return record
 
 

@@ -27,9 +27,11 @@ def is_artifact(folder: str | Path) -> bool:
 
 
 @contextlib.contextmanager
-def brain_runner(brain) -> Iterator[Runner]:
-    """``compute_forward(batch, Stage.TEST)`` of a set-up Brain with its weights loaded, in
-    evaluation mode, without gradients, with the weight average swapped in for the duration."""
+def brain_runner(brain, forward: Callable[[Batch], Any] | None = None) -> Iterator[Runner]:
+    """``forward(batch)`` (default ``compute_forward(batch, Stage.TEST)``) of a set-up Brain with
+    its weights loaded, in evaluation mode, without gradients, with the weight average swapped
+    in for the duration."""
+    forward = forward or (lambda batch: brain.compute_forward(batch, Stage.TEST))
     brain.model.eval()
     if brain.features is not None:
         brain.features.eval()
@@ -39,7 +41,7 @@ def brain_runner(brain) -> Iterator[Runner]:
         if brain.features is not None and brain.features.where == "worker" and inputs.dim() == 2:
             inputs, lengths = brain.features.extract(inputs, lengths)  # what the loader's workers do
         batch = Batch(id=[str(i) for i in range(len(lengths))], inputs=inputs, inputs_lens=lengths)
-        return brain.compute_forward(batch, Stage.TEST)
+        return forward(batch)
 
     with torch.no_grad(), brain.eval_weights():
         yield run
