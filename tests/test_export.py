@@ -239,6 +239,27 @@ def test_int8_onnx_quantizes_matrix_products_and_convolutions_only_without_them(
     assert "ConvInteger" in ops["wideresnet"], ops["wideresnet"]
 
 
+def test_int8_onnx_quantizes_a_prediction_networks_lstm_whatever_its_size(tmp_path):
+    """torch.onnx computes an LSTM's weights at run time from its parameters when they are over
+    8,192 elements, which ONNX Runtime's quantization skips; the export folds them."""
+    import onnx
+
+    from framework.export.graph import transducer_steps
+    from framework.models.transducer import Transducer
+
+    def encoder(num_bins, num_classes):
+        return torch.nn.Linear(num_bins, num_classes)
+
+    for hidden in (32, 128):  # W_hh: 4 x 32 x 32 = 4,096 and 4 x 128 x 128 = 65,536 elements
+        model = Transducer(encoder, num_bins=8, num_classes=11, joint_dim=16, hidden_size=hidden).eval()
+        path = tmp_path / f"predictor-{hidden}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            formats.save(transducer_steps(model)["predictor"], "onnx", path, quantize="int8")
+        ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+        assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops, (hidden, ops)
+
+
 class ImageGraph(torch.nn.Module):
     """A classifier as an export graph: ``(images, lengths) -> logits``."""
 

@@ -153,6 +153,9 @@ def test_trains_in_pieces_with_bf16_accumulation_and_checkpointed_blocks_then_de
     wavs = [str(w) for w in sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:2]]
     out = run_cli("framework.transcribe", [str(run_dir), *wavs, "decoder=transducer_beam"], cwd=tmp_path).stdout
     assert [line.split("\t")[0] for line in out.rstrip("\n").split("\n")] == wavs
+    run_cli("framework.export", [str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "ts")], cwd=tmp_path)
+    meta = json.loads((tmp_path / "ts" / "artifact.json").read_text())  # in pieces: its sentencepiece model beside it
+    assert meta["subword_model"] == "tokenizer.model" and meta["parity"]["differing_transcripts"] == 0
     proc = run_cli("framework.transcribe", [str(run_dir), wavs[0], "--format", "json"], cwd=tmp_path, check=False)
     assert last_line(proc) == ("error: --format json: word times come from a CTC alignment; "
                                "recipes.asr_transducer.brain.TransducerBrain gives transcripts only (--format text)")
@@ -217,9 +220,11 @@ def test_an_exported_transducer_decodes_without_the_framework_as_the_recipe_does
 def test_the_decoding_loop_emits_up_to_the_cap_a_frame_and_keeps_each_rows_state(decoding_transducer, tmp_path):
     """``Artifact.search`` against the recipe's batched greedy decoder, also where labels win
     more often (the joiner's blank score lowered): rows emit several labels a frame, up to
-    the cap, and the rows of one batch stop emitting at different frames and labels."""
+    the cap (every frame, when the blank never wins), and the rows of one batch stop emitting
+    at different frames and labels. The parity check counts transcripts that differ."""
     from framework.data.collate import collate
     from framework.experiment import build_datasets
+    from framework.export import parity
     from framework.export.__main__ import example_inputs, write_artifact
     from framework.export.inference import Artifact
     from framework.run_dir import load_run_config, open_brain
@@ -231,8 +236,8 @@ def test_the_decoding_loop_emits_up_to_the_cap_a_frame_and_keeps_each_rows_state
     brain.model.eval()
     test_set = build_datasets(cfg, True)["test"]
     batch = collate([test_set[i] for i in range(8)])
-    emitted = []
-    for shift in (0.0, 2.0, 4.0):
+    emitted, cap = [], brain.decoder.max_symbols
+    for shift in (0.0, 2.0, 4.0, 100.0):
         with torch.no_grad():
             brain.module.joiner.output.bias[0] -= shift
             folder = tmp_path / f"shift-{shift}"
@@ -246,8 +251,12 @@ def test_the_decoding_loop_emits_up_to_the_cap_a_frame_and_keeps_each_rows_state
                                                                        torch.from_numpy(frames))
             brain.module.joiner.output.bias[0] += shift
         assert hyps == expected, shift
-        emitted.append(sum(map(len, hyps)))
-    assert 0 < emitted[0] < emitted[1] < emitted[2], emitted
+        emitted.append([len(h) for h in hyps])
+    assert 0 < sum(emitted[0]) < sum(emitted[1]) < sum(emitted[2]) < sum(emitted[3]), emitted
+    assert emitted[3] == [cap * n for n in frames.tolist()]
+    record = parity.check(brain, test_set, Artifact(tmp_path / "shift-4.0"))  # the model is back to its own bias
+    assert record["differing_transcripts"] > 0 and not parity.agrees(record)
+    assert f"{record['differing_transcripts']} transcripts differ" in parity.describe(record)
     brain.logger.close()
 
 

@@ -125,7 +125,8 @@ def graph_files(meta: dict) -> list[str]:
 def export(run_dir: str, fmt: str, quantize: str | None = None, checkpoint: str = "best", out: str | None = None,
            overrides: list[str] | None = None) -> dict:
     formats.check_format(fmt, quantize)
-    cfg = load_run_config(run_dir, overrides)
+    # checkpointed blocks are a training-time wrapper around forward, which TorchScript cannot compile
+    cfg = load_run_config(run_dir, [*(overrides or []), "trainer.activation_checkpointing=[]"])
     if not split_given(cfg, "test"):
         raise UserError(f"{run_dir}: the run's config has no test set, which the parity check runs on; name one with "
                         "dataset.test.path=...")

@@ -27,6 +27,7 @@ from torch import nn
 from framework.errors import UserError
 from framework.export.graph import Graph
 
+FOLD_LIMIT = 1 << 22  # elements: constant weight computations up to this size are folded into the ONNX file
 FORMATS = {"onnx": "model.onnx", "torch_export": "model.pt2", "torchscript": "model.ts"}
 MISSING_ONNX = "the onnx format needs onnx, onnxscript and onnxruntime: pip install -e .[export]"
 
@@ -91,6 +92,8 @@ def min_batch_length(program: torch.export.ExportedProgram) -> int:
 
 
 def save_onnx(graph: Graph, path: Path, quantize: str | None) -> None:
+    import onnxscript.optimizer
+
     from framework.models.onnx_recurrence import TRANSLATIONS, onnx_recurrences
 
     with onnx_recurrences():  # GRU layers as ONNX's GRU operator, not a scan
@@ -98,6 +101,11 @@ def save_onnx(graph: Graph, path: Path, quantize: str | None) -> None:
                                     input_names=list(graph.names), verbose=False,
                                     custom_translation_table=TRANSLATIONS)
         computed = graph.module(*graph.example)
+    # torch.onnx rebuilds an LSTM's weights from its parameters at every run (a Concat), and folds
+    # only inputs up to 8,192 elements: a larger LSTM's weights would then be computed, not
+    # stored, and ONNX Runtime's int8 quantization leaves such an LSTM in fp32
+    program.model = onnxscript.optimizer.optimize(program.model, input_size_limit=FOLD_LIMIT,
+                                                  output_size_limit=FOLD_LIMIT)
     computed = computed if isinstance(computed, (tuple, list)) else (computed,)
     for value, tensor in zip(program.model.graph.outputs, computed):
         # torch.onnx declares an LSTM's final states with one axis too many ([L, 1, B, H]), which
