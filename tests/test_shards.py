@@ -231,8 +231,11 @@ def test_a_resumed_epoch_continues_with_the_same_batches(shards):
             assert ids_of(resumed) == whole[start:], (workers, start)
 
 
-@pytest.mark.slow  # 15-30 s: `make test-slow` runs it
-def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(shards, tmp_path):
+@pytest.mark.slow  # 15-30 s each: `make test-slow` runs them
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_stopped_mid_epoch_then_resume_is_bitwise_equal(shards, tmp_path, sig):
+    """SIGTERM (a checkpoint at the step) or SIGKILL (the newest every-step checkpoint) 3 steps
+    into epoch 2, then ``resume=auto``: the stream continues where the checkpoint was."""
     args = ["trainer.max_epochs=2", "trainer.checkpoint.every_n_steps=1", "batching.max_batch_length=6",
             "trainer.num_threads=1", "augment=speech"]
     run_cli("framework.train", train_args(shards, tmp_path / "straight", *args), cwd=tmp_path)
@@ -243,9 +246,9 @@ def test_sigterm_mid_epoch_then_resume_is_bitwise_equal(shards, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "framework.train", *train_args(shards, run_dir, *args)], cwd=tmp_path,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell)
     wait_for(run_dir / "checkpoints" / f"ckpt-{steps + 3:09d}.pt", proc)  # 3 steps into epoch 2
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr
+    assert proc.returncode == (143 if sig == signal.SIGTERM else -signal.SIGKILL), stderr
     state = newest_state(run_dir)
     assert state["progress"]["epoch"] == 1 and 0 < state["progress"]["batch_in_epoch"] < steps  # mid-epoch
     assert state["sampler"]["position"] == state["progress"]["batch_in_epoch"]
