@@ -5,7 +5,9 @@ folder (``framework.export``; greedy decoding).
 
 Files are read from disk in chunks (``--chunk`` seconds, ``--overlap`` seconds shared by
 neighbours) that are batched across files (``--batch-size`` chunks per forward pass), so
-memory stays bounded by one batch whatever the recording's length. The chunks' outputs are
+memory stays bounded by one batch whatever the recording's length. A transducer, whose
+outputs cannot be merged across chunks, reads each file (or stretch, with
+``--split-at-pauses``) whole instead. The chunks' outputs are
 merged at the CTC level: each chunk keeps its frames up to the middle of its overlaps, so
 every frame comes from the chunk that saw most context around it, and the merged frame
 sequence is decoded as a whole (other decoders than greedy: in pieces of up to a minute, cut
@@ -162,17 +164,21 @@ def chunk_stream(jobs: list[Job], geometry: Geometry, chunk_s: float, overlap_s:
             yield Failure(i, f"{job.name}: {reason}")
 
 
+def check_chunking(chunk_s: float, overlap_s: float, batch_size: int) -> None:
+    if chunk_s <= 0 or not 0 <= overlap_s < chunk_s:
+        raise UserError(f"--chunk {chunk_s} --overlap {overlap_s}: the chunk must be positive and the overlap "
+                        "shorter than it")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+
+
 class Transcriber:
     """Chunked, batched CTC inference over many jobs and the merge, decoding and alignment of
     each job's frames."""
 
     def __init__(self, run, geometry: Geometry, decoder, tokenizer: CharTokenizer, chunk_s: float = 30.0,
                  overlap_s: float = 3.0, batch_size: int = 4, timestamps: bool = False) -> None:
-        if chunk_s <= 0 or not 0 <= overlap_s < chunk_s:
-            raise UserError(f"--chunk {chunk_s} --overlap {overlap_s}: the chunk must be positive and the overlap "
-                            "shorter than it")
-        if batch_size < 1:
-            raise UserError(f"--batch-size {batch_size}: must be at least 1")
+        check_chunking(chunk_s, overlap_s, batch_size)
         self.run, self.geometry, self.decoder, self.tokenizer = run, geometry, decoder, tokenizer
         self.chunk_s, self.overlap_s, self.batch_size, self.timestamps = chunk_s, overlap_s, batch_size, timestamps
         self.frame_s = geometry.samples_per_frame / geometry.sample_rate
@@ -455,6 +461,7 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    check_chunking(chunk_s, overlap_s, batch_size)  # a transducer, which takes each file whole, is given them too
     jobs = jobs_of(files, manifest, data_root)
     if pause_s is not None and pause_s <= 0:
         raise UserError(f"--split-at-pauses {pause_s}: give the shortest pause to cut at, in seconds (e.g. 0.3)")
@@ -492,7 +499,10 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
         if overrides:
             raise UserError(f"{source} is an exported model: config overrides ({' '.join(overrides)}) apply to run "
                             "directories only")
-        artifact = Artifact(source, threads)
+        try:
+            artifact = Artifact(source, threads)
+        except FileNotFoundError as exc:  # a graph of the folder is missing
+            raise UserError(str(exc)) from None
         meta = artifact.meta
         lead_s = meta.get("stretch_lead_s", ONSET_LEAD_S)
         if meta["task"] == "transducer":
@@ -533,7 +543,8 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
                                          timestamps), lead_s))
         brain.logger.close()
     if failures:
-        raise UserError(f"{failures} of {len(jobs)} files could not be transcribed (named above); the others were")
+        raise UserError(f"{failures} of {len(jobs)} files could not be transcribed (named above); "
+                        + ("the others were transcribed" if failures < len(jobs) else "nothing was transcribed"))
     return results
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,6 +216,28 @@ def test_an_exported_transducer_decodes_without_the_framework_as_the_recipe_does
     proc = run_cli("framework.transcribe", [str(out), wavs[0], "--format", "srt"], cwd=tmp_path, check=False)
     assert last_line(proc) == (f"error: --format srt: word times come from a CTC alignment; {out}, an exported "
                                "transducer, gives transcripts only (--format text)")
+    # mistakes: one line each, status 2
+    proc = run_cli("framework.transcribe", [str(out), wavs[0], "--chunk", "0"], cwd=tmp_path, check=False)
+    assert last_line(proc) == ("error: --chunk 0.0 --overlap 3.0: the chunk must be positive and the overlap shorter "
+                               "than it")
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "joiner.ts").unlink()
+    proc = run_cli("framework.transcribe", [str(broken), wavs[0]], cwd=tmp_path, check=False)
+    missing = f"error: {broken / 'joiner.ts'} is missing: the exported model folder is incomplete; export it again"
+    assert last_line(proc) == missing
+
+    def standalone(folder, *args):
+        return subprocess.run([sys.executable, "-I", str(folder / "inference.py"), *args], cwd=tmp_path,
+                              env=isolated_env(), capture_output=True, text=True, timeout=300)
+
+    assert last_line(standalone(broken, wavs[0])) == missing
+    assert last_line(standalone(out, wavs[0], "--batch-size", "0")).endswith("--batch-size and --threads must be at "
+                                                                             "least 1")
+    proc = standalone(out, str(tmp_path / "nowhere.wav"), wavs[0])
+    assert proc.returncode == 2 and proc.stdout.startswith(wavs[0] + "\t")
+    assert proc.stderr.splitlines() == [f"error: {tmp_path / 'nowhere.wav'}: no such file",
+                                        "error: 1 of 2 files failed (named above)"]
 
 
 def test_the_decoding_loop_emits_up_to_the_cap_a_frame_and_keeps_each_rows_state(decoding_transducer, tmp_path):

@@ -35,6 +35,9 @@ class Artifact:
 
     def __init__(self, folder: str | Path = HERE, threads: int | None = None) -> None:
         self.folder = Path(folder)
+        if not (self.folder / "artifact.json").is_file():
+            raise FileNotFoundError(f"{self.folder} is not an exported model folder (no artifact.json); write one with "
+                                    "python -m framework.export RUN_DIR --format ...")
         self.meta = json.loads((self.folder / "artifact.json").read_text())
         self.format = self.meta["format"]
         self.threads = threads
@@ -51,6 +54,8 @@ class Artifact:
     def load(self, name: str):
         """One graph of the folder as a function of numpy arrays to a list of numpy arrays."""
         path = str(self.folder / name)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} is missing: the exported model folder is incomplete; export it again")
         if self.format == "onnx":
             try:
                 import onnxruntime
@@ -131,6 +136,8 @@ class Artifact:
     # ------------------------------------------------------------------ files
     def read(self, path: str | Path) -> np.ndarray:
         """A mono float32 waveform at the model's sample rate; ValueError naming the file otherwise."""
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: no such file")
         try:
             audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
         except Exception as exc:  # soundfile raises several types for bad files
@@ -186,7 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
     args = parser.parse_args(argv)
-    artifact = Artifact(HERE, args.threads)
+    if args.batch_size < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--batch-size and --threads must be at least 1")
+    try:
+        artifact = Artifact(HERE, args.threads)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     failed = 0
     if artifact.meta["task"] in ("ctc", "transducer"):
         paths, waveforms = [], []
