@@ -18,7 +18,11 @@ captured for is recorded (``pad_to``): runners pad shorter batches, which change
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -92,6 +96,29 @@ def min_batch_length(program: torch.export.ExportedProgram) -> int:
 
 
 def save_onnx(graph: Graph, path: Path, quantize: str | None) -> None:
+    with quiet_onnx_tools():
+        _save_onnx(graph, path, quantize)
+
+
+@contextlib.contextmanager
+def quiet_onnx_tools() -> Iterator[None]:
+    """torch.onnx, onnxscript's optimizer and ONNX Runtime's quantization report their steps on
+    loggers (the root one, for the quantization) and in warnings: some 200 lines an export
+    under the framework's console at INFO. Their errors still show."""
+    loggers = [logging.getLogger(name) for name in ("", "torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _save_onnx(graph: Graph, path: Path, quantize: str | None) -> None:
     import onnxscript.optimizer
 
     from framework.models.onnx_recurrence import TRANSLATIONS, onnx_recurrences
