@@ -85,9 +85,8 @@ def write_artifact(brain, run_dir: str, fmt: str, quantize: str | None, weights:
                   "source": {"run": str(Path(run_dir).resolve()), "checkpoint": str(weights), "step": brain.step}}
     with brain.eval_weights():
         graphs = inference_graphs(brain, (example[0].cpu(), example[1].cpu()), onnx=fmt == "onnx")
-        for name, graph in graphs.items():
-            pad_to = formats.save(graph, fmt, folder / (name + suffix), quantize)
-            meta.setdefault("pad_to", pad_to)  # the first graph's: the one that takes the inputs
+        pad_to = {name: formats.save(graph, fmt, folder / (name + suffix), quantize) for name, graph in graphs.items()}
+    meta["pad_to"] = pad_to["model"]  # the graph that takes the inputs
     meta["min_samples"] = 0
     if transducer:
         lstm = brain.module.predictor.lstm

@@ -84,7 +84,8 @@ def export_program(graph: Graph) -> torch.export.ExportedProgram:
 
 
 def min_batch_length(program: torch.export.ExportedProgram) -> int:
-    """The shortest time axis of the first input the exported program accepts."""
+    """The shortest time axis of the first input the exported program accepts (0: any, or an
+    input without one, as a transducer's prediction network step takes)."""
     node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == program.graph_signature.user_inputs[0])
     if node.meta["val"].dim() < 2:
         return 0

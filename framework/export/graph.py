@@ -8,7 +8,7 @@ module through a hook, ``brain.inference_model(features) -> nn.Module`` (``(inpu
 -> logits``), built around the exportable features passed in.
 
 A transducer exports as three graphs, as sherpa-onnx runs icefall's: the encoder (features
-and encoder, ``-> (encodings [B, T, J], frames [B])``), one step of the prediction network
+and encoder, ``-> (encodings [B, T, J], frames [B])``, a :class:`SpeechGraph`), one step of the prediction network
 (:class:`PredictorStep`) and the joiner of one (frame, prediction) pair per row
 (:class:`JoinerStep`); the decoding loop between them is the artifact's ``inference.py``.
 """
@@ -113,34 +113,22 @@ class FeatureGraph(nn.Module):
         return feats, lengths
 
 
-class CTCGraph(nn.Module):
-    """``(waveforms [B, S], lengths [B]) -> (log_probs [B, T, C], frames [B])``: features, the
-    acoustic model and the log-softmax, as the speech recognition recipe computes them."""
+class SpeechGraph(nn.Module):
+    """``(waveforms [B, S], lengths [B]) -> (outputs [B, T, C], frames [B])``: features and the
+    acoustic model as the speech recognition recipes compute them; ``log_softmax``: a CTC
+    model's log-probabilities (a transducer's encoder gives its frames in the joint space)."""
 
-    def __init__(self, features: FeatureGraph, model: nn.Module) -> None:
+    def __init__(self, features: FeatureGraph, model: nn.Module, log_softmax: bool = True) -> None:
         super().__init__()
         self.features = features
         self.model = model
+        self.log_softmax = log_softmax
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats, feat_lens = self.features(inputs, lengths)
-        logits, out_lens = self.model(feats, feat_lens)  # in evaluation the models give these two
-        return logits.float().log_softmax(-1), out_lens
-
-
-class EncoderGraph(nn.Module):
-    """``(waveforms [B, S], lengths [B]) -> (encodings [B, T, J], frames [B])``: features and a
-    transducer's encoder, its frames in the joint space."""
-
-    def __init__(self, features: FeatureGraph, model: Transducer) -> None:
-        super().__init__()
-        self.features = features
-        self.encoder = model.encoder  # Transducer.transcribe; the rest of the model is the other graphs'
-
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, feat_lens = self.features(inputs, lengths)
-        encodings, frames = self.encoder(feats, feat_lens)
-        return encodings.float(), frames
+        outputs, out_lens = self.model(feats, feat_lens)  # in evaluation the models give these two
+        outputs = outputs.float()
+        return (outputs.log_softmax(-1) if self.log_softmax else outputs), out_lens
 
 
 class PredictorStep(nn.Module):
@@ -202,10 +190,10 @@ def inference_graphs(brain, example: tuple[torch.Tensor, torch.Tensor], onnx: bo
     hook = getattr(brain, "inference_model", None)
     if hook is not None:
         model = hook(features)
-    elif isinstance(brain.module, Transducer):
-        model = EncoderGraph(features, brain.module)
+    elif isinstance(brain.module, Transducer):  # its encoder here; the prediction network and joiner beside
+        model = SpeechGraph(features, brain.module.encoder, log_softmax=False)
     elif hasattr(brain, "tokenizer"):
-        model = CTCGraph(features, brain.module)
+        model = SpeechGraph(features, brain.module)
     else:
         raise UserError(f"{type(brain).__name__} has no inference_model(features) hook: a recipe other than speech "
                         "recognition defines one to be exported (see docs/export.md)")
