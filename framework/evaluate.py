@@ -29,6 +29,7 @@ def evaluate(run_dir: str, overrides: list[str], checkpoint: str = "best") -> di
     brain.logger.close()
     if brain.dist.is_main:
         print(json.dumps(metrics))
+    del brain  # before the process group ends (distributed.shutdown says why)
     distributed.shutdown()
     return metrics
 

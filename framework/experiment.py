@@ -98,6 +98,7 @@ def run(cfg: DictConfig, sweep_job: bool = False) -> float | None:
                       "history": brain.history}
             write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=1))
         brain.logger.finish(metrics, brain.state.files.best())
+        del brain  # before the process group ends (distributed.shutdown says why)
         distributed.shutdown()
         return metrics.get(monitor)
     finally:

@@ -50,10 +50,13 @@ def test_a_checkpoint_of_two_sharded_ranks_continues_in_one_process(data_dir, tm
     args = [*TINY, f"dataset.root={data_dir}/tones-ddp", "dataset.prepare.splits={train:47,valid:13,test:17}",
             f"hydra.run.dir={run_dir}", "trainer.device=cpu", "trainer.max_epochs=1", "trainer.grad_accumulation=2"]
     (tmp_path / "keeper.py").write_text(KEEPER)  # a tracker that keeps the files it is sent
+    (tmp_path / "sitecustomize.py").write_text(HELD_AT_SHUTDOWN)
     torchrun(["-m", "framework.train", *args, "trainer.strategy=fsdp", "trainer.precision=bf16",
               "trainer.activation_checkpointing=[rnns]", "logger=csv", "+loggers.keeper._target_=keeper.Keeper",
               "logger.upload_checkpoint=true"], cwd=tmp_path, env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
     assert "sharded over 2 ranks" in (run_dir / "train.log").read_text()
+    # nothing holds the process group past its end (what does at exit can abort a gloo rank)
+    assert [(tmp_path / f"held-{rank}").read_text() for rank in (0, 1)] == ["0 Brain, 0 sharded modules"] * 2
     # the best checkpoint was uploaded as one file: its state whole, no shards named
     best = Checkpointer(run_dir / "checkpoints").best()
     uploaded = run_dir / "kept" / best.name
@@ -99,6 +102,21 @@ def test_a_checkpoint_of_two_sharded_ranks_continues_in_one_process(data_dir, tm
     assert index_of(run_dir)[-1]["epoch"] == 3 and len(metrics_of(run_dir)["history"]) == 3
     assert (run_dir / "checkpoints" / index_of(run_dir)[-1]["shards"]).is_dir()
 
+
+HELD_AT_SHUTDOWN = """
+import gc, os
+from framework.trainer import distributed
+
+def shutdown(end=distributed.shutdown):
+    from torch.distributed.fsdp import FSDPModule
+    from framework.brain import Brain
+    end()
+    held = [type(o) for o in gc.get_objects() if isinstance(o, (Brain, FSDPModule))]
+    with open(f"held-{os.environ['RANK']}", "w") as f:
+        f.write(f"{sum(issubclass(t, Brain) for t in held)} Brain, {sum(issubclass(t, FSDPModule) for t in held)} sharded modules")
+
+distributed.shutdown = shutdown
+"""
 
 KEEPER = """
 import shutil

@@ -4,6 +4,7 @@ that are no-ops in a single process."""
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +90,11 @@ def barrier() -> None:
 
 def shutdown() -> None:
     """Ends the process group once every rank is done with it: a rank that tears gloo down
-    while another still talks to it can abort the whole job at exit."""
+    while another still talks to it can abort the whole job at exit. Drop the Brain first: a
+    sharded model's parameters hold the group, and what still holds it at interpreter exit
+    is torn down with the interpreter (a gloo rank can then abort with "terminate called
+    without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # the dropped Brain's reference cycles, while the interpreter is whole
         dist.barrier()
         dist.destroy_process_group()
