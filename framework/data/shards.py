@@ -14,7 +14,7 @@ Everything a batch plan needs (lengths, transcripts, where each utterance lies) 
 the index, so batches are planned before any audio is read; a shard is then read once, whole,
 in one request, into one buffer whose members are used where they lie (:func:`tar_members`: no
 copy per member). Each payload's CRC-32 in the index catches a damaged shard. From a remote
-folder the next shard a reader needs is downloaded while the current one is read
+folder the shards a reader needs next are downloaded while the current ones are read
 (:meth:`ShardDataset.read_shard`'s ``then``), so the network's wait overlaps work.
 """
 
@@ -30,7 +30,7 @@ import threading
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -161,7 +161,8 @@ class ShardDataset(Dataset):
     asked for in index order (feature statistics) read each shard once.
 
     ``window_shards``: examples are shuffled within windows of this many consecutive shards
-    of a reader's stream, so a reader holds up to that many shards' payloads in memory.
+    of a reader's stream, so a reader holds up to that many shards' payloads in memory, and
+    as many more from a remote folder: the next window's, downloaded ahead.
     With ``skip_bad`` an example that cannot be read (a truncated or damaged shard) becomes a
     :class:`SkippedExample`, counted and reported in training, instead of an error.
     """
@@ -197,7 +198,7 @@ class ShardDataset(Dataset):
             raise ShardError(f"{self.path} holds {self.kind} at {file_rate} Hz but the config asks for {sample_rate} Hz; "
                              f"set sample_rate={file_rate} or write the shards again with --sample-rate {sample_rate}")
         self._cached: tuple[int, dict[int, memoryview | SkippedExample]] | None = None
-        self._ahead: tuple[int, Future] | None = None  # the shard being downloaded ahead of its turn
+        self._ahead: dict[int, Future] = {}  # shards being downloaded ahead of their turn
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -228,29 +229,29 @@ class ShardDataset(Dataset):
             # read ahead only when the shards are being asked for in order (a scan of the corpus)
             sequential = self._cached is not None and self._cached[0] == shard - 1 and shard + 1 < len(self.shards)
             self._cached = (shard, dict(self.read_shard(shard, set(self.members(shard).tolist()),
-                                                        then=shard + 1 if sequential else None)))
+                                                        then=[shard + 1] if sequential else ())))
         return self.decode(index, self._cached[1][index])
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_cached": None, "_ahead": None}  # a worker process reads its own shards
+        return {**self.__dict__, "_cached": None, "_ahead": {}}  # a worker process reads its own shards
 
     # ---------------------------------------------------------------------- reading
-    def read_shard(self, shard: int, wanted: Collection[int], then: int | None = None,
+    def read_shard(self, shard: int, wanted: Collection[int], then: Sequence[int] = (),
                    ) -> Iterator[tuple[int, memoryview | SkippedExample]]:
         """``(example, payload)`` for each example of ``wanted`` (indices of ``shard``'s
         members), in the shard's order, reading the shard once, whole, and stopping after the
         last one wanted. A truncated or damaged shard is a :class:`ShardError`
         naming it (with ``skip_bad``: the wanted examples not read become
-        :class:`SkippedExample`). From a remote folder, shard ``then`` (the one to be read
-        next) starts downloading in the background beside this one; only one shard is held
-        ahead."""
+        :class:`SkippedExample`). From a remote folder, the shards ``then`` (those to be read
+        next, in order) download in the background beside this one; the shards held ahead are
+        those, no others."""
         url, members = self.shard_url(shard), self.members(shard)
         remaining = set(wanted)
         read = 0
         try:
             data = self._download(shard)
-            if then is not None and is_remote(self.path):
-                self._ahead = (then, fetch(self.shard_url(then), self.storage_options))
+            if is_remote(self.path):
+                self._ahead = {s: self._ahead.get(s) or fetch(self.shard_url(s), self.storage_options) for s in then}
             if isinstance(data, Future):
                 data = data.result()
             for key, files in _keys(data):
@@ -283,15 +284,15 @@ class ShardDataset(Dataset):
             yield index, SkippedExample(self.ids[index], problem)
 
     def drop_ahead(self) -> None:
-        """Forgets the shard downloaded ahead (a stream that stopped early will not read it)."""
-        self._ahead = None
+        """Forgets the shards downloaded ahead (a stream that stopped early will not read them)."""
+        self._ahead = {}
 
     def _download(self, shard: int) -> memoryview | Future:
         """``shard``'s bytes: read now from a local folder; from a remote one, the download
         started ahead for it or one started now (so the next can start beside it)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == shard:
-            return ahead[1]
+        ahead = self._ahead.pop(shard, None)
+        if ahead is not None:
+            return ahead
         if is_remote(self.path):
             return fetch(self.shard_url(shard), self.storage_options)
         return read_bytes(self.shard_url(shard))

@@ -289,9 +289,11 @@ class ShardBatches(IterableDataset):
         batches, ready = stream.batches[first:], stream.ready[first:]
         needed = set(np.concatenate(batches).tolist()) if batches else set()
         wanted = [needed.intersection(self.dataset.members(shard).tolist()) for shard in stream.shards]
-        following: list[int | None] = [None] * len(wanted)  # the next shard holding batches still to come
-        for i in range(len(wanted) - 2, -1, -1):
-            following[i] = stream.shards[i + 1] if wanted[i + 1] else following[i + 1]
+        # downloaded ahead (a remote folder): the next window's worth of shards holding examples
+        # still to come, so a window's shards have all arrived by the time it starts
+        holding = [i for i, w in enumerate(wanted) if w]
+        following = [[stream.shards[j] for j in holding[k:k + stream.window]]
+                     for k in np.searchsorted(holding, np.arange(len(wanted)), side="right")]
         pending: dict[int, memoryview | SkippedExample] = {}
         done = 0  # shards of the stream read (or passed over: none of their examples is needed)
         try:
@@ -304,7 +306,7 @@ class ShardBatches(IterableDataset):
                 if reseed is not None:
                     _seed_all(int(np.random.SeedSequence([*reseed, first + n]).generate_state(1)[0]))
                 yield collate([self._example(i, pending.pop(i)) for i in batch.tolist()])
-        finally:  # stopped early (a time budget, a step limit): the shard fetched ahead is not needed
+        finally:  # stopped early (a time budget, a step limit): the shards fetched ahead are not needed
             self.dataset.drop_ahead()
 
     def _example(self, index: int, payload: memoryview | SkippedExample):
