@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from framework.run_dir import open_brain
 from framework.trainer import distributed
 from framework.trainer.logs import format_metrics
 from framework.trainer.run_lock import RunLock
+from framework.trainer.stopping import StopRequested
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -88,6 +90,12 @@ def run(cfg: DictConfig, sweep_job: bool = False) -> float | None:
             metrics = brain.fit(datasets["train"], datasets.get("valid"))
             if "test" in datasets:
                 metrics.update(brain.evaluate(datasets["test"]))
+        except StopRequested as exc:  # every rank stops at the same step, checkpointed
+            brain.logger.close(exc)
+            del brain  # its own frames in the traceback hold it too
+            traceback.clear_frames(exc.__traceback__)
+            distributed.shutdown()
+            raise
         except BaseException as exc:
             brain.logger.close(exc)  # the tracked run ends as stopped or failed
             raise

@@ -217,15 +217,20 @@ def test_sigterm_to_a_sharded_torchrun_resumes_bitwise(data_dir, tmp_path):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                "framework.train", *tiny_args(data_dir, run_dir, *args, *extra)]
         out = open(tmp_path / f"{run_dir.name}{len(extra)}.out", "w")
-        return subprocess.Popen(cmd, cwd=tmp_path, env={**ENV, "OMP_NUM_THREADS": "1"}, stdout=out, stderr=out,
-                                preexec_fn=as_from_a_shell)
+        env = {**ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+        return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=out, preexec_fn=as_from_a_shell)
 
     assert start(tmp_path / "straight").wait(timeout=600) == 0, (tmp_path / "straight0.out").read_text()
     run_dir = tmp_path / "stopped"
+    (tmp_path / "sitecustomize.py").write_text(HELD_AT_SHUTDOWN)
     proc = start(run_dir)
     wait_for(run_dir / "checkpoints" / "ckpt-000000004.pt", proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) != 0
+    # each rank ended the process group before exiting (a group left to the interpreter's end
+    # can abort a gloo rank, and an abort is not the status 143 a scheduler requeues on)
+    assert [(tmp_path / f"held-{rank}").read_text() for rank in (0, 1)] == ["0 Brain, 0 sharded modules"] * 2
+    (tmp_path / "sitecustomize.py").unlink()
     assert 4 <= newest_state(run_dir)["progress"]["step"] < newest_state(tmp_path / "straight")["progress"]["step"]
     assert start(run_dir, "trainer.resume=auto").wait(timeout=600) == 0, (tmp_path / "stopped1.out").read_text()
     b = assert_trained_alike(tmp_path / "straight", run_dir)
