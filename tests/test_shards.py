@@ -415,9 +415,9 @@ def recording_server(root: Path, hold_s: float = 0.0, cut: str | None = None):
 
 
 def test_each_shard_is_one_request_and_the_next_window_downloads_while_one_is_read(shards):
-    """One GET per shard per epoch, and the GETs of the next window's shards (2, the default
-    window_shards) made while the first is still arriving, never more: the network's wait
-    overlaps the reading, and a window's shards have arrived when it starts."""
+    """One GET per shard per epoch, and the GETs of the next window_shards shards (2 by
+    default) made while the first is still arriving, never more: the network's wait overlaps
+    the reading, and a window's shards have arrived when it starts."""
     local = ShardDataset(str(shards / "train"))
     sampler = lambda: DynamicBatchSampler(local.lengths, max_batch_length=20.0, num_buckets=4, seed=0)  # noqa: E731
     with recording_server(shards, hold_s=0.3) as (url, requests):
