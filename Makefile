@@ -9,7 +9,7 @@ UV := .tools/uv/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 # Installed packages are compiled to bytecode once (~15 s): where PYTHONDONTWRITEBYTECODE is set,
 # every process would otherwise compile torch's and Hydra's modules again as it imports them, and
-# the test suite's hundreds of subprocesses took 1.5x as long (12.6 min against 8.8 on 2 cores).
+# the test suite's hundreds of subprocesses took 1.6x as long (fresh clones, 2 cores: 12.6 min against 7.7-8.1).
 export UV_COMPILE_BYTECODE := 1
 
 .PHONY: setup lock train test test-slow lint bench-batching bench-loader bench-ds2 bench-vs-speechbrain bench-gpu gpu-wheels clean
