@@ -90,14 +90,12 @@ def run(cfg: DictConfig, sweep_job: bool = False) -> float | None:
             metrics = brain.fit(datasets["train"], datasets.get("valid"))
             if "test" in datasets:
                 metrics.update(brain.evaluate(datasets["test"]))
-        except StopRequested as exc:  # every rank stops at the same step, checkpointed
-            brain.logger.close(exc)
-            del brain  # its own frames in the traceback hold it too
-            traceback.clear_frames(exc.__traceback__)
-            distributed.shutdown()
-            raise
         except BaseException as exc:
             brain.logger.close(exc)  # the tracked run ends as stopped or failed
+            if isinstance(exc, StopRequested):  # every rank stops at the same step, checkpointed
+                del brain  # its own frames in the traceback hold it too
+                traceback.clear_frames(exc.__traceback__)
+                distributed.shutdown()
             raise
         log.info("finished in %s: %s", run_dir, format_metrics(metrics))
         monitor = f"valid_{cfg.trainer.checkpoint.monitor}"
