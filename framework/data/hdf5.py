@@ -129,16 +129,14 @@ class HDF5Dataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedExample:
         data = self._data()
-        if self.offsets is None:
-            x = torch.from_numpy(np.asarray(data[index]))
-        else:
-            x = torch.from_numpy(data[self.offsets[index] : self.offsets[index + 1]])
-        if x.is_floating_point() and not torch.isfinite(x).all():
+        stored = np.asarray(data[index]) if self.offsets is None else data[self.offsets[index] : self.offsets[index + 1]]
+        # numpy's check: torch's isfinite().all() costs ~15x more on an utterance (35 us)
+        if stored.dtype.kind == "f" and not np.isfinite(stored).all():
             reason = f"{self.path}: example {self.ids[index]!r} holds NaN or infinite values (a damaged data region)"
             if self.skip_bad:
                 return SkippedExample(self.ids[index], reason)
             raise HDF5FormatError(f"{reason}; pack the file again or pass dataset.train.skip_bad=true")
-        example: dict[str, Any] = {"id": self.ids[index], "inputs": x}
+        example: dict[str, Any] = {"id": self.ids[index], "inputs": torch.from_numpy(stored)}
         if self.texts is not None:
             example["text"] = self.texts[index]
         if self.labels is not None:
