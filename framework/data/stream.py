@@ -317,9 +317,12 @@ class ShardBatches(IterableDataset):
 
 
 def _seed_all(seed: int) -> None:
+    """Seeds a reader process' random draws. Only torch's CPU generator: a DataLoader worker
+    uses no accelerator, and ``torch.manual_seed`` would queue a seeding of each one not
+    started, formatting the call's stack, every batch."""
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
 
 
 def _unchanged(batch: Batch) -> Batch:
