@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from framework.augment import AddNoise, Augmentation, SpecAugment, SpeedPerturbation
+from framework.data.audio import PCM
 from framework.data.collate import SkippedExample, collate, pad_sequences
 from framework.errors import UserError
 from framework.features import FeaturePipeline, fbank, mfcc, spectrogram
@@ -55,6 +56,37 @@ def test_a_loader_workers_batches_are_padded_in_shared_memory():
     assert shared and torch.equal(padded, expected)
     assert (padded == -1).sum() == 2 * 4 * 5 - 2 * (3 + 5 + 2 + 4)
     assert not collate([_Ragged()[0]]).inputs.is_shared()
+
+
+class _RaggedPCM(torch.utils.data.Dataset):
+    """16-bit PCM of lengths 3, 7, 5 and a 24-bit one of 4, as a WAV shard's examples come."""
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.pcm = [PCM(rng.integers(-2**15, 2**15, n, dtype=np.int16), 2**15) for n in (3, 7, 5)]
+        self.pcm.append(PCM(rng.integers(-2**23, 2**23, 4, dtype=np.int32), 2**23))
+
+    def __len__(self) -> int:
+        return len(self.pcm)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"id": str(i), "inputs": self.pcm[i]}
+
+
+def test_pcm_samples_are_scaled_straight_into_the_padded_batch():
+    """Integer PCM becomes float32 in its padded row, with no float copy of each example on
+    the way: the values its own float decode gives, in a worker's shared memory as in the
+    main process."""
+    data = _RaggedPCM()
+    expected, lengths = pad_sequences([torch.from_numpy(p.scaled()) for p in data.pcm], value=-1.0)
+    assert expected[0, :3].abs().max() > 0 and expected.dtype == torch.float32
+    padded, got = pad_sequences(data.pcm, value=-1.0)
+    assert torch.equal(padded, expected) and torch.equal(got, lengths)
+    batch = collate([data[i] for i in range(len(data))])
+    assert batch.inputs.dtype == torch.float32 and batch.inputs_lens.tolist() == [3, 7, 5, 4]
+    loader = torch.utils.data.DataLoader(data, batch_size=4, num_workers=1, collate_fn=_pad_in_worker)
+    [(shared, padded)] = list(loader)
+    assert shared and torch.equal(padded, expected)
 
 
 @pytest.mark.parametrize("extractor,bins", [(spectrogram(), 161), (fbank(n_mels=80), 80), (mfcc(n_mfcc=13), 13)])

@@ -25,12 +25,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from framework.data.audio import read_audio
+from framework.data.audio import PCM, read_audio
 from framework.data.batching import DynamicBatchSampler
 from framework.data.loader import make_loader
 from framework.data.manifest import load_entries
 from framework.data.shards import ShardDataset, tar_members
 from framework.data.synthetic import prepare_tone_corpus
+from framework.prepare.shards import write_shards
 from tests.conftest import TINY, run_cli
 from tests.helpers import (
     ENV,
@@ -105,6 +106,27 @@ def test_wav_shards_hold_the_same_samples_as_flac_shards(tones, shards, tmp_path
     assert wav.ids == flac.ids
     for i in range(len(wav)):
         assert torch.equal(wav[i]["inputs"], flac[i]["inputs"]), wav.ids[i]
+
+
+def test_a_stream_of_wav_shards_scales_the_samples_into_its_batches(tones, tmp_path):
+    """Raw audio from WAV shards stays integer PCM until its batch scales it into the padded
+    rows; the batch holds the samples the example decodes to, then zeros."""
+    write_shards(tones / "train.json", tmp_path / "wav", shard_size=6, data_root=str(tones), workers=1,
+                 audio_format="wav")
+    dataset = ShardDataset(str(tmp_path / "wav"))
+    [(index, payload)] = dataset.read_shard(0, {int(dataset.members(0)[0])})
+    assert isinstance(dataset.decode(index, payload, pcm=True)["inputs"], PCM)
+    for workers in (0, 2):
+        loader = make_loader(dataset, DynamicBatchSampler(dataset.lengths, max_batch_length=20.0, num_buckets=4),
+                             workers, 0)
+        seen = 0
+        for batch in loader:
+            assert batch.inputs.dtype == torch.float32
+            for row, uid, n in zip(batch.inputs, batch.id, batch.inputs_lens.tolist()):
+                expected = dataset[dataset.ids.index(uid)]["inputs"]
+                assert n == len(expected) and torch.equal(row[:n], expected) and not row[n:].any(), uid
+                seen += 1
+        assert seen == len(dataset)
 
 
 def test_prepare_shards_of_features_round_trips(tones, tmp_path):

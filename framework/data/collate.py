@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch.utils.data import get_worker_info
 
+from framework.data.audio import PCM
+
 
 @dataclass(frozen=True)
 class SkippedExample:
@@ -54,20 +56,26 @@ class Batch(dict):
                      skipped=self.skipped)
 
 
-def pad_sequences(tensors: Sequence[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack tensors of different length along dim 0 into ``[B, T_max, ...]``. In a
-    DataLoader worker the result is made in shared memory, where it would be copied to
-    reach the main process (as torch's default collate does)."""
+def pad_sequences(tensors: Sequence[torch.Tensor | PCM], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack tensors of different length along dim 0 into ``[B, T_max, ...]`` (:class:`PCM`
+    samples scaled into float32 rows as they are copied). In a DataLoader worker the result
+    is made in shared memory, where it would be copied to reach the main process (as torch's
+    default collate does)."""
     lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
-    first = tensors[0]
-    shape = (len(tensors), int(lengths.max()), *first.shape[1:])
-    if get_worker_info() is not None and first.device.type == "cpu":
-        out = first.new(first._typed_storage()._new_shared(math.prod(shape), device=first.device)).view(shape)
+    like = next((t for t in tensors if isinstance(t, torch.Tensor)), torch.empty(0))
+    shape = (len(tensors), int(lengths.max()), *like.shape[1:])
+    if get_worker_info() is not None and like.device.type == "cpu":
+        out = like.new(like._typed_storage()._new_shared(math.prod(shape), device=like.device)).view(shape)
     else:
-        out = first.new_empty(shape)
+        out = like.new_empty(shape)
+    rows = out.numpy() if any(isinstance(t, PCM) for t in tensors) else None  # float32 on the CPU
     for i, t in enumerate(tensors):
-        out[i, : t.shape[0]] = t
-        out[i, t.shape[0]:] = value
+        if isinstance(t, PCM):
+            t.scaled(out=rows[i, : t.shape[0]])
+            rows[i, t.shape[0]:] = value
+        else:
+            out[i, : t.shape[0]] = t
+            out[i, t.shape[0]:] = value
     return out, lengths
 
 
@@ -79,7 +87,7 @@ def collate(examples: Sequence[dict[str, Any] | SkippedExample]) -> Batch:
     for key in good[0] if good else ():
         values = [ex[key] for ex in good]
         first = values[0]
-        if isinstance(first, torch.Tensor) and first.dim() > 0:
+        if isinstance(first, torch.Tensor) and first.dim() > 0 or isinstance(first, PCM):
             padded, lengths = pad_sequences(values)
             batch[key] = padded
             batch[f"{key}_lens"] = lengths

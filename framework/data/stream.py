@@ -310,7 +310,8 @@ class ShardBatches(IterableDataset):
             self.dataset.drop_ahead()
 
     def _example(self, index: int, payload: memoryview | SkippedExample):
-        example = self.dataset.decode(index, payload)
+        # raw audio stays integer PCM until the batch scales it into its rows
+        example = self.dataset.decode(index, payload, pcm=self.transform is None)
         if self.transform is None or isinstance(example, SkippedExample):
             return example
         return {**example, "inputs": self.transform(example["inputs"])}
