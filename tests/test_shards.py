@@ -29,7 +29,7 @@ from framework.data.audio import PCM, read_audio
 from framework.data.batching import DynamicBatchSampler
 from framework.data.loader import make_loader
 from framework.data.manifest import load_entries
-from framework.data.shards import ShardDataset, tar_members
+from framework.data.shards import ShardDataset, ShardError, tar_members
 from framework.data.synthetic import prepare_tone_corpus
 from framework.prepare.shards import write_shards
 from tests.conftest import TINY, run_cli
@@ -376,6 +376,18 @@ def test_a_damaged_shard_is_one_line_naming_it(shards, tmp_path, damage):
     proc = run_cli("framework.train", train_args(shards, tmp_path / "skip", "trainer.max_epochs=1",
                                                  "dataset.train.skip_bad=true", train=str(copy)), cwd=tmp_path)
     assert "example(s) skipped as unreadable so far (skip_bad)" in proc.stderr and str(shard) in proc.stderr
+
+
+def test_a_shard_from_another_write_is_named_as_such(shards, tmp_path):
+    """A payload that fails its check is explained from its .json: here the shard holds
+    other examples than the index lists there (another write's shard under this name)."""
+    copy = tmp_path / "train"
+    shutil.copytree(shards / "train", copy)
+    shutil.copy(copy / "shard-000001.tar", copy / "shard-000000.tar")
+    dataset = ShardDataset(str(copy))
+    with pytest.raises(ShardError, match=r"shard-000000\.tar: example 0 is '.+' but .+index\.json lists '.+' there: "
+                                         r"the shard and the index come from different writes"):
+        dataset[int(dataset.members(0)[0])]
 
 
 def test_a_folder_without_an_index_is_one_line(shards, tmp_path):
