@@ -87,6 +87,8 @@ def test_pcm_samples_are_scaled_straight_into_the_padded_batch():
     loader = torch.utils.data.DataLoader(data, batch_size=4, num_workers=1, collate_fn=_pad_in_worker)
     [(shared, padded)] = list(loader)
     assert shared and torch.equal(padded, expected)
+    mixed, _ = pad_sequences([torch.full((2,), 0.25, dtype=torch.float64), data.pcm[0]])  # a float decode beside PCM
+    assert mixed.dtype == torch.float32 and mixed[0].tolist() == [0.25, 0.25, 0.0] and torch.equal(mixed[1], expected[0, :3])
 
 
 @pytest.mark.parametrize("extractor,bins", [(spectrogram(), 161), (fbank(n_mels=80), 80), (mfcc(n_mfcc=13), 13)])

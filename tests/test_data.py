@@ -14,7 +14,7 @@ import soundfile
 import torch
 from torch.utils.data import DataLoader
 
-from framework.data.audio import AudioError, decode_pcm_wav, read_audio
+from framework.data.audio import AudioError, pcm_wav, read_audio
 from framework.data.batching import FixedBatchSampler
 from framework.data.collate import collate
 from framework.data.hdf5 import HDF5Dataset, HDF5FormatError, HDF5Writer, combine_shards
@@ -310,8 +310,9 @@ def test_pcm_wav_decoded_with_numpy_equals_soundfile(subtype, samples):
     buffer = io.BytesIO()
     soundfile.write(buffer, x, 16000, format="WAV", subtype=subtype)
     expected, _ = soundfile.read(io.BytesIO(buffer.getvalue()), dtype="float32")
-    got = decode_pcm_wav(buffer.getvalue())
-    assert got is not None and got.dtype == np.float32 and np.array_equal(got, expected)
+    pcm = pcm_wav(buffer.getvalue())
+    got = pcm.scaled()
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
 
 
 def test_wavs_numpy_does_not_decode_are_left_to_soundfile():
@@ -320,8 +321,8 @@ def test_wavs_numpy_does_not_decode_are_left_to_soundfile():
         soundfile.write(buffer, data, 16000, format="WAV", subtype=subtype)
         return buffer.getvalue()
 
-    assert decode_pcm_wav(wav(np.zeros((10, 2), np.float32), "PCM_16")) is None  # stereo
-    assert decode_pcm_wav(wav(np.zeros(10, np.float32), "FLOAT")) is None
-    assert decode_pcm_wav(wav(np.zeros(10, np.float32), "PCM_U8")) is None
-    assert decode_pcm_wav(b"fLaC" + bytes(40)) is None
-    assert decode_pcm_wav(wav(np.zeros(10, np.float32), "PCM_16")[:-4]) is None  # data chunk cut short
+    assert pcm_wav(wav(np.zeros((10, 2), np.float32), "PCM_16")) is None  # stereo
+    assert pcm_wav(wav(np.zeros(10, np.float32), "FLOAT")) is None
+    assert pcm_wav(wav(np.zeros(10, np.float32), "PCM_U8")) is None
+    assert pcm_wav(b"fLaC" + bytes(40)) is None
+    assert pcm_wav(wav(np.zeros(10, np.float32), "PCM_16")[:-4]) is None  # data chunk cut short

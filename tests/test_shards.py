@@ -25,8 +25,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from framework.data import stream
 from framework.data.audio import PCM, read_audio
 from framework.data.batching import DynamicBatchSampler
+from framework.data.collate import collate
 from framework.data.loader import make_loader
 from framework.data.manifest import load_entries
 from framework.data.shards import ShardDataset, ShardError, tar_members
@@ -108,14 +110,14 @@ def test_wav_shards_hold_the_same_samples_as_flac_shards(tones, shards, tmp_path
         assert torch.equal(wav[i]["inputs"], flac[i]["inputs"]), wav.ids[i]
 
 
-def test_a_stream_of_wav_shards_scales_the_samples_into_its_batches(tones, tmp_path):
+def test_a_stream_of_wav_shards_scales_the_samples_into_its_batches(tones, tmp_path, monkeypatch):
     """Raw audio from WAV shards stays integer PCM until its batch scales it into the padded
     rows; the batch holds the samples the example decodes to, then zeros."""
     write_shards(tones / "train.json", tmp_path / "wav", shard_size=6, data_root=str(tones), workers=1,
                  audio_format="wav")
     dataset = ShardDataset(str(tmp_path / "wav"))
-    [(index, payload)] = dataset.read_shard(0, {int(dataset.members(0)[0])})
-    assert isinstance(dataset.decode(index, payload, pcm=True)["inputs"], PCM)
+    collated = []  # what the main process' reader (0 workers) hands to collate
+    monkeypatch.setattr(stream, "collate", lambda examples: collated.extend(examples) or collate(examples))
     for workers in (0, 2):
         loader = make_loader(dataset, DynamicBatchSampler(dataset.lengths, max_batch_length=20.0, num_buckets=4),
                              workers, 0)
@@ -127,6 +129,7 @@ def test_a_stream_of_wav_shards_scales_the_samples_into_its_batches(tones, tmp_p
                 assert n == len(expected) and torch.equal(row[:n], expected) and not row[n:].any(), uid
                 seen += 1
         assert seen == len(dataset)
+    assert len(collated) == len(dataset) and all(isinstance(ex["inputs"], PCM) for ex in collated)
 
 
 def test_prepare_shards_of_features_round_trips(tones, tmp_path):
@@ -380,14 +383,23 @@ def test_a_damaged_shard_is_one_line_naming_it(shards, tmp_path, damage):
 
 def test_a_shard_from_another_write_is_named_as_such(shards, tmp_path):
     """A payload that fails its check is explained from its .json: here the shard holds
-    other examples than the index lists there (another write's shard under this name)."""
+    other examples than the index lists there (another write's shard under this name). A
+    damaged .json beside a sound payload is not read at all (the index holds the same)."""
     copy = tmp_path / "train"
     shutil.copytree(shards / "train", copy)
     shutil.copy(copy / "shard-000001.tar", copy / "shard-000000.tar")
-    dataset = ShardDataset(str(copy))
+    data = bytearray((copy / "shard-000002.tar").read_bytes())
+    with tarfile.open(copy / "shard-000002.tar") as tar:
+        member = tar.getmember(tar.getnames()[1])  # the first key's .json
+    assert member.name.endswith(".json")
+    data[member.offset_data : member.offset_data + member.size] = b"\xff" * member.size
+    (copy / "shard-000002.tar").write_bytes(bytes(data))
+    dataset, intact = ShardDataset(str(copy)), ShardDataset(str(shards / "train"))
     with pytest.raises(ShardError, match=r"shard-000000\.tar: example 0 is '.+' but .+index\.json lists '.+' there: "
                                          r"the shard and the index come from different writes"):
         dataset[int(dataset.members(0)[0])]
+    first = int(dataset.members(2)[0])
+    assert torch.equal(dataset[first]["inputs"], intact[first]["inputs"])
 
 
 def test_a_folder_without_an_index_is_one_line(shards, tmp_path):

@@ -79,7 +79,7 @@ def _describe(path: str | Path, exc: Exception) -> str:
     return f"{path}: cannot read audio ({exc}); the file is damaged or not audio: replace it"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # an array field: no value equality
 class PCM:
     """Integer PCM samples and their full scale (2^15 or 2^23), not yet made float. A batch
     scales them straight into its padded rows (:func:`framework.data.collate.pad_sequences`),
@@ -124,10 +124,3 @@ def pcm_wav(data: bytes | memoryview) -> PCM | None:
             return None
         pos = body + size + (size & 1)  # chunks are padded to an even size
     return None
-
-
-def decode_pcm_wav(data: bytes | memoryview) -> np.ndarray | None:
-    """The float32 samples of a mono 16- or 24-bit PCM WAV held in ``data`` (the values
-    soundfile gives: the integer over 2^15 or 2^23), or None for any other WAV."""
-    pcm = pcm_wav(data)
-    return None if pcm is None else pcm.scaled()

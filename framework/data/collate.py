@@ -62,13 +62,14 @@ def pad_sequences(tensors: Sequence[torch.Tensor | PCM], value: float = 0.0) -> 
     is made in shared memory, where it would be copied to reach the main process (as torch's
     default collate does)."""
     lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
-    like = next((t for t in tensors if isinstance(t, torch.Tensor)), torch.empty(0))
-    shape = (len(tensors), int(lengths.max()), *like.shape[1:])
+    pcm = any(isinstance(t, PCM) for t in tensors)
+    like = torch.empty(0) if pcm else tensors[0]  # PCM: a float32 batch on the CPU, whatever else it holds
+    shape = (len(tensors), int(lengths.max()), *tensors[0].shape[1:])
     if get_worker_info() is not None and like.device.type == "cpu":
         out = like.new(like._typed_storage()._new_shared(math.prod(shape), device=like.device)).view(shape)
     else:
         out = like.new_empty(shape)
-    rows = out.numpy() if any(isinstance(t, PCM) for t in tensors) else None  # float32 on the CPU
+    rows = out.numpy() if pcm else None
     for i, t in enumerate(tensors):
         if isinstance(t, PCM):
             t.scaled(out=rows[i, : t.shape[0]])

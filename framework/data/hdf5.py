@@ -130,7 +130,7 @@ class HDF5Dataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedExample:
         data = self._data()
         stored = np.asarray(data[index]) if self.offsets is None else data[self.offsets[index] : self.offsets[index + 1]]
-        # numpy's check: torch's isfinite().all() costs ~15x more on an utterance (35 us)
+        # numpy's check: torch's isfinite().all() took ~4x as long as the read itself (~46 us an utterance)
         if stored.dtype.kind == "f" and not np.isfinite(stored).all():
             reason = f"{self.path}: example {self.ids[index]!r} holds NaN or infinite values (a damaged data region)"
             if self.skip_bad:

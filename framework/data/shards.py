@@ -107,7 +107,7 @@ def _fill(f: Any, size: int) -> memoryview:
     """Up to ``size`` bytes of ``f`` read into one new buffer (fewer if it ends first). The
     buffer is numpy's: not zeroed first, and in huge pages where the kernel allows (10% of
     an in-process epoch of WAV shards less than a bytearray's)."""
-    view, got = memoryview(np.empty(size, np.uint8)).cast("B"), 0
+    view, got = memoryview(np.empty(size, np.uint8)), 0
     while got < size:
         n = f.readinto(view[got:])
         if not n:
@@ -256,7 +256,7 @@ class ShardDataset(Dataset):
                 self._ahead = {s: self._ahead.get(s) or fetch(self.shard_url(s), self.storage_options) for s in then}
             if isinstance(data, Future):
                 data = data.result()
-            for key, files in _keys(data):
+            for _, files in _keys(data):
                 if read >= len(members):
                     raise ShardError(f"{url} holds more examples than the {len(members)} {join(self.path, INDEX)} "
                                      "lists: the shard and the index come from different writes; write them again")
@@ -265,7 +265,7 @@ class ShardDataset(Dataset):
                 if index not in remaining:
                     continue
                 remaining.discard(index)
-                yield index, self._checked(url, index, key, files)
+                yield index, self._checked(url, index, files)
                 if not remaining:
                     return
         except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError, http.client.HTTPException) as exc:
@@ -299,7 +299,7 @@ class ShardDataset(Dataset):
             return fetch(self.shard_url(shard), self.storage_options)
         return read_bytes(self.shard_url(shard))
 
-    def _checked(self, url: str, index: int, key: str, files: dict[str, memoryview]) -> memoryview | SkippedExample:
+    def _checked(self, url: str, index: int, files: dict[str, memoryview]) -> memoryview | SkippedExample:
         """The example's payload, after checking it is the bytes the index lists (its CRC-32).
         Its ``.json`` (the index holds the same) is read only to say what is wrong when not."""
         uid, payload = self.ids[index], files.get(self.payload)
@@ -309,10 +309,9 @@ class ShardDataset(Dataset):
             meta = json.loads(bytes(files.get("json", b"null")))
         except ValueError:
             meta = None
-        if not isinstance(meta, dict) or meta.get("id") != uid:
-            found = meta.get("id") if isinstance(meta, dict) else f"key {key!r}"
-            raise ShardError(f"{url}: example {int(self.position[index])} is {found!r} but {join(self.path, INDEX)} lists "
-                             f"{uid!r} there: the shard and the index come from different writes; write them again")
+        if isinstance(meta, dict) and meta.get("id") != uid:
+            raise ShardError(f"{url}: example {int(self.position[index])} is {meta.get('id')!r} but {join(self.path, INDEX)} "
+                             f"lists {uid!r} there: the shard and the index come from different writes; write them again")
         problem = (f"{url}: example {uid!r} is damaged (its .{self.payload} "
                    f"{'is missing' if payload is None else 'fails its CRC-32 check'})")
         if not self.skip_bad:
