@@ -105,8 +105,8 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> memor
 
 def _fill(f: Any, size: int) -> memoryview:
     """Up to ``size`` bytes of ``f`` read into one new buffer (fewer if it ends first). The
-    buffer is numpy's: not zeroed first, and in huge pages where the kernel allows (10% of
-    an in-process epoch of WAV shards less than a bytearray's)."""
+    buffer is numpy's: not zeroed first, and in huge pages where the kernel allows (an
+    in-process epoch of WAV shards is 10% faster than with a bytearray)."""
     view, got = memoryview(np.empty(size, np.uint8)), 0
     while got < size:
         n = f.readinto(view[got:])
