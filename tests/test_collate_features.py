@@ -58,6 +58,34 @@ def test_a_loader_workers_batches_are_padded_in_shared_memory():
     assert not collate([_Ragged()[0]]).inputs.is_shared()
 
 
+class _Labelled(torch.utils.data.Dataset):
+    """Waveforms of 20,000-30,000 samples (a padded batch over INLINE_BYTES) with labels."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> dict:
+        return {"id": str(i), "inputs": torch.full((20000 + 5000 * (i % 3),), float(i)), "label": i % 2,
+                "weight": torch.tensor(0.5 * i, dtype=torch.bfloat16)}
+
+
+def test_a_workers_small_tensors_cross_inside_the_pickle_and_the_padded_batch_in_shared_memory():
+    """From a worker, lengths and labels come inside the batch's pickle (a shared-memory
+    segment each would cost more than they hold); the padded batch, and a small tensor numpy
+    cannot hold (bfloat16), come through shared memory; all as the same tensors, in order."""
+    from framework.data.collate import INLINE_BYTES
+
+    loader = torch.utils.data.DataLoader(_Labelled(), batch_size=4, num_workers=1, collate_fn=collate)
+    [batch] = list(loader)
+    expected = collate([_Labelled()[i] for i in range(4)])
+    assert list(batch) == list(expected) and batch.inputs.nbytes > INLINE_BYTES
+    for key, value in expected.items():
+        if isinstance(value, torch.Tensor):
+            assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+            assert batch[key].is_shared() == (key in ("inputs", "weight")), key
+    assert batch.id == expected.id and batch.skipped == []
+
+
 class _RaggedPCM(torch.utils.data.Dataset):
     """16-bit PCM of lengths 3, 7, 5 and a 24-bit one of 4, as a WAV shard's examples come."""
 
