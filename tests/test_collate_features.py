@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
 from framework.augment import AddNoise, Augmentation, SpecAugment, SpeedPerturbation
 from framework.data.audio import PCM
-from framework.data.collate import SkippedExample, collate, pad_sequences
+from framework.data.collate import Batch, SkippedExample, collate, pad_sequences
 from framework.errors import UserError
 from framework.features import FeaturePipeline, fbank, mfcc, spectrogram
 
@@ -32,13 +34,16 @@ def test_collate_pads_and_returns_absolute_and_relative_lengths():
 
 
 class _Ragged(torch.utils.data.Dataset):
-    """Rows of ones of lengths 3, 5, 2, 4."""
+    """Rows of ones of lengths 3, 5, 2, 4 times ``scale``."""
+
+    def __init__(self, scale: int = 1) -> None:
+        self.scale = scale
 
     def __len__(self) -> int:
         return 4
 
     def __getitem__(self, i: int) -> dict:
-        return {"id": str(i), "inputs": torch.ones([3, 5, 2, 4][i], 2)}
+        return {"id": str(i), "inputs": torch.ones([3, 5, 2, 4][i] * self.scale, 2)}
 
 
 def _pad_in_worker(examples: list[dict]) -> tuple[bool, torch.Tensor]:
@@ -47,24 +52,30 @@ def _pad_in_worker(examples: list[dict]) -> tuple[bool, torch.Tensor]:
 
 
 def test_a_loader_workers_batches_are_padded_in_shared_memory():
-    """In a worker the padded batch is made in the shared memory it crosses to the main
-    process in (one copy of every batch less), every padded place set (fresh shared memory
-    is zeros: padding with -1 shows it), as in the main process."""
-    loader = torch.utils.data.DataLoader(_Ragged(), batch_size=4, num_workers=1, collate_fn=_pad_in_worker)
-    [(shared, padded)] = list(loader)
-    expected, _ = pad_sequences([_Ragged()[i]["inputs"] for i in range(4)], value=-1.0)
-    assert shared and torch.equal(padded, expected)
-    assert (padded == -1).sum() == 2 * 4 * 5 - 2 * (3 + 5 + 2 + 4)
-    assert not collate([_Ragged()[0]]).inputs.is_shared()
+    """In a worker a padded batch over INLINE_BYTES is made in the shared memory it crosses
+    to the main process in (one copy of every batch less), every padded place set (fresh
+    shared memory is zeros: padding with -1 shows it), as in the main process; a smaller one
+    is not (it crosses inside the batch's pickle)."""
+    for scale, shared_expected in ((3000, True), (1, False)):
+        data = _Ragged(scale)
+        loader = torch.utils.data.DataLoader(data, batch_size=4, num_workers=1, collate_fn=_pad_in_worker)
+        [(shared, padded)] = list(loader)
+        expected, _ = pad_sequences([data[i]["inputs"] for i in range(4)], value=-1.0)
+        assert shared == shared_expected and torch.equal(padded, expected), scale
+        assert (padded == -1).sum() == 2 * scale * (4 * 5 - (3 + 5 + 2 + 4))
+    assert not collate([_Ragged(3000)[0]]).inputs.is_shared()
 
 
 class _Labelled(torch.utils.data.Dataset):
-    """Waveforms of 20,000-30,000 samples (a padded batch over INLINE_BYTES) with labels."""
+    """Waveforms of 20,000-30,000 samples (a padded batch over INLINE_BYTES) with labels, and
+    an example that cannot be read."""
 
     def __len__(self) -> int:
         return 4
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int) -> dict | SkippedExample:
+        if i == 3:
+            return SkippedExample("3", "3.wav: cannot read audio")
         return {"id": str(i), "inputs": torch.full((20000 + 5000 * (i % 3),), float(i)), "label": i % 2,
                 "weight": torch.tensor(0.5 * i, dtype=torch.bfloat16)}
 
@@ -83,16 +94,23 @@ def test_a_workers_small_tensors_cross_inside_the_pickle_and_the_padded_batch_in
         if isinstance(value, torch.Tensor):
             assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
             assert batch[key].is_shared() == (key in ("inputs", "weight")), key
-    assert batch.id == expected.id and batch.skipped == []
+    assert batch.id == expected.id == ["0", "1", "2"] and batch.skipped == expected.skipped != []
+    # tensors numpy cannot take as they are (sparse, conjugated) are left to torch's own reducers
+    from framework.data.collate import _small_array
+
+    assert _small_array(torch.eye(3).to_sparse()) is None
+    assert _small_array(torch.ones(2, dtype=torch.cfloat).conj()) is None
+    again = pickle.loads(pickle.dumps(Batch(id=["a"], small=torch.arange(3)[::2])))
+    assert torch.equal(again.small, torch.tensor([0, 2])) and again.id == ["a"]
 
 
 class _RaggedPCM(torch.utils.data.Dataset):
-    """16-bit PCM of lengths 3, 7, 5 and a 24-bit one of 4, as a WAV shard's examples come."""
+    """16-bit PCM of 3,000, 7,000 and 5,000 samples and 24-bit of 4,000, as a WAV shard's examples come."""
 
     def __init__(self) -> None:
         rng = np.random.default_rng(0)
-        self.pcm = [PCM(rng.integers(-2**15, 2**15, n, dtype=np.int16), 2**15) for n in (3, 7, 5)]
-        self.pcm.append(PCM(rng.integers(-2**23, 2**23, 4, dtype=np.int32), 2**23))
+        self.pcm = [PCM(rng.integers(-2**15, 2**15, n, dtype=np.int16), 2**15) for n in (3000, 7000, 5000)]
+        self.pcm.append(PCM(rng.integers(-2**23, 2**23, 4000, dtype=np.int32), 2**23))
 
     def __len__(self) -> int:
         return len(self.pcm)
@@ -107,16 +125,17 @@ def test_pcm_samples_are_scaled_straight_into_the_padded_batch():
     main process."""
     data = _RaggedPCM()
     expected, lengths = pad_sequences([torch.from_numpy(p.scaled()) for p in data.pcm], value=-1.0)
-    assert expected[0, :3].abs().max() > 0 and expected.dtype == torch.float32
+    assert expected[0, :3000].abs().max() > 0 and expected.dtype == torch.float32
     padded, got = pad_sequences(data.pcm, value=-1.0)
     assert torch.equal(padded, expected) and torch.equal(got, lengths)
     batch = collate([data[i] for i in range(len(data))])
-    assert batch.inputs.dtype == torch.float32 and batch.inputs_lens.tolist() == [3, 7, 5, 4]
+    assert batch.inputs.dtype == torch.float32 and batch.inputs_lens.tolist() == [3000, 7000, 5000, 4000]
     loader = torch.utils.data.DataLoader(data, batch_size=4, num_workers=1, collate_fn=_pad_in_worker)
     [(shared, padded)] = list(loader)
     assert shared and torch.equal(padded, expected)
     mixed, _ = pad_sequences([torch.full((2,), 0.25, dtype=torch.float64), data.pcm[0]])  # a float decode beside PCM
-    assert mixed.dtype == torch.float32 and mixed[0].tolist() == [0.25, 0.25, 0.0] and torch.equal(mixed[1], expected[0, :3])
+    assert mixed.dtype == torch.float32 and mixed[0, :2].tolist() == [0.25, 0.25] and not mixed[0, 2:].any()
+    assert torch.equal(mixed[1], expected[0, :3000])
 
 
 @pytest.mark.parametrize("extractor,bins", [(spectrogram(), 161), (fbank(n_mels=80), 80), (mfcc(n_mfcc=13), 13)])
