@@ -328,15 +328,14 @@ class ShardDataset(Dataset):
             return payload
         uid = self.ids[index]
         try:
-            inputs: torch.Tensor | PCM | None = None
-            if self.kind == "audio":
-                inputs = pcm_wav(payload) if self.payload == "wav" else None  # numpy: ~100x cheaper than soundfile
-                if inputs is not None and not pcm:
-                    inputs = torch.from_numpy(inputs.scaled())
-                if inputs is None:
-                    inputs = torch.from_numpy(soundfile.read(io.BytesIO(payload), dtype="float32")[0])
-            else:
+            samples = pcm_wav(payload) if self.payload == "wav" else None  # numpy: ~100x cheaper than soundfile
+            inputs: torch.Tensor | PCM
+            if self.kind != "audio":
                 inputs = torch.from_numpy(np.ascontiguousarray(np.load(io.BytesIO(payload), allow_pickle=False)))
+            elif samples is not None:
+                inputs = samples if pcm else torch.from_numpy(samples.scaled())
+            else:
+                inputs = torch.from_numpy(soundfile.read(io.BytesIO(payload), dtype="float32")[0])
         except Exception as exc:  # soundfile and numpy raise several types for bad data
             problem = f"{self.shard_url(int(self.shard_of[index]))}: example {uid!r} cannot be decoded ({exc})"
             if self.skip_bad:
