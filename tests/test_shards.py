@@ -98,6 +98,63 @@ def test_prepare_shards_round_trips_every_utterance(tones, shards):
     assert names[:2] == [f"{entries[0].id}.flac", f"{entries[0].id}.json"] and len(names) == 12
 
 
+def test_the_index_says_where_each_payload_lies_and_the_reader_takes_it_there(tones, shards, tmp_path):
+    """``prepare shards`` records each payload's offset and size; the reader takes payloads
+    there, checked, without walking the tar: a shard whose headers are damaged but whose
+    payloads are intact reads the same. An index without the offsets (an older write) reads
+    the same by walking the tar."""
+    index = json.loads((shards / "train" / "index.json").read_text())
+    with tarfile.open(shards / "train" / "shard-000000.tar") as tar:
+        flacs = [m for m in tar.getmembers() if m.name.endswith(".flac")]
+    rows = [u for u in index["utterances"] if u["shard"] == 0]
+    assert [(u["offset"], u["bytes"]) for u in rows] == [(m.offset_data, m.size) for m in flacs]
+    intact = ShardDataset(str(shards / "train"))
+
+    headers = tmp_path / "headers"
+    shutil.copytree(shards / "train", headers)
+    data = bytearray((headers / "shard-000000.tar").read_bytes())
+    for m in flacs:
+        data[m.offset + 10] ^= 0x01  # a name byte: the header fails its checksum
+    (headers / "shard-000000.tar").write_bytes(bytes(data))
+    with pytest.raises(tarfile.ReadError, match="bad checksum"):
+        list(tar_members(memoryview(bytes(data))))
+
+    older = tmp_path / "older"
+    shutil.copytree(shards / "train", older)
+    for u in index["utterances"]:
+        del u["offset"], u["bytes"]
+    (older / "index.json").write_text(json.dumps(index))
+
+    for folder in (headers, older):
+        dataset = ShardDataset(str(folder))
+        for i in dataset.members(0).tolist() + dataset.members(1).tolist():
+            assert torch.equal(dataset[i]["inputs"], intact[i]["inputs"]), (folder.name, i)
+
+    # writing again over the older write keeps its shards and adds where the payloads lie
+    written = {p.name: p.stat().st_mtime_ns for p in older.glob("shard-*.tar")}
+    run_cli("framework.prepare", ["shards", str(tones / "train.json"), str(older), "--shard-size", "6",
+                                  "--data-root", str(tones)], cwd=tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in older.glob("shard-*.tar")} == written
+    assert json.loads((older / "index.json").read_text()) == json.loads((shards / "train" / "index.json").read_text())
+
+
+def test_a_forked_reader_does_not_wait_for_its_parents_downloads(shards):
+    """A download in flight when a DataLoader worker is forked would never end in the worker
+    (the thread is not there): a reader in a new process starts its own."""
+    from concurrent.futures import Future
+
+    with recording_server(shards) as (url, _):
+        dataset = ShardDataset(f"{url}/train")
+        dataset._ahead = {0: Future()}  # the parent's thread, gone in the child: never done
+        dataset._reader = -1  # as seen from another process
+        first, got = int(dataset.members(0)[0]), []
+        reader = threading.Thread(target=lambda: got.append(dataset[first]), daemon=True)
+        reader.start()
+        reader.join(timeout=30)
+        assert got, "the reader waited for a download that never ends"
+        assert torch.equal(got[0]["inputs"], ShardDataset(str(shards / "train"))[first]["inputs"])
+
+
 @pytest.mark.slow  # 15-30 s: `make test-slow` runs it
 def test_wav_shards_hold_the_same_samples_as_flac_shards(tones, shards, tmp_path):
     run_cli("framework.prepare", ["shards", str(tones / "train.json"), str(tmp_path / "wav"), "--shard-size", "6",

@@ -5,15 +5,17 @@ in WebDataset's layout, one utterance per key, and an index::
 
     index.json          format, version, kind (audio | features), sample_rate, the feature
                         config (kind features), shards [{name, bytes, sha256, examples, job}],
-                        utterances [{id, length, shard, position, crc32, text?, fields?}]
+                        utterances [{id, length, shard, position, crc32, offset, bytes,
+                        text?, fields?}] (offset, bytes: where the payload lies in its shard)
     shard-000000.tar    <key>.flac or <key>.wav (16- or 24-bit PCM) or <key>.npy (features) + <key>.json
     shard-000001.tar    ({"id", "text"?, "duration", other fields}), utterance after utterance
 
 The folder may be local, behind ``http(s)://`` or at any fsspec URL (``s3://``, ``gs://``...).
 Everything a batch plan needs (lengths, transcripts, where each utterance lies) comes from
 the index, so batches are planned before any audio is read; a shard is then read once, whole,
-in one request, into one buffer whose members are used where they lie (:func:`tar_members`: no
-copy per member). Each payload's CRC-32 in the index catches a damaged shard. From a remote
+in one request, into one buffer whose payloads are used where they lie (the index says where:
+no copy, no walk through the tar's headers). Each payload's CRC-32 in the index catches a
+damaged shard; the tar's headers are read only to say what is wrong with one. From a remote
 folder the shards a reader needs next are downloaded while the current ones are read
 (:meth:`ShardDataset.read_shard`'s ``then``), so the network's wait overlaps work.
 """
@@ -190,6 +192,8 @@ class ShardDataset(Dataset):
         self.shard_of = np.array([r["shard"] for r in rows], dtype=np.int64)
         self.position = np.array([r["position"] for r in rows], dtype=np.int64)
         self.crc = [int(r["crc32"]) for r in rows]
+        # where each payload lies in its shard (indexes written before it was recorded: walk the tar)
+        self.spans = [(int(r["offset"]), int(r["bytes"])) if "offset" in r else None for r in rows]
         self._texts = [r.get("text") for r in rows]
         self.fields = [r.get("fields") or {} for r in rows]
         order = np.lexsort((self.position, self.shard_of))
@@ -199,8 +203,7 @@ class ShardDataset(Dataset):
         if sample_rate is not None and file_rate is not None and int(file_rate) != int(sample_rate):
             raise ShardError(f"{self.path} holds {self.kind} at {file_rate} Hz but the config asks for {sample_rate} Hz; "
                              f"set sample_rate={file_rate} or write the shards again with --sample-rate {sample_rate}")
-        self._cached: tuple[int, dict[int, memoryview | SkippedExample]] | None = None
-        self._ahead: dict[int, Future] = {}  # shards being downloaded ahead of their turn
+        self._start_reading()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -234,8 +237,20 @@ class ShardDataset(Dataset):
                                                         then=[shard + 1] if sequential else ())))
         return self.decode(index, self._cached[1][index])
 
+    def _start_reading(self) -> None:
+        """This process' reading state, new: the shard held for ``dataset[i]`` and the shards
+        downloading ahead. A worker process reads its own shards, and a forked one has none of
+        its parent's download threads: a download in flight at the fork would never end there."""
+        self._reader = os.getpid()
+        self._cached: tuple[int, dict[int, memoryview | SkippedExample]] | None = None
+        self._ahead: dict[int, Future] = {}  # shards being downloaded ahead of their turn
+
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_cached": None, "_ahead": {}}  # a worker process reads its own shards
+        return {k: v for k, v in self.__dict__.items() if k not in ("_reader", "_cached", "_ahead")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._start_reading()
 
     # ---------------------------------------------------------------------- reading
     def read_shard(self, shard: int, wanted: Collection[int], then: Sequence[int] = (),
@@ -247,6 +262,8 @@ class ShardDataset(Dataset):
         :class:`SkippedExample`). From a remote folder, the shards ``then`` (those to be read
         next, in order) download in the background beside this one; the shards held ahead are
         those, no others."""
+        if self._reader != os.getpid():
+            self._start_reading()
         url, members = self.shard_url(shard), self.members(shard)
         remaining = set(wanted)
         read = 0
@@ -256,7 +273,10 @@ class ShardDataset(Dataset):
                 self._ahead = {s: self._ahead.get(s) or fetch(self.shard_url(s), self.storage_options) for s in then}
             if isinstance(data, Future):
                 data = data.result()
-            for _, files in _keys(data):
+            yield from self._where_indexed(data, members, remaining)
+            if not remaining:
+                return
+            for _, files in _keys(data):  # an index that does not say where, or what is wrong said
                 if read >= len(members):
                     raise ShardError(f"{url} holds more examples than the {len(members)} {join(self.path, INDEX)} "
                                      "lists: the shard and the index come from different writes; write them again")
@@ -265,7 +285,7 @@ class ShardDataset(Dataset):
                 if index not in remaining:
                     continue
                 remaining.discard(index)
-                yield index, self._checked(url, index, files)
+                yield index, self._checked(url, index, data, files)
                 if not remaining:
                     return
         except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError, http.client.HTTPException) as exc:
@@ -299,14 +319,38 @@ class ShardDataset(Dataset):
             return fetch(self.shard_url(shard), self.storage_options)
         return read_bytes(self.shard_url(shard))
 
-    def _checked(self, url: str, index: int, files: dict[str, memoryview]) -> memoryview | SkippedExample:
-        """The example's payload, after checking it is the bytes the index lists (its CRC-32).
-        Its ``.json`` (the index holds the same) is read only to say what is wrong when not."""
-        uid, payload = self.ids[index], files.get(self.payload)
+    def _where_indexed(self, data: memoryview, members: np.ndarray, remaining: set[int],
+                       ) -> Iterator[tuple[int, memoryview]]:
+        """The payloads of ``remaining`` taken where the index says they lie, each checked (its
+        CRC-32), in the shard's order, until one is not there: the tar walk then says why (or
+        reads the shards of an index that does not say where). Walking the tar's headers
+        cost as much as the check of the payloads."""
+        for index in members.tolist():
+            if index not in remaining:
+                continue
+            span = self.spans[index]
+            payload = data[span[0]:span[0] + span[1]] if span is not None else None
+            if payload is None or len(payload) != span[1] or zlib.crc32(payload) != self.crc[index]:
+                return
+            remaining.discard(index)
+            yield index, payload
+            if not remaining:
+                return
+
+    def _checked(self, url: str, index: int, data: memoryview, files: dict[str, tuple[int, int]],
+                 ) -> memoryview | SkippedExample:
+        """The example's payload (``files``: where each of its files lies in ``data``), after
+        checking it is the bytes the index lists (its CRC-32). Its ``.json`` (the index holds
+        the same) is read only to say what is wrong when not."""
+        def contents(extension: str) -> memoryview | None:
+            span = files.get(extension)
+            return data[span[0]:span[0] + span[1]] if span is not None else None
+
+        uid, payload = self.ids[index], contents(self.payload)
         if payload is not None and zlib.crc32(payload) == self.crc[index]:
             return payload
         try:
-            meta = json.loads(bytes(files.get("json", b"null")))
+            meta = json.loads(bytes(contents("json") or b"null"))
         except ValueError:
             meta = None
         if isinstance(meta, dict) and meta.get("id") != uid:
@@ -347,19 +391,26 @@ class ShardDataset(Dataset):
         return example
 
 
-def _keys(data: memoryview) -> Iterator[tuple[str, dict[str, memoryview]]]:
-    """``(key, {extension: contents})`` of the WebDataset tar held in ``data``: the files of
-    one key are consecutive, the key is a name up to its first dot."""
+def _keys(data: memoryview) -> Iterator[tuple[str, dict[str, tuple[int, int]]]]:
+    """``(key, {extension: (start, size)})`` of the WebDataset tar held in ``data``: the files
+    of one key are consecutive, the key is a name up to its first dot."""
     key, files = None, {}
-    for path, contents in tar_members(data):
+    for path, *span in tar_spans(data):
         name, _, extension = path.rpartition("/")[2].partition(".")
         if name != key and key is not None:
             yield key, files
             files = {}
         key = name
-        files[extension] = contents
+        files[extension] = tuple(span)
     if key is not None:
         yield key, files
+
+
+def payload_spans(data: memoryview, payload: str) -> list[tuple[int, int] | None]:
+    """``(start, size)`` of each key's ``payload`` member in the WebDataset tar held in
+    ``data``, key after key (None where a key has none): what ``prepare shards`` records in
+    the index, so the reader takes each payload where it lies without walking the tar."""
+    return [files.get(payload) for _, files in _keys(data)]
 
 
 BLOCK = tarfile.BLOCKSIZE
@@ -367,7 +418,14 @@ BLOCK = tarfile.BLOCKSIZE
 
 def tar_members(data: memoryview) -> Iterator[tuple[str, memoryview]]:
     """``(path, contents)`` of each regular file of the tar held in ``data``, in order, each
-    a view into ``data`` (no copy). Plain ustar headers (what ``prepare shards`` and GNU tar
+    a view into ``data`` (no copy); see :func:`tar_spans`."""
+    for path, start, size in tar_spans(data):
+        yield path, data[start:start + size]
+
+
+def tar_spans(data: memoryview) -> Iterator[tuple[str, int, int]]:
+    """``(path, start, size)`` of each regular file of the tar held in ``data``, in order: its
+    contents are ``data[start:start + size]``. Plain ustar headers (what ``prepare shards`` and GNU tar
     write for short names) are read here, 20x cheaper than tarfile's reader, which reads the
     rest of the archive from the first header of any other kind (pax or GNU long names,
     base-256 sizes, pre-POSIX headers). A truncated archive or a bad header checksum is a
@@ -381,7 +439,7 @@ def tar_members(data: memoryview) -> Iterator[tuple[str, memoryview]]:
             raise tarfile.ReadError(f"unexpected end of data (a header cut short at byte {offset})")
         kind = header[156:157]
         if header[257:262] != b"ustar" or kind not in (b"0", b"\0", b"5") or header[124] & 0x80:
-            yield from _members_by_tarfile(data, offset)
+            yield from _spans_by_tarfile(data, offset)
             return
         stored = _octal(header[148:156])  # over the header with its checksum field as spaces
         if stored != 256 + sum(header[:148]) + sum(header[156:]) and stored != 256 + _signed_sum(header):
@@ -393,7 +451,7 @@ def tar_members(data: memoryview) -> Iterator[tuple[str, memoryview]]:
             raise tarfile.ReadError(f"unexpected end of data ({name.decode(errors='replace')!r} is cut short)")
         if not directory:
             prefix = header[345:500].split(b"\0", 1)[0] if header[257:265] == b"ustar\x0000" else b""
-            yield (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape"), data[start:start + size]
+            yield (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape"), start, size
         offset = start + -(-size // BLOCK) * BLOCK
 
 
@@ -410,13 +468,13 @@ def _signed_sum(header: bytes) -> int:
     return sum(b - 256 if b > 127 else b for b in header[:148] + header[156:])
 
 
-def _members_by_tarfile(data: memoryview, offset: int) -> Iterator[tuple[str, memoryview]]:
-    """:func:`tar_members` from the header at ``offset`` on, read by tarfile."""
+def _spans_by_tarfile(data: memoryview, offset: int) -> Iterator[tuple[str, int, int]]:
+    """:func:`tar_spans` from the header at ``offset`` on, read by tarfile."""
     with tarfile.open(fileobj=io.BytesIO(data[offset:]), mode="r:") as tar:
         for member in tar:
             if member.isreg():
                 start = offset + member.offset_data
                 if start + member.size > len(data):
                     raise tarfile.ReadError(f"unexpected end of data ({member.name!r} is cut short)")
-                yield member.name, data[start:start + member.size]
+                yield member.name, start, member.size
             tar.members = []  # thousands of files: keep no record of them

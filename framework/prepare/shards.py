@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from framework.data.audio import AudioError, read_audio
 from framework.data.manifest import Entry, load_entries
-from framework.data.shards import FORMAT, INDEX, PAYLOAD, VERSION
+from framework.data.shards import FORMAT, INDEX, PAYLOAD, VERSION, payload_spans, read_bytes
 from framework.errors import BadValue
 from framework.files import sha256_of, write_atomic, write_text_atomic
 from framework.prepare.corpus import Skipped
@@ -63,6 +63,11 @@ class Job:
     @property
     def name(self) -> str:
         return f"shard-{self.number:06d}.tar"
+
+    @property
+    def payload(self) -> str:
+        """The extension of each key's inputs member."""
+        return self.audio_format if self.extractor is None else PAYLOAD["features"]
 
     def fingerprint(self) -> str:
         """A digest of the entries and settings: a recorded shard with another one is stale."""
@@ -135,6 +140,8 @@ def _verified(out: Path, jobs: list[Job]) -> dict[int, dict]:
         if record is None or record.get("job") != job.fingerprint() or not path.is_file():
             continue
         if path.stat().st_size == record["bytes"] and sha256_of(path) == record["sha256"]:
+            if any("offset" not in u for u in record["utterances"]):  # written before offsets were recorded
+                _locate_payloads(path, job.payload, record["utterances"])
             kept[job.number] = record
     return kept
 
@@ -170,7 +177,7 @@ def _write_shard(work: tuple[Job, str]) -> dict:
     job, out = work
     path = Path(out) / job.name
     utterances, skipped = [], []
-    payload_key = job.audio_format if job.extractor is None else PAYLOAD["features"]
+    payload_key = job.payload
 
     def write(f: BinaryIO) -> None:
         from webdataset.writer import TarWriter
@@ -197,10 +204,22 @@ def _write_shard(work: tuple[Job, str]) -> dict:
                                    **({"fields": entry.fields} if entry.fields else {})})
 
     write_atomic(path, write)
+    _locate_payloads(path, payload_key, utterances)
     record = {"number": job.number, "name": job.name, "bytes": path.stat().st_size, "sha256": sha256_of(path),
               "examples": len(utterances), "job": job.fingerprint(), "skipped": skipped, "utterances": utterances}
     write_text_atomic(Path(out) / PARTS / f"{path.stem}.json", json.dumps(record, ensure_ascii=False))
     return record
+
+
+def _locate_payloads(path: Path, payload: str, utterances: list[dict]) -> None:
+    """Records in ``utterances`` (the shard's, in order) where each one's ``payload`` member
+    lies in the shard ``path``, its ``offset`` and size in ``bytes``: the reader takes it
+    there without walking the tar's headers."""
+    spans = payload_spans(read_bytes(str(path)), payload)
+    if len(spans) != len(utterances) or None in spans:
+        raise RuntimeError(f"{path}: the shard does not hold one .{payload} per utterance of its record")
+    for utterance, (start, size) in zip(utterances, spans):
+        utterance.update(offset=start, bytes=size)
 
 
 def _key(uid: str, taken: set[str]) -> str:
