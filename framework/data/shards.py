@@ -166,7 +166,7 @@ class ShardDataset(Dataset):
 
     ``window_shards``: examples are shuffled within windows of this many consecutive shards
     of a reader's stream, so a reader holds up to that many shards' payloads in memory, and
-    from a remote folder as many more: the stream's next shards, downloading ahead.
+    from a remote folder twice as many more: the stream's next shards, downloading ahead.
     With ``skip_bad`` an example that cannot be read (a truncated or damaged shard) becomes a
     :class:`SkippedExample`, counted and reported in training, instead of an error.
     """
