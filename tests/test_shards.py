@@ -11,6 +11,7 @@ import http.server
 import io
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from framework.data import shards as shards_module
 from framework.data import stream
 from framework.data.audio import PCM, read_audio
 from framework.data.batching import DynamicBatchSampler
@@ -82,6 +84,15 @@ def ids_of(loader) -> list[list[str]]:
     return [list(batch["id"]) for batch in loader]
 
 
+def without_tar_walks(monkeypatch) -> None:
+    """Reading a shard whose index says where each payload lies walks no tar headers (in
+    this process, and in DataLoader workers forked from it)."""
+    def walk(data):
+        raise AssertionError("walked the tar's headers")
+
+    monkeypatch.setattr(shards_module, "_keys", walk)
+
+
 # ------------------------------------------------------------------------------ writing
 def test_prepare_shards_round_trips_every_utterance(tones, shards):
     entries = load_entries(tones / "train.json", replacements={"data_root": str(tones)}, sample_rate=16000)
@@ -109,6 +120,11 @@ def test_the_index_says_where_each_payload_lies_and_the_reader_takes_it_there(to
     rows = [u for u in index["utterances"] if u["shard"] == 0]
     assert [(u["offset"], u["bytes"]) for u in rows] == [(m.offset_data, m.size) for m in flacs]
     intact = ShardDataset(str(shards / "train"))
+    with pytest.MonkeyPatch.context() as patch:
+        without_tar_walks(patch)
+        assert [intact[i]["id"] for i in range(len(intact))] == intact.ids
+        loader = make_loader(intact, DynamicBatchSampler(intact.lengths, max_batch_length=20.0, num_buckets=4), 0, 0)
+        assert sorted(uid for batch in loader for uid in batch["id"]) == sorted(intact.ids)
 
     headers = tmp_path / "headers"
     shutil.copytree(shards / "train", headers)
@@ -153,6 +169,10 @@ def test_a_forked_reader_does_not_wait_for_its_parents_downloads(shards):
         reader.join(timeout=30)
         assert got, "the reader waited for a download that never ends"
         assert torch.equal(got[0]["inputs"], ShardDataset(str(shards / "train"))[first]["inputs"])
+        # a spawned worker gets the dataset pickled: none of the reading state crosses
+        dataset._ahead, dataset._cached = {0: Future()}, (0, {})
+        copy = pickle.loads(pickle.dumps(dataset))
+        assert copy._ahead == {} and copy._cached is None and copy._reader == os.getpid()
 
 
 @pytest.mark.slow  # 15-30 s: `make test-slow` runs it
@@ -169,10 +189,12 @@ def test_wav_shards_hold_the_same_samples_as_flac_shards(tones, shards, tmp_path
 
 def test_a_stream_of_wav_shards_scales_the_samples_into_its_batches(tones, tmp_path, monkeypatch):
     """Raw audio from WAV shards stays integer PCM until its batch scales it into the padded
-    rows; the batch holds the samples the example decodes to, then zeros."""
+    rows; the batch holds the samples the example decodes to, then zeros. Each payload is
+    taken where the index says it lies."""
     write_shards(tones / "train.json", tmp_path / "wav", shard_size=6, data_root=str(tones), workers=1,
                  audio_format="wav")
     dataset = ShardDataset(str(tmp_path / "wav"))
+    without_tar_walks(monkeypatch)
     collated = []  # what the main process' reader (0 workers) hands to collate
     monkeypatch.setattr(stream, "collate", lambda examples: collated.extend(examples) or collate(examples))
     for workers in (0, 2):
@@ -189,11 +211,12 @@ def test_a_stream_of_wav_shards_scales_the_samples_into_its_batches(tones, tmp_p
     assert len(collated) == len(dataset) and all(isinstance(ex["inputs"], PCM) for ex in collated)
 
 
-def test_prepare_shards_of_features_round_trips(tones, tmp_path):
+def test_prepare_shards_of_features_round_trips(tones, tmp_path, monkeypatch):
     out = tmp_path / "fbank"
     run_cli("framework.prepare", ["shards", str(tones / "valid.json"), str(out), "--shard-size", "5", "--data-root",
                                   str(tones), "--features", "fbank", "--workers", "1"], cwd=tmp_path)
     dataset = ShardDataset(str(out))
+    without_tar_walks(monkeypatch)
     assert dataset.kind == "features" and dataset.feature_config["_target_"] == "framework.features.fbank"
     extractor = instantiate(dataset.feature_config)
     entries = load_entries(tones / "valid.json", replacements={"data_root": str(tones)}, sample_rate=16000)

@@ -166,7 +166,8 @@ class ShardDataset(Dataset):
 
     ``window_shards``: examples are shuffled within windows of this many consecutive shards
     of a reader's stream, so a reader holds up to that many shards' payloads in memory, and
-    from a remote folder twice as many more: the stream's next shards, downloading ahead.
+    from a remote folder ``stream.AHEAD_WINDOWS`` (2) times as many more: the stream's next
+    shards, downloading ahead.
     With ``skip_bad`` an example that cannot be read (a truncated or damaged shard) becomes a
     :class:`SkippedExample`, counted and reported in training, instead of an error.
     """
@@ -193,7 +194,8 @@ class ShardDataset(Dataset):
         self.position = np.array([r["position"] for r in rows], dtype=np.int64)
         self.crc = [int(r["crc32"]) for r in rows]
         # where each payload lies in its shard (indexes written before it was recorded: walk the tar)
-        self.spans = [(int(r["offset"]), int(r["bytes"])) if "offset" in r else None for r in rows]
+        self.offset = np.array([r.get("offset", -1) for r in rows], dtype=np.int64)
+        self.size = np.array([r.get("bytes", -1) for r in rows], dtype=np.int64)
         self._texts = [r.get("text") for r in rows]
         self.fields = [r.get("fields") or {} for r in rows]
         order = np.lexsort((self.position, self.shard_of))
@@ -296,8 +298,9 @@ class ShardDataset(Dataset):
             reason = "the shard ends early"
         if not remaining:
             return
-        problem = (f"{url}: truncated or damaged shard: {reason} after {read} of its {len(members)} examples "
-                   f"({len(remaining)} wanted ones not read)")
+        first = min(int(self.position[i]) for i in remaining)
+        problem = (f"{url}: truncated or damaged shard: {reason} ({len(remaining)} wanted example(s) of its "
+                   f"{len(members)} not read, from its example {first + 1} on)")
         if not self.skip_bad:
             raise ShardError(f"{problem}; write the shards again with `python -m framework.prepare shards` or pass "
                              "skip_bad=true")
@@ -325,12 +328,11 @@ class ShardDataset(Dataset):
         CRC-32), in the shard's order, until one is not there: the tar walk then says why (or
         reads the shards of an index that does not say where). Walking the tar's headers
         cost as much as the check of the payloads."""
-        for index in members.tolist():
+        for index, start, size in zip(members.tolist(), self.offset[members].tolist(), self.size[members].tolist()):
             if index not in remaining:
                 continue
-            span = self.spans[index]
-            payload = data[span[0]:span[0] + span[1]] if span is not None else None
-            if payload is None or len(payload) != span[1] or zlib.crc32(payload) != self.crc[index]:
+            payload = data[start:start + size]
+            if start < 0 or size < 0 or len(payload) != size or zlib.crc32(payload) != self.crc[index]:
                 return
             remaining.discard(index)
             yield index, payload
@@ -395,13 +397,13 @@ def _keys(data: memoryview) -> Iterator[tuple[str, dict[str, tuple[int, int]]]]:
     """``(key, {extension: (start, size)})`` of the WebDataset tar held in ``data``: the files
     of one key are consecutive, the key is a name up to its first dot."""
     key, files = None, {}
-    for path, *span in tar_spans(data):
+    for path, start, size in tar_spans(data):
         name, _, extension = path.rpartition("/")[2].partition(".")
         if name != key and key is not None:
             yield key, files
             files = {}
         key = name
-        files[extension] = tuple(span)
+        files[extension] = (start, size)
     if key is not None:
         yield key, files
 

@@ -26,6 +26,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import tarfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -141,7 +142,10 @@ def _verified(out: Path, jobs: list[Job]) -> dict[int, dict]:
             continue
         if path.stat().st_size == record["bytes"] and sha256_of(path) == record["sha256"]:
             if any("offset" not in u for u in record["utterances"]):  # written before offsets were recorded
-                _locate_payloads(path, job.payload, record["utterances"])
+                try:
+                    _locate_payloads(path, job.payload, record["utterances"])
+                except (OSError, ValueError, tarfile.TarError):
+                    continue  # written again
             kept[job.number] = record
     return kept
 
@@ -217,7 +221,7 @@ def _locate_payloads(path: Path, payload: str, utterances: list[dict]) -> None:
     there without walking the tar's headers."""
     spans = payload_spans(read_bytes(str(path)), payload)
     if len(spans) != len(utterances) or None in spans:
-        raise RuntimeError(f"{path}: the shard does not hold one .{payload} per utterance of its record")
+        raise ValueError(f"{path}: the shard does not hold one .{payload} per utterance of its record")
     for utterance, (start, size) in zip(utterances, spans):
         utterance.update(offset=start, bytes=size)
 
