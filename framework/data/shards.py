@@ -278,7 +278,7 @@ class ShardDataset(Dataset):
             yield from self._where_indexed(data, members, remaining)
             if not remaining:
                 return
-            for _, files in _keys(data):  # an index that does not say where, or what is wrong said
+            for _, files in _keys(data):  # an index without offsets, or to say what is wrong
                 if read >= len(members):
                     raise ShardError(f"{url} holds more examples than the {len(members)} {join(self.path, INDEX)} "
                                      "lists: the shard and the index come from different writes; write them again")
