@@ -33,7 +33,7 @@ from framework.data.batching import DynamicBatchSampler
 from framework.data.collate import collate
 from framework.data.loader import make_loader
 from framework.data.manifest import load_entries
-from framework.data.shards import ShardDataset, ShardError, tar_members
+from framework.data.shards import ShardDataset, ShardError, tar_spans
 from framework.data.synthetic import prepare_tone_corpus
 from framework.prepare.shards import write_shards
 from tests.conftest import TINY, run_cli
@@ -82,6 +82,12 @@ def train_args(shards: Path, run_dir: Path, *overrides: str, train: str | None =
 
 def ids_of(loader) -> list[list[str]]:
     return [list(batch["id"]) for batch in loader]
+
+
+def tar_members(data: memoryview):
+    """``(path, contents)`` of each file of the tar held in ``data``, as :func:`tar_spans` finds them."""
+    for path, start, size in tar_spans(data):
+        yield path, data[start:start + size]
 
 
 def without_tar_walks(monkeypatch) -> None:
@@ -400,7 +406,7 @@ def tarfile_members(data: bytes) -> list[tuple[str, bytes]]:
         return [(m.name, tar.extractfile(m).read()) for m in tar if m.isreg()]
 
 
-def test_tar_members_are_tarfiles_whatever_wrote_the_headers(shards, tmp_path):
+def test_tar_spans_are_tarfiles_whatever_wrote_the_headers(shards, tmp_path):
     """The ustar headers read without tarfile give its members, and headers of other kinds
     (pax for long or non-ASCII names, GNU long names) are read by tarfile."""
     written = (shards / "train" / "shard-000000.tar").read_bytes()

@@ -418,13 +418,6 @@ def payload_spans(data: memoryview, payload: str) -> list[tuple[int, int] | None
 BLOCK = tarfile.BLOCKSIZE
 
 
-def tar_members(data: memoryview) -> Iterator[tuple[str, memoryview]]:
-    """``(path, contents)`` of each regular file of the tar held in ``data``, in order, each
-    a view into ``data`` (no copy); see :func:`tar_spans`."""
-    for path, start, size in tar_spans(data):
-        yield path, data[start:start + size]
-
-
 def tar_spans(data: memoryview) -> Iterator[tuple[str, int, int]]:
     """``(path, start, size)`` of each regular file of the tar held in ``data``, in order: its
     contents are ``data[start:start + size]``. Plain ustar headers (what ``prepare shards`` and GNU tar

@@ -208,22 +208,24 @@ def _write_shard(work: tuple[Job, str]) -> dict:
                                    **({"fields": entry.fields} if entry.fields else {})})
 
     write_atomic(path, write)
-    _locate_payloads(path, payload_key, utterances)
-    record = {"number": job.number, "name": job.name, "bytes": path.stat().st_size, "sha256": sha256_of(path),
+    written = _locate_payloads(path, payload_key, utterances)
+    record = {"number": job.number, "name": job.name, "bytes": len(written), "sha256": hashlib.sha256(written).hexdigest(),
               "examples": len(utterances), "job": job.fingerprint(), "skipped": skipped, "utterances": utterances}
     write_text_atomic(Path(out) / PARTS / f"{path.stem}.json", json.dumps(record, ensure_ascii=False))
     return record
 
 
-def _locate_payloads(path: Path, payload: str, utterances: list[dict]) -> None:
+def _locate_payloads(path: Path, payload: str, utterances: list[dict]) -> memoryview:
     """Records in ``utterances`` (the shard's, in order) where each one's ``payload`` member
     lies in the shard ``path``, its ``offset`` and size in ``bytes``: the reader takes it
-    there without walking the tar's headers."""
-    spans = payload_spans(read_bytes(str(path)), payload)
+    there without walking the tar's headers. Returns the shard's bytes, read once."""
+    data = read_bytes(str(path))
+    spans = payload_spans(data, payload)
     if len(spans) != len(utterances) or None in spans:
         raise ValueError(f"{path}: the shard does not hold one .{payload} per utterance of its record")
     for utterance, (start, size) in zip(utterances, spans):
         utterance.update(offset=start, bytes=size)
+    return data
 
 
 def _key(uid: str, taken: set[str]) -> str:
