@@ -24,15 +24,14 @@ from typing import Any
 import torch
 
 from framework.cli import exit_on_error
-from framework.config.schema import trainer_options
 from framework.errors import UserError
 from framework.files import remove_leftovers
 from framework.run_dir import load_run_config
 from framework.trainer.checkpoint import (
     AVERAGED,
-    Checkpointer,
     load_checkpoint,
     materialize,
+    run_checkpointer,
     save_verified,
     written_by_average,
     written_by_training,
@@ -73,16 +72,15 @@ def average(run_dir: str | Path, last: int | None = None, best: int | None = Non
     n = last if last is not None else best
     if n < 1:
         raise UserError(f"--{'last' if last is not None else 'best'} must be >= 1, got {n}")
-    cfg = load_run_config(run_dir)
-    ck = trainer_options(cfg.trainer).checkpoint
-    checkpointer = Checkpointer(Path(run_dir) / "checkpoints", monitor=ck.monitor, mode=ck.mode)
+    load_run_config(run_dir)  # a run directory of framework.train, its config valid
+    checkpointer = run_checkpointer(run_dir)
     remove_leftovers(checkpointer.directory, written_by_average)
     if RunLock(run_dir).held_by() is None:  # else a training run's writes are in flight
         remove_leftovers(checkpointer.directory, written_by_training)
     entries = checkpointer.index()
     if best is not None:
         chosen = checkpointer.ranked(entries)[:best]
-        what = f"the {best} best by valid {ck.monitor}"
+        what = f"the {best} best by valid {checkpointer.monitor}"
     else:
         chosen = entries[-last:]
         what = f"the last {last}"

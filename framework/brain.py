@@ -227,6 +227,7 @@ class Brain:
         else:
             self.early_stopping.require_validation()
         self.progress.restart_clock()
+        self.stop.say_budget_left()
         self.on_fit_start()
         with self.stop.signals, self.profiler:
             for epoch in range(self.progress.epoch, self.options.max_epochs):
@@ -242,7 +243,7 @@ class Brain:
         """The learning-rate schedule over ``steps_per_epoch`` x ``trainer.max_epochs``
         optimizer steps (or the time budget). ``fit`` plans it from its training loader;
         training outside ``fit`` (a benchmark) plans its own after :meth:`setup`."""
-        self.optimization.plan(steps_per_epoch, lambda: self.progress.elapsed() / self.stop.max_time_s)
+        self.optimization.plan(steps_per_epoch, self.progress.elapsed, self.stop.max_time_s)
 
     def register_training_state(self) -> None:
         """The checkpoint parts that only training has: the schedule, the run's progress and

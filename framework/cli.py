@@ -50,8 +50,13 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
 
 
 def report(message: str) -> None:
-    """To stderr (as it is now: a test's capture or a redirect), and to the run's log files."""
-    print(message, file=sys.stderr)
+    """To stderr (as it is now: a test's capture or a redirect), and to the run's log files.
+    Under torchrun every rank reports its own failure: a rank other than 0 names itself, and
+    the line is written in one piece so the ranks' lines do not run into one another."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
+        message = f"[rank {os.environ['RANK']}] {message}"
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):

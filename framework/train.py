@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    from framework.cli import exit_on_error, hydra_overrides, option
+    from framework.cli import exit_on_error, hydra_overrides, option, report
     from framework.config import ConfigError, check_command_line
     from framework.config.compose import add_code_dir
     from framework.sweep import end_sweep  # a multirun's summary, also when the sweeper stopped at a failed job
@@ -38,7 +38,7 @@ def cli() -> None:
             check_command_line(hydra_overrides(argv), config_dir, option(argv, "--config-name", "-cn") or "train",
                                multirun="-m" in argv or "--multirun" in argv)
         except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            report(f"error: {exc}")
             sys.exit(2)
         run_dir = next((o.split("=", 1)[1] for o in hydra_overrides(argv) if o.startswith("hydra.run.dir=")), None)
         if run_dir and "-m" not in argv and "--multirun" not in argv and int(os.environ.get("RANK", "0")) == 0:
@@ -59,11 +59,12 @@ def cli() -> None:
 def _refuse_busy_run_dir(run_dir: str) -> None:
     """Stops before Hydra writes into a run directory that another training run holds (the
     run itself takes the lock; this only spares the other run's .hydra/ files)."""
+    from framework.cli import report
     from framework.trainer.run_lock import RunLock
 
     busy = RunLock(run_dir).held_by()
     if busy:
-        print(f"error: {busy}", file=sys.stderr)
+        report(f"error: {busy}")
         sys.exit(2)
 
 
@@ -73,7 +74,7 @@ def _refuse_unwritable_output_dir(argv: list[str]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from framework.cli import hydra_overrides
+    from framework.cli import hydra_overrides, report
 
     known = HydraConfig.get() if HydraConfig.initialized() else None  # the command line's, as checked
     sweep = "-m" in argv or "--multirun" in argv or (known is not None and known.mode == RunMode.MULTIRUN)
@@ -88,7 +89,7 @@ def _refuse_unwritable_output_dir(argv: list[str]) -> None:
     if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
         what = f"{'sweep' if sweep else 'run'} directory {path}"
         where = "it is not writable" if existing == path else f"{existing} is not writable"
-        print(f"error: cannot write the {what}: {where}; choose another {key} (or make it writable)", file=sys.stderr)
+        report(f"error: cannot write the {what}: {where}; choose another {key} (or make it writable)")
         sys.exit(2)
 
 

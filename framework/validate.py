@@ -47,12 +47,14 @@ def summary(overrides: list[str], config_dir: str | None = None, config_name: st
                      f"({stats['min_batch_size']}-{stats['max_batch_size']})")
         n = count_parameters(brain.module)
         lines.append(f"{'model':<16}{type(brain.module).__name__}: {n / 1e6:.2f} M trainable parameters")
+        over = f" over {cfg.scheduler.over}" if cfg.get("scheduler") and cfg.scheduler.get("over") else ""
         lines.append(f"{'optimizer':<16}{type(brain.optimizer).__name__}, lr {cfg.optimizer.lr:g}; scheduler "
-                     f"{cfg.scheduler._target_.rsplit('.', 1)[-1] if cfg.get('scheduler') else 'constant'}")
+                     f"{cfg.scheduler._target_.rsplit('.', 1)[-1] if cfg.get('scheduler') else 'constant'}{over}")
         brain.logger.close()
     t = cfg.trainer
-    lines.append(f"{'trainer':<16}{t.max_epochs} epochs on {brain.device}, {t.precision}, accumulation {t.grad_accumulation}, "
-                 f"clip {t.max_grad_norm}, {t.num_workers} workers")
+    budget = f" or {t.max_time} (whichever ends first)" if t.get("max_time") else ""
+    lines.append(f"{'trainer':<16}{t.max_epochs} epochs{budget} on {brain.device}, {t.precision}, accumulation "
+                 f"{t.grad_accumulation}, clip {t.max_grad_norm}, {t.num_workers} workers")
     lines.append(f"{'recipe':<16}{cfg.brain._target_}")
     lines.append(f"{'run dir':<16}{run_dir}")
     return "\n".join(lines)

@@ -297,3 +297,7 @@ def test_settings_for_an_option_that_builds_nothing_are_refused_naming_their_fil
                               "(set in conf/experiment/asr_speech_best.yaml)")
     check_command_line(["experiment=asr_speech_best", "scheduler=constant", "~scheduler.pct_start"])
     check_command_line(["scheduler=constant"])
+    with pytest.raises(ConfigError) as err:  # a key of its own on the command line
+        check_command_line(["scheduler=constant", "scheduler.over=time", "trainer.max_time=1m"])
+    assert str(err.value) == ("scheduler.over: unknown key; the chosen scheduler option takes no keys: leave over out "
+                              "or choose another scheduler option")

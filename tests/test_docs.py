@@ -23,6 +23,7 @@ def test_launch_tutorial(tmp_path, data_dir):
     out = run_doc("launch.md", tmp_path, data_dir)
     assert "did you mean trainer.max_epochs?" in out and "trainer.max_epochs='abc': expected an integer" in out
     assert "batches per epoch" in out and "trainable parameters" in out
+    assert "1000 epochs or 20s (whichever ends first)" in out and "scheduler OneCycle over time" in out
     assert '"test_cer"' in out  # evaluate's JSON line
     assert "resumed from" in (tmp_path / "runs" / "first" / "train.log").read_text()
     assert "test_cer" in json.loads((tmp_path / "runs" / "own" / "metrics.json").read_text())["metrics"]

@@ -121,6 +121,13 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resumes_exactly(da
 
     straight = torchrun(tmp_path / "straight")
     assert straight.wait(timeout=600) == 0, (tmp_path / "straight0.out").read_text()
+    # the epoch's figures are the run's: both ranks' examples, in the slowest rank's time, in either rank's log
+    epoch = metrics_of(tmp_path / "straight")["history"][0]
+    # (64 examples, a few repeated so the ranks take as many batches; one rank alone trains about half)
+    assert 64 <= epoch["examples"] < 72
+    assert epoch["examples_per_s"] == pytest.approx(epoch["examples"] / epoch["epoch_s"])
+    line = next(x for x in (tmp_path / "straight" / "train-rank1.log").read_text().splitlines() if "epoch 1/1:" in x)
+    assert f"({epoch['examples_per_s']:.0f} examples/s" in line
     run_dir = tmp_path / "stopped"
     proc = torchrun(run_dir)
     wait_for(run_dir / "checkpoints" / "ckpt-000000004.pt", proc)
@@ -367,3 +374,13 @@ def test_every_command_fails_in_one_line_with_status_2(tmp_path):
         load_checkpoint(evil)
     assert "not loaded, since loading it could run arbitrary code" in str(info.value)
     assert "weights_only" not in str(info.value)
+
+
+def test_under_torchrun_each_rank_reports_a_bad_value_in_a_line_of_its_own(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "framework.train",
+           "trainer.max_time=10x", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**ENV, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    message = "error: trainer.max_time='10x': expected a duration such as 90s, 10m or 1h30m"
+    assert sorted(line for line in proc.stderr.splitlines() if line.startswith(("error:", "[rank"))) == \
+        sorted([message, f"[rank 1] {message}"]), proc.stderr

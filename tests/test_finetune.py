@@ -11,8 +11,8 @@ import torch
 
 from framework.errors import UserError
 from framework.models.deepspeech2 import DeepSpeech2
-from framework.trainer.checkpoint import save_verified
-from framework.trainer.init import initialise
+from framework.trainer.checkpoint import Checkpointer, save_verified
+from framework.trainer.init import initialise, source_checkpoint
 from framework.trainer.optim import param_groups
 from tests.conftest import run_cli
 from tests.helpers import assert_trained_alike, metrics_of, newest_state, one_line, start_training, tiny_args, wait_for
@@ -160,3 +160,14 @@ def test_init_from_a_run_that_does_not_exist_is_one_line(tmp_path, data_dir):
                    check=False)
     assert proc.returncode == 2
     assert one_line(proc.stderr) == "error: trainer.init_from=/nowhere: no such checkpoint file or run directory"
+
+
+def test_a_run_directory_gives_its_best_checkpoint_by_the_metric_it_kept_the_best_by(tmp_path):
+    # the lower loss and the lower CER are different checkpoints: the run kept its best by CER
+    (tmp_path / "config.yaml").write_text("trainer:\n  checkpoint:\n    monitor: cer\n    mode: min\n")
+    files = Checkpointer(tmp_path / "checkpoints", keep_last=0, keep_best=2, monitor="cer")
+    for step, loss, cer in ((10, 0.5, 0.01), (20, 0.4, 0.02)):
+        files.save({"format_version": 2, "model": {}}, step, {"loss": loss, "cer": cer})
+    assert source_checkpoint(tmp_path).name == "ckpt-000000010.pt"
+    (tmp_path / "config.yaml").write_text("trainer:\n  checkpoint:\n    monitor: loss\n")
+    assert source_checkpoint(tmp_path).name == "ckpt-000000020.pt"

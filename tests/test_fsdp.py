@@ -74,7 +74,8 @@ def test_a_checkpoint_of_two_sharded_ranks_continues_in_one_process(data_dir, tm
     assert sorted(raw["shards"]["sha256"]) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     # read whole in one process: the model a single process trains, the optimizer state by name
     state = newest_state(run_dir)
-    run_cli("framework.train", [*args, f"hydra.run.dir={tmp_path}/single"], cwd=tmp_path)
+    run_cli("framework.train", [*args, f"hydra.run.dir={tmp_path}/single", "trainer.strategy=fsdp"], cwd=tmp_path)
+    assert "trainer.strategy=fsdp in one process: nothing to shard over" in (tmp_path / "single/train.log").read_text()
     reference = newest_state(tmp_path / "single")
     assert {k: v.shape for k, v in state["model"].items()} == {k: v.shape for k, v in reference["model"].items()}
     assert sorted(state["optimizer"]["state"]) == sorted(state["optimizer"]["param_groups"][0]["params"])

@@ -122,6 +122,44 @@ def test_the_schedule_continues_where_it_was_when_the_run_grows_mid_plan():
         short.load_state_dict(sched.state_dict())
 
 
+def test_a_time_budget_changed_on_resume_maps_the_rest_of_the_schedule_onto_the_time_left():
+    """A schedule over 100 s: resumed at 40 s with a 200 s budget, the learning rate continues
+    where it was and ends with the new budget; resumed after its end with more time, it keeps
+    the final learning rate (never climbs back into a second warm-up)."""
+    def fresh(budget_s, now):
+        opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=3e-3)
+        sched = OneCycle(opt, max_lr=3e-3, total_steps=1000, pct_start=0.15, over="time")
+        sched.clock = lambda: now[0]
+        sched.plan_budget(budget_s)
+        return opt, sched
+
+    def at(opt, sched, now, t):
+        now[0] = t
+        opt.step()
+        sched.step()
+        return opt.param_groups[0]["lr"]
+
+    now = [0.0]
+    opt, sched = fresh(100.0, now)
+    straight = {t: at(opt, sched, now, t) for t in (10.0, 40.0, 62.5, 100.0)}
+    opt, sched = fresh(100.0, now)
+    at(opt, sched, now, 40.0)
+    later = [0.0]
+    opt2, sched2 = fresh(200.0, later)
+    sched2.load_state_dict(sched.state_dict())
+    assert at(opt2, sched2, later, 40.0) == straight[40.0]  # continues exactly where it was
+    # at 100 s, 60 of the 160 s left are spent: 40% + 60% x 60 / 160 = 62.5% of the plan
+    assert at(opt2, sched2, later, 100.0) == pytest.approx(straight[62.5], rel=1e-6)
+    assert at(opt2, sched2, later, 200.0) == pytest.approx(straight[100.0], rel=1e-6)  # the end with the new budget
+
+    opt, sched = fresh(100.0, now)
+    for t in (40.0, 100.0):
+        at(opt, sched, now, t)
+    opt2, sched2 = fresh(140.0, later)
+    sched2.load_state_dict(sched.state_dict())
+    assert [at(opt2, sched2, later, t) for t in (110.0, 140.0)] == [straight[100.0]] * 2
+
+
 def test_a_mid_epoch_resume_with_batches_planned_differently_is_refused(tmp_path, data_dir):
     """Other batching settings that happen to give the same number of batches (another order):
     refused in one line, not trained with some examples twice and others never."""

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+import torch
 
 from framework.trainer import threads
 from framework.trainer.threads import resolve_num_threads
 
 
-def test_auto_takes_omp_num_threads_when_a_launcher_or_the_user_set_it(monkeypatch):
+def test_auto_takes_omp_num_threads_when_a_launcher_or_the_user_set_it(monkeypatch, caplog):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert resolve_num_threads("auto", local_ranks=4) == 3
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as torchrun sets it for each rank
+    with caplog.at_level(logging.INFO, logger=threads.__name__):
+        try:
+            assert threads.set_num_threads("auto") == 1
+        finally:
+            torch.set_num_threads(before)
+    assert "trainer.num_threads=auto: OMP_NUM_THREADS=1 in the environment fixes it, not measured" in caplog.text
 
 
 def test_auto_shares_the_available_cores_among_local_ranks(monkeypatch):

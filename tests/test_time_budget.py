@@ -114,8 +114,12 @@ def test_a_stopped_time_budgeted_run_resumes_for_the_same_total_budget(tmp_path,
     assert proc.returncode == 143, stderr
     first = learning_rates(run_dir)
     run_cli("framework.train", tiny_args(data_dir, run_dir, *args, "trainer.resume=auto"), cwd=tmp_path)
-    stopped = stop_time((run_dir / "train.log").read_text())
+    log = (run_dir / "train.log").read_text()
+    stopped = stop_time(log)
     assert 10.0 <= stopped < 13.0  # the total over both processes, not 10 s more
+    spent, left = map(float, re.findall(r"trainer.max_time=10s: ([\d.]+) s spent before this process, ([\d.]+) s "
+                                        r"left", log)[0])
+    assert 0 < spent < 10.0 and spent + left == pytest.approx(10.0, abs=0.11)
     rates = learning_rates(run_dir)
     resumed = [r for s, r in rates if s > first[-1][0]]
     # continues near where it was (the clock also counts the new process's first step), not from the warm-up's start

@@ -67,7 +67,7 @@ def test_resume_auto_continues_from_the_checkpoint(train_cli):
 
     train_cli("trainer.max_epochs=3", "trainer.resume=auto", run_dir=run_dir)
     log = (run_dir / "train.log").read_text()
-    assert f"resumed from {run_dir / 'checkpoints' / first['file']}: epoch 1, step {first['step']}" in log
+    assert f"resumed from {run_dir / 'checkpoints' / first['file']}: end of epoch 1, step {first['step']}" in log
     history = run_result(run_dir)["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]  # the first epoch's entry kept, no restart from zero
     assert [h["step"] for h in history] == [first["step"], 2 * first["step"], 3 * first["step"]]

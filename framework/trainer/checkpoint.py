@@ -416,6 +416,20 @@ class Checkpointer:
         )
 
 
+def run_checkpointer(run_dir: str | Path) -> Checkpointer:
+    """The checkpoints of training run ``run_dir``, ranked as its training ranked them: by the
+    ``trainer.checkpoint.monitor`` and ``mode`` its config.yaml records (the defaults without one)."""
+    from omegaconf import OmegaConf
+
+    from framework.config.schema import CheckpointConfig
+
+    run_dir, defaults = Path(run_dir), CheckpointConfig()
+    saved = OmegaConf.load(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else OmegaConf.create()
+    monitor = OmegaConf.select(saved, "trainer.checkpoint.monitor", default=defaults.monitor)
+    mode = OmegaConf.select(saved, "trainer.checkpoint.mode", default=defaults.mode)
+    return Checkpointer(run_dir / "checkpoints", monitor=monitor, mode=mode)
+
+
 @contextmanager
 def whole_checkpoint(path: Path) -> Iterator[Path]:
     """``path`` as one file that stands alone: itself, or for a sharded checkpoint its state

@@ -28,7 +28,7 @@ from torch import nn
 
 from framework.errors import UserError
 from framework.files import write_text_atomic
-from framework.trainer.checkpoint import AVERAGED, Checkpointer, load_checkpoint, materialize
+from framework.trainer.checkpoint import AVERAGED, load_checkpoint, materialize, run_checkpointer
 from framework.trainer.state import upgrade
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,8 @@ def source_checkpoint(source: str | Path) -> Path:
     if path.is_file():
         return path
     if (path / "checkpoints").is_dir():
-        best = Checkpointer(path / "checkpoints").best()
-        found = best or Checkpointer(path / "checkpoints").latest()
+        checkpoints = run_checkpointer(path)  # the best by the metric the run kept its best by
+        found = checkpoints.best() or checkpoints.latest()
         if found is not None:
             return found
         raise UserError(f"trainer.init_from={source}: the run directory holds no checkpoint")

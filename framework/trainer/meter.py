@@ -1,5 +1,5 @@
 """Bookkeeping of one training epoch: loss, steps, examples, padding, throughput and the
-time spent waiting for data.
+time spent waiting for data; its figures are the whole run's, over every rank.
 
 Its state goes into mid-epoch checkpoints, so the figures of an interrupted and resumed
 epoch are those of the whole epoch, as if it had run straight through.
@@ -64,16 +64,24 @@ class EpochMeter:
         return (total[0] / total[1].clamp(min=1)).item()
 
     def summary(self) -> dict[str, float]:
-        busy = max(self.busy_s, 1e-9)
-        held = self.padded_elements
+        """The epoch's figures over every rank (a collective: every rank calls it): its
+        examples, audio and padding summed, its time the slowest rank's."""
+        device = self.loss_sum.device
+        sums = distributed.all_reduce_sum(torch.tensor(
+            [self.examples, self.lengths_s, self.wait_s, self.busy_s, self.padded_elements, self.real_elements,
+             self.micro_batches], dtype=torch.float64, device=device)).tolist()
+        examples, lengths_s, wait_s, busy_sum, held, real, micro_batches = sums
+        busy = max(distributed.all_reduce_max(torch.tensor(self.busy_s, dtype=torch.float64, device=device)).item(),
+                   1e-9)
         return {
             "steps": self.steps,
-            "epoch_s": self.busy_s,
-            "examples_per_s": self.examples / busy,
-            "audio_s_per_s": self.lengths_s / busy,
-            "data_wait_fraction": self.wait_s / busy,
-            "padding_fraction": 1 - self.real_elements / held if held else 0.0,
-            "mean_batch_size": self.examples / max(self.micro_batches, 1),
+            "epoch_s": busy,
+            "examples": int(examples),
+            "examples_per_s": examples / busy,
+            "audio_s_per_s": lengths_s / busy,
+            "data_wait_fraction": wait_s / max(busy_sum, 1e-9),
+            "padding_fraction": 1 - real / held if held else 0.0,
+            "mean_batch_size": examples / max(micro_batches, 1),
         }
 
     # --------------------------------------------------------------- checkpoint

@@ -32,7 +32,7 @@ from framework.trainer.model_state import ModelState, OptimizerState
 from framework.trainer.optim import build_optimizer, build_scheduler
 from framework.trainer.precision import BufferSnapshot, Precision
 from framework.trainer.state import ModelConfig, Progress, TrainState
-from framework.trainer.strategy import checkpoint_activations, wrap_model
+from framework.trainer.strategy import checkpoint_activations, say_strategy, wrap_model
 from framework.trainer.telemetry import Skips
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Optimization:
         self.freezer = Freezer(module, list(options.freeze), options.unfreeze_at, self.wrap)
         log.info("model %s: %.2f M trainable parameters", type(module).__name__, count_parameters(module) / 1e6)
         checkpoint_activations(module, options)
+        say_strategy(options, dist)
         self.wrap()
         self.optimizer = self.freezer.optimizer = build_optimizer(cfg.optimizer, module)
         self.ema = WeightEMA(module, options.ema_decay) if options.ema_decay else None
@@ -71,14 +72,19 @@ class Optimization:
             return unsharded(self.module)
         return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
 
-    def plan(self, steps_per_epoch: int, clock: Callable[[], float]) -> None:
+    def plan(self, steps_per_epoch: int, clock: Callable[[], float], budget_s: float | None) -> None:
         """The learning-rate schedule (``cfg.scheduler``) over ``steps_per_epoch`` x
-        ``trainer.max_epochs`` steps, or over the time budget (``clock``: the fraction spent)
-        for a schedule that follows ``trainer.max_time``."""
+        ``trainer.max_epochs`` steps, or over the time budget of ``budget_s`` seconds
+        (``clock``: the seconds spent) for a schedule that follows ``trainer.max_time``."""
         self.scheduler = build_scheduler(self.cfg.get("scheduler"), self.optimizer, steps_per_epoch,
                                          self.options.max_epochs)
         if getattr(self.scheduler, "over", "steps") == "time":
             self.scheduler.clock = clock
+            self.scheduler.plan_budget(budget_s)
+        elif self.scheduler is not None and budget_s is not None:
+            log.info("trainer.max_time=%s with the schedule over %d epochs' steps: a budget that ends first stops the "
+                     "schedule before its end; scheduler.over=time plans it over the budget", self.options.max_time,
+                     self.options.max_epochs)
 
     def step(self, window: list[Batch], weights: list[float], fit_batch: FitBatch,
              latest_checkpoint: Callable[[], Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:

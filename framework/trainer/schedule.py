@@ -5,9 +5,11 @@ cycled the other way) planned over ``total_steps``. A run resumed with more or f
 to go (``trainer.max_epochs`` raised, another world size or batching at an epoch boundary)
 does not restart or stretch the plan from its beginning: from the step reached, the rest of
 the plan is mapped onto the steps that remain, so the learning rate continues exactly where
-it was and reaches the plan's end on the run's new last step. A run extended after its plan
-ended keeps the final learning rate (the schedule never climbs back up); train a new run
-from its weights (``trainer.init_from``) for a new schedule.
+it was and reaches the plan's end on the run's new last step. A schedule over a time budget
+(``over="time"``) resumed with another budget (``trainer.max_time``) is mapped the same way:
+the rest of the plan onto the time from the last step to the new budget's end. A run
+extended after its plan ended keeps the final learning rate (the schedule never climbs back
+up); train a new run from its weights (``trainer.init_from``) for a new schedule.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ class OneCycle(OneCycleLR):
     """``OneCycleLR`` with a re-plannable end (:meth:`plan_run`). Until the run's length
     changes, its learning rates are exactly ``OneCycleLR``'s.
 
-    ``over="time"``: the position in the plan is the fraction of the run's time budget
-    (``trainer.max_time``) spent, read from ``clock`` (set by the Brain), so warm-up and
-    annealing end when the budget does, whatever the speed of the machine."""
+    ``over="time"``: the position in the plan follows the seconds of the run's time budget
+    (``trainer.max_time``, :meth:`plan_budget`) spent, read from ``clock`` (set by the
+    Brain), so warm-up and annealing end when the budget does, whatever the speed of the
+    machine."""
 
     def __init__(self, optimizer: Optimizer, total_steps: int, over: Literal["steps", "time"] = "steps",
                  **kwargs: Any) -> None:
@@ -35,9 +38,12 @@ class OneCycle(OneCycleLR):
             raise BadValue(f"scheduler.over={over!r}: expected steps or time")
         # Set before the base class takes its first step: real steps -> planned steps.
         self.over = over
-        self.clock: Callable[[], float] = lambda: 0.0  # fraction of the time budget spent (over="time")
+        self.clock: Callable[[], float] = lambda: 0.0  # seconds of the time budget spent (over="time")
         self.run_steps = total_steps  # optimizer steps the run takes in all
         self.anchor = (0, 0.0)  # (real step, planned step) the mapping starts from
+        self.budget_s = 0.0  # over="time": the time budget the plan ends with,
+        self.spent_s = 0.0  # the seconds spent at the last step,
+        self.time_anchor = (0.0, 0.0)  # and (seconds spent, planned step) the mapping starts from
         max_lr = kwargs.pop("max_lr")
         if isinstance(max_lr, (int, float)):  # parameter groups with their own scale (optimizer.groups)
             max_lr = [max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
@@ -46,8 +52,11 @@ class OneCycle(OneCycleLR):
     def planned_step(self, real_step: int) -> float:
         """Where in the plan (0 .. total_steps - 1) real step ``real_step`` is."""
         last_planned = self.total_steps - 1
-        if self.over == "time":
-            return min(max(self.clock(), 0.0), 1.0) * last_planned
+        if self.over == "time":  # the step is the last one taken, at spent_s
+            t0, p0 = self.time_anchor
+            if self.budget_s <= t0:
+                return min(p0, last_planned)
+            return min(max(p0 + (self.spent_s - t0) * (last_planned - p0) / (self.budget_s - t0), p0), last_planned)
         r0, p0 = self.anchor
         if self.run_steps - 1 <= r0:
             return min(p0, last_planned)
@@ -58,6 +67,8 @@ class OneCycle(OneCycleLR):
         return {k: v for k, v in super().state_dict().items() if k != "clock"}
 
     def get_lr(self) -> list[float]:
+        if self.over == "time":
+            self.spent_s = self.clock()
         real = self.last_epoch
         self.last_epoch = self.planned_step(real)  # OneCycleLR reads its position from last_epoch
         try:
@@ -77,9 +88,21 @@ class OneCycle(OneCycleLR):
         self.anchor = (step, self.planned_step(step))
         self.run_steps = run_steps
 
+    def plan_budget(self, budget_s: float) -> None:
+        """The run's time budget is now ``budget_s`` seconds (over="time"): the rest of the plan
+        is mapped onto the time from the last step to the budget's end."""
+        if budget_s == self.budget_s:
+            return
+        if self.budget_s:  # a resumed run with another budget: from where the plan is
+            self.time_anchor = (self.spent_s, self.planned_step(self.last_epoch))
+        self.budget_s = budget_s
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        wanted = self.run_steps  # what this run was built for
-        state = {"run_steps": state_dict["total_steps"], "anchor": (0, 0.0), **state_dict}  # also torch's OneCycleLR
+        wanted, budget_s = self.run_steps, self.budget_s  # what this run was built for
+        # also torch's OneCycleLR's state, and a checkpoint from before time budgets were re-planned
+        state = {"run_steps": state_dict["total_steps"], "anchor": (0, 0.0), "budget_s": budget_s, "spent_s": 0.0,
+                 "time_anchor": (0.0, 0.0), **state_dict}
         super().load_state_dict(state)
-        self.anchor = tuple(self.anchor)
+        self.anchor, self.time_anchor = tuple(self.anchor), tuple(self.time_anchor)
         self.plan_run(wanted)
+        self.plan_budget(budget_s)

@@ -78,6 +78,13 @@ class Progress:
     def mid_epoch(self) -> bool:
         return self.batch_in_epoch > 0
 
+    def where(self) -> str:
+        """The position as the logs name it, epochs counted from 1 as the epoch lines count them:
+        ``epoch 4, batch 26, step 110`` in an epoch, ``end of epoch 3, step 84`` between two."""
+        if self.mid_epoch:
+            return f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}, step {self.step}"
+        return f"end of epoch {self.epoch}, step {self.step}" if self.epoch else f"step {self.step}"
+
 
 class PerRank:
     """A part whose state differs between ranks (the RNGs, the epoch's running sums): every
@@ -178,7 +185,7 @@ class TrainState:
             state.update({SHARDS: shards, **{name: {SHARDED: name} for name in sharded}})
         if self.is_main:
             path = self.files.save(state, self.progress.step, metrics)
-            log.info("checkpoint %s (epoch %d, step %d)", path.name, self.progress.epoch, self.progress.step)
+            log.info("checkpoint %s (%s)", path.name, self.progress.where())
         self.saved_at = self.progress.position
         barrier()
 
@@ -225,9 +232,7 @@ class TrainState:
             self.load_state_dict(found[1], found[0])
             if found[0].parent.resolve() == self.files.directory.resolve():
                 self.saved_at = self.progress.position  # stopped before a step: nothing new to save
-            p = self.progress
-            log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", found[0], p.epoch, p.step,
-                     p.batch_in_epoch)
+            log.info("resumed from %s: %s", found[0], self.progress.where())
 
 
 def upgrade(state: dict[str, Any], path: Path) -> dict[str, Any]:

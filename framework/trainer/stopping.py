@@ -125,6 +125,13 @@ class StopAgreement:
         log.info("stopped on time: trainer.max_time=%s spent (%.1f s) at epoch %d, step %d", self.max_time,
                  self.elapsed(), epoch + 1, step)
 
+    def say_budget_left(self) -> None:
+        """Logs, for a resumed run with a time budget, how much of it earlier processes spent."""
+        spent = self.elapsed() if self.max_time_s is not None else 0.0
+        if spent > 1e-3:
+            log.info("trainer.max_time=%s: %.1f s spent before this process, %.1f s left", self.max_time, spent,
+                     max(self.max_time_s - spent, 0.0))
+
     def time_up(self) -> bool:
         """Whether this rank has spent the time budget (or another rank had, at the last step)."""
         return self.out_of_time or (self.max_time_s is not None and self.elapsed() >= self.max_time_s)

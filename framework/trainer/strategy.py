@@ -24,6 +24,13 @@ def checkpoint_activations(module: nn.Module, options: TrainerConfig) -> None:
         log.info("activation checkpointing: %s", ", ".join(wrapped))
 
 
+def say_strategy(options: TrainerConfig, dist: DistEnv) -> None:
+    """A sharded run in one process trains the whole model: said once, as it is not what was asked."""
+    if options.strategy == "fsdp" and not dist.enabled:
+        log.info("trainer.strategy=fsdp in one process: nothing to shard over, the model trains whole (start "
+                 "several ranks with torchrun to shard it)")
+
+
 def wrap_model(module: nn.Module, options: TrainerConfig, dist: DistEnv) -> nn.Module:
     """What runs forward in training: with several ranks, ``module`` inside
     DistributedDataParallel (over the parameters that train now) or sharded in place

@@ -121,8 +121,9 @@ def record_epoch(epoch: int, progress: Any, meter: Any, metrics: dict[str, float
                  max_epochs: int) -> dict[str, float]:
     """The epoch's history entry (its metrics and the meter's figures), logged and sent to
     the trackers."""
+    figures = meter.summary()  # over every rank
     entry = {"epoch": epoch + 1, "step": progress.step, "elapsed_s": progress.elapsed(),
-             "train_s": sum(h["epoch_s"] for h in progress.history) + meter.busy_s, **metrics, **meter.summary()}
+             "train_s": sum(h["epoch_s"] for h in progress.history) + figures["epoch_s"], **metrics, **figures}
     progress.history.append(entry)
     logger.scalars({f"epoch/{k}": v for k, v in entry.items() if k not in ("epoch", "step")}, progress.step)
     log_epoch(entry, max_epochs, metrics)

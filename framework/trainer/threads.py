@@ -79,8 +79,13 @@ def set_num_threads(setting: int | str) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    log.info("torch uses %d CPU thread(s) (trainer.num_threads=%s; %.3g cores available, %d local rank(s))",
-             threads, setting, available_cores(), local_ranks)
+    if setting == "auto" and not measures(setting):
+        log.info("torch uses %d CPU thread(s) (trainer.num_threads=auto: OMP_NUM_THREADS=%s in the environment fixes "
+                 "it, not measured; torchrun sets it to 1 for each rank when it is unset; set OMP_NUM_THREADS before "
+                 "torchrun, or trainer.num_threads, for another count)", threads, os.environ["OMP_NUM_THREADS"])
+    else:
+        log.info("torch uses %d CPU thread(s) (trainer.num_threads=%s; %.3g cores available, %d local rank(s))",
+                 threads, setting, available_cores(), local_ranks)
     return threads
 
 
