@@ -332,7 +332,7 @@ class Brain:
         bar = progress(limited(len(loader), self.options.limit_batches) - start, f"epoch {epoch + 1}",
                        self.dist.is_main)
         for window in step_windows(loader, self.options.grad_accumulation, start, self.options.limit_batches,
-                                   self.meter.waited, self.skips.usable):
+                                   self.meter.waited, self.skips.usable, self.stop.signals.waiting):
             weights = self.stop.plan_step([len(b) for b in window.batches])
             if weights is None:  # a stop signal or the time budget: this window is left for later
                 break

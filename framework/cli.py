@@ -94,7 +94,22 @@ def exit_on_error(main: Callable[[], T], reraise: bool = False) -> T:
 def describe_error(exc: BaseException) -> tuple[str, int]:
     """The one line a failure is reported in, and its exit status: 2 for a user's mistake, 1 otherwise."""
     user = _user_error(exc)  # Hydra wraps what a _target_ raised in an InstantiationException
-    return (str(user), 2) if user else (f"{type(exc).__name__}: {exc}", 1)
+    if user:
+        return _raised_in_worker(str(user), with_type=False), 2
+    return _raised_in_worker(f"{type(exc).__name__}: {exc}", with_type=True), 1
+
+
+def _raised_in_worker(text: str, with_type: bool) -> str:
+    """A DataLoader worker's exception as torch raises it again in the main process holds the
+    worker's traceback in its message: the original one-line message is its last line
+    (``module.Type: message``)."""
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    kind, found, message = last.partition(": ")
+    if not found:
+        return last
+    return f"{kind.rsplit('.', 1)[-1]}: {message}" if with_type else message
 
 
 def _exit_interrupted(signum: int | None) -> NoReturn:

@@ -301,3 +301,18 @@ def test_settings_for_an_option_that_builds_nothing_are_refused_naming_their_fil
         check_command_line(["scheduler=constant", "scheduler.over=time", "trainer.max_time=1m"])
     assert str(err.value) == ("scheduler.over: unknown key; the chosen scheduler option takes no keys: leave over out "
                               "or choose another scheduler option")
+
+
+def test_an_unknown_top_level_key_is_matched_with_the_keys_there_or_where_its_name_lives():
+    from framework.config import ConfigError, check_command_line
+
+    with pytest.raises(ConfigError) as err:
+        check_command_line(["sed=1"])
+    assert str(err.value) == "sed: unknown key; did you mean seed?"
+    with pytest.raises(ConfigError) as err:
+        check_command_line(["dataset=shards", "skip_bad=true"])
+    assert str(err.value) == ("skip_bad: unknown key; did you mean dataset.train.skip_bad or dataset.valid.skip_bad or "
+                              "dataset.test.skip_bad?")
+    with pytest.raises(ConfigError) as err:
+        check_command_line(["zzz=1"])
+    assert str(err.value).startswith("zzz: unknown key; valid keys: augment, batching, brain, dataset,")

@@ -146,6 +146,35 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resumes_exactly(da
     assert_trained_alike(tmp_path / "straight", run_dir)
 
 
+def test_data_workers_ride_out_a_group_sigterm_and_end_with_the_main_process(train_cli, data_dir, tmp_path):
+    # a scheduler's SIGTERM to the whole process group: the workers ignore it, the main process
+    # finishes its step, checkpoints and stops
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "framework.train", *tiny_args(data_dir, run_dir, "trainer.num_workers=2",
+                                                               "trainer.checkpoint.every_n_steps=2")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_from_a_shell, start_new_session=True)
+    wait_for(run_dir / "checkpoints" / "ckpt-000000004.pt", proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "SIGTERM received: finishing the current step" in stderr and "Traceback" not in stderr
+
+    # an error raised in a worker: one line and status 2, without waiting for the workers, which
+    # ignore the process group's SIGTERM but not the main process's own at its exit
+    root = data_dir / "tones-tiny"
+    train = json.loads((root / "train.json").read_text())
+    first = next(iter(train))
+    train[first]["wav"] = str(tmp_path / "gone.flac")
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    proc, _ = train_cli("dataset=manifest", "trainer.num_workers=1", f"dataset.train.path={tmp_path}/train.json",
+                        f"dataset.valid.path={root}/valid.json", f"dataset.data_root={root}", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert one_line(proc.stderr) == (f"error: {tmp_path}/train.json: entry {first!r}: {tmp_path}/gone.flac: audio file "
+                                     "not found; check the manifest path or its data_root placeholder, or pass "
+                                     "dataset.train.skip_bad=true")
+
+
 # ------------------------------------------------------------------- 3. non-finite input
 @pytest.fixture()
 def corpus_with_bad_audio(train_cli, data_dir, tmp_path):

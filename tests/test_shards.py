@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import importlib.util
 import io
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -282,6 +284,83 @@ def test_killed_prepare_shards_keeps_the_finished_shards_and_a_rerun_writes_the_
         assert shard.read_bytes() == (fresh / shard.name).read_bytes(), shard.name
 
 
+def test_prepare_shards_workers_die_with_a_killed_command(tones, tmp_path):
+    """SIGKILL leaves no cleanup to the command: its workers end with it, not after their
+    task (a worker here is stuck on a read that never returns)."""
+    rows = json.loads((tones / "train.json").read_text())
+    uids = list(rows)[:12]
+    stuck = tmp_path / "stuck.wav"
+    os.mkfifo(stuck)
+    manifest = {uid: {**rows[uid], "wav": rows[uid]["wav"].replace("{data_root}", str(tones))} for uid in uids}
+    manifest[uids[-1]]["wav"] = str(stuck)
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "framework.prepare", "shards", str(tmp_path / "m.json"), str(out),
+                             "--shard-size", "6", "--workers", "2"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell)
+    try:
+        deadline = time.time() + 120
+        while not list((out / ".parts").glob("shard-*.json")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        workers = children_of(proc.pid)
+        assert workers, proc.poll()
+        proc.kill()
+        proc.communicate(timeout=60)
+        deadline = time.time() + 10
+        while any(alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in workers if alive(p)], "worker processes outlived the killed command"
+    finally:
+        kill_with_children(proc)
+
+
+def test_a_write_with_other_settings_leaves_the_folder_as_it_was_until_its_index_replaces_it(tones, tmp_path):
+    """Rewriting FLAC shards as WAV that fails at its last shard: the folder still reads as the
+    FLAC write, every example; run again, it reads as the WAV write, with the FLAC files gone."""
+    rows = json.loads((tones / "train.json").read_text())
+    uids = list(rows)[:24]
+    manifest = {uid: {**rows[uid], "wav": rows[uid]["wav"].replace("{data_root}", str(tones))} for uid in uids}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    args = ["shards", str(tmp_path / "m.json"), str(out), "--shard-size", "6", "--workers", "1"]
+    run_cli("framework.prepare", args, cwd=tmp_path)
+    before = ShardDataset(str(out))
+    samples = [before[i]["inputs"] for i in range(len(uids))]
+    (tmp_path / "garbage.wav").write_bytes(b"not audio at all" * 100)
+    broken = {**manifest, uids[-1]: {**manifest[uids[-1]], "wav": str(tmp_path / "garbage.wav")}}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    proc = run_cli("framework.prepare", ["shards", str(tmp_path / "broken.json"), *args[2:], "--audio-format", "wav"],
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "garbage.wav" in one_line(proc.stderr), proc.stderr
+    assert len(list(out.glob("shard-*.*.tar"))) == 3  # the WAV shards before the failed one, under other names
+    still = ShardDataset(str(out))
+    assert still.payload == "flac" and all(torch.equal(still[i]["inputs"], samples[i]) for i in range(len(uids)))
+
+    proc = run_cli("framework.prepare", [*args, "--audio-format", "wav"], cwd=tmp_path)
+    assert "(3 kept from an earlier write)" in proc.stdout  # those of the failed run
+    after = ShardDataset(str(out))
+    assert after.payload == "wav" and all(torch.equal(after[i]["inputs"], samples[i]) for i in range(len(uids)))
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == sorted(s["name"] for s in after.shards)
+    assert all(re.fullmatch(r"shard-00000\d\.[0-9a-f]{8}\.tar", s["name"]) for s in after.shards)
+    run_cli("framework.prepare", args, cwd=tmp_path)  # and back to FLAC: the plain names are free again
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == [f"shard-00000{i}.tar" for i in range(4)]
+
+
+def test_prepare_shards_refuses_a_file_as_its_folder_and_an_output_with_nothing_readable(tones, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = run_cli("framework.prepare", ["shards", str(tones / "valid.json"), str(tmp_path / "afile"), "--shard-size",
+                                         "8", "--data-root", str(tones)], cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == (f"error: {tmp_path}/afile is a file: give prepare shards a folder to write (new or "
+                                     "of an earlier write)")
+    proc = run_cli("framework.prepare", ["shards", str(tones / "valid.json"), str(tmp_path / "none"), "--shard-size",
+                                         "8", "--data-root", str(tmp_path / "nowhere"), "--skip-bad"], cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert one_line(proc.stderr).startswith(f"error: {tones}/valid.json: no entry could be read")
+    assert not (tmp_path / "none" / "index.json").exists()
+
+
 # ------------------------------------------------------------------------------ reading
 def plan_loader(shards: Path, seed: int = 0, num_workers: int = 0, ranks: int = 1, rank: int = 0, **kw):
     dataset = ShardDataset(str(shards / "train"))
@@ -460,6 +539,7 @@ def test_a_damaged_shard_is_one_line_naming_it(shards, tmp_path, damage):
     assert proc.returncode == 2, proc.stderr
     line = one_line(proc.stderr)
     assert line.startswith(f"error: {shard}: ") and "write the shards again" in line, line
+    assert line.endswith("or pass dataset.train.skip_bad=true"), line  # an override that works when pasted
     assert ("truncated" in line) if damage == "truncated" else ("CRC-32" in line), line
 
     proc = run_cli("framework.train", train_args(shards, tmp_path / "skip", "trainer.max_epochs=1",
@@ -494,6 +574,14 @@ def test_a_folder_without_an_index_is_one_line(shards, tmp_path):
     assert proc.returncode == 2
     assert one_line(proc.stderr) == (f"error: {tmp_path}/index.json not found: {tmp_path} is not a shards folder; write "
                                      "one with `python -m framework.prepare shards MANIFEST OUT_DIR --shard-size N`")
+    with pytest.raises(ShardError, match=f"^{shards}/train/index.json: give the shards folder, not its index: "
+                                         f"{shards}/train$"):
+        ShardDataset(str(shards / "train" / "index.json"))
+    pytest.importorskip("fsspec")
+    if importlib.util.find_spec("s3fs") is None:  # the backend of s3:// URLs, not installed with the framework
+        with pytest.raises(ShardError, match=r"^s3://bucket/train/index.json: Install s3fs to access S3 \(the fsspec "
+                                             r"backend of s3:// URLs\)$"):
+            ShardDataset("s3://bucket/train")
 
 
 # ------------------------------------------------------------------------------ HTTP
@@ -516,18 +604,22 @@ def test_shards_over_http_train_as_the_local_folder_does(shards, tmp_path):
 
 
 @contextlib.contextmanager
-def recording_server(root: Path, hold_s: float = 0.0, cut: str | None = None):
+def recording_server(root: Path, hold_s: float = 0.0, cut: str | None = None, stall: str | None = None):
     """A real HTTP server of ``root`` on 127.0.0.1 that records each GET as ``[path, start,
-    end]`` (from its headers to the end of its body), waits ``hold_s`` between the two, and
+    end]`` (from its headers to the end of its body), waits ``hold_s`` between the two,
     stops sending the file named ``cut`` half-way and closes the connection (a server that
-    goes away mid-shard)."""
+    goes away mid-shard), and never sends the file named ``stall`` (a stalled network)."""
     requests: list[list] = []
+    closing = threading.Event()
 
     class Recording(http.server.SimpleHTTPRequestHandler):
         def copyfile(self, source, outputfile) -> None:
             entry = [self.path, time.monotonic(), None]
             requests.append(entry)
             time.sleep(hold_s)
+            if stall is not None and self.path.endswith(stall):
+                closing.wait()
+                return
             data = source.read()
             if cut is not None and self.path.endswith(cut):
                 data, self.close_connection = data[: len(data) // 2], True
@@ -542,6 +634,7 @@ def recording_server(root: Path, hold_s: float = 0.0, cut: str | None = None):
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", requests
     finally:
+        closing.set()
         server.shutdown()
         server.server_close()
 
@@ -577,13 +670,45 @@ def test_a_stream_stopped_early_lets_go_of_the_shards_fetched_ahead(shards):
         assert not remote._ahead
 
 
-def test_a_server_that_goes_away_mid_shard_is_one_line_naming_the_shard(shards, tmp_path):
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_a_server_that_goes_away_mid_shard_is_one_line_naming_the_shard(shards, tmp_path, skip_bad):
+    """The network's failure, not the shard's: said as such, and never skipped as damage."""
     with recording_server(shards, cut="shard-000003.tar") as (url, _):
         proc = run_cli("framework.train", train_args(shards, tmp_path / "run", "trainer.max_epochs=1",
+                                                     f"dataset.train.skip_bad={str(skip_bad).lower()}",
                                                      train=f"{url}/train"), cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr
     line = one_line(proc.stderr)
-    assert line.startswith(f"error: {url}/train/shard-000003.tar: truncated or damaged shard"), line
+    assert re.fullmatch(rf"error: {url}/train/shard-000003.tar: the download failed \(ConnectionError: the server "
+                        r"sent \d+ of the \d+ bytes it announced\); check that the server answers and run again \(a "
+                        r"training run continues from its last checkpoint with trainer.resume=auto\)", line), line
+    assert "skipped" not in proc.stderr
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigterm_while_a_shard_download_stalls_stops_at_once_with_a_checkpoint(shards, tmp_path, workers):
+    """A scheduler's SIGTERM while the loop waits for a shard that does not come: the wait
+    ends, the position is checkpointed and the run exits 143 within the grace period (not
+    after the download's 60 s timeout, as a damaged shard); the checkpoint resumes."""
+    run_dir = tmp_path / "run"
+    args = ["trainer.max_epochs=1", f"trainer.num_workers={workers}", "trainer.checkpoint.every_n_steps=1"]
+    with recording_server(shards, stall="shard-000005.tar") as (url, requests):
+        proc = subprocess.Popen([sys.executable, "-m", "framework.train", *train_args(shards, run_dir, *args,
+                                                                                       train=f"{url}/train")],
+                                cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=as_from_a_shell)
+        deadline = time.monotonic() + 120
+        while not any(r[0].endswith("shard-000005.tar") for r in requests) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the shards before it read: the loop waits for the stalled one
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert time.monotonic() - start < 20 and "Traceback" not in stderr, stderr
+    assert "stopped by a signal" in stderr and "truncated or damaged" not in stderr
+    run_cli("framework.train", train_args(shards, run_dir, *args, "trainer.resume=auto"), cwd=tmp_path)
+    assert metrics_of(run_dir)["history"][-1]["epoch"] == 1
 
 
 def test_shards_at_another_fsspec_url_read_as_the_local_folder(shards):

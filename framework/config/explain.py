@@ -9,6 +9,7 @@ node's signature or schema, the file that set it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import typing
 from typing import Any
@@ -40,7 +41,10 @@ def explain(exc: BaseException, hydra: Any, config_name: str, overrides: list[st
     text = str(cause)
     schema = getattr(cause, "object_type", None)
     if "not in" in text or "Could not override" in str(exc) or "is not in struct" in text:
-        valid = _valid_keys(parent, schema, hydra, config_name, overrides)
+        valid, cfg = _valid_keys(full_key, schema, hydra, config_name, overrides)
+        elsewhere = _paths_named(cfg, key) if cfg is not None and key not in valid else []
+        if elsewhere and not difflib.get_close_matches(key, valid, n=1, cutoff=0.6):
+            return f"{full_key}: unknown key; did you mean {' or '.join(elsewhere[:3])}?{suffix}"
         return f"{full_key}: unknown key; {suggest(key, valid, parent + '.' if parent else '')}{suffix}"
     if "could not be converted" in text or "Value '" in text:
         hint = typing.get_type_hints(schema).get(key) if dataclasses.is_dataclass(schema) else None
@@ -50,25 +54,51 @@ def explain(exc: BaseException, hydra: Any, config_name: str, overrides: list[st
     return f"{full_key}: {text.splitlines()[0]}{suffix}"
 
 
-def _valid_keys(parent: str, schema: Any, hydra: Any, config_name: str, overrides: list[str]) -> list[str]:
-    if dataclasses.is_dataclass(schema):
-        return [f.name for f in dataclasses.fields(schema)]
+def _valid_keys(full_key: str, schema: Any, hydra: Any, config_name: str, overrides: list[str],
+                ) -> tuple[list[str], DictConfig | None]:
+    """The keys the parent node of ``full_key`` takes, and the config composed without the
+    refused override (None where it cannot be composed)."""
+    parent = full_key.rpartition(".")[0]
     from hydra.types import RunMode
 
-    others = [o for o in overrides if not o.lstrip("+~").startswith(parent + ".")]  # without the refused one
+    def refused(override: str) -> bool:
+        key = override.lstrip("+~").split("=", 1)[0]
+        return key == full_key or bool(parent) and key.startswith(parent + ".")
+
     try:
-        cfg = hydra.compose_config(config_name, others, run_mode=RunMode.RUN, with_log_configuration=False)
+        cfg = hydra.compose_config(config_name, [o for o in overrides if not refused(o)], run_mode=RunMode.RUN,
+                                   with_log_configuration=False)
     except Exception:
-        return []
-    node = OmegaConf.select(cfg, parent) if parent else cfg
+        cfg = None
+    if dataclasses.is_dataclass(schema):
+        return [f.name for f in dataclasses.fields(schema)], cfg
+    node = (OmegaConf.select(cfg, parent) if parent else cfg) if cfg is not None else None
     if not isinstance(node, DictConfig):
-        return []
-    keys = [str(k) for k in node.keys() if k not in HYDRA_KEYS]
+        return [], cfg
+    keys = [str(k) for k in node.keys() if k not in HYDRA_KEYS and (parent or k != "hydra")]
     if "_target_" in node:
         obj = import_target(node._target_, parent, [])
         if obj is not None:
             keys = sorted(set(keys) | set(signature_parameters(obj)[0]))
-    return keys
+    return keys, cfg
+
+
+def _paths_named(cfg: DictConfig, key: str) -> list[str]:
+    """The full paths of the config's keys named ``key`` (``skip_bad`` -> ``dataset.train.skip_bad``)."""
+    found = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, DictConfig):
+            for k in node.keys():
+                if str(k) in HYDRA_KEYS or str(k) == "hydra" and not prefix:
+                    continue
+                path = f"{prefix}{k}"
+                if str(k) == key:
+                    found.append(path)
+                walk(node._get_node(k), path + ".")
+
+    walk(cfg, "")
+    return found
 
 
 def _in_file(message: str) -> str | None:

@@ -10,7 +10,9 @@ batches follow the sampler's settings but are planned in the order the shards ar
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -66,9 +68,22 @@ def make_loader(dataset: Dataset, sampler: LengthBatchSampler, num_workers: int,
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: the main process decides when to stop; a worker killed by
     a Ctrl-C or a scheduler's SIGTERM to the whole process group would only break the batch
-    being loaded."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)
+    being loaded, so both are ignored. A SIGTERM sent by the main process itself (its shutdown
+    of the workers, also as it exits after an error) still ends the worker: ignored, it would
+    leave the main process waiting for the worker forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # no sender to tell by (macOS): the main process' shutdown may wait
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below only
+    threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), name="SIGTERM from the main process",
+                     daemon=True).start()
+
+
+def _end_on_sigterm_from(main: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != main:
+        pass  # the process group's stop request: the main process stops after its step
+    os._exit(0)
 
 
 def dataset_ids(dataset: Any) -> list[str] | None:

@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 
 from framework.data.audio import PCM, pcm_wav
 from framework.data.collate import SkippedExample
+from framework.data.manifest import DATASET_HINTS
 from framework.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,18 @@ READ_BUFFER = 1 << 20  # reads of a remote file through fsspec: each answers wit
 HTTP_TIMEOUT_S = 60  # a server that stops answering for this long is an error, not a hang
 
 
+def _remedy() -> str:
+    """What to do about a damaged shard (the override as the running command takes it)."""
+    return DATASET_HINTS.or_skip("write the shards again with `python -m framework.prepare shards`")
+
+
 class ShardError(UserError, ValueError):
     """A shards folder, index or shard that cannot be used; the message names it."""
+
+
+class ShardUnreachable(ShardError):
+    """A remote shard whose download failed (the server or the network, not the shard):
+    ``skip_bad`` does not leave its examples out."""
 
 
 def join(base: str, name: str) -> str:
@@ -90,9 +101,13 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> memor
         # the standard library's blocking reads: 12% less time per epoch than fsspec's
         # aiohttp, whose every read is handed to an event loop in another thread
         with _http_get(url) as response:
-            if response.length is not None:
-                return _fill(response, response.length)
-            return memoryview(response.read())
+            if response.length is None:
+                return memoryview(response.read())
+            size = response.length
+            data = _fill(response, size)
+            if len(data) < size:  # the server closed the connection early: the shard may well be whole
+                raise ConnectionError(f"the server sent {len(data)} of the {size} bytes it announced")
+            return data
     import fsspec
 
     options = dict(storage_options or {})
@@ -135,12 +150,16 @@ def fetch(url: str, storage_options: dict[str, Any] | None = None) -> Future:
 
 def read_index(path: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The index of the shards folder ``path``, checked."""
+    if path.rstrip("/").endswith(f"/{INDEX}") or path == INDEX:
+        raise ShardError(f"{path}: give the shards folder, not its index: {path.rstrip('/')[: -len(INDEX)].rstrip('/') or '.'}")
     url = join(path, INDEX)
     try:
         index = json.loads(bytes(read_bytes(url, storage_options)))
     except FileNotFoundError:
         raise ShardError(f"{url} not found: {path} is not a shards folder; write one with `python -m framework.prepare "
                          "shards MANIFEST OUT_DIR --shard-size N`") from None
+    except ImportError as exc:  # fsspec names the package a URL scheme needs: "Install s3fs to access S3"
+        raise ShardError(f"{url}: {exc} (the fsspec backend of {url.split('://')[0]}:// URLs)") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
         raise ShardError(f"{url}: cannot read the shards index ({type(exc).__name__}: {exc}); check the path or URL, "
                          "or write the shards again") from exc
@@ -274,7 +293,7 @@ class ShardDataset(Dataset):
             if is_remote(self.path):
                 self._ahead = {s: self._ahead.get(s) or fetch(self.shard_url(s), self.storage_options) for s in then}
             if isinstance(data, Future):
-                data = data.result()
+                data = self._downloaded(url, data)
             yield from self._where_indexed(data, members, remaining)
             if not remaining:
                 return
@@ -302,11 +321,24 @@ class ShardDataset(Dataset):
         problem = (f"{url}: truncated or damaged shard: {reason} ({len(remaining)} wanted example(s) of its "
                    f"{len(members)} not read, from its example {first + 1} on)")
         if not self.skip_bad:
-            raise ShardError(f"{problem}; write the shards again with `python -m framework.prepare shards` or pass "
-                             "skip_bad=true")
+            raise ShardError(f"{problem}; {_remedy()}")
         log.warning("%s; skipped (skip_bad)", problem)
         for index in sorted(remaining, key=lambda i: int(self.position[i])):
             yield index, SkippedExample(self.ids[index], problem)
+
+    @staticmethod
+    def _downloaded(url: str, download: Future) -> memoryview:
+        """A remote shard's bytes. A failed download (but a missing shard, HTTP 404) is the
+        server's or the network's, not the shard's: its own error, which ``skip_bad`` does
+        not skip (an outage would otherwise drop every example it touches)."""
+        try:
+            return download.result()
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise ShardUnreachable(f"{url}: the download failed ({type(exc).__name__}: {exc}); check that the server "
+                                   "answers and run again (a training run continues from its last checkpoint with "
+                                   "trainer.resume=auto)") from exc
 
     def drop_ahead(self) -> None:
         """Forgets the shards downloaded ahead (a stream that stopped early will not read them)."""
@@ -361,8 +393,7 @@ class ShardDataset(Dataset):
         problem = (f"{url}: example {uid!r} is damaged (its .{self.payload} "
                    f"{'is missing' if payload is None else 'fails its CRC-32 check'})")
         if not self.skip_bad:
-            raise ShardError(f"{problem}; write the shards again with `python -m framework.prepare shards` or pass "
-                             "skip_bad=true")
+            raise ShardError(f"{problem}; {_remedy()}")
         return SkippedExample(uid, problem)
 
     def decode(self, index: int, payload: memoryview | SkippedExample, pcm: bool = False,
@@ -386,7 +417,7 @@ class ShardDataset(Dataset):
             problem = f"{self.shard_url(int(self.shard_of[index]))}: example {uid!r} cannot be decoded ({exc})"
             if self.skip_bad:
                 return SkippedExample(uid, problem)
-            raise ShardError(f"{problem}; write the shards again or pass skip_bad=true") from exc
+            raise ShardError(f"{problem}; {_remedy()}") from exc
         example: dict[str, Any] = {**self.fields[index], "id": uid, "inputs": inputs}
         if self._texts[index] is not None:
             example["text"] = self._texts[index]

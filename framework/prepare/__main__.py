@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Any
 
@@ -23,15 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m framework.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    command = functools.partial(sub.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
-    st = sub.add_parser("stats", help="length statistics, histogram and batching summary of a manifest")
+    st = command("stats", help="length statistics, histogram and batching summary of a manifest")
     st.add_argument("manifest")
     st.add_argument("--png", help="write the length histogram here")
     st.add_argument("--batching", help="a batching option (conf/batching): dynamic, fixed or sorted")
     st.add_argument("--epochs", type=int, default=1, help="epochs of batches to summarise")
     st.epilog = "Batching overrides follow as key=value, e.g. max_batch_length=200 num_buckets=30."
 
-    ma = sub.add_parser("manifest", help="build a manifest from a corpus folder")
+    ma = command("manifest", help="build a manifest from a corpus folder")
     ma.add_argument("root", help="corpus folder")
     ma.add_argument("out", help="manifest to write: .json (SpeechBrain), .jsonl or .csv")
     ma.add_argument("--layout", choices=["librispeech", "generic"], default="librispeech")
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ma.add_argument("--skip-bad", action="store_true", help="skip unreadable audio, report it at the end")
     ma.add_argument("--absolute", action="store_true", help="absolute paths instead of {data_root}/...")
 
-    h5 = sub.add_parser("hdf5", help="pack a manifest into HDF5 (raw audio or features)")
+    h5 = command("hdf5", help="pack a manifest into HDF5 (raw audio or features)")
     h5.add_argument("manifest")
     h5.add_argument("out", help="the .h5 file to write")
     h5.add_argument("--data-root", help="value of {data_root} in the manifest's paths")
@@ -52,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     h5.add_argument("--skip-bad", action="store_true", help="skip unreadable audio, report it at the end")
     h5.epilog = "Feature overrides follow as key=value, e.g. extractor.n_mels=80."
 
-    sh = sub.add_parser("shards", help="write a manifest as WebDataset tar shards + index.json, for streaming")
+    sh = command("shards", help="write a manifest as WebDataset tar shards + index.json, for streaming")
     sh.add_argument("manifest")
     sh.add_argument("out", help="the folder to write: shard-000000.tar, ... and index.json")
     sh.add_argument("--shard-size", type=int, required=True, help="utterances per shard")
     sh.add_argument("--data-root", help="value of {data_root} in the manifest's paths")
-    sh.add_argument("--features", default="none", help="a features option (conf/features): none (audio as FLAC), fbank, ...")
+    sh.add_argument("--features", default="none", help="a features option (conf/features): none (audio, as --audio-format says), fbank, ...")
     sh.add_argument("--sample-rate", type=int, default=16000)
     sh.add_argument("--audio-format", choices=["flac", "wav"], default="flac",
                     help="how audio is stored: flac (smaller) or wav (the same samples, faster to decode)")
@@ -66,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     sh.epilog = ("Feature overrides follow as key=value, e.g. extractor.n_mels=80. Killed or stopped, the same command "
                  "again keeps the complete shards and writes the rest.")
 
-    lm = sub.add_parser("lm", help="a word n-gram language model (ARPA) of transcripts, for beam search decoding")
+    lm = command("lm", help="a word n-gram language model (ARPA) of transcripts, for beam search decoding")
     lm.add_argument("transcripts", help="a manifest (.json, .jsonl, .csv) or a text file of one sentence per line")
     lm.add_argument("out", help="the ARPA file to write")
     lm.add_argument("--order", type=int, default=3, help="n of the n-grams")
 
-    tk = sub.add_parser("tokenizer", help="subword units (sentencepiece .model) of transcripts, for tokenizer.path")
+    tk = command("tokenizer", help="subword units (sentencepiece .model) of transcripts, for tokenizer.path")
     tk.add_argument("transcripts", help="a manifest (.json, .jsonl, .csv) or a text file of one sentence per line")
     tk.add_argument("out", help="the .model file to write")
     tk.add_argument("--type", choices=["bpe", "unigram"], default="bpe")

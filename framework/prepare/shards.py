@@ -9,11 +9,15 @@ transcript and the entry's other fields (:mod:`framework.data.shards` has the la
 
 ``workers`` processes each write whole shards, under a temporary name renamed once the
 shard is complete, then record it (size, SHA-256, utterances) in ``OUT/.parts/``. The index
-is written last, atomically, from those records. A rerun keeps every shard whose record
-matches its entries and settings and whose file still has the recorded size and SHA-256,
-and writes the rest: an interrupted or killed write is finished by running it again. On
-SIGTERM / SIGINT (:mod:`framework.prepare.signals`) the workers are terminated and the
-temporary files removed as the interrupt unwinds; the command exits with 143 / 130.
+is written last, atomically, from those records: it is the commit. A rerun keeps every shard
+whose record matches its entries and settings and whose file still has the recorded size and
+SHA-256, and writes the rest: an interrupted or killed write is finished by running it
+again. A shard the folder's current index names is never overwritten with other contents: a
+write with other settings gives that shard another file name (``shard-000003.<digest>.tar``),
+so until its index replaces the old one the folder reads as it was, and the old files are
+removed after. On SIGTERM / SIGINT (:mod:`framework.prepare.signals`) the workers are
+terminated and the temporary files removed as the interrupt unwinds; the command exits with
+143 / 130.
 """
 
 from __future__ import annotations
@@ -60,10 +64,11 @@ class Job:
     features_config: dict | None
     skip_bad: bool
     audio_format: str = "flac"
+    file_name: str | None = None  # another name than the plain one (see the module doc)
 
     @property
     def name(self) -> str:
-        return f"shard-{self.number:06d}.tar"
+        return self.file_name or f"shard-{self.number:06d}.tar"
 
     @property
     def payload(self) -> str:
@@ -95,59 +100,91 @@ def write_shards(
     entries = load_entries(manifest, replacements=replacements, sample_rate=sample_rate, skip_bad=skip_bad)
     jobs = [Job(i, entries[start : start + shard_size], sample_rate, extractor, features_config, skip_bad, audio_format)
             for i, start in enumerate(range(0, len(entries), shard_size))]
+    if out.exists() and not out.is_dir():
+        raise BadValue(f"{out} is a file: give prepare shards a folder to write (new or of an earlier write)")
     out.mkdir(parents=True, exist_ok=True)
     (out / PARTS).mkdir(exist_ok=True)
+    live = _live_names(out)
     records = _verified(out, jobs)
     todo = [job for job in jobs if job.number not in records]
+    for job in todo:  # never over a file the current index names: the folder reads as it was until the commit
+        if job.name in live:
+            job.file_name = f"shard-{job.number:06d}.{job.fingerprint()[:8]}.tar"
     with _temporary_files_removed(out):
         records.update(_write_in_parallel(todo, out, workers))
+        skipped = Skipped()
+        for job in jobs:
+            for uid, reason in records[job.number]["skipped"]:
+                skipped.add(uid, reason)
+        skipped.report("writing shards")
         index = _index(jobs, records, sample_rate, extractor, features_config)
+        if not index["utterances"]:
+            raise BadValue(f"{manifest}: no entry could be read (those left out are named above): no index written "
+                           f"in {out}; check --data-root and the manifest's audio paths")
         write_text_atomic(out / INDEX, json.dumps(index, ensure_ascii=False))
     shutil.rmtree(out / PARTS)
-    names = {job.name for job in jobs}
-    for stale in out.glob("shard-*.tar"):  # of an earlier write with more shards
+    names = {shard["name"] for shard in index["shards"]}
+    for stale in out.glob("shard-*.tar"):  # of the earlier write
         if stale.name not in names:
             stale.unlink()
-    skipped = Skipped()
-    for job in jobs:
-        for uid, reason in records[job.number]["skipped"]:
-            skipped.add(uid, reason)
-    skipped.report("writing shards")
     hours = sum(u["length"] for u in index["utterances"]) / 3600
     print(f"wrote {out}: {len(index['utterances'])} utterances ({hours:.2f} h) in {len(jobs)} shard(s) "
-          f"({len(jobs) - len(todo)} kept from an earlier write); train with dataset=shards dataset.train.path={out}")
+          f"({len(jobs) - len(todo)} kept from an earlier write); read it with dataset=shards dataset.train.path={out} "
+          "(or dataset.valid.path, dataset.test.path)")
     return out / INDEX
 
 
+def _index_records(out: Path) -> list[dict]:
+    """The shard records of the folder's current index, each with its utterances (none when
+    there is no readable index)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        index = json.loads((out / INDEX).read_text())
+        rows: dict[int, list[dict]] = {}
+        for utterance in index["utterances"]:
+            rows.setdefault(utterance["shard"], []).append(utterance)
+        return [{**shard, "utterances": rows.get(shard["number"], [])} for shard in index["shards"]]
+    return []
+
+
+def _live_names(out: Path) -> set[str]:
+    """The files the folder's current index names: what a reader of the folder reads now."""
+    return {str(record.get("name")) for record in _index_records(out)}
+
+
 def _verified(out: Path, jobs: list[Job]) -> dict[int, dict]:
-    """The records of shards already complete: written for the same entries and settings,
-    and still of the recorded size and SHA-256."""
-    recorded: dict[str, dict] = {}
-    if (out / INDEX).is_file():
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            index = json.loads((out / INDEX).read_text())
-            rows: dict[int, list[dict]] = {}
-            for utterance in index["utterances"]:
-                rows.setdefault(utterance["shard"], []).append(utterance)
-            for shard in index["shards"]:
-                recorded[shard["name"]] = {**shard, "utterances": rows.get(shard["number"], [])}
+    """The records of shards already complete: written for the same entries and settings
+    (recorded in the current index or by an interrupted write), and still of the recorded
+    size and SHA-256."""
+    recorded: dict[int, list[dict]] = {}
+    parts = []
     for part in (out / PARTS).glob("shard-*.json"):
         with contextlib.suppress(ValueError):
-            record = json.loads(part.read_text())
-            recorded[record["name"]] = record
+            parts.append(json.loads(part.read_text()))
+    for record in [*_index_records(out), *parts]:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            recorded.setdefault(int(record["number"]), []).append(record)
     kept = {}
     for job in jobs:
-        record, path = recorded.get(job.name), out / job.name
-        if record is None or record.get("job") != job.fingerprint() or not path.is_file():
-            continue
-        if path.stat().st_size == record["bytes"] and sha256_of(path) == record["sha256"]:
-            if any("offset" not in u for u in record["utterances"]):  # written before offsets were recorded
-                try:
-                    _locate_payloads(path, job.payload, record["utterances"])
-                except (OSError, ValueError, tarfile.TarError):
-                    continue  # written again
+        for record in recorded.get(job.number, []):
+            if record.get("job") != job.fingerprint() or not _intact(out / str(record.get("name")), record, job):
+                continue
+            job.file_name = record["name"]
             kept[job.number] = record
+            break
     return kept
+
+
+def _intact(path: Path, record: dict, job: Job) -> bool:
+    """Whether ``path`` is the shard ``record`` describes (its size and SHA-256), its payloads
+    located (recorded now for a shard written before offsets were)."""
+    if not path.is_file() or path.stat().st_size != record["bytes"] or sha256_of(path) != record["sha256"]:
+        return False
+    if any("offset" not in u for u in record["utterances"]):
+        try:
+            _locate_payloads(path, job.payload, record["utterances"])
+        except (OSError, ValueError, tarfile.TarError):
+            return False  # written again
+    return True
 
 
 def _write_in_parallel(jobs: list[Job], out: Path, workers: int) -> dict[int, dict]:

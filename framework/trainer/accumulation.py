@@ -9,9 +9,11 @@ stepped, not dropped.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -53,29 +55,41 @@ def limited(n: int, limit: int | None) -> int:
 
 
 def step_windows(loader: Iterable[Any], size: int, start: int, limit: int | None,
-                 waited: Callable[[float], None], usable: Callable[[Any], bool]) -> Iterator[Window]:
+                 waited: Callable[[float], None], usable: Callable[[Any], bool],
+                 waiting: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> Iterator[Window]:
     """The rest of an epoch from micro-batch ``start`` (up to ``limit`` in all), in windows of
-    ``size`` micro-batches; ``waited`` receives the seconds spent waiting for each batch."""
+    ``size`` micro-batches; ``waited`` receives the seconds spent waiting for each batch, which
+    runs inside ``waiting()``. A stop signal that ends a wait (:class:`WaitInterrupted`) ends
+    the windows with an empty one, whose step the loop's stop check refuses."""
     batches = itertools.islice(loader, max(0, limit - start)) if limit else loader
     sampler = getattr(loader, "batch_sampler", None)
     lengths = getattr(getattr(loader, "dataset", None), "lengths", None)
     plan = sampler.rank_batches()[start:] if hasattr(sampler, "rank_batches") else None
-    position = 0
-    for raw in windows(_timed(batches, waited), size):
+    position, interrupted = 0, []
+    for raw in windows(_timed(batches, waited, waiting, interrupted), size):
         seconds = 0.0
         if plan is not None and lengths is not None:
             seconds = float(sum(lengths[plan[position + i]].sum() for i in range(len(raw))))
         position += len(raw)
         yield Window([b for b in raw if usable(b)], len(raw), seconds)
+    if interrupted:
+        yield Window([], 0, 0.0)
 
 
-def _timed(batches: Iterable[T], waited: Callable[[float], None]) -> Iterator[T]:
+def _timed(batches: Iterable[T], waited: Callable[[float], None], waiting: Callable[[], AbstractContextManager],
+           interrupted: list[bool]) -> Iterator[T]:
+    from framework.trainer.stopping import WaitInterrupted
+
     it = iter(batches)
     while True:
         t0 = time.perf_counter()
         try:
-            batch = next(it)
+            with waiting():
+                batch = next(it)
         except StopIteration:
+            return
+        except WaitInterrupted:
+            interrupted.append(True)
             return
         waited(time.perf_counter() - t0)
         yield batch

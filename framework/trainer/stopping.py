@@ -74,12 +74,22 @@ class StopRequested(Exception):
         return 128 + self.signum
 
 
+class WaitInterrupted(BaseException):
+    """A stop signal arrived while the training loop waited for its next batch. Not an
+    ``Exception``, as ``KeyboardInterrupt`` is not: the data code's handlers of failed reads
+    must not take it for one."""
+
+
 class StopSignals:
-    """A context manager that records SIGTERM / SIGINT instead of dying on them."""
+    """A context manager that records SIGTERM / SIGINT instead of dying on them. While the
+    loop waits for data (:meth:`waiting`) a stop signal also ends the wait: a stalled network
+    read would otherwise hold the stop until its timeout, longer than a scheduler's grace
+    period."""
 
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, object] = {}
+        self._waiting = False
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
@@ -99,6 +109,17 @@ class StopSignals:
             log.warning("%s received: finishing the current step, then saving a checkpoint and stopping "
                         "(resume with trainer.resume=auto)", signal.Signals(signum).name)
         self.received = signum
+        if self._waiting:
+            raise WaitInterrupted
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Around the wait for the next batch: a stop signal raises :class:`WaitInterrupted` there."""
+        self._waiting = True
+        try:
+            yield
+        finally:
+            self._waiting = False
 
     @property
     def requested(self) -> bool:
