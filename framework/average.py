@@ -72,8 +72,7 @@ def average(run_dir: str | Path, last: int | None = None, best: int | None = Non
     n = last if last is not None else best
     if n < 1:
         raise UserError(f"--{'last' if last is not None else 'best'} must be >= 1, got {n}")
-    load_run_config(run_dir)  # a run directory of framework.train, its config valid
-    checkpointer = run_checkpointer(run_dir)
+    checkpointer = run_checkpointer(run_dir, load_run_config(run_dir))
     remove_leftovers(checkpointer.directory, written_by_average)
     if RunLock(run_dir).held_by() is None:  # else a training run's writes are in flight
         remove_leftovers(checkpointer.directory, written_by_training)

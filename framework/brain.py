@@ -243,7 +243,8 @@ class Brain:
         """The learning-rate schedule over ``steps_per_epoch`` x ``trainer.max_epochs``
         optimizer steps (or the time budget). ``fit`` plans it from its training loader;
         training outside ``fit`` (a benchmark) plans its own after :meth:`setup`."""
-        self.optimization.plan(steps_per_epoch, self.progress.elapsed, self.stop.max_time_s)
+        # the clock agreed at each step (the ranks' mean), so every replica takes the same learning rate
+        self.optimization.plan(steps_per_epoch, lambda: self.stop.step_clock, self.stop.max_time_s)
 
     def register_training_state(self) -> None:
         """The checkpoint parts that only training has: the schedule, the run's progress and

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-from framework.errors import UserError
+from framework.errors import Unavailable, UserError
 
 T = TypeVar("T")
 log = logging.getLogger("framework")
@@ -85,31 +85,37 @@ def exit_on_error(main: Callable[[], T], reraise: bool = False) -> T:
             text, status = describe_error(exc)
             if os.environ.get(DEBUG_ENV) == "1":
                 raise
-            report(f"error: {text}" + ("" if status == 2 else f"  ({DEBUG_ENV}=1 shows the traceback)"))
+            report(f"error: {text}" + ("" if status != 1 else f"  ({DEBUG_ENV}=1 shows the traceback)"))
             if reraise:
                 raise
             sys.exit(status)
 
 
 def describe_error(exc: BaseException) -> tuple[str, int]:
-    """The one line a failure is reported in, and its exit status: 2 for a user's mistake, 1 otherwise."""
-    user = _user_error(exc)  # Hydra wraps what a _target_ raised in an InstantiationException
-    if user:
-        return _raised_in_worker(str(user), with_type=False), 2
-    return _raised_in_worker(f"{type(exc).__name__}: {exc}", with_type=True), 1
+    """The one line a failure is reported in, and its exit status: 2 for a user's mistake, 75
+    for something that cannot be reached now (:class:`Unavailable`), 1 otherwise."""
+    for kind, status in ((UserError, 2), (Unavailable, 75)):
+        found = _in_chain(exc, kind)  # Hydra wraps what a _target_ raised in an InstantiationException
+        if found:
+            return _worker_message(found), status
+    return f"{type(exc).__name__}: {_worker_message(exc)}", 1
 
 
-def _raised_in_worker(text: str, with_type: bool) -> str:
-    """A DataLoader worker's exception as torch raises it again in the main process holds the
-    worker's traceback in its message: the original one-line message is its last line
-    (``module.Type: message``)."""
+def _worker_message(exc: BaseException) -> str:
+    """``exc``'s message. From a DataLoader worker, torch raises the exception again in the main
+    process with the worker's traceback as its message: the original message is what follows
+    the traceback's last ``module.Type: `` line."""
+    text = str(exc)
     if "\nOriginal Traceback" not in text:
         return text
-    last = [line for line in text.splitlines() if line.strip()][-1]
-    kind, found, message = last.partition(": ")
-    if not found:
-        return last
-    return f"{kind.rsplit('.', 1)[-1]}: {message}" if with_type else message
+    kind = type(exc)
+    names = {f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "}
+    lines = text.rstrip().splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        name = next((n for n in names if lines[i].startswith(n)), None)
+        if name:
+            return "\n".join([lines[i][len(name):], *lines[i + 1:]])
+    return lines[-1]
 
 
 def _exit_interrupted(signum: int | None) -> NoReturn:
@@ -120,9 +126,9 @@ def _exit_interrupted(signum: int | None) -> NoReturn:
     sys.exit(128 + signum)
 
 
-def _user_error(exc: BaseException | None) -> UserError | None:
+def _in_chain(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:
     while exc is not None:
-        if isinstance(exc, UserError):
+        if isinstance(exc, kind):
             return exc
         exc = exc.__cause__
     return None

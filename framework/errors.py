@@ -11,6 +11,12 @@ class UserError(Exception):
     what to do."""
 
 
+class Unavailable(Exception):
+    """Something the run needs cannot be reached now (a server, the network): neither the
+    user's mistake nor the framework's. One line, exit status 75 (``EX_TEMPFAIL``: run it
+    again later; a training run continues from its last checkpoint)."""
+
+
 class BadValue(UserError, ValueError):
     """A constructor refusing a value it was given (``model.dropout=1.5``): a ``ValueError``
     for Python callers, a one-line exit 2 for the command line even through Hydra's

@@ -313,6 +313,9 @@ def test_an_unknown_top_level_key_is_matched_with_the_keys_there_or_where_its_na
         check_command_line(["dataset=shards", "skip_bad=true"])
     assert str(err.value) == ("skip_bad: unknown key; did you mean dataset.train.skip_bad or dataset.valid.skip_bad or "
                               "dataset.test.skip_bad?")
+    with pytest.raises(ConfigError) as err:  # another override wrong too
+        check_command_line(["optimizer.lrr=1", "model.dropuot=0.1"])
+    assert str(err.value) == "optimizer.lrr: unknown key; did you mean optimizer.lr?"
     with pytest.raises(ConfigError) as err:
         check_command_line(["zzz=1"])
     assert str(err.value).startswith("zzz: unknown key; valid keys: augment, batching, brain, dataset,")

@@ -125,7 +125,6 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resumes_exactly(da
     epoch = metrics_of(tmp_path / "straight")["history"][0]
     # (64 examples, a few repeated so the ranks take as many batches; one rank alone trains about half)
     assert 64 <= epoch["examples"] < 72
-    assert epoch["examples_per_s"] == pytest.approx(epoch["examples"] / epoch["epoch_s"])
     line = next(x for x in (tmp_path / "straight" / "train-rank1.log").read_text().splitlines() if "epoch 1/1:" in x)
     assert f"({epoch['examples_per_s']:.0f} examples/s" in line
     run_dir = tmp_path / "stopped"

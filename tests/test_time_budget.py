@@ -4,6 +4,7 @@ chosen by measurement: through the real commands."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -154,3 +155,29 @@ def test_auto_threads_picks_one_thread_beside_a_busy_process(tmp_path, data_dir)
         busy.wait()
     measured = re.search(r"threads: ((?:\d+ -> [\d.e-]+ s/step(?:, )?)+); using (\d+)", (run_dir / "train.log").read_text())
     assert measured and measured.group(2) == "1", measured and measured.group(0)
+
+
+AGREED_CLOCK = """
+import torch.distributed as dist
+
+from framework.trainer.distributed import init_distributed
+from framework.trainer.stopping import StopAgreement
+
+env = init_distributed("cpu")
+stop = StopAgreement(env, "1h", elapsed=lambda: 10.0 * (env.rank + 1))  # the ranks' clocks differ
+weights = stop.plan_step([3])
+print(f"rank {env.rank}: clock {stop.step_clock}, weights {weights}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_under_torchrun_every_rank_reads_one_clock_for_its_time_keyed_schedule(tmp_path):
+    """Each rank's own clock would give each replica another learning rate, and DDP's replicas
+    would part: the step's all-reduce agrees on the ranks' mean."""
+    (tmp_path / "agreed_clock.py").write_text(AGREED_CLOCK)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "agreed_clock.py")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("rank")) == [
+        "rank 0: clock 15.0, weights [1.0]", "rank 1: clock 15.0, weights [1.0]"]

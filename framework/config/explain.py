@@ -42,6 +42,8 @@ def explain(exc: BaseException, hydra: Any, config_name: str, overrides: list[st
     schema = getattr(cause, "object_type", None)
     if "not in" in text or "Could not override" in str(exc) or "is not in struct" in text:
         valid, cfg = _valid_keys(full_key, schema, hydra, config_name, overrides)
+        if valid is None:
+            return f"{full_key}: unknown key{suffix}"
         elsewhere = _paths_named(cfg, key) if cfg is not None and key not in valid else []
         if elsewhere and not difflib.get_close_matches(key, valid, n=1, cutoff=0.6):
             return f"{full_key}: unknown key; did you mean {' or '.join(elsewhere[:3])}?{suffix}"
@@ -55,9 +57,9 @@ def explain(exc: BaseException, hydra: Any, config_name: str, overrides: list[st
 
 
 def _valid_keys(full_key: str, schema: Any, hydra: Any, config_name: str, overrides: list[str],
-                ) -> tuple[list[str], DictConfig | None]:
-    """The keys the parent node of ``full_key`` takes, and the config composed without the
-    refused override (None where it cannot be composed)."""
+                ) -> tuple[list[str] | None, DictConfig | None]:
+    """The keys the parent node of ``full_key`` takes (None where they cannot be known), and
+    the config composed without the refused override (None where it cannot be composed)."""
     parent = full_key.rpartition(".")[0]
     from hydra.types import RunMode
 
@@ -65,22 +67,32 @@ def _valid_keys(full_key: str, schema: Any, hydra: Any, config_name: str, overri
         key = override.lstrip("+~").split("=", 1)[0]
         return key == full_key or bool(parent) and key.startswith(parent + ".")
 
-    try:
-        cfg = hydra.compose_config(config_name, [o for o in overrides if not refused(o)], run_mode=RunMode.RUN,
-                                   with_log_configuration=False)
-    except Exception:
-        cfg = None
+    cfg = None
+    kept = [o for o in overrides if not refused(o)]
+    # without the refused override; failing that (another override is wrong too), with the
+    # config group choices alone
+    for attempt in (kept, [o for o in kept if "." not in o.lstrip("+~").split("=", 1)[0]]):
+        try:
+            cfg = hydra.compose_config(config_name, attempt, run_mode=RunMode.RUN, with_log_configuration=False)
+            break
+        except Exception:
+            continue
     if dataclasses.is_dataclass(schema):
         return [f.name for f in dataclasses.fields(schema)], cfg
     node = (OmegaConf.select(cfg, parent) if parent else cfg) if cfg is not None else None
     if not isinstance(node, DictConfig):
-        return [], cfg
-    keys = [str(k) for k in node.keys() if k not in HYDRA_KEYS and (parent or k != "hydra")]
+        return None, cfg
+    keys = [str(k) for k in node.keys() if not _internal(str(k), parent)]
     if "_target_" in node:
         obj = import_target(node._target_, parent, [])
         if obj is not None:
             keys = sorted(set(keys) | set(signature_parameters(obj)[0]))
     return keys, cfg
+
+
+def _internal(key: str, parent: str) -> bool:
+    """Hydra's own keys: ``_target_`` and the like, and the top-level ``hydra`` node."""
+    return key in HYDRA_KEYS or key == "hydra" and not parent
 
 
 def _paths_named(cfg: DictConfig, key: str) -> list[str]:
@@ -90,7 +102,7 @@ def _paths_named(cfg: DictConfig, key: str) -> list[str]:
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, DictConfig):
             for k in node.keys():
-                if str(k) in HYDRA_KEYS or str(k) == "hydra" and not prefix:
+                if _internal(str(k), prefix):
                     continue
                 path = f"{prefix}{k}"
                 if str(k) == key:

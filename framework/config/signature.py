@@ -133,6 +133,8 @@ def resolved(node: DictConfig, key: str) -> Any:
 def suggest(key: str, valid: list[str], path: str) -> str:
     if not valid and path:  # e.g. scheduler=constant: a group option without settings
         node = path.rstrip(".")
+        if "." in node:
+            return f"{node} takes no keys: leave {key} out"
         return f"the chosen {node} option takes no keys: leave {key} out or choose another {node} option"
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if close:

@@ -10,10 +10,12 @@ batches follow the sampler's settings but are planned in the order the shards ar
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import multiprocessing
 import os
 import signal
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,8 @@ def make_loader(dataset: Dataset, sampler: LengthBatchSampler, num_workers: int,
     ``transform`` in the workers, when given), padded by :func:`framework.data.collate.collate`.
     For a dataset of shards, a :class:`ShardLoader` whose ``batch_sampler`` is the stream's
     plan, made with ``sampler``'s settings, each worker reading its own shards."""
+    if num_workers > 0:
+        kill_workers_at_exit()
     if isinstance(dataset, ShardDataset):
         plan = ShardPlan(dataset, sampler, num_workers)
         return ShardLoader(dataset, plan, num_workers, seed, pin_memory, transform,
@@ -68,22 +72,52 @@ def make_loader(dataset: Dataset, sampler: LengthBatchSampler, num_workers: int,
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: the main process decides when to stop; a worker killed by
     a Ctrl-C or a scheduler's SIGTERM to the whole process group would only break the batch
-    being loaded, so both are ignored. A SIGTERM sent by the main process itself (its shutdown
-    of the workers, also as it exits after an error) still ends the worker: ignored, it would
-    leave the main process waiting for the worker forever."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not hasattr(signal, "sigwaitinfo"):  # no sender to tell by (macOS): the main process' shutdown may wait
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below only
-    threading.Thread(target=_end_on_sigterm_from, args=(os.getppid(),), name="SIGTERM from the main process",
-                     daemon=True).start()
+    being loaded. (Ignored for the whole process, whatever threads it started before this.)"""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
-def _end_on_sigterm_from(main: int) -> None:
-    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != main:
-        pass  # the process group's stop request: the main process stops after its step
-    os._exit(0)
+def stop_workers(batches: Any) -> None:
+    """Ends the workers of the DataLoader iterator ``batches`` at once: taken off torch's watch
+    of its workers (which would report their deaths as a failure), then SIGKILLed (they ignore
+    SIGTERM; the iterator's own shutdown would give each 5 s to finish first). A worker holds
+    nothing to save."""
+    from torch.utils.data._utils import signal_handling
+
+    if getattr(batches, "_worker_pids_set", False):
+        signal_handling._remove_worker_pids(id(batches))
+        batches._worker_pids_set = False
+    _kill(getattr(batches, "_workers", ()))
+
+
+def _kill(processes: Iterable[Any]) -> None:
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGKILL)
+
+
+def _kill_workers_left() -> None:
+    """At exit, the daemonic child processes still running (DataLoader workers): multiprocessing's
+    own exit handler would SIGTERM them, which the workers ignore, then wait for each, forever
+    for one stuck in a read (an error ended the run with its iterator held by the traceback)."""
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # their deaths are expected now
+    _kill(p for p in multiprocessing.active_children() if p.daemon)
+
+
+_killing_at_exit = False
+
+
+def kill_workers_at_exit() -> None:
+    """Registers the end of the DataLoader workers left at exit, before multiprocessing's own
+    exit handler (atexit runs the later registration first)."""
+    import multiprocessing.util  # noqa: F401  (its exit handler registered first: ours runs before it)
+
+    global _killing_at_exit
+    if not _killing_at_exit:
+        _killing_at_exit = True
+        atexit.register(_kill_workers_left)
 
 
 def dataset_ids(dataset: Any) -> list[str] | None:

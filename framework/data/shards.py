@@ -44,7 +44,7 @@ from torch.utils.data import Dataset
 from framework.data.audio import PCM, pcm_wav
 from framework.data.collate import SkippedExample
 from framework.data.manifest import DATASET_HINTS
-from framework.errors import UserError
+from framework.errors import Unavailable, UserError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class ShardError(UserError, ValueError):
     """A shards folder, index or shard that cannot be used; the message names it."""
 
 
-class ShardUnreachable(ShardError):
+class ShardUnreachable(Unavailable):
     """A remote shard whose download failed (the server or the network, not the shard):
     ``skip_bad`` does not leave its examples out."""
 
@@ -92,8 +92,8 @@ def _http_get(url: str) -> http.client.HTTPResponse:
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> memoryview:
     """The whole of ``url`` (a local path, ``http(s)://`` or any fsspec URL) in one request and
     one buffer, copied once from the kernel where the size is known (a local file, an HTTP
-    answer with a Content-Length). A download cut short gives the bytes that came: the
-    shard's reader finds it truncated and says so."""
+    answer with a Content-Length). An HTTP answer cut short of its Content-Length is a
+    ``ConnectionError`` (the transfer failed, not the file)."""
     if not is_remote(url):
         with open(url.removeprefix("file://"), "rb", buffering=0) as f:
             return _fill(f, os.fstat(f.fileno()).st_size)

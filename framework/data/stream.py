@@ -358,6 +358,15 @@ class ShardLoader:
         plan = self.batch_sampler
         start = plan.take_start()
         self.batches.begin(plan.rank_streams(), start, (plan.seed, plan.epoch, plan.rank))
-        for batch in self.loader:
-            plan.advance()
-            yield batch
+        batches = iter(self.loader)
+        try:
+            for batch in batches:
+                plan.advance()
+                yield batch
+        except BaseException:
+            # a stop while the workers wait on a stalled download: ended now, not after the
+            # DataLoader's shutdown has given each 5 s, before the checkpoint is written
+            from framework.data.loader import stop_workers
+
+            stop_workers(batches)
+            raise

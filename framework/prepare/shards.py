@@ -96,12 +96,12 @@ def write_shards(
     if audio_format not in ("flac", "wav"):
         raise BadValue(f"--audio-format must be flac or wav, got {audio_format!r}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BadValue(f"{out} is a file: give prepare shards a folder to write (new or of an earlier write)")
     replacements = {"data_root": str(Path(data_root).resolve())} if data_root else {}
     entries = load_entries(manifest, replacements=replacements, sample_rate=sample_rate, skip_bad=skip_bad)
     jobs = [Job(i, entries[start : start + shard_size], sample_rate, extractor, features_config, skip_bad, audio_format)
             for i, start in enumerate(range(0, len(entries), shard_size))]
-    if out.exists() and not out.is_dir():
-        raise BadValue(f"{out} is a file: give prepare shards a folder to write (new or of an earlier write)")
     out.mkdir(parents=True, exist_ok=True)
     (out / PARTS).mkdir(exist_ok=True)
     live = _live_names(out)

@@ -29,15 +29,18 @@ def worker_signals() -> None:
 
 
 def die_with_parent() -> None:
-    """SIGKILL this process when its parent ends (Linux's PR_SET_PDEATHSIG; elsewhere nothing)."""
-    if not sys.platform.startswith("linux"):
+    """SIGKILL this pool worker when the command that started it ends (Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing)."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if not sys.platform.startswith("linux") or parent is None:
         return
     import ctypes
 
-    parent = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
+    with contextlib.suppress(OSError, AttributeError):  # no libc prctl: the worker ends with its task, as before
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent ended before the call: nobody will signal
+    if os.getppid() != parent.pid:  # the command ended before the call (the worker's start-up takes seconds)
         os._exit(1)
 
 

@@ -416,15 +416,23 @@ class Checkpointer:
         )
 
 
-def run_checkpointer(run_dir: str | Path) -> Checkpointer:
+def run_checkpointer(run_dir: str | Path, cfg: Any = None) -> Checkpointer:
     """The checkpoints of training run ``run_dir``, ranked as its training ranked them: by the
-    ``trainer.checkpoint.monitor`` and ``mode`` its config.yaml records (the defaults without one)."""
+    ``trainer.checkpoint.monitor`` and ``mode`` of its config (``cfg``, else its config.yaml;
+    the defaults without one)."""
     from omegaconf import OmegaConf
 
     from framework.config.schema import CheckpointConfig
+    from framework.errors import UserError
 
-    run_dir, defaults = Path(run_dir), CheckpointConfig()
-    saved = OmegaConf.load(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else OmegaConf.create()
+    run_dir, defaults, saved = Path(run_dir), CheckpointConfig(), cfg
+    if saved is None and (run_dir / "config.yaml").is_file():
+        try:
+            saved = OmegaConf.load(run_dir / "config.yaml")
+        except Exception as exc:
+            raise UserError(f"{run_dir / 'config.yaml'}: cannot be read ({exc}); it is written by framework.train "
+                            "when a run starts") from None
+    saved = saved if saved is not None else OmegaConf.create()
     monitor = OmegaConf.select(saved, "trainer.checkpoint.monitor", default=defaults.monitor)
     mode = OmegaConf.select(saved, "trainer.checkpoint.mode", default=defaults.mode)
     return Checkpointer(run_dir / "checkpoints", monitor=monitor, mode=mode)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -90,8 +91,10 @@ class StopSignals:
         self.received: int | None = None
         self._previous: dict[int, object] = {}
         self._waiting = False
+        self._pid = os.getpid()
 
     def __enter__(self) -> StopSignals:
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -103,6 +106,8 @@ class StopSignals:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker before its own handlers: the main process decides
+            return
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             _interrupt(signum)  # a second Ctrl-C: stop now
         if self.received is None:
@@ -110,6 +115,7 @@ class StopSignals:
                         "(resume with trainer.resume=auto)", signal.Signals(signum).name)
         self.received = signum
         if self._waiting:
+            self._waiting = False  # one interruption per wait
             raise WaitInterrupted
 
     @contextlib.contextmanager
@@ -141,6 +147,7 @@ class StopAgreement:
         self.max_time_s = parse_duration(max_time) if max_time else None
         self.stopping = False  # a stop signal reached some rank: stop at this step
         self.out_of_time = False  # the time budget is spent on some rank: training ends at this step
+        self.step_clock = 0.0  # the run's time spent at the last step, the mean over the ranks (one value on all)
 
     def say_out_of_time(self, epoch: int, step: int) -> None:
         log.info("stopped on time: trainer.max_time=%s spent (%.1f s) at epoch %d, step %d", self.max_time,
@@ -167,12 +174,19 @@ class StopAgreement:
         from framework.trainer.accumulation import loss_weights
 
         time_up = self.time_up()
+        elapsed = self.elapsed() if self.elapsed is not None else 0.0
 
         if not self.dist.enabled:
+            self.step_clock = elapsed
             self.stopping, self.out_of_time = self.signals.requested, time_up and not self.signals.requested
             return None if self.stopping or self.out_of_time else loss_weights(sizes)
-        flags = torch.tensor([sum(sizes), int(self.signals.requested), int(time_up)], device=self.dist.device)
-        total, stops, late = (int(x) for x in distributed.all_reduce_sum(flags).tolist())
+        # one all-reduce: the step's examples, stop requests and budget ends, and the ranks' clocks,
+        # whose mean every rank's time-keyed schedule then reads (its own clock would part the replicas)
+        flags = torch.tensor([sum(sizes), int(self.signals.requested), int(time_up), elapsed], dtype=torch.float64,
+                             device=self.dist.device)
+        summed = distributed.all_reduce_sum(flags).tolist()
+        total, stops, late = (round(x) for x in summed[:3])
+        self.step_clock = summed[3] / self.dist.world_size
         if stops or late:
             self.stopping, self.out_of_time = bool(stops), not stops
             return None
