@@ -171,6 +171,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def survivors(pids: set[int], within_s: float = 10.0) -> list[int]:
+    """Those of ``pids`` still running after up to ``within_s`` seconds."""
+    deadline = time.time() + within_s
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
+
+
 def kill_with_children(proc: subprocess.Popen) -> None:
     """Ends ``proc`` and every process it started, if it still runs (a test's cleanup)."""
     if proc.poll() is None:

@@ -27,7 +27,7 @@ from framework.data.audio import AudioError
 from framework.data.hdf5 import HDF5Dataset
 from framework.data.manifest import ManifestDataset, ManifestError, load_entries
 from tests.conftest import ROOT, TINY, run_cli, run_result
-from tests.helpers import alive, as_from_a_shell, children_of, kill_with_children, one_line
+from tests.helpers import alive, as_from_a_shell, children_of, kill_with_children, one_line, survivors
 
 SR = 16000
 TINY_MODEL = [o for o in TINY if not o.startswith("dataset.")]
@@ -196,10 +196,7 @@ def stop_and_check(proc: subprocess.Popen, signum: int, workers: set[int]) -> st
                     os.kill(pid, signal.SIGKILL)
             pytest.fail(f"no exit within 60 s of {signal.Signals(signum).name}:\n{proc.communicate(timeout=30)[1]}")
         assert proc.returncode == 128 + signum, stderr
-        deadline = time.time() + 10
-        while any(alive(p) for p in workers) and time.time() < deadline:
-            time.sleep(0.05)
-        assert not [p for p in workers if alive(p)], "child processes outlived the command"
+        assert not survivors(workers), "child processes outlived the command"
         return stderr
     finally:
         for p in workers:  # never leave a worker blocked on the FIFO behind, whatever failed

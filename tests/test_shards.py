@@ -42,7 +42,6 @@ from tests.conftest import TINY, run_cli
 from tests.helpers import (
     ENV,
     FIGURES,
-    alive,
     as_from_a_shell,
     assert_trained_alike,
     children_of,
@@ -52,6 +51,7 @@ from tests.helpers import (
     one_line,
     run_doc,
     steps_per_epoch,
+    survivors,
     torchrun,
     wait_for,
 )
@@ -259,10 +259,7 @@ def test_killed_prepare_shards_keeps_the_finished_shards_and_a_rerun_writes_the_
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 143 and one_line(stderr) == "terminated", stderr
-        deadline = time.time() + 10
-        while any(alive(p) for p in workers) and time.time() < deadline:
-            time.sleep(0.05)
-        assert not [p for p in workers if alive(p)], "worker processes outlived the command"
+        assert not survivors(workers), "worker processes outlived the command"
     finally:
         kill_with_children(proc)
     assert not (out / "index.json").exists() and not list(out.glob(".*.tmp"))
@@ -306,10 +303,7 @@ def test_prepare_shards_workers_die_with_a_killed_command(tones, tmp_path):
         assert workers, proc.poll()
         proc.kill()
         proc.communicate(timeout=60)
-        deadline = time.time() + 10
-        while any(alive(p) for p in workers) and time.time() < deadline:
-            time.sleep(0.05)
-        assert not [p for p in workers if alive(p)], "worker processes outlived the killed command"
+        assert not survivors(workers), "worker processes outlived the killed command"
     finally:
         kill_with_children(proc)
 
