@@ -37,7 +37,9 @@ def check_torch() -> None:
     except (ImportError, OSError) as exc:
         message = broken_torch_message(exc)
         if _running_as_command():
-            print(f"error: {message}", file=sys.stderr)
+            from framework.cli import report  # one line in one write, named by its rank under torchrun
+
+            report(f"error: {message}")
             sys.exit(2)
         raise ImportError(message) from exc
 

@@ -94,7 +94,6 @@ class StopSignals:
         self._pid = os.getpid()
 
     def __enter__(self) -> StopSignals:
-        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
