@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from framework.config.schema import TrainerConfig, trainer_options
 from framework.data.collate import Batch
-from framework.data.loader import dataset_ids, make_loader, make_sampler
+from framework.data.loader import dataset_ids, end_workers, make_loader, make_sampler
 from framework.features import build_features
 from framework.files import write_text_atomic
 from framework.trainer import distributed
@@ -51,7 +51,7 @@ from framework.trainer.precision import Precision
 from framework.trainer.profiling import StepProfiler
 from framework.trainer.resume import RunSettings
 from framework.trainer.state import MidEpoch, PerRank, Progress, RNGs, TrainState
-from framework.trainer.stopping import StopAgreement, StopRequested
+from framework.trainer.stopping import StopAgreement, StopRequested, leaving
 from framework.trainer.telemetry import NonFiniteLossError, Skips, StepLog, record_epoch
 from framework.trainer.threads import tuner_for
 
@@ -380,8 +380,10 @@ class Brain:
     # ----------------------------------------------------------------- checkpoints
     def stop_now(self, where: str) -> None:
         """Checkpoints the position (unless the newest checkpoint holds it) and stops the run."""
+        end_workers()  # nothing more is loaded: a second Ctrl-C must not find the process joining them
         self.state.save_unless_saved()
         self.logger.flush()
+        leaving()
         raise StopRequested(self.stop.signum, f"stopped by a signal {where}; the checkpoint in "
                                               f"{self.state.files.directory} continues it: {self.resume_hint}")
 

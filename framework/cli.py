@@ -69,7 +69,7 @@ def exit_on_error(main: Callable[[], T], reraise: bool = False) -> T:
     once outside the training loop, which stops after its step), 1 otherwise.
     ``HYDRA_FULL_ERROR=1`` shows the traceback instead. ``reraise`` (multirun jobs) reports
     and re-raises, so the sweeper sees the failure."""
-    from framework.trainer.stopping import StopRequested, interrupt_on_stop_signals, interrupting_signal
+    from framework.trainer.stopping import StopRequested, interrupt_on_stop_signals, interrupting_signal, leaving
 
     with interrupt_on_stop_signals():
         try:
@@ -78,6 +78,7 @@ def exit_on_error(main: Callable[[], T], reraise: bool = False) -> T:
             log.warning("%s", exc)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
+            leaving()  # interrupted once: the exit is not broken off again
             _exit_interrupted(interrupting_signal())
         except Exception as exc:
             if interrupting_signal() is not None:  # an interrupt torch turned into its own error (unexpected pos)

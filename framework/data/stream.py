@@ -347,6 +347,7 @@ class ShardLoader:
         self.batches = ShardBatches(dataset, transform)
         # Workers start with each iteration (not persistent): each takes the epoch's streams
         # and start position as they are when the iteration begins.
+        self._iterator = None  # the running iteration's, for framework.data.loader.end_workers
         self.loader = DataLoader(self.batches, batch_size=None, collate_fn=_unchanged, num_workers=num_workers,
                                  pin_memory=pin_memory, worker_init_fn=worker_init_fn,
                                  generator=torch.Generator().manual_seed(seed))
@@ -358,7 +359,7 @@ class ShardLoader:
         plan = self.batch_sampler
         start = plan.take_start()
         self.batches.begin(plan.rank_streams(), start, (plan.seed, plan.epoch, plan.rank))
-        batches = iter(self.loader)
+        batches = self._iterator = iter(self.loader)
         try:
             for batch in batches:
                 plan.advance()
@@ -370,3 +371,5 @@ class ShardLoader:
 
             stop_workers(batches)
             raise
+        finally:
+            self._iterator = None

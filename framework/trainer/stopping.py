@@ -12,6 +12,10 @@ raised where the program is, so ``finally`` blocks run and temporary files are r
 A signal that interrupts is recorded (:func:`interrupting_signal`): an interrupt inside
 ``torch.save`` comes out as torch's ``RuntimeError: ... unexpected pos``, and the command
 still reports the signal, not that error.
+
+Once a stop's checkpoint is written (:func:`leaving`), further stop signals are ignored: the
+process only exits from there, its loader workers already ended, and an interrupt would break
+its exit with a traceback from wherever it landed (a ``__del__``, an exit hook).
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _interrupted_by: int | None = None  # the signal that interrupted the running command
+_leaving = False  # a stop's checkpoint is written: the process only exits from here
+
+
+def leaving() -> None:
+    """From now on SIGTERM / SIGINT change nothing: the stop's checkpoint is written and the
+    process is on its way out (see the module's docstring)."""
+    global _leaving
+    _leaving = True
 
 
 def interrupting_signal() -> int | None:
@@ -39,6 +51,8 @@ def interrupting_signal() -> int | None:
 def _interrupt(signum: int, frame: FrameType | None = None) -> NoReturn:
     """A signal handler: records the signal and raises ``KeyboardInterrupt`` where the program is."""
     global _interrupted_by
+    if _leaving:
+        return
     _interrupted_by = signum
     raise KeyboardInterrupt
 
@@ -47,8 +61,8 @@ def _interrupt(signum: int, frame: FrameType | None = None) -> NoReturn:
 def interrupt_on_stop_signals() -> Iterator[None]:
     """Within it, SIGTERM as well as SIGINT raises ``KeyboardInterrupt``, and both are
     recorded; a signal the command was started ignoring (``nohup``) stays ignored."""
-    global _interrupted_by
-    _interrupted_by = None
+    global _interrupted_by, _leaving
+    _interrupted_by, _leaving = None, False
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
@@ -60,6 +74,8 @@ def interrupt_on_stop_signals() -> Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
+            if _leaving:  # the command exits now: through its exit hooks too
+                handler = signal.SIG_IGN
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
@@ -106,6 +122,8 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self._pid:  # a forked DataLoader worker before its own handlers: the main process decides
+            return
+        if _leaving:
             return
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             _interrupt(signum)  # a second Ctrl-C: stop now
