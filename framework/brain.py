@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from framework.config.schema import TrainerConfig, trainer_options
 from framework.data.collate import Batch
 from framework.data.loader import dataset_ids, end_workers, make_loader, make_sampler
+from framework.errors import UserError
 from framework.features import build_features
 from framework.files import write_text_atomic
 from framework.trainer import distributed
@@ -289,6 +290,10 @@ class Brain:
         if self.state.saved_at != self.progress.position:  # checkpoints every n steps only
             scores = {} if self.progress.mid_epoch else validation_scores(last)  # the last epoch's end: its scores
             self.state.save(scores or None)
+        if self.step == 0:  # a result printed now would be of untrained weights
+            raise UserError(f"trainer.max_time={self.stop.max_time} ran out before the first optimizer step, after "
+                            f"{self.progress.elapsed():.1f} s: nothing was trained or evaluated; give a larger "
+                            "trainer.max_time (trainer.resume=auto continues this run)")
 
     def run_epoch(self, train_loader, valid_loader, epoch: int) -> None:
         """Train, validate, record and checkpoint one epoch."""
@@ -333,7 +338,7 @@ class Brain:
         bar = progress(limited(len(loader), self.options.limit_batches) - start, f"epoch {epoch + 1}",
                        self.dist.is_main)
         for window in step_windows(loader, self.options.grad_accumulation, start, self.options.limit_batches,
-                                   self.meter.waited, self.skips.usable, self.stop.signals.waiting):
+                                   self.meter.waited, self.skips.usable, self.stop.waiting):
             weights = self.stop.plan_step([len(b) for b in window.batches])
             if weights is None:  # a stop signal or the time budget: this window is left for later
                 break

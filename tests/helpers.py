@@ -45,6 +45,31 @@ def start_training(data_dir: Path, run_dir: Path, *overrides: str, cwd: Path) ->
                             preexec_fn=as_from_a_shell)
 
 
+def tiny_manifests(data_dir: Path, tmp_path: Path) -> Path:
+    """The tiny corpus' folder, with the manifests its first run writes."""
+    root = data_dir / "tones-tiny"
+    if not (root / "train.json").exists():
+        run_cli("framework.train", tiny_args(data_dir, tmp_path / "prep", "trainer.max_epochs=1",
+                                             "trainer.limit_batches=1"), cwd=tmp_path)
+    return root
+
+
+def stuck_corpus_args(data_dir: Path, tmp_path: Path, run_dir: Path, every: bool = False) -> list[str]:
+    """The tiny config's training arguments on the tiny corpus' manifests, the first training
+    utterance (or ``every`` one) a FIFO nobody writes to: reading it waits for ever, as on a
+    hung network mount."""
+    root = tiny_manifests(data_dir, tmp_path)
+    train = json.loads((root / "train.json").read_text())
+    stuck = tmp_path / "stuck.wav"
+    os.mkfifo(stuck)
+    for key in train if every else [next(iter(train))]:
+        train[key]["wav"] = str(stuck)
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    return [*(t for t in TINY if not t.startswith("dataset.")), f"hydra.run.dir={run_dir}", "dataset=manifest",
+            f"dataset.train.path={tmp_path}/train.json", f"dataset.valid.path={root}/valid.json",
+            f"dataset.data_root={root}"]
+
+
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not path.exists() and proc.poll() is None and time.time() < deadline:

@@ -26,7 +26,7 @@ import torch
 from framework.data.collate import SkippedExample
 from framework.data.hdf5 import HDF5Dataset, HDF5FormatError, HDF5Writer
 from framework.trainer.checkpoint import Checkpointer, CheckpointWriteError, materialize
-from tests.conftest import TINY, run_cli
+from tests.conftest import run_cli
 from tests.helpers import (
     ENV,
     FIGURES,
@@ -36,7 +36,9 @@ from tests.helpers import (
     newest_state,
     one_line,
     start_training,
+    stuck_corpus_args,
     tiny_args,
+    tiny_manifests,
     wait_for,
 )
 
@@ -176,27 +178,10 @@ def test_data_workers_ride_out_a_group_sigterm_and_end_with_the_main_process(tra
                                      "dataset.train.skip_bad=true")
 
 
-def tiny_manifests(train_cli, data_dir: Path, tmp_path: Path) -> Path:
-    """The tiny corpus' folder, with the manifests its first run writes."""
-    root = data_dir / "tones-tiny"
-    if not (root / "train.json").exists():
-        train_cli("trainer.max_epochs=1", "trainer.limit_batches=1", run_dir=tmp_path / "prep")
-    return root
-
-
-def test_a_second_ctrl_c_while_the_run_stops_never_finds_it_joining_a_stuck_worker(train_cli, data_dir, tmp_path):
-    # a FIFO nobody writes to: the worker that opens it waits for ever, as on a hung mount
-    root = tiny_manifests(train_cli, data_dir, tmp_path)
-    train = json.loads((root / "train.json").read_text())
-    stuck = tmp_path / "stuck.wav"
-    os.mkfifo(stuck)
-    train[next(iter(train))]["wav"] = str(stuck)
-    (tmp_path / "train.json").write_text(json.dumps(train))
+def test_a_second_ctrl_c_while_the_run_stops_never_finds_it_joining_a_stuck_worker(data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "framework.train", *(t for t in TINY if not t.startswith("dataset.")),
-           f"hydra.run.dir={run_dir}", "dataset=manifest", "trainer.num_workers=2",
-           f"dataset.train.path={tmp_path}/train.json", f"dataset.valid.path={root}/valid.json",
-           f"dataset.data_root={root}"]
+    cmd = [sys.executable, "-m", "framework.train", *stuck_corpus_args(data_dir, tmp_path, run_dir),
+           "trainer.num_workers=2"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=as_from_a_shell, start_new_session=True)
     wait_for(run_dir / "train.log", proc)
@@ -221,7 +206,7 @@ def test_a_second_ctrl_c_while_the_run_stops_never_finds_it_joining_a_stuck_work
 def corpus_with_bad_audio(train_cli, data_dir, tmp_path):
     """The tiny corpus' manifests with one extra training utterance of NaN samples and a
     validation transcript holding a character training never saw."""
-    root = tiny_manifests(train_cli, data_dir, tmp_path)
+    root = tiny_manifests(data_dir, tmp_path)
     train = json.loads((root / "train.json").read_text())
     wav = np.full(8000, 0.1, dtype=np.float32)
     wav[100] = np.nan

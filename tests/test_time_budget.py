@@ -14,7 +14,16 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import ROOT, run_cli
-from tests.helpers import metrics_of, start_training, tiny_args, wait_for
+from tests.helpers import (
+    ENV,
+    kill_with_children,
+    metrics_of,
+    one_line,
+    start_training,
+    stuck_corpus_args,
+    tiny_args,
+    wait_for,
+)
 
 BUDGET = ["trainer.max_epochs=1000", "scheduler.over=time"]
 
@@ -45,6 +54,33 @@ def test_max_time_stops_within_a_step_then_validates_checkpoints_and_tests(tmp_p
     peak = max(range(len(rates)), key=lambda i: rates[i][1])
     assert all(b[1] <= a[1] for a, b in zip(rates[peak:], rates[peak + 1:]))  # annealing after the warm-up
     assert rates[-1][1] < 0.01 * rates[peak][1]  # the schedule's end reached at the budget
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_budget_ends_a_wait_for_data_that_does_not_come(tmp_path, data_dir, workers):
+    """A read that hangs (a FIFO nobody writes to, as on a hung mount) is left at the end of the
+    budget, in the workers' queue or in the read itself: the run stops on time, then validates
+    and checkpoints; when no step was made, it says that nothing was trained (exit 2)."""
+    run_dir = tmp_path / "run"
+    args = [*stuck_corpus_args(data_dir, tmp_path, run_dir, every=workers == 0), *BUDGET, "trainer.max_time=8s",
+            f"trainer.num_workers={workers}"]
+    proc = subprocess.Popen([sys.executable, "-m", "framework.train", *args], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        kill_with_children(proc)  # a worker stuck on the FIFO would outlive it
+    if workers == 0:  # every utterance hangs: the first batch never comes
+        assert proc.returncode == 2, stderr
+        assert re.fullmatch(r"error: trainer.max_time=8s ran out before the first optimizer step, after 8\.\d s: "
+                            r"nothing was trained or evaluated; give a larger trainer.max_time \(trainer.resume=auto "
+                            r"continues this run\)", one_line(stderr)), stderr
+        assert not (run_dir / "metrics.json").exists()
+        return
+    assert proc.returncode == 0, stderr
+    result = metrics_of(run_dir)
+    assert result["history"][-1]["stopped_on_time"] == 1 and "valid_cer" in result["metrics"]
+    assert 8.0 <= stop_time((run_dir / "train.log").read_text()) <= 9.0
 
 
 STALLED_BRAIN = """

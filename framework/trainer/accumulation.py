@@ -59,8 +59,9 @@ def step_windows(loader: Iterable[Any], size: int, start: int, limit: int | None
                  waiting: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> Iterator[Window]:
     """The rest of an epoch from micro-batch ``start`` (up to ``limit`` in all), in windows of
     ``size`` micro-batches; ``waited`` receives the seconds spent waiting for each batch, which
-    runs inside ``waiting()``. A stop signal that ends a wait (:class:`WaitInterrupted`) ends
-    the windows with an empty one, whose step the loop's stop check refuses."""
+    runs inside ``waiting()``. A stop signal or the time budget ending a wait
+    (:class:`WaitInterrupted`) ends the windows with an empty one, whose step the loop's stop
+    check refuses."""
     batches = itertools.islice(loader, max(0, limit - start)) if limit else loader
     sampler = getattr(loader, "batch_sampler", None)
     lengths = getattr(getattr(loader, "dataset", None), "lengths", None)

@@ -101,10 +101,12 @@ class StopSignals:
     """A context manager that records SIGTERM / SIGINT instead of dying on them. While the
     loop waits for data (:meth:`waiting`) a stop signal also ends the wait: a stalled network
     read would otherwise hold the stop until its timeout, longer than a scheduler's grace
-    period."""
+    period. So does the end of the time budget (a SIGALRM then), which is otherwise looked
+    at only between steps."""
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.timed_out = False  # a wait ended at the end of the time budget
         self._previous: dict[int, object] = {}
         self._waiting = False
         self._pid = os.getpid()
@@ -135,14 +137,30 @@ class StopSignals:
             self._waiting = False  # one interruption per wait
             raise WaitInterrupted
 
+    def _time_up(self, signum: int, frame: FrameType | None) -> None:
+        if self._waiting:
+            self._waiting, self.timed_out = False, True
+            raise WaitInterrupted
+
     @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
-        """Around the wait for the next batch: a stop signal raises :class:`WaitInterrupted` there."""
+    def waiting(self, seconds: float | None = None) -> Iterator[None]:
+        """Around the wait for the next batch: a stop signal raises :class:`WaitInterrupted`
+        there, as does the end of ``seconds`` (the time budget left), when given."""
+        timed = seconds is not None and threading.current_thread() is threading.main_thread()
+        if timed and seconds <= 0:
+            self.timed_out = True
+            raise WaitInterrupted
         self._waiting = True
+        if timed:
+            previous = signal.signal(signal.SIGALRM, self._time_up)
+            signal.setitimer(signal.ITIMER_REAL, seconds)
         try:
             yield
         finally:
             self._waiting = False
+            if timed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
 
     @property
     def requested(self) -> bool:
@@ -179,7 +197,12 @@ class StopAgreement:
 
     def time_up(self) -> bool:
         """Whether this rank has spent the time budget (or another rank had, at the last step)."""
-        return self.out_of_time or (self.max_time_s is not None and self.elapsed() >= self.max_time_s)
+        return (self.out_of_time or self.signals.timed_out
+                or (self.max_time_s is not None and self.elapsed() >= self.max_time_s))
+
+    def waiting(self) -> contextlib.AbstractContextManager:
+        """Around the wait for the next batch: a stop signal or the end of the time budget ends it."""
+        return self.signals.waiting(self.max_time_s - self.elapsed() if self.max_time_s is not None else None)
 
     def plan_step(self, sizes: list[int]) -> list[float] | None:
         """The micro-batch loss weights of a step over micro-batches of ``sizes`` examples
