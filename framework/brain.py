@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from framework.trainer.precision import Precision
 from framework.trainer.profiling import StepProfiler
 from framework.trainer.resume import RunSettings
 from framework.trainer.state import MidEpoch, PerRank, Progress, RNGs, TrainState
-from framework.trainer.stopping import StopAgreement, StopRequested, leaving
+from framework.trainer.stopping import StopAgreement, StopRequested, WaitInterrupted, each_waited, leaving
 from framework.trainer.telemetry import NonFiniteLossError, Skips, StepLog, record_epoch
 from framework.trainer.threads import tuner_for
 
@@ -309,8 +310,8 @@ class Brain:
             return
         self.skips.check_epoch(epoch, self.meter.steps)
         metrics = {"train_loss": train_loss}
-        if valid_loader is not None:  # a stop signal now lets validation finish first
-            metrics.update(self.run_eval(valid_loader, Stage.VALID, epoch))
+        if valid_loader is not None:
+            metrics.update(self.validate(valid_loader, epoch))
         if self.stop.out_of_time:  # the epoch stays where it stopped: a larger budget continues it
             self.stop.say_out_of_time(epoch, self.step)
         else:
@@ -326,6 +327,21 @@ class Brain:
             self.state.save(validation_scores(metrics))
         if stop:
             self.stop_now("after epoch %d" % self.epoch)
+
+    def validate(self, loader, epoch: int) -> dict[str, float]:
+        """The epoch's validation. Over the network (remote shards) the epoch's training is
+        checkpointed first, so that a server that stalls or goes away costs no training, and
+        in one process a stop signal then ends a wait for a download at once; otherwise a stop
+        signal lets validation finish first (under DDP the ranks would have to agree on leaving
+        it). A run resumed from that checkpoint validates the epoch again."""
+        if not getattr(getattr(loader, "dataset", None), "remote", False):
+            return self.run_eval(loader, Stage.VALID, epoch)
+        self.state.save_unless_saved()
+        try:
+            return self.run_eval(loader, Stage.VALID, epoch,
+                                 waiting=self.stop.signals.waiting if not self.dist.enabled else contextlib.nullcontext)
+        except WaitInterrupted:
+            self.stop_now(f"in epoch {epoch + 1}'s validation")
 
     def train_epoch(self, loader, epoch: int) -> float:
         """Trains from the current position of the epoch; returns its mean training loss."""
@@ -405,18 +421,18 @@ class Brain:
 
     # ------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def run_eval(self, loader, stage: Stage, epoch: int, limit: int | None = None,
-                 record: bool = True) -> dict[str, float]:
+    def run_eval(self, loader, stage: Stage, epoch: int, limit: int | None = None, record: bool = True,
+                 waiting: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> dict[str, float]:
         """Metrics of ``stage`` over ``loader`` (on the averaged weights with an EMA), with the
-        number of examples they cover. Raises when the loss is not finite or no example was
-        scored: such a result must not pass."""
+        number of examples they cover; each batch is waited for inside ``waiting()``. Raises
+        when the loss is not finite or no example was scored: such a result must not pass."""
         self.set_mode(training=False)
         self.on_stage_start(stage, epoch)
         total = torch.zeros(2, device=self.device)  # sum of losses weighted by examples, examples
         limit = limit or self.options.limit_batches
         bar = progress(limited(len(loader), limit), stage.value, self.dist.is_main and record)
         with self.eval_weights():
-            for i, batch in enumerate(loader):
+            for i, batch in enumerate(each_waited(loader, waiting)):
                 if limit and i >= limit:
                     break
                 bar.update(1)

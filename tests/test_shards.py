@@ -45,6 +45,7 @@ from tests.helpers import (
     as_from_a_shell,
     assert_trained_alike,
     children_of,
+    index_of,
     kill_with_children,
     metrics_of,
     newest_state,
@@ -708,6 +709,37 @@ def test_sigterm_while_a_shard_download_stalls_stops_at_once_with_a_checkpoint(s
     assert "stopped by a signal" in stderr and "download failed" not in stderr
     run_cli("framework.train", train_args(shards, run_dir, *args, "trainer.resume=auto"), cwd=tmp_path)
     assert metrics_of(run_dir)["history"][-1]["epoch"] == 1
+
+
+def test_validation_over_a_stalled_server_costs_no_training(shards, tmp_path):
+    """Validation streamed from a URL: the epoch's training is checkpointed before it, a SIGTERM
+    while validation waits for a shard that does not come stops at once, and the resumed run
+    validates that epoch again without training it again."""
+    run_dir = tmp_path / "run"
+    with recording_server(shards, stall="valid/shard-000001.tar") as (url, _):
+        proc = subprocess.Popen([sys.executable, "-m", "framework.train", *train_args(
+            shards, run_dir, "trainer.max_epochs=1", f"dataset.valid.path={url}/valid",
+            "dataset.valid.window_shards=1")], cwd=tmp_path, env=ENV,  # the check before training reads shard 0 only
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell)
+        try:
+            wait_for(run_dir / "checkpoints" / "index.json", proc, timeout=120)  # the epoch trained: validation waits
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            start = time.monotonic()
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            kill_with_children(proc)
+    assert proc.returncode == 143, stderr
+    assert time.monotonic() - start < 8 and "Traceback" not in stderr, stderr
+    assert "stopped by a signal in epoch 1's validation" in stderr
+    trained = index_of(run_dir)[-1]["step"]
+    assert trained > 0 and not index_of(run_dir)[-1]["metrics"]  # not scored: validation had not ended
+
+    proc = run_cli("framework.train", train_args(shards, run_dir, "trainer.max_epochs=1", "trainer.resume=auto"),
+                   cwd=tmp_path)
+    history = metrics_of(run_dir)["history"]
+    assert len(history) == 1 and history[0]["step"] == trained and "valid_cer" in history[0]
+    assert index_of(run_dir)[-1]["metrics"]["cer"] == history[0]["valid_cer"]
 
 
 def test_shards_at_another_fsspec_url_read_as_the_local_folder(shards):

@@ -196,6 +196,7 @@ class ShardDataset(Dataset):
         if window_shards < 1:
             raise ShardError(f"window_shards must be >= 1, got {window_shards}")
         self.path = str(path).rstrip("/")
+        self.remote = is_remote(self.path)  # read over the network: a read may stall or fail
         self.window_shards = int(window_shards)
         self.skip_bad = skip_bad
         self.storage_options = dict(storage_options or {})

@@ -79,18 +79,13 @@ def step_windows(loader: Iterable[Any], size: int, start: int, limit: int | None
 
 def _timed(batches: Iterable[T], waited: Callable[[float], None], waiting: Callable[[], AbstractContextManager],
            interrupted: list[bool]) -> Iterator[T]:
-    from framework.trainer.stopping import WaitInterrupted
+    from framework.trainer.stopping import WaitInterrupted, each_waited
 
-    it = iter(batches)
-    while True:
-        t0 = time.perf_counter()
-        try:
-            with waiting():
-                batch = next(it)
-        except StopIteration:
-            return
-        except WaitInterrupted:
-            interrupted.append(True)
-            return
-        waited(time.perf_counter() - t0)
-        yield batch
+    t0 = time.perf_counter()
+    try:
+        for batch in each_waited(batches, waiting):
+            waited(time.perf_counter() - t0)
+            yield batch
+            t0 = time.perf_counter()
+    except WaitInterrupted:
+        interrupted.append(True)

@@ -25,11 +25,12 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _interrupted_by: int | None = None  # the signal that interrupted the running command
@@ -95,6 +96,20 @@ class WaitInterrupted(BaseException):
     """A stop signal arrived while the training loop waited for its next batch. Not an
     ``Exception``, as ``KeyboardInterrupt`` is not: the data code's handlers of failed reads
     must not take it for one."""
+
+
+def each_waited(items: Iterable[T], waiting: Callable[[], contextlib.AbstractContextManager]) -> Iterator[T]:
+    """``items``, each waited for inside ``waiting()``."""
+    it = iter(items)
+    while True:
+        with waiting():
+            item = next(it, _END)
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
 
 
 class StopSignals:
