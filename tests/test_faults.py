@@ -112,6 +112,28 @@ def test_ctrl_c_stops_after_the_step_with_status_130_and_no_traceback(data_dir, 
     assert "stopped by a signal" in (run_dir / "train.log").read_text()
 
 
+def test_a_command_started_ignoring_sigint_ignores_it_in_training_too(data_dir, tmp_path):
+    # a script's `python -m framework.train ... &` starts with SIGINT ignored, as under nohup:
+    # training, like every other stage, keeps ignoring it; SIGTERM still stops it
+    def sigint_ignored():
+        as_from_a_shell()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "framework.train", *tiny_args(data_dir, run_dir, "trainer.checkpoint.every_n_steps=2",
+                                                               "trainer.max_epochs=50")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_ignored)
+    wait_for(run_dir / "checkpoints" / "ckpt-000000004.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert proc.poll() is None  # still training
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "SIGINT" not in stderr and "SIGTERM received" in stderr
+
+
 def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resumes_exactly(data_dir, tmp_path):
     args = ["trainer.device=cpu", "trainer.max_epochs=1", "trainer.checkpoint.every_n_steps=2",
             "batching.max_batch_length=4", "dataset.prepare.splits={train:64,valid:16,test:16}"]
