@@ -103,6 +103,7 @@ class Brain:
         self.optimization: Optimization | None = None  # the model as trained, optimizer, schedule (setup)
         self.meter: EpochMeter | None = None  # the current epoch's bookkeeping
         self.sanity_checking = False  # True while one batch is validated before training (check_monitor)
+        self.loaders: list[Any] = []  # what fit iterates, whose workers a stop ends
         self.resume_hint = "rerun with trainer.resume=auto and the same hydra.run.dir"  # said when a signal stops it
 
     epoch = property(lambda self: self.progress.epoch, doc="epochs completed")
@@ -216,6 +217,7 @@ class Brain:
         valid_loader = valid_set if valid_set is None or isinstance(valid_set, DataLoader) else \
             self.make_dataloader(valid_set, Stage.VALID)
         self.train_sampler = train_loader.batch_sampler
+        self.loaders = [loader for loader in (train_loader, valid_loader) if loader is not None]
         batches = limited(len(self.train_sampler), self.options.limit_batches)
         self.plan_schedule(math.ceil(batches / self.options.grad_accumulation))
         self.register_training_state()
@@ -291,7 +293,7 @@ class Brain:
         if self.state.saved_at != self.progress.position:  # checkpoints every n steps only
             scores = {} if self.progress.mid_epoch else validation_scores(last)  # the last epoch's end: its scores
             self.state.save(scores or None)
-        if self.step == 0:  # a result printed now would be of untrained weights
+        if self.step == 0:  # this run trained nothing: there is nothing of it to score
             raise UserError(f"trainer.max_time={self.stop.max_time} ran out before the first optimizer step, after "
                             f"{self.progress.elapsed():.1f} s: nothing was trained or evaluated; give a larger "
                             "trainer.max_time (trainer.resume=auto continues this run)")
@@ -308,6 +310,8 @@ class Brain:
             self.meter = None
             self.stopped_on_time_before(epoch)
             return
+        if self.stop.out_of_time:  # training is over: a worker stuck in a read would hold the exit 5 s
+            end_workers([train_loader])
         self.skips.check_epoch(epoch, self.meter.steps)
         metrics = {"train_loss": train_loss}
         if valid_loader is not None:
@@ -334,7 +338,8 @@ class Brain:
         in one process a stop signal then ends a wait for a download at once; otherwise a stop
         signal lets validation finish first (under DDP the ranks would have to agree on leaving
         it). A run resumed from that checkpoint validates the epoch again."""
-        if not getattr(getattr(loader, "dataset", None), "remote", False):
+        remote = getattr(getattr(loader, "dataset", None), "remote", False)
+        if not (remote and self.options.checkpoint.every_epoch):  # the epoch's checkpoint, rewritten scored after
             return self.run_eval(loader, Stage.VALID, epoch)
         self.state.save_unless_saved()
         try:
@@ -401,7 +406,7 @@ class Brain:
     # ----------------------------------------------------------------- checkpoints
     def stop_now(self, where: str) -> None:
         """Checkpoints the position (unless the newest checkpoint holds it) and stops the run."""
-        end_workers()  # nothing more is loaded: a second Ctrl-C must not find the process joining them
+        end_workers(self.loaders)  # nothing more is loaded: a second Ctrl-C must not find the process joining them
         self.state.save_unless_saved()
         self.logger.flush()
         leaving()

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from framework.config import ConfigError, split_given, validate
 from framework.config.compose import add_code_dir
 from framework.config.schema import trainer_options
+from framework.data.manifest import building_split
 from framework.files import write_text_atomic
 from framework.process import start_process
 from framework.run_dir import open_brain
@@ -46,7 +47,11 @@ def build_datasets(cfg: DictConfig, is_main: bool = True) -> dict[str, object]:
         if is_main:
             instantiate(cfg.dataset.prepare)
         distributed.barrier()
-    datasets = {split: instantiate(cfg.dataset[split]) for split in SPLITS if split_given(cfg, split)}
+    datasets = {}
+    for split in SPLITS:
+        if split_given(cfg, split):
+            with building_split(split):  # its errors name dataset.<split>'s overrides
+                datasets[split] = instantiate(cfg.dataset[split])
     for split, dataset in datasets.items():
         take_recorded_features(cfg, dataset, f"dataset.{split}")
     return datasets

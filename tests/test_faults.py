@@ -187,17 +187,27 @@ def test_data_workers_ride_out_a_group_sigterm_and_end_with_the_main_process(tra
 
     # an error raised in a worker: one line and status 2, without waiting for the workers, which
     # ignore the process group's SIGTERM but not the main process's own at its exit
-    root = data_dir / "tones-tiny"
-    train = json.loads((root / "train.json").read_text())
-    first = next(iter(train))
-    train[first]["wav"] = str(tmp_path / "gone.flac")
-    (tmp_path / "train.json").write_text(json.dumps(train))
-    proc, _ = train_cli("dataset=manifest", "trainer.num_workers=1", f"dataset.train.path={tmp_path}/train.json",
-                        f"dataset.valid.path={root}/valid.json", f"dataset.data_root={root}", check=False)
+    assert_missing_audio_named(train_cli, data_dir, tmp_path, "train", "trainer.num_workers=1")
+
+
+def test_a_bad_validation_file_says_which_split_to_skip_bad_in(train_cli, data_dir, tmp_path):
+    assert_missing_audio_named(train_cli, data_dir, tmp_path, "valid", "trainer.max_epochs=1")
+
+
+def assert_missing_audio_named(train_cli, data_dir: Path, tmp_path: Path, split: str, *overrides: str) -> None:
+    """A run whose ``split`` manifest names an audio file that is not there: one line naming the
+    file and entry, and the override that skips such entries in that split; exit status 2."""
+    root = tiny_manifests(data_dir, tmp_path)
+    entries = json.loads((root / f"{split}.json").read_text())
+    first = next(iter(entries))
+    entries[first]["wav"] = str(tmp_path / "gone.flac")
+    (tmp_path / f"{split}.json").write_text(json.dumps(entries))
+    paths = [f"dataset.{s}.path={tmp_path if s == split else root}/{s}.json" for s in ("train", "valid")]
+    proc, _ = train_cli("dataset=manifest", *paths, f"dataset.data_root={root}", *overrides, check=False)
     assert proc.returncode == 2, proc.stderr
-    assert one_line(proc.stderr) == (f"error: {tmp_path}/train.json: entry {first!r}: {tmp_path}/gone.flac: audio file "
-                                     "not found; check the manifest path or its data_root placeholder, or pass "
-                                     "dataset.train.skip_bad=true")
+    assert one_line(proc.stderr) == (f"error: {tmp_path}/{split}.json: entry {first!r}: {tmp_path}/gone.flac: audio "
+                                     "file not found; check the manifest path or its data_root placeholder, or pass "
+                                     f"dataset.{split}.skip_bad=true")
 
 
 def test_a_second_ctrl_c_while_the_run_stops_never_finds_it_joining_a_stuck_worker(data_dir, tmp_path):

@@ -21,6 +21,7 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -681,6 +682,22 @@ def test_a_server_that_goes_away_mid_shard_is_one_line_naming_the_shard(shards, 
     assert "skipped" not in proc.stderr
 
 
+def stopped_at_once(proc: subprocess.Popen, stalled: Callable[[], None]) -> str:
+    """SIGTERM to ``proc`` a second after ``stalled()`` returns (the loop then waits for a
+    shard that does not come): it exits 143 within 8 s, without a traceback. Its stderr."""
+    try:
+        stalled()
+        time.sleep(1.0)  # the shards before the stalled one read
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        kill_with_children(proc)
+    assert proc.returncode == 143, stderr
+    assert time.monotonic() - start < 8 and "Traceback" not in stderr, stderr
+    return stderr
+
+
 @pytest.mark.parametrize("workers, stall", [(0, "shard-000005.tar"), (2, ".tar")])
 def test_sigterm_while_a_shard_download_stalls_stops_at_once_with_a_checkpoint(shards, tmp_path, workers, stall):
     """A scheduler's SIGTERM while the loop waits for a shard that does not come (one shard,
@@ -694,18 +711,12 @@ def test_sigterm_while_a_shard_download_stalls_stops_at_once_with_a_checkpoint(s
                                                                                        train=f"{url}/train")],
                                 cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=as_from_a_shell)
-        try:
+        def stalled() -> None:
             deadline = time.monotonic() + 120
             while sum(r[0].endswith(stall) for r in requests) < max(1, workers) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            time.sleep(1.0)  # the shards before it read: the loop waits for the stalled one
-            proc.send_signal(signal.SIGTERM)
-            start = time.monotonic()
-            _, stderr = proc.communicate(timeout=60)
-        finally:
-            kill_with_children(proc)
-    assert proc.returncode == 143, stderr
-    assert time.monotonic() - start < 8 and "Traceback" not in stderr, stderr
+
+        stderr = stopped_at_once(proc, stalled)
     assert "stopped by a signal" in stderr and "download failed" not in stderr
     run_cli("framework.train", train_args(shards, run_dir, *args, "trainer.resume=auto"), cwd=tmp_path)
     assert metrics_of(run_dir)["history"][-1]["epoch"] == 1
@@ -721,23 +732,19 @@ def test_validation_over_a_stalled_server_costs_no_training(shards, tmp_path):
             shards, run_dir, "trainer.max_epochs=1", f"dataset.valid.path={url}/valid",
             "dataset.valid.window_shards=1")], cwd=tmp_path, env=ENV,  # the check before training reads shard 0 only
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell)
-        try:
-            wait_for(run_dir / "checkpoints" / "index.json", proc, timeout=120)  # the epoch trained: validation waits
-            time.sleep(1.0)
-            proc.send_signal(signal.SIGTERM)
-            start = time.monotonic()
-            _, stderr = proc.communicate(timeout=60)
-        finally:
-            kill_with_children(proc)
-    assert proc.returncode == 143, stderr
-    assert time.monotonic() - start < 8 and "Traceback" not in stderr, stderr
+        # the epoch trained and checkpointed: validation waits
+        stderr = stopped_at_once(proc, lambda: wait_for(run_dir / "checkpoints" / "index.json", proc, timeout=120))
     assert "stopped by a signal in epoch 1's validation" in stderr
     trained = index_of(run_dir)[-1]["step"]
     assert trained > 0 and not index_of(run_dir)[-1]["metrics"]  # not scored: validation had not ended
 
-    proc = run_cli("framework.train", train_args(shards, run_dir, "trainer.max_epochs=1", "trainer.resume=auto"),
-                   cwd=tmp_path)
-    history = metrics_of(run_dir)["history"]
+    with recording_server(shards) as (url, requests):  # the server is back
+        proc = run_cli("framework.train", train_args(shards, run_dir, "trainer.max_epochs=1", "trainer.resume=auto",
+                                                     f"dataset.valid.path={url}/valid", "dataset.valid.window_shards=1"),
+                       cwd=tmp_path)
+    assert re.search(rf"resumed from \S+: epoch 1, batch \d+, step {trained}\n", proc.stderr), proc.stderr
+    assert any(r[0] == "/valid/shard-000001.tar" for r in requests)
+    history = metrics_of(run_dir)["history"]  # the epoch validated, and no step trained again
     assert len(history) == 1 and history[0]["step"] == trained and "valid_cer" in history[0]
     assert index_of(run_dir)[-1]["metrics"]["cer"] == history[0]["valid_cer"]
 

@@ -3,12 +3,14 @@ chosen by measurement: through the real commands."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -59,17 +61,19 @@ def test_max_time_stops_within_a_step_then_validates_checkpoints_and_tests(tmp_p
 @pytest.mark.parametrize("workers", [0, 2])
 def test_the_budget_ends_a_wait_for_data_that_does_not_come(tmp_path, data_dir, workers):
     """A read that hangs (a FIFO nobody writes to, as on a hung mount) is left at the end of the
-    budget, in the workers' queue or in the read itself: the run stops on time, then validates
-    and checkpoints; when no step was made, it says that nothing was trained (exit 2)."""
+    budget, in the workers' queue or in the read itself: the run stops on time, then validates,
+    checkpoints and tests; when no step was made, it says that nothing was trained (exit 2)."""
     run_dir = tmp_path / "run"
     args = [*stuck_corpus_args(data_dir, tmp_path, run_dir, every=workers == 0), *BUDGET, "trainer.max_time=8s",
-            f"trainer.num_workers={workers}"]
+            f"trainer.num_workers={workers}", f"dataset.test.path={data_dir}/tones-tiny/test.json"]
     proc = subprocess.Popen([sys.executable, "-m", "framework.train", *args], cwd=tmp_path, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _, stderr = proc.communicate(timeout=60)
+        exited = datetime.datetime.now()
     finally:
         kill_with_children(proc)  # a worker stuck on the FIFO would outlive it
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     if workers == 0:  # every utterance hangs: the first batch never comes
         assert proc.returncode == 2, stderr
         assert re.fullmatch(r"error: trainer.max_time=8s ran out before the first optimizer step, after 8\.\d s: "
@@ -79,8 +83,55 @@ def test_the_budget_ends_a_wait_for_data_that_does_not_come(tmp_path, data_dir, 
         return
     assert proc.returncode == 0, stderr
     result = metrics_of(run_dir)
-    assert result["history"][-1]["stopped_on_time"] == 1 and "valid_cer" in result["metrics"]
-    assert 8.0 <= stop_time((run_dir / "train.log").read_text()) <= 9.0
+    assert result["history"][-1]["stopped_on_time"] == 1
+    log = (run_dir / "train.log").read_text()
+    assert 8.0 <= stop_time(log) <= 9.0
+    assert "test_cer" in result["metrics"]
+    assert exited.timestamp() - _at(log, "finished in") < 3  # the stuck worker does not hold the exit
+    assert int(re.search(r"data wait (\d+)%", log)[1]) > 50  # the interrupted wait counted: the epoch was mostly that
+
+
+def test_a_wait_after_a_stop_signal_or_beside_a_callers_timer():
+    """In the Python API (no command around it): a signal that came between two waits ends the
+    next one before it begins; a SIGALRM timer the caller armed is left as it was (the budget is
+    then looked at between steps only); a stop in one fit leaves the next one's signals working."""
+    from framework.trainer.stopping import StopSignals, WaitInterrupted, leaving
+
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.requested
+        with pytest.raises(WaitInterrupted):
+            with signals.waiting():
+                raise AssertionError("the wait began")
+    leaving()  # what a stop does in Brain.stop_now: nothing, outside a command
+
+    previous = signal.signal(signal.SIGALRM, lambda *_: None)
+    signal.setitimer(signal.ITIMER_REAL, 30)
+    try:
+        with StopSignals() as signals:
+            with signals.waiting(0.05):
+                time.sleep(0.2)  # not interrupted: the caller's timer stays theirs
+            assert not signals.timed_out and signal.getitimer(signal.ITIMER_REAL)[0] > 25
+            with pytest.raises(WaitInterrupted):
+                with signals.waiting():
+                    os.kill(os.getpid(), signal.SIGINT)  # handled by this fit's StopSignals, not ignored
+                    time.sleep(1)
+            assert signals.received == signal.SIGINT
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    with StopSignals() as signals:  # no timer of the caller's: the budget ends the wait
+        with pytest.raises(WaitInterrupted):
+            with signals.waiting(0.05):
+                time.sleep(1)
+        assert signals.timed_out and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+
+
+def _at(log: str, text: str) -> float:
+    """When the first line of ``log`` holding ``text`` was written, in seconds."""
+    line = next(line for line in log.splitlines() if text in line)
+    return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 STALLED_BRAIN = """

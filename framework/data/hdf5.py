@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from framework.data.collate import SkippedExample
+from framework.data.manifest import dataset_hints
 from framework.errors import UserError
 
 FORMAT = "framework-hdf5"
@@ -84,6 +85,7 @@ class HDF5Dataset(Dataset):
                  skip_bad: bool = False) -> None:
         self.path = str(path)
         self.skip_bad = skip_bad
+        self.hints = dataset_hints()  # its split's, for the errors its workers raise
         if not Path(path).is_file():
             raise HDF5FormatError(f"{path}: HDF5 dataset not found; check the path or create it with "
                                   "`python -m framework.prepare hdf5 MANIFEST OUT.h5`")
@@ -135,7 +137,7 @@ class HDF5Dataset(Dataset):
             reason = f"{self.path}: example {self.ids[index]!r} holds NaN or infinite values (a damaged data region)"
             if self.skip_bad:
                 return SkippedExample(self.ids[index], reason)
-            raise HDF5FormatError(f"{reason}; pack the file again or pass dataset.train.skip_bad=true")
+            raise HDF5FormatError(f"{reason}; {self.hints.or_skip('pack the file again')}")
         example: dict[str, Any] = {"id": self.ids[index], "inputs": torch.from_numpy(stored)}
         if self.texts is not None:
             example["text"] = self.texts[index]

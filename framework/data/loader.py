@@ -15,7 +15,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -51,13 +50,13 @@ def make_loader(dataset: Dataset, sampler: LengthBatchSampler, num_workers: int,
         kill_workers_at_exit()
     if isinstance(dataset, ShardDataset):
         plan = ShardPlan(dataset, sampler, num_workers)
-        return _watched(ShardLoader(dataset, plan, num_workers, seed, pin_memory, transform,
-                                    worker_init_fn=ignore_stop_signals if num_workers > 0 else None))
+        return ShardLoader(dataset, plan, num_workers, seed, pin_memory, transform,
+                           worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
     if transform is not None:
         from framework.data.mapped import MappedInputs
 
         dataset = MappedInputs(dataset, transform)
-    return _watched(DataLoader(
+    return DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate,
@@ -67,25 +66,19 @@ def make_loader(dataset: Dataset, sampler: LengthBatchSampler, num_workers: int,
         worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
         # a private generator keeps the global RNG untouched, which exact resume needs
         generator=torch.Generator().manual_seed(seed),
-    ))
+    )
 
 
-_loaders: weakref.WeakSet = weakref.WeakSet()  # the loaders made here: end_workers ends their workers
-
-
-def _watched(loader: Any) -> Any:
-    _loaders.add(loader)
-    return loader
-
-
-def end_workers() -> None:
-    """Ends the workers of every loader made here at once, when a stop signal ends the run:
-    torch's own shutdown would wait up to 5 s for each (longer for one stuck in a read), and a
-    second Ctrl-C meanwhile would break that wait with a traceback."""
-    for loader in list(_loaders):
+def end_workers(loaders: Iterable[Any]) -> None:
+    """Ends the workers of ``loaders`` at once, when a stop signal or the time budget ends the
+    run's training: torch's own shutdown would wait up to 5 s for each (longer for one stuck in
+    a read), and a second Ctrl-C meanwhile would break that wait with a traceback. A loader
+    stays usable: its next iteration starts new workers."""
+    for loader in loaders:
         batches = getattr(loader, "_iterator", None)  # a persistent DataLoader's, a ShardLoader's running one
         if batches is not None:
             stop_workers(batches)
+            loader._iterator = None
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:

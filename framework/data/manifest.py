@@ -10,12 +10,14 @@ planned on the declared length.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -73,7 +75,24 @@ class Hints:
         return f"name it with {self.audio_key}" if self.audio_key else f"rename it to {default!r}"
 
 
-DATASET_HINTS = Hints()
+_split: ContextVar[str] = ContextVar("dataset_split", default="train")
+
+
+@contextlib.contextmanager
+def building_split(split: str) -> Iterator[None]:
+    """Datasets made within it name ``dataset.<split>`` in what their errors suggest."""
+    token = _split.set(split)
+    try:
+        yield
+    finally:
+        _split.reset(token)
+
+
+def dataset_hints() -> Hints:
+    """What a dataset's errors suggest: the overrides of the split being built (``dataset.train``
+    outside :func:`building_split`)."""
+    split = _split.get()
+    return Hints(skip_bad=f"dataset.{split}.skip_bad=true", audio_key=f"dataset.{split}.audio_key=KEY")
 
 
 @dataclass(frozen=True)
@@ -194,10 +213,12 @@ def load_entries(
     samples_key: str | None = None,
     sample_rate: int = 16000,
     skip_bad: bool = False,
-    hints: Hints = DATASET_HINTS,
+    hints: Hints | None = None,
 ) -> list[Entry]:
-    """Parses a manifest into entries; every problem names the file, entry and key. With
-    ``skip_bad`` an entry with a problem is left out (counted and reported) instead."""
+    """Parses a manifest into entries; every problem names the file, entry and key (and says
+    what to do in ``hints``' terms; a dataset's by default). With ``skip_bad`` an entry with a
+    problem is left out (counted and reported) instead."""
+    hints = hints or dataset_hints()
     rows = read_manifest_rows(path)
     if not rows:
         raise ManifestError(f"{path}: manifest has no entries")
@@ -314,6 +335,7 @@ class ManifestDataset(Dataset):
     ) -> None:
         self.path = str(path)
         self.sample_rate = sample_rate
+        self.hints = dataset_hints()  # its split's, for the errors its workers raise
         reps = dict(replacements or {})
         if data_root is not None:
             reps.setdefault("data_root", str(Path(data_root).resolve()))
@@ -354,7 +376,7 @@ class ManifestDataset(Dataset):
         except AudioError as exc:
             if self.skip_bad:
                 return SkippedExample(entry.id, str(exc))
-            raise AudioError(f"{self.path}: entry {entry.id!r}: {DATASET_HINTS.or_skip(str(exc))}") from exc
+            raise AudioError(f"{self.path}: entry {entry.id!r}: {self.hints.or_skip(str(exc))}") from exc
         example: dict[str, Any] = {**entry.fields, "id": entry.id, "inputs": wav}
         if entry.text is not None:
             example["text"] = entry.text

@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 
 from framework.data.audio import PCM, pcm_wav
 from framework.data.collate import SkippedExample
-from framework.data.manifest import DATASET_HINTS
+from framework.data.manifest import dataset_hints
 from framework.errors import Unavailable, UserError
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,6 @@ READ_BUFFER = 1 << 20  # reads of a remote file through fsspec: each answers wit
 HTTP_TIMEOUT_S = 60  # a server that stops answering for this long is an error, not a hang
 
 
-def _remedy() -> str:
-    """What to do about a damaged shard (the override as the running command takes it)."""
-    return DATASET_HINTS.or_skip("write the shards again with `python -m framework.prepare shards`")
 
 
 class ShardError(UserError, ValueError):
@@ -197,6 +194,7 @@ class ShardDataset(Dataset):
             raise ShardError(f"window_shards must be >= 1, got {window_shards}")
         self.path = str(path).rstrip("/")
         self.remote = is_remote(self.path)  # read over the network: a read may stall or fail
+        self.hints = dataset_hints()  # its split's, for the errors its readers raise
         self.window_shards = int(window_shards)
         self.skip_bad = skip_bad
         self.storage_options = dict(storage_options or {})
@@ -322,7 +320,7 @@ class ShardDataset(Dataset):
         problem = (f"{url}: truncated or damaged shard: {reason} ({len(remaining)} wanted example(s) of its "
                    f"{len(members)} not read, from its example {first + 1} on)")
         if not self.skip_bad:
-            raise ShardError(f"{problem}; {_remedy()}")
+            raise ShardError(f"{problem}; {self._remedy()}")
         log.warning("%s; skipped (skip_bad)", problem)
         for index in sorted(remaining, key=lambda i: int(self.position[i])):
             yield index, SkippedExample(self.ids[index], problem)
@@ -340,6 +338,10 @@ class ShardDataset(Dataset):
             raise ShardUnreachable(f"{url}: the download failed ({type(exc).__name__}: {exc}); check that the server "
                                    "answers and run again (a training run continues from its last checkpoint with "
                                    "trainer.resume=auto)") from exc
+
+    def _remedy(self) -> str:
+        """What to do about a damaged shard."""
+        return self.hints.or_skip("write the shards again with `python -m framework.prepare shards`")
 
     def drop_ahead(self) -> None:
         """Forgets the shards downloaded ahead (a stream that stopped early will not read them)."""
@@ -394,7 +396,7 @@ class ShardDataset(Dataset):
         problem = (f"{url}: example {uid!r} is damaged (its .{self.payload} "
                    f"{'is missing' if payload is None else 'fails its CRC-32 check'})")
         if not self.skip_bad:
-            raise ShardError(f"{problem}; {_remedy()}")
+            raise ShardError(f"{problem}; {self._remedy()}")
         return SkippedExample(uid, problem)
 
     def decode(self, index: int, payload: memoryview | SkippedExample, pcm: bool = False,
@@ -418,7 +420,7 @@ class ShardDataset(Dataset):
             problem = f"{self.shard_url(int(self.shard_of[index]))}: example {uid!r} cannot be decoded ({exc})"
             if self.skip_bad:
                 return SkippedExample(uid, problem)
-            raise ShardError(f"{problem}; {_remedy()}") from exc
+            raise ShardError(f"{problem}; {self._remedy()}") from exc
         example: dict[str, Any] = {**self.fields[index], "id": uid, "inputs": inputs}
         if self._texts[index] is not None:
             example["text"] = self._texts[index]

@@ -359,8 +359,9 @@ class ShardLoader:
         plan = self.batch_sampler
         start = plan.take_start()
         self.batches.begin(plan.rank_streams(), start, (plan.seed, plan.epoch, plan.rank))
-        batches = self._iterator = iter(self.loader)
+        batches = None
         try:
+            batches = self._iterator = iter(self.loader)  # within the try: a stop may come as workers start
             for batch in batches:
                 plan.advance()
                 yield batch
@@ -369,7 +370,8 @@ class ShardLoader:
             # DataLoader's shutdown has given each 5 s, before the checkpoint is written
             from framework.data.loader import stop_workers
 
-            stop_workers(batches)
+            if batches is not None:
+                stop_workers(batches)
             raise
         finally:
             self._iterator = None

@@ -88,4 +88,5 @@ def _timed(batches: Iterable[T], waited: Callable[[float], None], waiting: Calla
             yield batch
             t0 = time.perf_counter()
     except WaitInterrupted:
+        waited(time.perf_counter() - t0)  # the time budget's end may have come in a long wait: it counts
         interrupted.append(True)

@@ -13,9 +13,10 @@ A signal that interrupts is recorded (:func:`interrupting_signal`): an interrupt
 ``torch.save`` comes out as torch's ``RuntimeError: ... unexpected pos``, and the command
 still reports the signal, not that error.
 
-Once a stop's checkpoint is written (:func:`leaving`), further stop signals are ignored: the
-process only exits from there, its loader workers already ended, and an interrupt would break
-its exit with a traceback from wherever it landed (a ``__del__``, an exit hook).
+Once a command's stop checkpoint is written (:func:`leaving`), a further stop signal ends the
+process at once (``os._exit``): nothing is left to save, and an interrupt raised in what
+remains of its exit (a tracker's last upload, a ``__del__``, an exit hook) would only print a
+traceback from wherever it landed.
 """
 
 from __future__ import annotations
@@ -34,14 +35,22 @@ T = TypeVar("T")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _interrupted_by: int | None = None  # the signal that interrupted the running command
-_leaving = False  # a stop's checkpoint is written: the process only exits from here
+_in_command = False  # within interrupt_on_stop_signals: a command's process, which may end itself
+_leaving = False  # the command's stop checkpoint is written: the process only exits from here
 
 
 def leaving() -> None:
-    """From now on SIGTERM / SIGINT change nothing: the stop's checkpoint is written and the
-    process is on its way out (see the module's docstring)."""
+    """In a command's process, from now on SIGTERM / SIGINT end the process at once (see the
+    module's docstring). Elsewhere (a notebook's ``Brain.fit``) nothing changes."""
     global _leaving
-    _leaving = True
+    _leaving = _in_command
+
+
+def _exit_now(signum: int) -> NoReturn:
+    from framework.cli import report
+
+    report("interrupted" if signum == signal.SIGINT else "terminated")
+    os._exit(128 + signum)
 
 
 def interrupting_signal() -> int | None:
@@ -53,7 +62,7 @@ def _interrupt(signum: int, frame: FrameType | None = None) -> NoReturn:
     """A signal handler: records the signal and raises ``KeyboardInterrupt`` where the program is."""
     global _interrupted_by
     if _leaving:
-        return
+        _exit_now(signum)
     _interrupted_by = signum
     raise KeyboardInterrupt
 
@@ -62,7 +71,7 @@ def _interrupt(signum: int, frame: FrameType | None = None) -> NoReturn:
 def interrupt_on_stop_signals() -> Iterator[None]:
     """Within it, SIGTERM as well as SIGINT raises ``KeyboardInterrupt``, and both are
     recorded; a signal the command was started ignoring (``nohup``) stays ignored."""
-    global _interrupted_by, _leaving
+    global _interrupted_by, _leaving, _in_command
     _interrupted_by, _leaving = None, False
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
@@ -71,13 +80,14 @@ def interrupt_on_stop_signals() -> Iterator[None]:
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             previous[signum] = signal.signal(signum, _interrupt)
+    _in_command = True
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            if _leaving:  # the command exits now: through its exit hooks too
-                handler = signal.SIG_IGN
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if not _leaving:  # else the command exits now, its exit hooks still under _interrupt
+            _in_command = False
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 class StopRequested(Exception):
@@ -142,7 +152,7 @@ class StopSignals:
         if os.getpid() != self._pid:  # a forked DataLoader worker before its own handlers: the main process decides
             return
         if _leaving:
-            return
+            _exit_now(signum)
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             _interrupt(signum)  # a second Ctrl-C: stop now
         if self.received is None:
@@ -162,7 +172,12 @@ class StopSignals:
     def waiting(self, seconds: float | None = None) -> Iterator[None]:
         """Around the wait for the next batch: a stop signal raises :class:`WaitInterrupted`
         there, as does the end of ``seconds`` (the time budget left), when given."""
-        timed = seconds is not None and threading.current_thread() is threading.main_thread()
+        if self.received is not None:  # a signal between two waits (in a step): this one is not begun
+            raise WaitInterrupted
+        # the caller's own SIGALRM timer (pytest-timeout, a notebook's alarm) is left alone: the
+        # budget is then looked at between steps only
+        timed = (seconds is not None and threading.current_thread() is threading.main_thread()
+                 and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
         if timed and seconds <= 0:
             self.timed_out = True
             raise WaitInterrupted
@@ -176,7 +191,7 @@ class StopSignals:
             self._waiting = False
             if timed:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, previous)
+                signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
 
     @property
     def requested(self) -> bool:
