@@ -190,8 +190,15 @@ def test_data_workers_ride_out_a_group_sigterm_and_end_with_the_main_process(tra
     assert_missing_audio_named(train_cli, data_dir, tmp_path, "train", "trainer.num_workers=1")
 
 
-def test_a_bad_validation_file_says_which_split_to_skip_bad_in(train_cli, data_dir, tmp_path):
+def test_a_bad_validation_file_says_which_split_to_skip_bad_in_and_that_works(train_cli, data_dir, tmp_path):
     assert_missing_audio_named(train_cli, data_dir, tmp_path, "valid", "trainer.max_epochs=1")
+    # the default dataset too (its own config, not dataset=manifest's), and the override it names works
+    proc, _ = train_cli("trainer.max_epochs=1", f"dataset.valid.path={tmp_path}/valid.json", check=False,
+                        run_dir=tmp_path / "tones")
+    assert proc.returncode == 2 and one_line(proc.stderr).endswith("or pass dataset.valid.skip_bad=true"), proc.stderr
+    _, run_dir = train_cli("trainer.max_epochs=1", f"dataset.valid.path={tmp_path}/valid.json",
+                           "dataset.valid.skip_bad=true", run_dir=tmp_path / "skipped")
+    assert "valid_cer" in metrics_of(run_dir)["metrics"]
 
 
 def assert_missing_audio_named(train_cli, data_dir: Path, tmp_path: Path, split: str, *overrides: str) -> None:

@@ -16,6 +16,7 @@ import pickle
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -664,6 +665,18 @@ def test_a_stream_stopped_early_lets_go_of_the_shards_fetched_ahead(shards):
         assert remote._ahead  # the next shards, downloading
         del batches  # a time budget or a step limit ends the epoch here
         assert not remote._ahead
+
+
+def test_a_server_that_is_down_when_the_run_starts_is_exit_75_not_a_damaged_folder(shards, tmp_path):
+    with socket.socket() as free:  # a port nobody listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    proc = run_cli("framework.train", train_args(shards, tmp_path / "run", train=f"http://127.0.0.1:{port}/train"),
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 75, proc.stderr
+    assert one_line(proc.stderr).startswith(f"error: http://127.0.0.1:{port}/train/index.json: the download failed "
+                                            "(URLError: "), proc.stderr
+    assert "check that the server answers and run again" in proc.stderr
 
 
 @pytest.mark.parametrize("skip_bad", [False, True])

@@ -44,7 +44,8 @@ def explain(exc: BaseException, hydra: Any, config_name: str, overrides: list[st
         valid, cfg = _valid_keys(full_key, schema, hydra, config_name, overrides)
         if valid is None:
             return f"{full_key}: unknown key{suffix}"
-        elsewhere = _paths_named(cfg, key) if cfg is not None and key not in valid else []
+        # (not the key itself: the config composed to find it may be another option's of its group)
+        elsewhere = [p for p in _paths_named(cfg, key) if p != full_key] if cfg is not None and key not in valid else []
         if elsewhere and not difflib.get_close_matches(key, valid, n=1, cutoff=0.6):
             return f"{full_key}: unknown key; did you mean {' or '.join(elsewhere[:3])}?{suffix}"
         return f"{full_key}: unknown key; {suggest(key, valid, parent + '.' if parent else '')}{suffix}"

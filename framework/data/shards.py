@@ -67,6 +67,13 @@ class ShardUnreachable(Unavailable):
     ``skip_bad`` does not leave its examples out."""
 
 
+def unreachable(url: str, exc: BaseException) -> ShardUnreachable:
+    """The error of a download of ``url`` that failed with ``exc``."""
+    return ShardUnreachable(f"{url}: the download failed ({type(exc).__name__}: {exc}); check that the server "
+                            "answers and run again (a training run continues from its last checkpoint with "
+                            "trainer.resume=auto)")
+
+
 def join(base: str, name: str) -> str:
     """``name`` inside the folder ``base``, a local path or a URL."""
     return f"{base.rstrip('/')}/{name}"
@@ -157,9 +164,13 @@ def read_index(path: str, storage_options: dict[str, Any] | None = None) -> dict
                          "shards MANIFEST OUT_DIR --shard-size N`") from None
     except ImportError as exc:  # fsspec names the package a URL scheme needs: "Install s3fs to access S3"
         raise ShardError(f"{url}: {exc} (the fsspec backend of {url.split('://')[0]}:// URLs)") from None
-    except (OSError, ValueError, http.client.HTTPException) as exc:
+    except (OSError, http.client.HTTPException) as exc:
+        if is_remote(url) and not (isinstance(exc, urllib.error.HTTPError) and exc.code < 500):
+            raise unreachable(url, exc) from exc  # the server or the network: run again later
         raise ShardError(f"{url}: cannot read the shards index ({type(exc).__name__}: {exc}); check the path or URL, "
                          "or write the shards again") from exc
+    except ValueError as exc:
+        raise ShardError(f"{url}: damaged shards index, not JSON ({exc}); write the shards again") from exc
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise ShardError(f"{url} is not a shards index (format {index.get('format') if isinstance(index, dict) else None!r}"
                          f", expected {FORMAT!r}); write one with `python -m framework.prepare shards`")
@@ -335,9 +346,7 @@ class ShardDataset(Dataset):
         except FileNotFoundError:
             raise
         except Exception as exc:
-            raise ShardUnreachable(f"{url}: the download failed ({type(exc).__name__}: {exc}); check that the server "
-                                   "answers and run again (a training run continues from its last checkpoint with "
-                                   "trainer.resume=auto)") from exc
+            raise unreachable(url, exc) from exc
 
     def _remedy(self) -> str:
         """What to do about a damaged shard."""
