@@ -678,6 +678,22 @@ def test_a_server_that_is_down_when_the_run_starts_is_exit_75_not_a_damaged_fold
                                             "(URLError: "), proc.stderr
     assert "check that the server answers and run again" in proc.stderr
 
+    class Forbidden(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(403)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:  # a refusal is the user's to mend (credentials, the URL), not a reason to run again later
+        with pytest.raises(ShardError, match="HTTP Error 403"):
+            ShardDataset(f"http://127.0.0.1:{server.server_address[1]}/train")
+    finally:
+        server.shutdown()
+        server.server_close()
+
 
 @pytest.mark.parametrize("skip_bad", [False, True])
 def test_a_server_that_goes_away_mid_shard_is_one_line_naming_the_shard(shards, tmp_path, skip_bad):

@@ -165,7 +165,8 @@ def read_index(path: str, storage_options: dict[str, Any] | None = None) -> dict
     except ImportError as exc:  # fsspec names the package a URL scheme needs: "Install s3fs to access S3"
         raise ShardError(f"{url}: {exc} (the fsspec backend of {url.split('://')[0]}:// URLs)") from None
     except (OSError, http.client.HTTPException) as exc:
-        if is_remote(url) and not (isinstance(exc, urllib.error.HTTPError) and exc.code < 500):
+        refused = isinstance(exc, PermissionError) or isinstance(exc, urllib.error.HTTPError) and exc.code < 500
+        if is_remote(url) and not refused:
             raise unreachable(url, exc) from exc  # the server or the network: run again later
         raise ShardError(f"{url}: cannot read the shards index ({type(exc).__name__}: {exc}); check the path or URL, "
                          "or write the shards again") from exc
