@@ -53,13 +53,13 @@ class ManifestError(UserError, ValueError):
 @dataclass(frozen=True)
 class Hints:
     """How the user of the command reading a manifest sets what its error messages suggest:
-    ``dataset=manifest`` overrides by default, a prepare command's flags there. None: the
+    a dataset's overrides (:func:`dataset_hints`), a prepare command's flags. None: the
     command cannot set it."""
 
-    skip_bad: str | None = "dataset.train.skip_bad=true"
+    skip_bad: str | None
+    audio_key: str | None
     data_root: str | None = "dataset.data_root=DIR"
     replacement: str | None = "+dataset.replacements.{name}=VALUE"
-    audio_key: str | None = "dataset.train.audio_key=KEY"
 
     def or_skip(self, remedy: str) -> str:
         """``remedy``, or leaving such entries out where the command can."""
