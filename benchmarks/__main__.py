@@ -4,6 +4,7 @@ the checkout beside the package, not in it: run them from the repository root.
   batching   padding, batch count and speed of the batching strategies side by side
   convergence  time to a target CER of the batching strategies: real runs, several seeds
   ds2        DeepSpeech2 on the DeepMark corpus: fwd/bwd timing, throughput, framework overhead
+  recurrences  DeepSpeech2's recurrences on the CPU: packed sequences against the padded path, an epoch's batches
   vs-speechbrain  the whole training loop against SpeechBrain's Brain (SpeechBrain installed beside)
   gpu        every GPU path in one command: DS2 precisions and batch sizes, memory tips, batch-budget
              finder, OOM skip, mixed-precision CER, data loading; writes report.md and report.json
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--max-batches", type=int, help="time this many minibatches spread over the epoch")
     d.add_argument("--repeats", type=int, default=3, help="timed passes per loop (median reported)")
     d.add_argument("--no-compare", dest="compare", action="store_false", help="skip the framework-vs-plain comparison")
+    r = sub.add_parser("recurrences", help="DeepSpeech2's recurrences on the CPU, packed vs padded; overrides follow")
+    r.add_argument("--rnn-types", default="gru,lstm", help="comma-separated model.rnn_type values")
+    r.add_argument("--threads", type=int, default=1, help="intra-op threads")
+    r.add_argument("--max-batches", type=int, help="time only the epoch's first N batches")
     lo = sub.add_parser("loader", help="loader throughput: FLAC vs HDF5 audio vs .npy vs HDF5 features")
     lo.add_argument("--utterances", type=int, default=4000)
     lo.add_argument("--workers", default="0,2,4", help="comma-separated DataLoader worker counts")
@@ -103,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sizes = [int(x) for x in args.sweep_batch.split(",")] if args.sweep_batch else [args.batch_size]
         ds2(overrides, sizes, args.batching, args.max_batches, args.repeats, args.compare)
+    elif args.benchmark == "recurrences":
+        from benchmarks.recurrences import main as recurrences
+
+        recurrences(overrides, args.rnn_types.split(","), args.threads, args.max_batches)
     elif args.benchmark == "vs-speechbrain":
         from benchmarks.vs_speechbrain import main as vs_speechbrain
 

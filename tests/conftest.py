@@ -94,9 +94,12 @@ def stop_signals_left_alone():
     """No test may leave SIGINT or SIGTERM changed in the test process: an ignored signal
     survives exec, so every command a later test starts would ignore it too (as under nohup)."""
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield
     changed = [signal.Signals(s).name for s, handler in before.items() if signal.getsignal(s) is not handler]
     for signum, handler in before.items():
         signal.signal(signum, handler)
+    now_blocked = signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    changed += [f"{signal.Signals(s).name} (blocked)" for s in now_blocked ^ blocked if s in before]
     assert not changed, f"the test left {', '.join(changed)} handled differently"
 

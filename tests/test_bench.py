@@ -241,3 +241,14 @@ def test_the_inference_benchmark_times_each_engine_on_the_test_utterances(one_ep
     assert [line.split(" | ")[0] for line in proc.stdout.splitlines()] == ["| engine", "|---|---|---|---|---|---|---|",
                                                                          "| eager", "| torchscript"]
     assert rows[0]["cer"] == rows[1]["cer"] > 0 and all(r["seconds"] > 0 and r["peak_rss_mb"] > 50 for r in rows)
+
+
+def test_bench_recurrences_times_both_paths_over_real_batches_and_finds_one_function(tmp_path, data_dir):
+    out = run_cli("benchmarks", ["recurrences", *TINY, f"dataset.root={data_dir}/tones-tiny", "model.num_layers=2",
+                                 "--rnn-types", "gru,lstm", "--max-batches", "3"], cwd=tmp_path).stdout
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| gru") or line.startswith("| lstm")]
+    assert [r[0] for r in rows] == ["| gru, 2 x 32", "| lstm, 2 x 32"], out
+    for _, batches, padding, packed, padded, ratio, diff in rows:
+        assert batches == "3" and 0 < float(padding.rstrip("%")) < 50  # dynamic batches of unequal lengths
+        assert float(packed) > 0 and float(padded) > 0 and abs(float(ratio) - float(padded) / float(packed)) < 0.03
+        assert float(diff.rstrip(" |")) < 1e-4  # the two paths compute one function

@@ -66,6 +66,29 @@ def test_a_sequence_gives_the_same_output_alone_or_batched_with_longer_ones(opti
         torch.testing.assert_close(alone[0], batched[i, : out_lens[i]], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("rnn_type,bidirectional", [("gru", True), ("lstm", True), ("rnn", True), ("gru", False)])
+def test_the_cpu_recurrence_over_padding_is_the_packed_one_in_outputs_and_gradients(rnn_type, bidirectional):
+    """On the CPU a padded batch runs unpacked (faster); valid frames must not tell the difference."""
+    torch.manual_seed(0)
+    layer = RecurrentLayer(6, 5, rnn_type, bidirectional, shared_projection=False, merge="concat",
+                           clip_recurrence=False).train()
+    lengths = torch.tensor([9, 4, 7, 1])
+    mask = (torch.arange(9)[None, :] < lengths[:, None])[..., None]
+    x = torch.randn(4, 9, 6) * mask  # zeros on padding, as the convolutions leave it
+    results = []
+    for packed in (True, False):
+        layer.zero_grad()
+        inputs = x.clone().requires_grad_(True)
+        out = layer.packed(inputs, lengths) if packed else layer.reversed_in_length(inputs, lengths) * mask
+        (out * torch.linspace(-1, 1, out.shape[-1])).pow(2).sum().backward()
+        results.append((out, inputs.grad, [p.grad.clone() for p in layer.rnn.parameters()]))
+    (packed_out, packed_dx, packed_dw), (out, dx, dw) = results
+    torch.testing.assert_close(out, packed_out)
+    torch.testing.assert_close(dx, packed_dx)
+    for a, b in zip(dw, packed_dw):
+        torch.testing.assert_close(a, b)
+
+
 def test_padded_frames_do_not_change_batch_norm_statistics():
     torch.manual_seed(0)
     a, b = small(), small()

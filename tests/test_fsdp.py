@@ -243,7 +243,7 @@ def test_sigterm_to_a_sharded_torchrun_resumes_bitwise(data_dir, tmp_path):
 # shards, their gradients (reduced in fp32) and so the optimizer stay fp32
 BF16_SHARDS = """
 import torch, torch.distributed as dist
-from framework.models.deepspeech2 import DeepSpeech2
+from framework.models.deepspeech2 import DeepSpeech2, RecurrentLayer
 from framework.trainer.fsdp import shard
 dist.init_process_group("gloo")
 torch.manual_seed(0)
@@ -251,8 +251,14 @@ model = DeepSpeech2(num_classes=5, num_bins=16, conv_channels=[4], conv_kernels=
                     conv_padding=[[1, 2]], rnn_type="gru", hidden_size=8, num_layers=2, fc_size=8)
 seen = {}
 for name, m in model.named_modules():
-    if isinstance(m, (torch.nn.Conv2d, torch.nn.GRU, torch.nn.Linear, torch.nn.BatchNorm1d)):
+    if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm1d)):
         m.register_forward_pre_hook(lambda m, _, name=name: seen.update({name: next(m.parameters()).dtype}))
+names = {m: name for name, m in model.named_modules()}
+recurrence = RecurrentLayer.reversed_in_length  # on the CPU the GRU's weights are stepped here, not by nn.GRU
+def recorded(layer, x, lengths):
+    seen[names[layer] + ".rnn"] = layer.rnn.weight_hh_l0.dtype
+    return recurrence(layer, x, lengths)
+RecurrentLayer.reversed_in_length = recorded
 shard(model, [], torch.device("cpu"), torch.bfloat16)
 with torch.autocast("cpu", dtype=torch.bfloat16):
     logits, _ = model(torch.randn(3, 40, 16), torch.tensor([40, 31, 22]))

@@ -6,9 +6,11 @@ clipped ReLU (min(max(x, 0), 20)) everywhere: after the convolutions and the FC 
 inside the recurrence (every hidden state) and after each recurrent layer (the summed
 directions).
 
-Padded frames never reach the recurrence (sequences are packed) nor the batch-norm
-statistics (normalisation runs over valid frames only), and the convolutions' outputs
-are re-masked, so an utterance gives the same output alone or batched with longer ones.
+Padded frames never reach a valid frame's recurrence (on a GPU sequences are packed; on the
+CPU the reverse direction reads each sequence reversed within its own length) nor the
+batch-norm statistics (normalisation runs over valid frames only), and the convolutions'
+outputs are re-masked, so an utterance gives the same output alone or batched with longer
+ones.
 
 The model exports: under torch.export (and torch.onnx) the recurrences run as a ``scan``
 over time with the same masking (:mod:`framework.models.recurrence`), and every layer takes
@@ -192,15 +194,46 @@ class RecurrentLayer(nn.Module):
             out = self.clipped(x, mask)
         elif mask is None:
             out, _ = self.rnn(x)
-        else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            out, _ = self.rnn(packed)
-            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        elif not torch.jit.is_scripting() and x.device.type == "cpu":
+            out = self.reversed_in_length(x, lengths) * mask[..., None].to(x.dtype)
+        else:  # cuDNN steps packed sequences natively, both directions at once (TorchScript: any device)
+            out = self.packed(x, lengths)
         if self.bidirectional and self.merge == "sum":
             out = out[..., : self.hidden_size] + out[..., self.hidden_size :]
         if self.rnn_type == "rnn":
             out = clipped_relu(out)  # the spec's clip after each layer (the summed directions reach 40)
         return out
+
+    def packed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``self.rnn`` over ``x [B, T, I]`` packed to ``lengths``; zeros on padded frames."""
+        out, _ = self.rnn(pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False))
+        return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+    def reversed_in_length(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``self.rnn`` over padded ``x [B, T, I]``, the same function as over packed sequences on
+        every valid frame (padded frames hold garbage: the caller masks them). On the CPU torch
+        steps packed sequences one shrinking batch at a time, 2-4x slower than a padded tensor
+        in training (BENCHMARKS.md, "DeepSpeech2's recurrences on the CPU"). The forward
+        direction is exact as it is, padding coming after every valid frame; the reverse
+        direction reads each sequence reversed within its own length (padding still last)
+        as a forward recurrence, and its outputs are put back in order."""
+        step = {"gru": torch.gru, "lstm": torch.lstm, "rnn": torch.rnn_relu}[self.rnn_type]
+        weights = self.direction_weights()
+
+        def forward_in_time(inputs: torch.Tensor, direction: int) -> torch.Tensor:
+            h0 = inputs.new_zeros(1, inputs.shape[0], self.hidden_size)
+            state = (h0, h0) if self.rnn_type == "lstm" else h0
+            params = [w[direction] for w in weights]
+            return step(inputs, state, params, True, 1, 0.0, self.training, False, True)[0]
+
+        out = forward_in_time(x, 0)
+        if not self.bidirectional:
+            return out
+        t = torch.arange(x.shape[1], device=x.device)[None, :]
+        ends = lengths.to(x.device)[:, None]
+        order = torch.where(t < ends, ends - 1 - t, t)[..., None]  # [B, T, 1], its own inverse
+        backward = forward_in_time(x.gather(1, order.expand_as(x)), 1)
+        return torch.cat([out, backward.gather(1, order.expand_as(backward))], dim=-1)
 
     def clipped(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The ReLU RNN of ``self.rnn``'s weights with the spec's clip inside the recurrence:
