@@ -66,27 +66,56 @@ def test_a_sequence_gives_the_same_output_alone_or_batched_with_longer_ones(opti
         torch.testing.assert_close(alone[0], batched[i, : out_lens[i]], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("rnn_type,bidirectional", [("gru", True), ("lstm", True), ("rnn", True), ("gru", False)])
-def test_the_cpu_recurrence_over_padding_is_the_packed_one_in_outputs_and_gradients(rnn_type, bidirectional):
+@pytest.mark.parametrize("rnn_type,bidirectional,shared", [("gru", True, False), ("lstm", True, False),
+                                                            ("gru", False, False), ("gru", True, True)])
+def test_the_cpu_recurrence_over_padding_is_the_packed_one_in_outputs_and_gradients(rnn_type, bidirectional, shared):
     """On the CPU a padded batch runs unpacked (faster); valid frames must not tell the difference."""
     torch.manual_seed(0)
-    layer = RecurrentLayer(6, 5, rnn_type, bidirectional, shared_projection=False, merge="concat",
+    layer = RecurrentLayer(6, 5, rnn_type, bidirectional, shared_projection=shared, merge="concat",
                            clip_recurrence=False).train()
-    lengths = torch.tensor([9, 4, 7, 1])
+    lengths = torch.tensor([9, 4, 7, 1], dtype=torch.int32)
     mask = (torch.arange(9)[None, :] < lengths[:, None])[..., None]
-    x = torch.randn(4, 9, 6) * mask  # zeros on padding, as the convolutions leave it
+    x = torch.randn(4, 9, layer.rnn.input_size) * mask  # zeros on padding, as the convolutions leave it
     results = []
     for packed in (True, False):
         layer.zero_grad()
         inputs = x.clone().requires_grad_(True)
         out = layer.packed(inputs, lengths) if packed else layer.reversed_in_length(inputs, lengths) * mask
         (out * torch.linspace(-1, 1, out.shape[-1])).pow(2).sum().backward()
-        results.append((out, inputs.grad, [p.grad.clone() for p in layer.rnn.parameters()]))
+        results.append((out, inputs.grad, [p.grad.clone() for p in layer.rnn.parameters() if p.requires_grad]))
     (packed_out, packed_dx, packed_dw), (out, dx, dw) = results
     torch.testing.assert_close(out, packed_out)
     torch.testing.assert_close(dx, packed_dx)
     for a, b in zip(dw, packed_dw):
         torch.testing.assert_close(a, b)
+
+
+def test_the_cpu_runs_unpacked_only_a_plain_gru_or_lstm_and_packs_whatever_watches_its_forward(monkeypatch):
+    """A ReLU RNN's unbounded state could overflow stepping through padding; a hook, activation
+    checkpointing's wrapper or an FSDP unit on the layer itself expects its forward to run."""
+    calls = []
+    unpacked = RecurrentLayer.reversed_in_length
+    monkeypatch.setattr(RecurrentLayer, "reversed_in_length",
+                        lambda layer, x, lengths: calls.append(layer.rnn_type) or unpacked(layer, x, lengths))
+    x, lengths = torch.randn(2, 120, 40), torch.tensor([120, 90])
+
+    def unpacked_layers(model) -> int:
+        calls.clear()
+        model(x, lengths)[0].sum().backward()
+        return len(calls)
+
+    assert unpacked_layers(small(rnn_type="gru")) == 2 and unpacked_layers(small(rnn_type="lstm")) == 2
+    assert unpacked_layers(small(rnn_type="rnn", clip_recurrence=False)) == 0
+    assert unpacked_layers(small(rnn_type="gru").eval()) == 2  # evaluation too: the same function
+    calls.clear()
+    small(rnn_type="gru")(x, torch.tensor([120, 120]))  # no padding: one plain call, nothing to unpack
+    assert calls == []
+    hooked, seen = small(rnn_type="gru"), []
+    hooked.rnns[1].rnn.register_forward_hook(lambda *_: seen.append(1))
+    assert unpacked_layers(hooked) == 1 and seen == [1]
+    wrapped, forward = small(rnn_type="gru"), []  # as activation checkpointing wraps a block: its own forward
+    wrapped.rnns[0].rnn.forward = lambda *a, inner=wrapped.rnns[0].rnn.forward: forward.append(1) or inner(*a)
+    assert unpacked_layers(wrapped) == 1 and forward == [1]
 
 
 def test_padded_frames_do_not_change_batch_norm_statistics():

@@ -6,8 +6,8 @@ clipped ReLU (min(max(x, 0), 20)) everywhere: after the convolutions and the FC 
 inside the recurrence (every hidden state) and after each recurrent layer (the summed
 directions).
 
-Padded frames never reach a valid frame's recurrence (on a GPU sequences are packed; on the
-CPU the reverse direction reads each sequence reversed within its own length) nor the
+Padded frames never reach a valid frame's recurrence (sequences are packed; on the CPU, faster,
+a GRU's or LSTM's reverse direction reads each sequence reversed within its own length) nor the
 batch-norm statistics (normalisation runs over valid frames only), and the convolutions'
 outputs are re-masked, so an utterance gives the same output alone or batched with longer
 ones.
@@ -194,7 +194,7 @@ class RecurrentLayer(nn.Module):
             out = self.clipped(x, mask)
         elif mask is None:
             out, _ = self.rnn(x)
-        elif not torch.jit.is_scripting() and x.device.type == "cpu":
+        elif not torch.jit.is_scripting() and self.unpacked_on_cpu(x):
             out = self.reversed_in_length(x, lengths) * mask[..., None].to(x.dtype)
         else:  # cuDNN steps packed sequences natively, both directions at once (TorchScript: any device)
             out = self.packed(x, lengths)
@@ -209,15 +209,24 @@ class RecurrentLayer(nn.Module):
         out, _ = self.rnn(pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False))
         return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
 
+    def unpacked_on_cpu(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`reversed_in_length` runs the recurrence: on the CPU, for a GRU or LSTM (a
+        ReLU RNN's state is unbounded, and stepping it through padding could overflow into the
+        gradients), and only while ``self.rnn`` is the plain layer, nothing attached to its
+        forward (hooks, activation checkpointing's wrapper, an FSDP unit, a quantized layer)."""
+        rnn = self.rnn
+        return (x.device.type == "cpu" and type(rnn) in (nn.GRU, nn.LSTM) and "forward" not in vars(rnn)
+                and not rnn._forward_pre_hooks and not rnn._forward_hooks)
+
     def reversed_in_length(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``self.rnn`` over padded ``x [B, T, I]``, the same function as over packed sequences on
-        every valid frame (padded frames hold garbage: the caller masks them). On the CPU torch
+        """``self.rnn`` (a GRU or LSTM) over padded ``x [B, T, I]``, the same function as over packed
+        sequences on every valid frame (padded frames hold garbage: the caller masks them). On the CPU torch
         steps packed sequences one shrinking batch at a time, 2-4x slower than a padded tensor
         in training (BENCHMARKS.md, "DeepSpeech2's recurrences on the CPU"). The forward
         direction is exact as it is, padding coming after every valid frame; the reverse
         direction reads each sequence reversed within its own length (padding still last)
         as a forward recurrence, and its outputs are put back in order."""
-        step = {"gru": torch.gru, "lstm": torch.lstm, "rnn": torch.rnn_relu}[self.rnn_type]
+        step = torch.lstm if self.rnn_type == "lstm" else torch.gru
         weights = self.direction_weights()
 
         def forward_in_time(inputs: torch.Tensor, direction: int) -> torch.Tensor:
@@ -230,7 +239,7 @@ class RecurrentLayer(nn.Module):
         if not self.bidirectional:
             return out
         t = torch.arange(x.shape[1], device=x.device)[None, :]
-        ends = lengths.to(x.device)[:, None]
+        ends = lengths.to(x.device, torch.long)[:, None]
         order = torch.where(t < ends, ends - 1 - t, t)[..., None]  # [B, T, 1], its own inverse
         backward = forward_in_time(x.gather(1, order.expand_as(x)), 1)
         return torch.cat([out, backward.gather(1, order.expand_as(backward))], dim=-1)
