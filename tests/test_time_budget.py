@@ -112,11 +112,13 @@ def test_a_wait_after_a_stop_signal_or_beside_a_callers_timer():
             with signals.waiting(0.05):
                 time.sleep(0.2)  # not interrupted: the caller's timer stays theirs
             assert not signals.timed_out and signal.getitimer(signal.ITIMER_REAL)[0] > 25
+            # SIGTERM: in a full parallel run the test process holds SIGINT ignored at the C level for
+            # stretches (tests/helpers.py, as_from_a_shell), and a SIGINT it sends itself can be lost
             with pytest.raises(WaitInterrupted):
                 with signals.waiting():
-                    os.kill(os.getpid(), signal.SIGINT)  # handled by this fit's StopSignals, not ignored
+                    os.kill(os.getpid(), signal.SIGTERM)  # handled by this fit's StopSignals, not the last one's
                     time.sleep(1)
-            assert signals.received == signal.SIGINT
+            assert signals.received == signal.SIGTERM
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
