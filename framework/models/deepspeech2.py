@@ -194,7 +194,7 @@ class RecurrentLayer(nn.Module):
             out = self.clipped(x, mask)
         elif mask is None:
             out, _ = self.rnn(x)
-        elif not torch.jit.is_scripting() and self.unpacked_on_cpu(x):
+        elif self.unpacked_on_cpu(x):
             out = self.reversed_in_length(x, lengths) * mask[..., None].to(x.dtype)
         else:  # cuDNN steps packed sequences natively, both directions at once (TorchScript: any device)
             out = self.packed(x, lengths)
@@ -214,6 +214,8 @@ class RecurrentLayer(nn.Module):
         ReLU RNN's state is unbounded, and stepping it through padding could overflow into the
         gradients), and only while ``self.rnn`` is the plain layer, nothing attached to its
         forward (hooks, activation checkpointing's wrapper, an FSDP unit, a quantized layer)."""
+        if torch.jit.is_scripting():
+            return False  # TorchScript compiles none of what follows
         rnn = self.rnn
         return (x.device.type == "cpu" and type(rnn) in (nn.GRU, nn.LSTM) and "forward" not in vars(rnn)
                 and not rnn._forward_pre_hooks and not rnn._forward_hooks)
@@ -226,23 +228,25 @@ class RecurrentLayer(nn.Module):
         direction is exact as it is, padding coming after every valid frame; the reverse
         direction reads each sequence reversed within its own length (padding still last)
         as a forward recurrence, and its outputs are put back in order."""
-        step = torch.lstm if self.rnn_type == "lstm" else torch.gru
-        weights = self.direction_weights()
-
-        def forward_in_time(inputs: torch.Tensor, direction: int) -> torch.Tensor:
-            h0 = inputs.new_zeros(1, inputs.shape[0], self.hidden_size)
-            state = (h0, h0) if self.rnn_type == "lstm" else h0
-            params = [w[direction] for w in weights]
-            return step(inputs, state, params, True, 1, 0.0, self.training, False, True)[0]
-
-        out = forward_in_time(x, 0)
+        if torch.jit.is_scripting():  # not taken (unpacked_on_cpu() says False): TorchScript compiles none of the rest
+            return self.packed(x, lengths)
+        out = self.forward_in_time(x, 0)
         if not self.bidirectional:
             return out
         t = torch.arange(x.shape[1], device=x.device)[None, :]
         ends = lengths.to(x.device, torch.long)[:, None]
         order = torch.where(t < ends, ends - 1 - t, t)[..., None]  # [B, T, 1], its own inverse
-        backward = forward_in_time(x.gather(1, order.expand_as(x)), 1)
+        backward = self.forward_in_time(x.gather(1, order.expand_as(x)), 1)
         return torch.cat([out, backward.gather(1, order.expand_as(backward))], dim=-1)
+
+    def forward_in_time(self, x: torch.Tensor, direction: int) -> torch.Tensor:
+        """``self.rnn``'s direction ``direction`` (0 forward, 1 reverse) stepped forward in time over
+        ``x [B, T, I]`` from a zero state."""
+        h0 = x.new_zeros(1, x.shape[0], self.hidden_size)
+        weights = [w[direction] for w in self.direction_weights()]
+        if self.rnn_type == "lstm":
+            return torch.lstm(x, (h0, h0), weights, True, 1, 0.0, self.training, False, True)[0]
+        return torch.gru(x, h0, weights, True, 1, 0.0, self.training, False, True)[0]
 
     def clipped(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The ReLU RNN of ``self.rnn``'s weights with the spec's clip inside the recurrence:
