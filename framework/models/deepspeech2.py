@@ -194,10 +194,8 @@ class RecurrentLayer(nn.Module):
             out = self.clipped(x, mask)
         elif mask is None:
             out, _ = self.rnn(x)
-        elif self.unpacked_on_cpu(x):
-            out = self.reversed_in_length(x, lengths) * mask[..., None].to(x.dtype)
-        else:  # cuDNN steps packed sequences natively, both directions at once (TorchScript: any device)
-            out = self.packed(x, lengths)
+        else:
+            out = self.over_padding(x, lengths, mask)
         if self.bidirectional and self.merge == "sum":
             out = out[..., : self.hidden_size] + out[..., self.hidden_size :]
         if self.rnn_type == "rnn":
@@ -209,16 +207,20 @@ class RecurrentLayer(nn.Module):
         out, _ = self.rnn(pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False))
         return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
 
-    def unpacked_on_cpu(self, x: torch.Tensor) -> bool:
-        """Whether :meth:`reversed_in_length` runs the recurrence: on the CPU, for a GRU or LSTM (a
-        ReLU RNN's state is unbounded, and stepping it through padding could overflow into the
-        gradients), and only while ``self.rnn`` is the plain layer, nothing attached to its
-        forward (hooks, activation checkpointing's wrapper, an FSDP unit, a quantized layer)."""
+    def over_padding(self, x: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``self.rnn`` over a padded batch, zeros on padded frames. Packed, except on the CPU for a
+        plain GRU or LSTM (:meth:`reversed_in_length`, faster there). Packed are a ReLU RNN (its
+        state is unbounded: stepped through padding it could overflow, and the masked infinities
+        would reach the gradients as NaN) and a layer with anything attached to its own forward
+        (hooks, activation checkpointing's wrapper, an FSDP unit, a quantized layer); on a GPU
+        cuDNN steps packed sequences natively, both directions at once."""
         if torch.jit.is_scripting():
-            return False  # TorchScript compiles none of what follows
+            return self.packed(x, lengths)  # TorchScript compiles none of what follows
         rnn = self.rnn
-        return (x.device.type == "cpu" and type(rnn) in (nn.GRU, nn.LSTM) and "forward" not in vars(rnn)
-                and not rnn._forward_pre_hooks and not rnn._forward_hooks)
+        if (x.device.type == "cpu" and type(rnn) in (nn.GRU, nn.LSTM) and "forward" not in vars(rnn)
+                and not rnn._forward_pre_hooks and not rnn._forward_hooks):
+            return self.reversed_in_length(x, lengths) * mask[..., None].to(x.dtype)
+        return self.packed(x, lengths)
 
     def reversed_in_length(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``self.rnn`` (a GRU or LSTM) over padded ``x [B, T, I]``, the same function as over packed
@@ -228,8 +230,6 @@ class RecurrentLayer(nn.Module):
         direction is exact as it is, padding coming after every valid frame; the reverse
         direction reads each sequence reversed within its own length (padding still last)
         as a forward recurrence, and its outputs are put back in order."""
-        if torch.jit.is_scripting():  # not taken (unpacked_on_cpu() says False): TorchScript compiles none of the rest
-            return self.packed(x, lengths)
         out = self.forward_in_time(x, 0)
         if not self.bidirectional:
             return out
