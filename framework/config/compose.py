@@ -152,7 +152,6 @@ def check_command_line(overrides: list[str], config_dir: str | None = None, conf
             cfg = hydra.compose_config(config_name, job, run_mode=RunMode.RUN, with_log_configuration=False)
         except Exception as exc:
             raise ConfigError(explain(exc, hydra, config_name, job)) from None
-        sources = Sources(hydra, config_name, job)
         HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as in a run
         search = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
         with open_dict(cfg):
@@ -163,6 +162,12 @@ def check_command_line(overrides: list[str], config_dir: str | None = None, conf
             for key in missing_search_keys(search, cfg):
                 problems.append(Problem(key, f"hydra.sweeper.params.{key}: the config has no {key} to search "
                                              "over; remove it from the search space or choose a config that has it"))
+        # Which file set what takes another walk of the defaults list (a third of a check): only to name
+        # where a mistake was set, or where a key was added ('+key=...': the one way to a top-level key
+        # that no file declares)
+        if not problems and not any(o.startswith("+") for o in job):
+            return cfg
+        sources = Sources(hydra, config_name, job)
         declared = sources.declared_top_level()
         for key in cfg.keys():
             if str(key) not in declared and not sources.is_group(str(key)):
