@@ -63,7 +63,7 @@ def word_spans(run_dir: str, items: list[dict]) -> dict[str, list[tuple[str, flo
 
     cfg = load_run_config(run_dir, ["trainer.num_threads=1"])
     brain = open_brain(cfg, log_name="bench-inference")
-    brain.setup(None)
+    brain.setup(None, trains=False)
     brain.load_weights("best")
     unit, _, centre = frame_geometry(brain.features, brain.module)
     spans = {}

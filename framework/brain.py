@@ -173,11 +173,12 @@ class Brain:
                            pin_memory=self.device.type == "cuda", transform=transform)
 
     # ------------------------------------------------------------------------- set-up
-    def setup(self, train_set=None) -> None:
+    def setup(self, train_set=None, trains: bool = True) -> None:
         """Builds the model, optimizer and weight average once, and registers them as
-        checkpoint parts. In ``fit`` (``train_set`` given) what the run learns from its data
-        first (feature statistics, a recipe's alphabet) is fitted and saved in the run
-        directory; otherwise it is loaded from there."""
+        checkpoint parts (``trains=False``, for a command that never trains: no optimizer).
+        In ``fit`` (``train_set`` given) what the run learns from its data first (feature
+        statistics, a recipe's alphabet) is fitted and saved in the run directory; otherwise
+        it is loaded from there."""
         if self.optimization is not None:
             return
         init_from = self.options.init_from if train_set is not None else None  # fine-tuning starts a fit only
@@ -190,7 +191,7 @@ class Brain:
         if self.features is not None:
             self.state.add_recoverable("features", self.features, weights=True)
         self.optimization = Optimization(model, self.cfg, self.options, self.dist, self.precision, self.progress,
-                                         self.skips, self.state)
+                                         self.skips, self.state, trains)
 
     def prepare_features(self, train_set) -> None:
         """Global normalisation statistics: fitted on the training set by rank 0, read from

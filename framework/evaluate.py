@@ -25,6 +25,7 @@ def evaluate(run_dir: str, overrides: list[str], checkpoint: str = "best") -> di
         raise UserError(f"{run_dir}: the run's config has no test set; name one with dataset.test.path=...")
     brain = open_brain(cfg, log_name="evaluate")
     datasets = build_datasets(cfg, brain.dist.is_main)
+    brain.setup(None, trains=False)
     metrics = brain.evaluate(datasets["test"], load=checkpoint)
     brain.logger.close()
     if brain.dist.is_main:

@@ -526,7 +526,7 @@ def transcribe(source: str, files: list[str], checkpoint: str = "best", override
 
         cfg = load_run_config(source, [*(overrides or []), *([f"trainer.num_threads={threads}"] if threads else [])])
         brain = open_brain(cfg, log_name="transcribe")
-        brain.setup(None)
+        brain.setup(None, trains=False)
         if not hasattr(brain, "tokenizer"):
             raise UserError(f"{cfg.brain._target_} has no tokenizer: this run is not a speech recognition recipe")
         brain.load_weights(checkpoint)

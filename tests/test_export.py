@@ -408,6 +408,17 @@ def test_chunked_transcription_equals_one_pass_over_the_whole_recording(train_cl
     assert chunked["words"] == whole["words"]
 
 
+def test_transcription_builds_no_optimizer(one_epoch_run, tmp_path, data_dir):
+    """A torch optimizer imports torch._dynamo (a second of the command's start); a command
+    that never trains builds none."""
+    wav = sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[0]
+    proc = run_cli("framework.transcribe", [str(one_epoch_run), str(wav)], cwd=tmp_path,
+                   env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert proc.stdout.startswith(f"{wav}\t")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch.nn" in imported and "torch._dynamo" not in imported
+
+
 def test_one_bad_file_is_reported_and_the_others_transcribed(one_epoch_run, tmp_path, data_dir):
     good = sorted((data_dir / "tones-tiny" / "test").glob("*.wav"))[:2]
     broken = tmp_path / "broken.wav"

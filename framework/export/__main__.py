@@ -131,7 +131,7 @@ def export(run_dir: str, fmt: str, quantize: str | None = None, checkpoint: str 
                         "dataset.test.path=...")
     target = Path(out) if out else Path(run_dir) / "export" / (fmt + ("-int8" if quantize else ""))
     brain = open_brain(cfg, log_name="export")
-    brain.setup(None)
+    brain.setup(None, trains=False)
     weights = brain.load_weights(checkpoint)
     test_set = build_datasets(cfg, brain.dist.is_main)["test"]
     example = example_inputs(test_set)

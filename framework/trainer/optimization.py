@@ -40,8 +40,12 @@ FitBatch = Callable[[Batch, float], torch.Tensor]  # forward and backward of one
 
 
 class Optimization:
+    """``trains=False`` (transcription, export): no optimizer. Building a torch optimizer
+    imports ``torch._dynamo``, a second of such a command's start."""
+
     def __init__(self, module: nn.Module, cfg: DictConfig, options: TrainerConfig, dist: DistEnv,
-                 precision: Precision, progress: Progress, skips: Skips, state: TrainState) -> None:
+                 precision: Precision, progress: Progress, skips: Skips, state: TrainState,
+                 trains: bool = True) -> None:
         self.module, self.cfg, self.options, self.dist = module, cfg, options, dist
         self.precision, self.progress, self.skips, self.state = precision, progress, skips, state
         self.freezer = Freezer(module, list(options.freeze), options.unfreeze_at, self.wrap)
@@ -49,7 +53,7 @@ class Optimization:
         checkpoint_activations(module, options)
         say_strategy(options, dist)
         self.wrap()
-        self.optimizer = self.freezer.optimizer = build_optimizer(cfg.optimizer, module)
+        self.optimizer = self.freezer.optimizer = build_optimizer(cfg.optimizer, module) if trains else None
         self.ema = WeightEMA(module, options.ema_decay) if options.ema_decay else None
         self.scheduler: Any = None  # planned once the steps per epoch are known
         self.buffers = BufferSnapshot(module)
@@ -58,7 +62,8 @@ class Optimization:
         if self.ema is not None:
             state.add_recoverable("ema", self.ema, weights=True)
         state.add_recoverable("freeze", self.freezer)  # before the optimizer: unfreezing adds it a group
-        state.add_recoverable("optimizer", OptimizerState(module, self.optimizer))
+        if self.optimizer is not None:
+            state.add_recoverable("optimizer", OptimizerState(module, self.optimizer))
         state.add_recoverable("scaler", precision)
 
     def wrap(self) -> None:
