@@ -3,6 +3,7 @@ reading a run's checkpoints and metrics, running the docs' command blocks."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -75,6 +76,18 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
     while not path.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert path.exists(), f"{path} never appeared (process ended with {proc.poll()})"
+
+
+def wait_for_children(proc: subprocess.Popen, count: int, timeout: float = 300) -> None:
+    """Until ``proc`` has ``count`` child processes (its data workers: its loop has begun an epoch)."""
+    deadline = time.time() + timeout
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    while proc.poll() is None and time.time() < deadline:
+        with contextlib.suppress(OSError):
+            if len(children.read_text().split()) >= count:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"{proc.args[:3]} never had {count} child processes (ended with {proc.poll()})")
 
 
 def index_of(run_dir: Path) -> list[dict]:

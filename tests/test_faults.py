@@ -40,6 +40,7 @@ from tests.helpers import (
     tiny_args,
     tiny_manifests,
     wait_for,
+    wait_for_children,
 )
 
 
@@ -223,10 +224,8 @@ def test_a_second_ctrl_c_while_the_run_stops_never_finds_it_joining_a_stuck_work
            "trainer.num_workers=2"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=as_from_a_shell, start_new_session=True)
-    wait_for(run_dir / "train.log", proc)
-    while "trainable parameters" not in (run_dir / "train.log").read_text() and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(2)  # training, then waiting for the stuck batch
+    wait_for_children(proc, 2)  # the epoch has begun: its data workers run
+    time.sleep(1)  # training, then waiting for the stuck batch
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole group; the workers ignore it
     stopped = time.time()
     while not list((run_dir / "checkpoints").glob("ckpt-*.pt")) and proc.poll() is None:
@@ -307,12 +306,23 @@ def write_csv(path: Path, rows: list[list]) -> Path:
      "id 'a' appears twice (row 2 and row 4); ids must be unique"),
 ])
 def test_bad_manifest_entries_are_named_with_file_and_entry(tmp_path, rows, message):
+    from framework.data.manifest import load_entries
+    from framework.errors import UserError
+
     manifest = write_csv(tmp_path / "m.csv", rows)
+    with pytest.raises(UserError) as info:
+        load_entries(manifest, replacements={})
+    assert str(info.value).startswith(f"{manifest}: {message}") and len(str(info.value).splitlines()) == 1
+
+
+def test_a_bad_manifest_entry_stops_validate_in_one_line_with_status_2(tmp_path):
+    manifest = write_csv(tmp_path / "m.csv", [["a", "a.wav", -1.0, "one"]])
     proc = run_cli("framework.validate", ["dataset=manifest", f"dataset.train.path={manifest}",
                                           f"dataset.valid.path={manifest}", f"dataset.data_root={tmp_path}"],
                    cwd=tmp_path, check=False)
     assert proc.returncode == 2
-    assert one_line(proc.stderr).startswith(f"error: {manifest}: {message}")
+    assert one_line(proc.stderr) == (f"error: {manifest}: entry 'a': duration='-1.0' is not a positive length; fix the "
+                                     "entry or remove it, or pass dataset.train.skip_bad=true")
 
 
 def test_skip_bad_leaves_bad_entries_out_with_a_count(tmp_path, caplog):
