@@ -7,7 +7,7 @@ import sys
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, TINY, run_cli, run_result
 
 CONF = str(ROOT / "conf")
 
@@ -85,10 +85,21 @@ import pytest  # noqa: E402
     ("trainer.resume=/missing.pt", "trainer.resume=/missing.pt: no such checkpoint file"),
     ("optimizer.lr=0", "optimizer.lr=0: must be > 0"),
 ])
-def test_typos_wrong_types_and_bad_values_fail_in_one_line_before_training(tmp_path, override, message):
-    proc = run_cli("framework.train", [override, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, check=False)
+def test_typos_wrong_types_and_bad_values_fail_in_one_line_before_training(override, message):
+    """The command line's check (``framework.train`` reports its error as ``error: <it>``, status 2:
+    the next test runs the command)."""
+    from framework.config import ConfigError, check_command_line
+
+    with pytest.raises(ConfigError) as info:
+        check_command_line([override])
+    assert str(info.value).startswith(message) and len(str(info.value).splitlines()) == 1
+
+
+def test_a_bad_value_on_the_command_line_is_one_line_and_status_2_before_anything_starts(tmp_path):
+    proc = run_cli("framework.train", ["trainer.max_epoch=3", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path,
+                   check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith(f"error: {message}") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.strip() == "error: trainer.max_epoch: unknown key; did you mean trainer.max_epochs?"
     assert not (tmp_path / "run").exists()  # nothing started
 
 
@@ -171,10 +182,21 @@ def user_configs(tmp_path):
     (["batching=wide"], "batching.num_bukets: unknown key; did you mean batching.num_buckets? (set in batching/wide.yaml)"),
     (["+seeed=3"], "seeed: unknown top-level key; did you mean seed?"),
 ])
-def test_a_typo_anywhere_fails_validate_with_exit_2_naming_where(user_configs, args, message):
-    proc = run_cli("framework.validate", ["--config-dir", str(user_configs), *args], cwd=user_configs, check=False)
+def test_a_typo_anywhere_is_named_with_the_file_that_set_it(user_configs, monkeypatch, args, message):
+    from framework.config import ConfigError, check_command_line
+
+    monkeypatch.chdir(user_configs)  # files are named relative to the working directory
+    with pytest.raises(ConfigError) as info:
+        check_command_line(args, str(user_configs))
+    assert str(info.value).startswith(message)
+
+
+def test_validate_fails_with_exit_2_naming_the_file_of_a_typo(user_configs):
+    proc = run_cli("framework.validate", ["--config-dir", str(user_configs), "batching=wide"], cwd=user_configs,
+                   check=False)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().startswith(f"error: {message}"), proc.stderr
+    assert proc.stderr.strip() == ("error: batching.num_bukets: unknown key; did you mean batching.num_buckets? "
+                                   "(set in batching/wide.yaml)")
 
 
 def test_top_level_keys_a_recipe_declares_are_accepted(user_configs):
@@ -196,6 +218,16 @@ def test_validate_succeeds_on_every_new_recipe_template(tmp_path, source):
     if source == "asr_ctc":  # and the whole command once (builds data, model, optimizer)
         out = run_cli("framework.validate", ["--config-dir", "mine", "recipe=mine"], cwd=tmp_path).stdout
         assert out.startswith("config OK") and "recipe          brain.ASRBrain" in out
+
+
+def test_a_new_recipe_trains_from_its_own_folder(tmp_path, data_dir):
+    run_cli("framework.new_recipe", ["mine", "--from", "asr_ctc"], cwd=tmp_path)
+    run_dir = tmp_path / "run"
+    run_cli("framework.train", ["--config-dir", "mine", "recipe=mine", *TINY, f"dataset.root={data_dir}/tones-tiny",
+                                "trainer.max_epochs=1", "trainer.limit_batches=2", f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path)
+    assert OmegaConf.load(run_dir / "config.yaml").brain._target_ == "brain.ASRBrain"  # the folder's own Brain
+    assert "test_cer" in run_result(run_dir)["metrics"]
 
 
 def test_debug_mode_wins_over_a_recipes_own_settings(tmp_path):

@@ -218,7 +218,8 @@ def started(args: list[str], cwd: Path) -> Iterator[subprocess.Popen]:
         kill_with_children(proc)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+# SIGINT takes the same path as SIGTERM (test_faults stops training with each)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_stop_signal_during_prepare_hdf5_ends_its_workers_and_keeps_the_earlier_output(virtual_h5, spoken,
                                                                                         tmp_path, signum):
     manifest, out = virtual_h5

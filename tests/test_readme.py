@@ -36,7 +36,11 @@ def depends_on_the_first_run(command: str) -> bool:
     return "runs/first" in command or "lm.arpa" in command
 
 
-@pytest.mark.parametrize("first", [True, False], ids=["the first run and what reads it", "the other commands"])
+# The other commands (~2 min) are slow, like the other guides' blocks (test_docs): each has a fast test of its own
+# (validate and a new recipe's folder: test_config; grids: test_sweep; averaging: test_process_faults; subwords and
+# the transducer: test_subword, test_transducer), Optuna's two trials excepted (make test-slow runs them).
+@pytest.mark.parametrize("first", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["the first run and what reads it", "the other commands"])
 def test_readme_command_block_runs_as_written(tmp_path, first):
     """In two independent parts, each in order in a folder of its own (each prepares the tone
     corpus on its first training run), so two test workers run them side by side."""

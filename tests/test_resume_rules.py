@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from framework.data.loader import make_sampler
 from framework.data.manifest import ManifestDataset
 from framework.trainer.schedule import OneCycle
-from tests.conftest import run_cli
+from tests.conftest import TINY, run_cli
 from tests.helpers import ENV, as_from_a_shell, metrics_of, one_line, tiny_args, wait_for
 
 BASE = ["trainer.max_epochs=1", "trainer.limit_batches=4"]
@@ -52,14 +52,27 @@ def resume_copy(finished_run, tmp_path, data_dir, *overrides, check=True):
     ("features.normalize=none", "features.normalize='none' (was 'utterance')"),
     ("trainer.ema_decay=0.99", "trainer.ema_decay=0.99 (was None)"),
 ])
-def test_a_setting_resume_cannot_honour_is_refused_and_config_yaml_keeps_the_truth(finished_run, tmp_path,
-                                                                                    data_dir, override, key):
+def test_a_setting_resume_cannot_honour_is_refused(override, key):
+    """The settings a checkpoint records, against a resuming run's (the next test resumes a run)."""
+    from framework.config import check_command_line
+    from framework.errors import UserError
+    from framework.trainer.resume import RunSettings
+
+    saved = RunSettings(check_command_line(TINY)).state_dict()
+    with pytest.raises(UserError) as info:
+        RunSettings(check_command_line([*TINY, override])).load_state_dict(saved)
+    assert str(info.value).startswith("trainer.resume: the run was trained with other settings: ")
+    assert key in str(info.value) and "trainer.init_from" in str(info.value)
+
+
+def test_a_refused_resume_is_one_line_and_config_yaml_keeps_the_truth(finished_run, tmp_path, data_dir):
     before = (finished_run / "config.yaml").read_text()
-    proc, run_dir = resume_copy(finished_run, tmp_path, data_dir, override, check=False)
+    proc, run_dir = resume_copy(finished_run, tmp_path, data_dir, "optimizer.lr=1e-05", check=False)
     assert proc.returncode == 2, proc.stderr
-    line = one_line(proc.stderr)
-    assert line.startswith("error: trainer.resume: the run was trained with other settings: ") and key in line
-    assert "trainer.init_from" in line
+    assert one_line(proc.stderr) == ("error: trainer.resume: the run was trained with other settings: "
+                                     "optimizer.lr=1e-05 (was 0.003); scheduler.max_lr=1e-05 (was 0.003). A resumed "
+                                     "run continues the same optimisation; resume with the run's settings, or start "
+                                     "a new run from its weights with trainer.init_from=<its run dir or checkpoint>")
     assert (run_dir / "config.yaml").read_text() == before  # never claims what was not used
 
 

@@ -6,12 +6,9 @@ import csv
 import json
 import re
 
-import pytest
-
 from tests.conftest import TINY, run_cli
 
 
-@pytest.mark.slow  # the README test runs a 4-job grid
 def test_grid_multirun_writes_four_runs_and_a_summary(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     proc = run_cli("framework.train", ["-m", *TINY, f"dataset.root={data_dir}/tones-tiny", "trainer.max_epochs=1",
