@@ -162,7 +162,7 @@ def check_command_line(overrides: list[str], config_dir: str | None = None, conf
             for key in missing_search_keys(search, cfg):
                 problems.append(Problem(key, f"hydra.sweeper.params.{key}: the config has no {key} to search "
                                              "over; remove it from the search space or choose a config that has it"))
-        # Which file set what takes another walk of the defaults list (a third of a check): only to name
+        # Which file set what takes another walk of the defaults list (a quarter of a check): only to name
         # where a mistake was set, or where a key was added ('+key=...': the one way to a top-level key
         # that no file declares)
         if not problems and not any(o.startswith("+") for o in job):
